@@ -1,0 +1,26 @@
+# Subterra: `make demo` and `make test` set up everything they need on a fresh machine.
+PY      := .venv/bin/python
+VENV_OK := .venv/.installed
+
+.PHONY: demo test test-all install bench clean
+
+$(VENV_OK): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(VENV_OK)
+
+install: $(VENV_OK)
+
+demo: $(VENV_OK)
+	$(PY) -m subterra.cli compile data/workflows/travel_booking.yaml
+	$(PY) -m subterra.cli report travel_booking
+
+test: $(VENV_OK)
+	$(PY) -m pytest -q
+
+test-all: $(VENV_OK)
+	$(PY) -m pytest -q -m ''
+
+clean:
+	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

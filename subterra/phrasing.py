@@ -1,0 +1,71 @@
+"""Lines the scripted user and the template agent draw from, and the seen/unseen phrasing split.
+
+A step's (or branch's) user lines are split once: the last quarter (at least one line, when the
+step has two or more) is *held back* for the ``holdout_unseen`` split and never used in training.
+Generic lines (openers, off-script questions, acknowledgements) are split the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+SEEN, UNSEEN = "seen", "unseen"
+
+OPENERS = (
+    "Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
+    "Hi, I have a question.", "Good afternoon.", "Hello there, are you able to help?", "Hey.",
+)
+ACKNOWLEDGEMENTS = (
+    "OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.",
+    "Yes.", "Go on.", "That works.",
+)
+UNCLEAR = (
+    "Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
+    "I did not quite get that.", "Could you explain that differently?", "Not sure what you are asking.",
+    "Pardon?",
+)
+OFF_TOPIC = (
+    "By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
+    "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
+    "Are you a real person?", "Where is your head office?", "Do you have a newsletter?",
+)
+CORRECTIONS = (
+    "Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
+    "Wait, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
+    "Let me fix that, it is {new}.",
+)
+USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
+USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")
+
+AGENT_ACKS = ("", "", "Thanks.", "Great.", "Got it.", "Perfect.", "Thank you.")
+AGENT_UNCLEAR = ("No problem, let me put it another way.", "Sorry for being unclear.", "Let me rephrase.")
+AGENT_OFF_TOPIC = (
+    "I am afraid I cannot help with that here.", "Good question, but that is outside this chat.",
+    "I cannot answer that one, sorry.",
+)
+AGENT_CORRECTION = ("Got it, I have changed that to {new}.", "Thanks, updated to {new}.", "No problem, {new} it is.")
+
+
+def held_back_count(n: int) -> int:
+    return max(1, n // 4) if n >= 2 else 0
+
+
+def phrasing_pool(lines: Sequence[str], phrasing: str) -> tuple[str, ...]:
+    """The lines usable for ``phrasing`` (``seen`` or ``unseen``); falls back to all lines if none held back."""
+    lines = tuple(lines)
+    k = held_back_count(len(lines))
+    if k == 0:
+        return lines
+    return lines[-k:] if phrasing == UNSEEN else lines[:-k]
+
+
+_PLACEHOLDER = __import__("re").compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace ``{slot}`` placeholders by plain lookup: nothing in a template is ever evaluated."""
+    return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
+
+
+def uses(template: str, slot: str) -> bool:
+    return "{" + slot + "}" in template

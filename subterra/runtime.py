@@ -1,0 +1,290 @@
+"""The deployed runtime: a compiled model, a one-line system prompt, and a form to fill.
+
+There is no orchestrator: the procedure lives in the weights. The runtime only *prefills the
+form's fixed structure* — ``{"node": "``, ``", "slots": {``, ``"say": "`` — so the model generates
+values only, and constrains three of them:
+
+* the node id is one of the workflow's node ids (not its successors: where to go is the model's
+  call);
+* a slot name is one of the workflow's slot names;
+* a slot value is a verbatim span of the user's last message (whole words), an enum value, or
+  yes/no for a boolean — the copy constraint: a value can be chosen but never misspelt.
+
+Decoding is greedy inside those constraints (a trie over the allowed token sequences) and free
+for ``say``. Many conversations run at once, in lockstep: every row feeds exactly one token per
+step (forced structure, a user's message, or its own choice), so one batched forward with a KV
+cache serves them all, with no padding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterable, Sequence
+
+from subterra.forms import Form, render_form
+
+FORM_HEAD = '{"node": "'
+AFTER_NODE = ', "slots": {'
+AFTER_SLOTS = ', "say": "'
+FORM_TAIL = "}<|im_end|>\n"
+WORD = re.compile(r"\w")
+
+
+@dataclass
+class TurnRecord:
+    node: str
+    slots: dict[str, str]
+    say: str
+    raw: str  # the form text as generated
+    valid: bool
+    tokens_in: int
+    tokens_out: int
+    latency_s: float = 0.0
+
+
+@dataclass
+class Choice:
+    """Ask the driver for one token among ``allowed`` (None: any non-special token)."""
+
+    allowed: list[int] | None
+
+
+Program = Generator[object, int | None, None]
+
+
+class Codec:
+    """Token-level view of the chat format, shared by every row of a batch."""
+
+    def __init__(self, tokenizer, wf):
+        self.tok = tokenizer
+        self.wf = wf
+        enc = self.encode
+        self.quote = enc('"')
+        self.form_head = enc(FORM_HEAD)
+        self.after_node = enc(AFTER_NODE)
+        self.after_slots = enc(AFTER_SLOTS)
+        self.form_tail = enc(FORM_TAIL)
+        self.close_brace = enc("}")
+        self.open_key = enc('"')
+        self.comma_key = enc(', "')
+        self.key_to_value = enc(': "')
+        self.node_candidates = {n: enc(n) + self.quote for n in wf.nodes}
+        self.slot_candidates = {s: enc(s) + self.quote for s in wf.slots}
+        specials = set(tokenizer.all_special_ids)
+        self.quote_ids = {i for i in range(len(tokenizer)) if '"' in tokenizer.decode([i])}
+        self.banned_in_say = sorted(specials)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids))
+
+    def system(self, text: str) -> list[int]:
+        return self.encode(f"<|im_start|>system\n{text}<|im_end|>\n")
+
+    def user(self, text: str) -> list[int]:
+        return self.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+    def value_candidates(self, slot: str, message: str) -> dict[str, list[int]]:
+        """Allowed values of ``slot`` after ``message``: enum/boolean values, else whole-word spans."""
+        spec = self.wf.slots[slot]
+        if spec.type == "enum":
+            return {v: self.encode(v) + self.quote for v in spec.values}
+        if spec.type == "boolean":
+            return {v: self.encode(v) + self.quote for v in ("yes", "no")}
+        return {v: self.encode(v) + self.quote for v in word_spans(message)}
+
+
+def word_spans(message: str, max_words: int = 6) -> list[str]:
+    """Every span of 1..max_words whole words of ``message`` (punctuation inside a span is kept)."""
+    words = [(m.start(), m.end()) for m in re.finditer(r"[^\s]+", message)]
+    spans: list[str] = []
+    for i in range(len(words)):
+        for j in range(i, min(len(words), i + max_words)):
+            text = message[words[i][0] : words[j][1]]
+            text = text.strip(".,!?;:()[]'")  # trailing sentence punctuation is not part of a value
+            if text and WORD.search(text) and '"' not in text and "\\" not in text and text not in spans:
+                spans.append(text)
+    return spans
+
+
+def choose_sequence(candidates: dict[str, list[int]]) -> Generator[Choice, int, str]:
+    """Greedy walk of the trie of ``candidates``; returns the chosen key."""
+    live = dict(candidates)
+    depth = 0
+    while True:
+        if not live:
+            raise RuntimeError("no candidate left")
+        finished = [k for k, ids in live.items() if len(ids) == depth]
+        if finished:
+            return finished[0]
+        allowed = sorted({ids[depth] for ids in live.values()})
+        if len(allowed) == 1 and len(live) == 1:
+            token = yield ("force", allowed[0])
+            token = allowed[0]
+        else:
+            token = yield Choice(allowed)
+        live = {k: ids for k, ids in live.items() if ids[depth] == token}
+        depth += 1
+
+
+def force(ids: Iterable[int]):
+    for t in ids:
+        yield ("force", t)
+
+
+class TurnCounter:
+    """Counts forced (input) and chosen (output) tokens of one turn."""
+
+    def __init__(self):
+        self.forced = 0
+        self.chosen = 0
+
+
+def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter):
+    """The program of one assistant turn: returns (Form, raw text, valid)."""
+    raw: list[int] = []
+
+    def forced(ids):
+        raw.extend(ids)
+        counter.forced += len(ids)
+        yield from force(ids)
+
+    def chosen(candidates):
+        before = len(raw)
+        key = yield from _tracked(choose_sequence(candidates), raw, counter)
+        return key
+
+    yield from forced(codec.form_head)
+    node = yield from chosen(codec.node_candidates)
+    yield from forced(codec.after_node)
+    slots: dict[str, str] = {}
+    while True:
+        unused = [s for s in codec.wf.slots if s not in slots]
+        opener = codec.open_key if not slots else codec.comma_key
+        options = {"close": codec.close_brace}
+        if unused:
+            options["more"] = opener
+        what = yield from chosen(options)
+        if what == "close":
+            break
+        key = yield from chosen({s: codec.slot_candidates[s] for s in unused})
+        yield from forced(codec.key_to_value)
+        values = codec.value_candidates(key, last_user)
+        if not values:  # nothing to copy: the model asked for a value the message does not hold
+            values = {"": codec.quote}
+        slots[key] = yield from chosen(values)
+    yield from forced(codec.after_slots)
+    say_ids: list[int] = []
+    closed = False
+    for _ in range(max_say_tokens):
+        token = yield Choice(None)
+        counter.chosen += 1
+        raw.append(token)
+        if token in codec.quote_ids:
+            closed = True
+            break
+        say_ids.append(token)
+    if not closed:  # ran out of room: the form is invalid; close it so the conversation goes on
+        yield from forced(codec.quote)
+    yield from forced(codec.form_tail)
+    say = codec.decode(say_ids)
+    text = codec.decode(raw).split("<|im_end|>")[0]
+    form = Form(node, slots, say)
+    return form, text, closed
+
+
+def _tracked(program, raw: list[int], counter: TurnCounter):
+    """Run a choose_sequence program, recording its tokens into ``raw`` and ``counter``."""
+    value = None
+    try:
+        action = next(program)
+        while True:
+            if isinstance(action, Choice):
+                token = yield action
+                counter.chosen += 1
+            else:
+                token = action[1]
+                yield action
+                counter.forced += 1
+            raw.append(token)
+            action = program.send(token)
+    except StopIteration as stop:
+        value = stop.value
+    return value
+
+
+class Lockstep:
+    """Drives many row programs one token per step through one batched, KV-cached forward."""
+
+    def __init__(self, model, pad_id: int, banned_free: Sequence[int]):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.free_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        self.free_mask[list(banned_free)] = True
+
+    def run(self, programs: list[Program], on_step: Callable[[float], None] | None = None) -> int:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        n = len(programs)
+        pending: list[object] = [None] * n
+        alive = [True] * n
+        for i, prog in enumerate(programs):
+            pending[i] = self._advance(prog, None, i, alive)
+        cache = DynamicCache()
+        logits = None
+        step = 0
+        with torch.inference_mode():
+            while any(alive):
+                tokens = [self.pad_id] * n
+                for i in range(n):
+                    if not alive[i]:
+                        continue
+                    action = pending[i]
+                    if isinstance(action, Choice):
+                        row = logits[i]
+                        if action.allowed is None:
+                            token = int(torch.argmax(row.masked_fill(self.free_mask, float("-inf"))))
+                        else:
+                            allowed = action.allowed
+                            token = allowed[int(torch.argmax(row[allowed]))]
+                        tokens[i] = token
+                        pending[i] = ("sent", token)
+                    else:
+                        tokens[i] = action[1]
+                        pending[i] = ("sent", None)
+                started = time.perf_counter()
+                out = self.model(
+                    input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float()
+                elapsed = time.perf_counter() - started
+                if on_step is not None:
+                    on_step(elapsed)
+                step += 1
+                for i in range(n):
+                    if alive[i]:
+                        _, sent = pending[i]
+                        pending[i] = self._advance(programs[i], sent, i, alive)
+        return step
+
+    @staticmethod
+    def _advance(prog: Program, value, i: int, alive: list[bool]):
+        try:
+            return prog.send(value) if value is not None else next(prog)
+        except StopIteration:
+            alive[i] = False
+            return None

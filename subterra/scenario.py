@@ -1,0 +1,125 @@
+"""Scenarios: what one synthetic user wants, fixed before any conversation is rendered.
+
+A scenario is a path through the workflow (the branch taken at each visit of each decision
+point), a value for every slot, the user's corrections, where the user goes off-script, and which
+phrasing pool the user speaks from. The teacher renders a scenario into a training conversation;
+evaluation replays the same scenario against the compiled model with a scripted user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+
+from subterra.phrasing import SEEN, UNSEEN
+from subterra.slot_values import SlotValueSource
+
+SPLITS = ("train", "holdout", "holdout_unseen")
+OFFSCRIPT_KINDS = ("unclear", "offtopic", "correction")
+
+
+def visit_key(node: str, visit: int) -> str:
+    return f"{node}#{visit}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    split: str
+    path: tuple[str, ...]
+    values: dict[str, str]
+    corrections: dict[str, str] = field(default_factory=dict)
+    offscript: dict[str, str] = field(default_factory=dict)  # visit_key -> kind
+    phrasing: str = SEEN
+    seed: int = 0
+
+    def choices(self, wf) -> dict[str, str]:
+        """visit_key(node, visit) -> the edge id the user's reply takes there."""
+        edges = {e.id: e for e in wf.edges}
+        visits: dict[str, int] = {}
+        out = {}
+        for edge_id in self.path:
+            source = edges[edge_id].source
+            visits[source] = visits.get(source, 0) + 1
+            out[visit_key(source, visits[source])] = edge_id
+        return out
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["path"] = list(self.path)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Scenario":
+        data = json.loads(text)
+        data["path"] = tuple(data["path"])
+        return cls(**data)
+
+
+def path_visit_keys(wf, path) -> list[str]:
+    """visit_key of every node a path arrives at, in order (start first, terminal last)."""
+    edges = {e.id: e for e in wf.edges}
+    nodes = [wf.start] + [edges[e].target for e in path]
+    visits: dict[str, int] = {}
+    keys = []
+    for node in nodes:
+        visits[node] = visits.get(node, 0) + 1
+        keys.append(visit_key(node, visits[node]))
+    return keys
+
+
+def collected_before(wf, path) -> list[set[str]]:
+    """For each node arrival on the path, the slots the user has provided before that arrival."""
+    edges = {e.id: e for e in wf.edges}
+    known: set[str] = set()
+    out = [set()]
+    for edge_id in path:
+        edge = edges[edge_id]
+        known |= set(wf.nodes[edge.source].collect) | set(edge.collect)
+        out.append(set(known))
+    return out
+
+
+def make_scenario(
+    wf,
+    path,
+    split: str,
+    index: int,
+    seed: int,
+    offscript_rate: float,
+    random_value_rate: float = 0.0,
+) -> Scenario:
+    """A seeded scenario on ``path`` for ``split``; holdout splits draw reserved slot values only."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    scenario_seed = int.from_bytes(
+        hashlib.sha256(f"{wf.id}|{split}|{index}|{seed}|{'/'.join(path)}".encode()).digest()[:8], "big"
+    )
+    rng = random.Random(scenario_seed)
+    rate = random_value_rate if split == "train" else 0.0
+    sources = {name: SlotValueSource.for_slot(slot) for name, slot in wf.slots.items()}
+    values = {name: src.draw(rng, split, rate) for name, src in sources.items()}
+    corrections = {name: src.different(rng, split, values[name], rate) for name, src in sources.items()}
+    keys = path_visit_keys(wf, path)
+    known = collected_before(wf, path)
+    offscript: dict[str, str] = {}
+    for key, slots_known, node in zip(keys[:-1], known[:-1], [k.split("#")[0] for k in keys[:-1]]):
+        if rng.random() >= offscript_rate:
+            continue
+        kinds = [k for k in OFFSCRIPT_KINDS if k != "correction" or (slots_known and len(corrections))]
+        # a correction needs a slot the user already gave whose correction differs
+        if "correction" in kinds and not any(corrections[s] != values[s] for s in slots_known):
+            kinds.remove("correction")
+        offscript[key] = rng.choice(kinds)
+    return Scenario(
+        id=f"{split}-{index:05d}",
+        split=split,
+        path=tuple(path),
+        values=values,
+        corrections=corrections,
+        offscript=offscript,
+        phrasing=UNSEEN if split == "holdout_unseen" else SEEN,
+        seed=scenario_seed,
+    )

@@ -1,0 +1,110 @@
+"""The scripted user: plays a scenario against whatever agent it talks to.
+
+It answers the step the agent is *actually* at (so a derailed agent stays derailed instead of
+being papered over): at a decision point it takes the branch its scenario takes on that visit,
+at a step that collects slots it provides its values, verbatim, in one of the step's phrasings.
+Where its scenario says so it goes off-script first: an unclear answer, an off-topic question,
+or a correction of a value it gave earlier.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from subterra import phrasing as ph
+from subterra.scenario import Scenario, visit_key
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    text: str
+    kind: str  # opener | answer | unclear | offtopic | correction
+    slots: dict[str, str] = field(default_factory=dict)  # what this message provides, verbatim
+    edge: str | None = None  # the edge an answer takes
+
+
+class ScriptedUser:
+    def __init__(self, wf, scenario: Scenario):
+        self.wf = wf
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed ^ 0x5EED5EED)
+        self.values = dict(scenario.values)
+        self.provided: list[str] = []
+        self.visits: dict[str, int] = {}
+        self.pending = dict(scenario.offscript)
+        self.choices = scenario.choices(wf)
+        self._last: UserTurn | None = None
+        self._last_node: str | None = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _pool(self, lines) -> tuple[str, ...]:
+        return ph.phrasing_pool(lines, self.scenario.phrasing)
+
+    def _decorate(self, text: str) -> str:
+        return self.rng.choice(ph.USER_PREFIXES) + text + self.rng.choice(ph.USER_SUFFIXES)
+
+    def _turn(self, turn: UserTurn, node: str | None) -> UserTurn:
+        self._last, self._last_node = turn, node
+        return turn
+
+    # -- the conversation ----------------------------------------------------------------
+    def opener(self) -> UserTurn:
+        return self._turn(UserTurn(self.rng.choice(self._pool(ph.OPENERS)), "opener"), None)
+
+    def reply(self, node_id: str) -> UserTurn | None:
+        """The user's message after the agent's turn at ``node_id``; None after a terminal node."""
+        node = self.wf.nodes.get(node_id)
+        if node is None:  # an agent that names no real step gets a confused user
+            return self._turn(UserTurn(self.rng.choice(self._pool(ph.UNCLEAR)), "unclear"), node_id)
+        repeat = self._last is not None and self._last.kind in ph_OFFSCRIPT and node_id == self._last_node
+        if not repeat:
+            self.visits[node_id] = self.visits.get(node_id, 0) + 1
+        if node.is_terminal:
+            return None
+        key = visit_key(node_id, self.visits.get(node_id, 1))
+        kind = None if repeat else self.pending.pop(key, None)
+        if kind == "correction":
+            turn = self._correction()
+            if turn is not None:
+                return self._turn(turn, node_id)
+            kind = "unclear"
+        if kind == "unclear":
+            return self._turn(UserTurn(self.rng.choice(self._pool(ph.UNCLEAR)), "unclear"), node_id)
+        if kind == "offtopic":
+            return self._turn(UserTurn(self.rng.choice(self._pool(ph.OFF_TOPIC)), "offtopic"), node_id)
+        return self._turn(self._answer(node, key), node_id)
+
+    def _answer(self, node, key: str) -> UserTurn:
+        out_edges = self.wf.out_edges(node.id)
+        if node.branches:
+            edge_id = self.choices.get(key)
+            edge = next((e for e in out_edges if e.id == edge_id), None)
+            if edge is None:  # off the scenario's path: a fixed, seeded choice
+                edge = out_edges[random.Random(f"{self.scenario.seed}|{key}").randrange(len(out_edges))]
+            lines, collect = edge.user, tuple(node.collect) + tuple(edge.collect)
+        else:
+            edge = out_edges[0]
+            lines, collect = node.user, tuple(node.collect)
+        if not lines:
+            lines = (" ".join("{%s}" % s for s in collect) + ".",) if collect else ph.ACKNOWLEDGEMENTS
+        template = self.rng.choice(self._pool(lines))
+        slots = {s: self.values[s] for s in collect if ph.uses(template, s)}
+        for s in slots:
+            if s not in self.provided:
+                self.provided.append(s)
+        text = self._decorate(ph.fill(template, self.values))
+        return UserTurn(text, "answer", slots, edge.id)
+
+    def _correction(self) -> UserTurn | None:
+        candidates = [s for s in self.provided if self.scenario.corrections.get(s, self.values[s]) != self.values[s]]
+        if not candidates:
+            return None
+        slot = self.rng.choice(candidates)
+        old, new = self.values[slot], self.scenario.corrections[slot]
+        self.values[slot] = new
+        template = self.rng.choice(self._pool(ph.CORRECTIONS))
+        return UserTurn(ph.fill(template, {"old": old, "new": new}), "correction", {slot: new})
+
+
+ph_OFFSCRIPT = frozenset({"unclear", "offtopic", "correction"})

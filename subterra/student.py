@@ -1,0 +1,103 @@
+"""The student: which base model is fine-tuned, and with which tokenizer.
+
+``tiny-llama`` (the default, offline) is a small Llama-architecture model built from a config,
+with a BPE tokenizer trained on the training conversations. Any other value is a local
+transformers folder or a hub id, loaded with its own tokenizer (hub ids need a network, which
+the offline defaults never do). Device and dtype are chosen by the trainer (CUDA/bf16 when
+present, CPU/fp32 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+TINY = "tiny-llama"
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    base_model: str = TINY
+    vocab_size: int = 3000
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 6
+    max_length: int = 1536
+    atoms: tuple[str, ...] = ()
+
+    @property
+    def from_config(self) -> bool:
+        return self.base_model == TINY
+
+    def tokenizer(self, conversations: Sequence[list[dict]]):
+        """The tokenizer for this student (trained on ``conversations`` for the tiny model)."""
+        if self.from_config:
+            from subterra.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
+            texts = (_render(m) for m in conversations)
+            return train_tokenizer(texts, self.vocab_size, self.atoms)
+        from transformers import AutoTokenizer
+
+        from subterra.tokenizer import CHAT_TEMPLATE
+
+        tok = AutoTokenizer.from_pretrained(self.base_model)
+        if "generation" not in (tok.chat_template or ""):
+            tok.chat_template = CHAT_TEMPLATE
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+
+def _render(messages: list[dict]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def load_student(spec: StudentSpec, conversations: Sequence[list[dict]]):
+    """(tokenizer, model) ready for fine-tuning."""
+    tokenizer = spec.tokenizer(conversations)
+    if spec.from_config:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_heads,
+            max_position_embeddings=max(spec.max_length, 2048),
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return tokenizer, LlamaForCausalLM(config)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer, model
+
+
+def load_compiled(model_dir: str, device: str | None = None):
+    """(tokenizer, model) of a compiled model folder, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    return tokenizer, model
+
+
+def describe(model_dir: str) -> dict:
+    from pathlib import Path
+
+    path = Path(model_dir) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,245 @@
+"""Full-parameter SFT of the student on the train split, with TRL's ``SFTTrainer``.
+
+Configuration is a dataclass (``TrainConfig``) written to JSON; ``subterra.cli.train`` runs it
+as its own process (launched by the ``trained_weights`` asset through Dagster Pipes, or by hand,
+or by ``accelerate launch`` on a GPU machine). Loss is on assistant turns only; the system
+prompt is only the workflow's one-line ``assistant`` text (that is what the corpus holds).
+Checkpoints are written periodically and a rerun resumes from the last one. The finished model
+is a standard transformers folder (safetensors, tokenizer, chat template), written under a
+temporary name and renamed into place, with ``training_result.json`` beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from subterra.student import StudentSpec, load_student
+
+RESULT_FILE = "training_result.json"
+
+
+@dataclass
+class TrainConfig:
+    workflow: str = ""
+    train_data: str = ""  # Parquet with the corpus columns (rows of split "train" are used)
+    output_dir: str = ""  # the final model folder
+    checkpoint_dir: str = ""  # defaults to output_dir + ".checkpoints"
+    base_model: str = "tiny-llama"  # "tiny-llama" | a local transformers folder | a hub id
+    workflow_atoms: list[str] = field(default_factory=list)  # node ids and slot names (single tokens)
+    vocab_size: int = 3000
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 6
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_length: int = 1536
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = 200
+    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
+    torch_threads: int = 0  # 0: all cores
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        return cls(**data)
+
+    def student(self) -> StudentSpec:
+        return StudentSpec(
+            base_model=self.base_model,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            max_length=self.max_length,
+            atoms=tuple(self.workflow_atoms),
+        )
+
+
+def train_conversations(frame: pl.DataFrame) -> list[list[dict]]:
+    rows = frame.filter(pl.col("split") == "train").sort("conversation_id")
+    return [json.loads(m) for m in rows["messages"]]
+
+
+def measure_lengths(corpus: pl.DataFrame, wf, config: TrainConfig | None = None) -> list[int]:
+    """Token length of every conversation of ``corpus`` under the student's tokenizer."""
+    config = config or TrainConfig()
+    spec = config.student()
+    if not spec.atoms:
+        from subterra.tokenizer import workflow_atoms
+
+        spec = StudentSpec(**{**asdict(spec), "atoms": tuple(workflow_atoms(wf))})
+    tokenizer = spec.tokenizer(train_conversations(corpus))
+    texts = [tokenizer.apply_chat_template(json.loads(m), tokenize=False) for m in corpus["messages"]]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+@dataclass
+class TrainResult:
+    workflow: str
+    model_dir: str
+    base_model: str
+    params: int
+    steps: int
+    epochs: float
+    train_conversations: int
+    train_tokens: int
+    train_seconds: float
+    tokens_per_second: float
+    final_loss: float
+    loss_curve: list[tuple[int, float]]
+    device: str
+    dtype: str
+    resumed_from: str | None = None
+
+    def to_json(self, path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def from_json(cls, path) -> "TrainResult":
+        data = json.loads(Path(path).read_text())
+        data["loss_curve"] = [tuple(p) for p in data["loss_curve"]]
+        return cls(**data)
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    ckpts = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(ckpts, key=lambda p: int(p.name.split("-")[1]))) if ckpts else None
+
+
+def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train, save the model folder atomically, return (and write) the result."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    if config.torch_threads or not torch.cuda.is_available():
+        torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
+    conversations = train_conversations(pl.read_parquet(config.train_data))
+    if not conversations:
+        raise ValueError(f"{config.train_data}: no training conversations")
+    spec = config.student()
+    tokenizer, model = load_student(spec, conversations)
+    cuda = torch.cuda.is_available()
+    bf16 = cuda if config.bf16 is None else config.bf16
+    out = Path(config.output_dir)
+    ckpt_dir = Path(config.checkpoint_dir or f"{out}.checkpoints")
+    resume = _latest_checkpoint(ckpt_dir)
+
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_length=config.max_length,
+        assistant_only_loss=True,
+        packing=False,
+        train_sampling_strategy="random",  # batches mix paths, so decision points are contrasted
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=config.seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        dataset_num_proc=None,
+    )
+    curve: list[tuple[int, float]] = []
+    started = time.perf_counter()
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                curve.append((state.global_step, float(logs["loss"])))
+                if on_log is not None:
+                    on_log(
+                        {
+                            "step": state.global_step,
+                            "max_steps": state.max_steps,
+                            "loss": float(logs["loss"]),
+                            "elapsed_s": round(time.perf_counter() - started, 1),
+                        }
+                    )
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{"messages": m} for m in conversations]),
+        processing_class=tokenizer,
+        callbacks=[Progress()],
+    )
+    train_tokens_per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    steps = trainer.state.global_step
+    epochs_done = float(trainer.state.epoch or config.epochs)
+    tokens = int(train_tokens_per_epoch * epochs_done)
+
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    result = TrainResult(
+        workflow=config.workflow,
+        model_dir=str(out),
+        base_model=config.base_model,
+        params=sum(p.numel() for p in model.parameters()),
+        steps=steps,
+        epochs=epochs_done,
+        train_conversations=len(conversations),
+        train_tokens=tokens,
+        train_seconds=round(seconds, 2),
+        tokens_per_second=round(tokens / seconds, 1) if seconds > 0 else math.nan,
+        final_loss=float(curve[-1][1]) if curve else float(output.training_loss),
+        loss_curve=curve,
+        device="cuda" if cuda else "cpu",
+        dtype="bf16" if bf16 else "fp32",
+        resumed_from=resume,
+    )
+    result.to_json(staging / RESULT_FILE)
+    config.to_json(staging / "train_config.json")
+    if out.exists():
+        previous = out.with_name(out.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+        staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result

@@ -233,7 +233,7 @@ def evaluate(
     done = 0
     for start in range(0, len(selected), config.batch_size):
         batch = selected[start : start + config.batch_size]
-        transcripts, programs, scenarios = [], [], []
+        transcripts, programs, scenarios, lengths = [], [], [], []
         clock_now = [0.0]
 
         def clock() -> float:  # the batch's own forward time: latency a user of this batch waits
@@ -252,10 +252,13 @@ def evaluate(
             )
             transcripts.append(transcript)
             scenarios.append((scenario, reference, row["path_id"]))
-        driver.run(programs, on_step=on_step)
-        for (scenario, reference, pid), transcript in zip(scenarios, transcripts):
+            lengths.append(len(codec.encode(tokenizer.apply_chat_template(reference, tokenize=False))))
+        max_len = int(1.3 * max(lengths)) + 256
+        truncated = driver.run(programs, max_len, on_step=on_step)
+        for (scenario, reference, pid), transcript, cut in zip(scenarios, transcripts, truncated):
             scored = score(wf, scenario, reference, transcript)
             scored["path_id"] = pid
+            scored["truncated"] = cut
             results.append(scored)
         done += len(batch)
         if progress is not None:

@@ -155,9 +155,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         yield from force(ids)
 
     def chosen(candidates):
-        before = len(raw)
-        key = yield from _tracked(choose_sequence(candidates), raw, counter)
-        return key
+        return (yield from _tracked(choose_sequence(candidates), raw, counter))
 
     yield from forced(codec.form_head)
     node = yield from chosen(codec.node_candidates)
@@ -219,34 +217,40 @@ def _tracked(program, raw: list[int], counter: TurnCounter):
 
 
 class Lockstep:
-    """Drives many row programs one token per step through one batched, KV-cached forward."""
+    """Drives many row programs one token per step through one batched, KV-cached forward.
+
+    All rows advance together from position 0, so there is no padding and one position per step;
+    the cache is a preallocated ``StaticCache`` (appending to a dynamic cache copies it every step).
+    A row still running when the cache is full is cut off (``truncated``).
+    """
 
     def __init__(self, model, pad_id: int, banned_free: Sequence[int]):
-        import torch
+        import numpy as np
 
-        self.torch = torch
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.free_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
-        self.free_mask[list(banned_free)] = True
+        self.free_penalty = np.zeros(vocab, dtype=np.float32)
+        self.free_penalty[list(banned_free)] = -np.inf
 
-    def run(self, programs: list[Program], on_step: Callable[[float], None] | None = None) -> int:
-        torch = self.torch
-        from transformers import DynamicCache
+    def run(self, programs: list[Program], max_len: int, on_step: Callable[[float], None] | None = None) -> list[bool]:
+        """Run every program to its end (or to ``max_len`` tokens); returns which rows were truncated."""
+        import numpy as np
+        import torch
+        from transformers import StaticCache
 
         n = len(programs)
-        pending: list[object] = [None] * n
         alive = [True] * n
-        for i, prog in enumerate(programs):
-            pending[i] = self._advance(prog, None, i, alive)
-        cache = DynamicCache()
+        pending: list[object] = [self._advance(prog, None, i, alive) for i, prog in enumerate(programs)]
+        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         logits = None
-        step = 0
+        tokens = np.full(n, self.pad_id, dtype=np.int64)
         with torch.inference_mode():
-            while any(alive):
-                tokens = [self.pad_id] * n
+            for step in range(max_len):
+                if not any(alive):
+                    break
+                sent: list[int | None] = [None] * n
                 for i in range(n):
                     if not alive[i]:
                         continue
@@ -254,32 +258,29 @@ class Lockstep:
                     if isinstance(action, Choice):
                         row = logits[i]
                         if action.allowed is None:
-                            token = int(torch.argmax(row.masked_fill(self.free_mask, float("-inf"))))
+                            token = int(np.argmax(row + self.free_penalty))
                         else:
                             allowed = action.allowed
-                            token = allowed[int(torch.argmax(row[allowed]))]
-                        tokens[i] = token
-                        pending[i] = ("sent", token)
+                            token = allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+                        tokens[i] = sent[i] = token
                     else:
                         tokens[i] = action[1]
-                        pending[i] = ("sent", None)
                 started = time.perf_counter()
                 out = self.model(
-                    input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
+                    input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
                     past_key_values=cache,
                     use_cache=True,
+                    cache_position=torch.tensor([step], device=self.device),
                 )
-                cache = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                elapsed = time.perf_counter() - started
+                logits = out.logits[:, -1, :].float().cpu().numpy()
                 if on_step is not None:
-                    on_step(elapsed)
-                step += 1
+                    on_step(time.perf_counter() - started)
                 for i in range(n):
                     if alive[i]:
-                        _, sent = pending[i]
-                        pending[i] = self._advance(programs[i], sent, i, alive)
-        return step
+                        pending[i] = self._advance(programs[i], sent[i], i, alive)
+                    else:
+                        tokens[i] = self.pad_id
+        return list(alive)
 
     @staticmethod
     def _advance(prog: Program, value, i: int, alive: list[bool]):
@@ -288,3 +289,70 @@ class Lockstep:
         except StopIteration:
             alive[i] = False
             return None
+
+
+class ChatSession:
+    """One live conversation with a compiled model (``subterra chat``): the runtime for one user.
+
+    Forced tokens (the user's message, the form's structure) go through the model in one forward
+    each; only the model's own choices are decoded token by token.
+    """
+
+    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96):
+        import numpy as np
+        import torch
+        from transformers import DynamicCache
+
+        from subterra.student import load_compiled
+
+        self.torch, self.np = torch, np
+        self.tokenizer, self.model = load_compiled(model_dir)
+        self.codec = Codec(self.tokenizer, wf)
+        self.wf = wf
+        self.max_say = max_say_tokens
+        self.cache = DynamicCache()
+        self.position = 0
+        self.logits = None
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self.free_penalty = np.zeros(vocab, dtype=np.float32)
+        self.free_penalty[self.codec.banned_in_say] = -np.inf
+        self._buffer: list[int] = list(self.codec.system(wf.assistant))
+        self.ended = False
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        torch = self.torch
+        ids = torch.tensor([self._buffer], device=self.model.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.logits = out.logits[0, -1, :].float().cpu().numpy()
+        self.position += len(self._buffer)
+        self._buffer = []
+
+    def respond(self, text: str) -> Form:
+        """The model's form after the user's message ``text``."""
+        self._buffer.extend(self.codec.user(text))
+        program = fill_form(self.codec, text, self.max_say, TurnCounter())
+        value = None
+        try:
+            action = next(program)
+            while True:
+                if isinstance(action, Choice):
+                    self._flush()
+                    row = self.logits
+                    if action.allowed is None:
+                        value = int(self.np.argmax(row + self.free_penalty))
+                    else:
+                        value = action.allowed[int(self.np.argmax(row[action.allowed]))]
+                    self._buffer.append(value)
+                    action = program.send(value)
+                else:
+                    self._buffer.append(action[1])
+                    action = next(program)
+        except StopIteration as stop:
+            form, _raw, _valid = stop.value
+        node = self.wf.nodes.get(form.node)
+        self.ended = bool(node and node.is_terminal)
+        return form

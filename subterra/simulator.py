@@ -42,7 +42,10 @@ class ScriptedUser:
         return ph.phrasing_pool(lines, self.scenario.phrasing)
 
     def _decorate(self, text: str) -> str:
-        return self.rng.choice(ph.USER_PREFIXES) + text + self.rng.choice(ph.USER_SUFFIXES)
+        prefix = self.rng.choice(ph.USER_PREFIXES)
+        if prefix and text[:1].isupper() and not text.startswith(("I ", "I'")) and text[1:2].islower():
+            text = text[0].lower() + text[1:]
+        return prefix + text + self.rng.choice(ph.USER_SUFFIXES)
 
     def _turn(self, turn: UserTurn, node: str | None) -> UserTurn:
         self._last, self._last_node = turn, node
@@ -93,7 +96,7 @@ class ScriptedUser:
         for s in slots:
             if s not in self.provided:
                 self.provided.append(s)
-        text = self._decorate(ph.fill(template, self.values))
+        text = ph.fill(self._decorate(template), self.values)
         return UserTurn(text, "answer", slots, edge.id)
 
     def _correction(self) -> UserTurn | None:

@@ -1,0 +1,98 @@
+"""The offline teacher's corpus: coverage, splits, forms, verbatim values, determinism."""
+
+import json
+import re
+
+import polars as pl
+import pytest
+
+from subterra.corpus import CorpusConfig, CorpusTooLarge, build_corpus
+from subterra.forms import parse_form
+from subterra.paths import edge_coverage, select_paths
+from subterra.slot_values import FREE_TYPES
+from subterra.teacher import TemplateTeacher
+from subterra.workflow import load_workflow
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def mini_workflow():
+    return load_workflow(FIXTURES / "mini_booking.yaml")
+
+
+@pytest.fixture(scope="module")
+def corpus(mini_workflow):
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1)
+    return build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
+
+
+def test_every_path_and_edge_is_in_training(mini_workflow, corpus):
+    train = corpus.filter(pl.col("split") == "train")
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+    assert train["path_id"].n_unique() == len(paths)
+    covered = {e for edges in train["edges"] for e in edges}
+    assert covered == {e.id for e in mini_workflow.edges} == edge_coverage(mini_workflow, paths)
+
+
+def test_splits_sizes_and_disjoint_texts(corpus):
+    counts = dict(corpus.group_by("split").len().iter_rows())
+    assert counts["holdout"] == counts["holdout_unseen"] == 40
+    train_texts = set(corpus.filter(pl.col("split") == "train")["messages"])
+    held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
+    assert not train_texts & held_texts
+
+
+def test_every_assistant_turn_is_a_form_with_verbatim_values(mini_workflow, corpus):
+    for messages in corpus["messages"]:
+        messages = json.loads(messages)
+        assert [m["role"] for m in messages[:2]] == ["system", "user"]
+        assert messages[0]["content"] == mini_workflow.assistant
+        for prev, msg in zip(messages, messages[1:]):
+            assert prev["role"] != msg["role"]
+            if msg["role"] == "assistant":
+                form = parse_form(msg["content"])
+                assert form.node in mini_workflow.nodes
+                for slot, value in form.slots.items():
+                    assert value in prev["content"], (slot, value, prev["content"])
+            assert not re.search(r"\{[a-z_]+\}", msg["content"])
+
+
+def test_holdout_free_values_never_in_training(mini_workflow, corpus):
+    def values(split):
+        out = {}
+        for scenario in corpus.filter(pl.col("split").is_in(split))["scenario"]:
+            for slot, value in json.loads(scenario)["values"].items():
+                out.setdefault(slot, set()).add(value)
+        return out
+
+    train, held = values(["train"]), values(["holdout", "holdout_unseen"])
+    free = [s for s, spec in mini_workflow.slots.items() if spec.type in FREE_TYPES]
+    assert free
+    for slot in free:
+        assert not train[slot] & held[slot], slot
+
+
+def test_offscript_behaviour_is_injected(corpus):
+    kinds = {k for ks in corpus["offscript"] for k in ks}
+    assert kinds == {"unclear", "offtopic", "correction"}
+
+
+def test_deterministic(mini_workflow, corpus):
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1)
+    again = build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
+    assert again["messages"].to_list() == corpus["messages"].to_list()
+
+
+def test_unseen_holdout_uses_held_back_phrasings(corpus):
+    seen = corpus.filter(pl.col("split") == "holdout")["messages"].to_list()
+    unseen = corpus.filter(pl.col("split") == "holdout_unseen")["messages"].to_list()
+    assert sum(a != b for a, b in zip(seen, unseen)) > len(seen) // 2
+
+
+def test_oversized_corpus_is_refused_before_generation(mini_workflow):
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+    with pytest.raises(CorpusTooLarge, match="exceeds max_conversations"):
+        build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(max_conversations=10))

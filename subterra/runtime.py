@@ -112,24 +112,77 @@ def word_spans(message: str, max_words: int = 6) -> list[str]:
     return spans
 
 
-def choose_sequence(candidates: dict[str, list[int]]) -> Generator[Choice, int, str]:
-    """Greedy walk of the trie of ``candidates``; returns the chosen key."""
-    live = dict(candidates)
-    depth = 0
-    while True:
-        if not live:
-            raise RuntimeError("no candidate left")
-        finished = [k for k, ids in live.items() if len(ids) == depth]
-        if finished:
-            return finished[0]
-        allowed = sorted({ids[depth] for ids in live.values()})
-        if len(allowed) == 1 and len(live) == 1:
-            token = yield ("force", allowed[0])
-            token = allowed[0]
-        else:
-            token = yield Choice(allowed)
-        live = {k: ids for k, ids in live.items() if ids[depth] == token}
-        depth += 1
+@dataclass
+class Score:
+    """Ask the driver for the most likely of several token sequences (scored whole, not greedily)."""
+
+    candidates: dict[str, list[int]]
+
+
+def choose_sequence(candidates: dict[str, list[int]]):
+    """Choose one of ``candidates`` (token sequences); returns its key.
+
+    Single-token choices (node ids, slot names, a brace) are one constrained argmax. Multi-token
+    ones (values) are scored whole — the exact most likely sequence of the allowed set — so a
+    value's first word cannot commit the model to a wrong span (``2027`` instead of ``9 May 2027``).
+    """
+    if not candidates:
+        raise RuntimeError("no candidate to choose from")
+    keys = list(candidates)
+    if len(keys) == 1:
+        key = keys[0]
+    elif all(len(ids) <= 2 for ids in candidates.values()) and len({ids[0] for ids in candidates.values()}) == len(keys):
+        token = yield Choice(sorted({ids[0] for ids in candidates.values()}))
+        key = next(k for k in keys if candidates[k][0] == token)
+        for t in candidates[key][1:]:
+            yield ("force", t)
+        return key
+    else:
+        key = yield Score(candidates)
+    for t in candidates[key]:
+        yield ("force", t)
+    return key
+
+
+def score_candidates(model, past: list[tuple], position: int, first_logits, candidates: dict[str, list[int]]) -> str:
+    """The key of the most likely candidate sequence after a context held in ``past``.
+
+    ``past`` is the context's key/value tensors per layer (batch 1, ``position`` tokens);
+    ``first_logits`` the model's prediction after the context.
+    """
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+
+    keys = list(candidates)
+    seqs = [candidates[k] for k in keys]
+    first = torch.log_softmax(torch.as_tensor(first_logits, dtype=torch.float32), -1)
+    totals = torch.stack([first[s[0]] for s in seqs])
+    width = max(len(s) for s in seqs) - 1
+    if width > 0:
+        k = len(seqs)
+        inputs = torch.zeros((k, width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            inputs[row, : len(s) - 1] = torch.tensor(s[:-1])
+        cache = DynamicCache(
+            ddp_cache_data=[(key.expand(k, -1, -1, -1), value.expand(k, -1, -1, -1)) for key, value in past]
+        )
+        positions = torch.arange(position, position + width)
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            out = model(
+                input_ids=inputs.to(device),
+                past_key_values=cache,
+                position_ids=positions.unsqueeze(0).expand(k, -1).to(device),
+                cache_position=positions.to(device),
+                use_cache=True,
+            )
+        logp = torch.log_softmax(out.logits.float().cpu(), -1)
+        for row, s in enumerate(seqs):
+            if len(s) > 1:
+                steps = torch.arange(len(s) - 1)
+                totals[row] += logp[row, steps, torch.tensor(s[1:])].sum()
+    return keys[int(np.argmax(totals.numpy()))]
 
 
 def force(ids: Iterable[int]):
@@ -197,23 +250,24 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
 
 
 def _tracked(program, raw: list[int], counter: TurnCounter):
-    """Run a choose_sequence program, recording its tokens into ``raw`` and ``counter``."""
-    value = None
+    """Run a choose_sequence program, recording its tokens into ``raw``; all of them are the model's output."""
     try:
         action = next(program)
         while True:
+            if isinstance(action, Score):
+                key = yield action
+                action = program.send(key)
+                continue
             if isinstance(action, Choice):
                 token = yield action
-                counter.chosen += 1
             else:
                 token = action[1]
                 yield action
-                counter.forced += 1
+            counter.chosen += 1
             raw.append(token)
             action = program.send(token)
     except StopIteration as stop:
-        value = stop.value
-    return value
+        return stop.value
 
 
 class Lockstep:
@@ -254,6 +308,10 @@ class Lockstep:
                 for i in range(n):
                     if not alive[i]:
                         continue
+                    while isinstance(pending[i], Score):
+                        past = [(layer.keys[i : i + 1, :, :step], layer.values[i : i + 1, :, :step]) for layer in cache.layers]
+                        key = score_candidates(self.model, past, step, logits[i], pending[i].candidates)
+                        pending[i] = self._advance(programs[i], key, i, alive)
                     action = pending[i]
                     if isinstance(action, Choice):
                         row = logits[i]
@@ -339,6 +397,12 @@ class ChatSession:
         try:
             action = next(program)
             while True:
+                if isinstance(action, Score):
+                    self._flush()
+                    past = [(layer.keys, layer.values) for layer in self.cache.layers]
+                    key = score_candidates(self.model, past, self.position, self.logits, action.candidates)
+                    action = program.send(key)
+                    continue
                 if isinstance(action, Choice):
                     self._flush()
                     row = self.logits

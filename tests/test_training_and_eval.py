@@ -1,0 +1,120 @@
+"""A real (tiny, few-step) training run and a real evaluation of it, through the deployed runtime."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from subterra.corpus import CorpusConfig, build_corpus
+from subterra.evaluation import EvalConfig, evaluate
+from subterra.forms import parse_form
+from subterra.paths import select_paths
+from subterra.runtime import ChatSession, Codec, word_spans
+from subterra.teacher import TemplateTeacher
+from subterra.tokenizer import workflow_atoms
+from subterra.training import RESULT_FILE, TrainConfig, TrainResult, measure_lengths, train
+from subterra.workflow import load_workflow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def mini_workflow():
+    return load_workflow(FIXTURES / "mini_booking.yaml")
+
+
+@pytest.fixture(scope="module")
+def corpus(mini_workflow):
+    paths = select_paths(mini_workflow, cap=100, seed=0).paths
+    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mini_workflow, corpus):
+    folder = tmp_path_factory.mktemp("train")
+    corpus.write_parquet(folder / "train.parquet")
+    config = TrainConfig(
+        workflow=mini_workflow.id,
+        train_data=str(folder / "train.parquet"),
+        output_dir=str(folder / "model"),
+        workflow_atoms=workflow_atoms(mini_workflow),
+        max_steps=6,
+        logging_steps=2,
+        save_steps=3,
+        **TINY,
+    )
+    logs = []
+    result = train(config, on_log=logs.append)
+    return config, result, logs
+
+
+def test_training_writes_a_standard_model_folder(trained):
+    config, result, logs = trained
+    folder = Path(result.model_dir)
+    assert (folder / "model.safetensors").exists()
+    assert (folder / "tokenizer.json").exists()
+    assert "generation" in json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template", "") or (
+        folder / "chat_template.jinja"
+    ).exists()
+    assert result.steps == 6 and result.params > 10_000
+    assert [entry["step"] for entry in logs] == [2, 4, 6]  # progress while it trains
+    assert result.loss_curve[-1][1] < result.loss_curve[0][1]  # it learns
+    assert TrainResult.from_json(folder / RESULT_FILE).steps == 6
+    assert not Path(str(folder) + ".checkpoints").exists()
+
+
+def test_node_ids_and_slot_names_are_single_tokens(trained, mini_workflow):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained[1].model_dir)
+    for atom in workflow_atoms(mini_workflow):
+        assert len(tokenizer(atom, add_special_tokens=False)["input_ids"]) == 1, atom
+
+
+def test_runtime_encoding_matches_training_encoding(trained, mini_workflow, corpus):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    messages = json.loads(corpus["messages"][0])
+    whole = codec.encode(tokenizer.apply_chat_template(messages, tokenize=False))
+    pieces = codec.system(messages[0]["content"]) + codec.user(messages[1]["content"])
+    form = messages[2]["content"]
+    pieces += codec.encode(form) + codec.encode("<|im_end|>\n")
+    assert whole[: len(pieces)] == pieces
+
+
+def test_measure_lengths_counts_tokens(mini_workflow, corpus):
+    lengths = measure_lengths(corpus, mini_workflow, TrainConfig(**TINY))
+    assert len(lengths) == corpus.height and min(lengths) > 20
+
+
+def test_word_spans_are_whole_words_without_sentence_punctuation():
+    spans = word_spans("I'd like to go to Buenos Aires, please.")
+    assert "Buenos Aires" in spans and "please" in spans and "Aires, please" in spans
+    assert "uenos" not in spans and "please." not in spans
+
+
+def test_eval_of_the_trained_model(trained, mini_workflow, corpus):
+    result = evaluate(trained[1].model_dir, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12))
+    scores = result.scores
+    assert set(scores["holdout"]) == {"holdout", "holdout_unseen"}
+    assert scores["scenarios"].to_list() == [4, 4]
+    for column in ("strict_pass", "partial_credit", "form_validity", "failure_rate"):
+        assert all(0.0 <= v <= 1.0 for v in scores[column])
+    assert result.scenarios.height == 8
+    # the constraint: every node the model named is a real node, every value a span of the user's message
+    for transcript in result.scenarios["transcript"]:
+        for turn in json.loads(transcript):
+            assert turn["node"] in mini_workflow.nodes
+            assert set(turn["slots"]) <= set(mini_workflow.slots)
+    assert (result.scenarios["tokens_in"] > result.scenarios["tokens_out"]).all()
+
+
+def test_chat_session_answers_with_forms(trained, mini_workflow):
+    chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=8)
+    form = chat.respond("Hello!")
+    assert form.node in mini_workflow.nodes
+    parse_form(json.dumps({"node": form.node, "slots": form.slots, "say": form.say}))

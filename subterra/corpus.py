@@ -13,7 +13,6 @@ holdout one is dropped and redrawn.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from subterra.paths import path_id
 from subterra.phrasing import UNSEEN
 from subterra.scenario import Scenario, make_scenario
 from subterra.teacher import Teacher
@@ -53,10 +53,6 @@ class CorpusConfig:
 
 class CorpusTooLarge(ValueError):
     pass
-
-
-def path_id(path: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(path).encode()).hexdigest()[:12]
 
 
 def planned_sizes(n_paths: int, config: CorpusConfig) -> dict[str, int]:

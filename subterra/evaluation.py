@@ -265,3 +265,14 @@ def evaluate(
             progress(done, len(selected))
     frame = pl.DataFrame(results).sort(["holdout", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
+
+
+def failure_summary(scenarios: pl.DataFrame) -> pl.DataFrame:
+    """Where the failed scenarios first went wrong: holdout x kind x step, with counts."""
+    rows = []
+    for holdout, first_error in scenarios.filter(~pl.col("strict_pass")).select("holdout", "first_error").iter_rows():
+        error = json.loads(first_error) if first_error else {"kind": "unknown", "expected_node": None}
+        rows.append({"holdout": holdout, "kind": error["kind"], "step": error.get("expected_node") or error.get("got_node")})
+    if not rows:
+        return pl.DataFrame(schema={"holdout": pl.String, "kind": pl.String, "step": pl.String, "count": pl.UInt32})
+    return pl.DataFrame(rows).group_by(["holdout", "kind", "step"]).len("count").sort(["holdout", "count"], descending=[False, True])

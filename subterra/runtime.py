@@ -76,6 +76,7 @@ class Codec:
         specials = set(tokenizer.all_special_ids)
         self.quote_ids = {i for i in range(len(tokenizer)) if '"' in tokenizer.decode([i])}
         self.banned_in_say = sorted(specials)
+        self._space_cache: dict[int, bool] = {}
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -89,14 +90,28 @@ class Codec:
     def user(self, text: str) -> list[int]:
         return self.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 
-    def value_candidates(self, slot: str, message: str) -> dict[str, list[int]]:
-        """Allowed values of ``slot`` after ``message``: enum/boolean values, else whole-word spans."""
+    def value_candidates(self, slot: str, message: str) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+        """Allowed values of ``slot`` after ``message``, and which of their tokens are decisions.
+
+        Enum and boolean slots choose among their values (every token counts). Free slots copy a
+        span of whole words of the message: what counts is the span's first token, each
+        word boundary (go on or stop) and the closing quote.
+        """
         spec = self.wf.slots[slot]
-        if spec.type == "enum":
-            return {v: self.encode(v) + self.quote for v in spec.values}
-        if spec.type == "boolean":
-            return {v: self.encode(v) + self.quote for v in ("yes", "no")}
-        return {v: self.encode(v) + self.quote for v in word_spans(message)}
+        if spec.type in ("enum", "boolean"):
+            values = spec.values if spec.type == "enum" else ("yes", "no")
+            return {v: self.encode(v) + self.quote for v in values}, None
+        candidates, counted = {}, {}
+        for span in word_spans(message):
+            ids = self.encode(span) + self.quote
+            candidates[span] = ids
+            counted[span] = [0] + [j for j in range(1, len(ids)) if j == len(ids) - 1 or self.is_space(ids[j])]
+        return candidates, counted
+
+    def is_space(self, token: int) -> bool:
+        if token not in self._space_cache:
+            self._space_cache[token] = self.decode([token]).isspace()
+        return self._space_cache[token]
 
 
 def word_spans(message: str, max_words: int = 6) -> list[str]:
@@ -114,12 +129,18 @@ def word_spans(message: str, max_words: int = 6) -> list[str]:
 
 @dataclass
 class Score:
-    """Ask the driver for the most likely of several token sequences (scored whole, not greedily)."""
+    """Ask the driver for the most likely of several token sequences (scored whole, not greedily).
+
+    ``counted`` (optional) lists, per candidate, the token positions whose probability counts:
+    for a copied span only the model's real decisions — where the span starts, whether it goes on
+    after each word, where it ends — since the rest of each word follows from the message.
+    """
 
     candidates: dict[str, list[int]]
+    counted: dict[str, list[int]] | None = None
 
 
-def choose_sequence(candidates: dict[str, list[int]]):
+def choose_sequence(candidates: dict[str, list[int]], counted: dict[str, list[int]] | None = None):
     """Choose one of ``candidates`` (token sequences); returns its key.
 
     Single-token choices (node ids, slot names, a brace) are one constrained argmax. Multi-token
@@ -138,13 +159,13 @@ def choose_sequence(candidates: dict[str, list[int]]):
             yield ("force", t)
         return key
     else:
-        key = yield Score(candidates)
+        key = yield Score(candidates, counted)
     for t in candidates[key]:
         yield ("force", t)
     return key
 
 
-def score_candidates(model, past: list[tuple], position: int, first_logits, candidates: dict[str, list[int]]) -> str:
+def score_candidates(model, past: list[tuple], position: int, first_logits, candidates: dict[str, list[int]], counted=None) -> str:
     """The key of the most likely candidate sequence after a context held in ``past``.
 
     ``past`` is the context's key/value tensors per layer (batch 1, ``position`` tokens);
@@ -180,8 +201,10 @@ def score_candidates(model, past: list[tuple], position: int, first_logits, cand
         logp = torch.log_softmax(out.logits.float().cpu(), -1)
         for row, s in enumerate(seqs):
             if len(s) > 1:
-                steps = torch.arange(len(s) - 1)
-                totals[row] += logp[row, steps, torch.tensor(s[1:])].sum()
+                positions_counted = counted[keys[row]] if counted else range(1, len(s))
+                steps = torch.tensor([j - 1 for j in positions_counted if j >= 1], dtype=torch.long)
+                if len(steps):
+                    totals[row] += logp[row, steps, torch.tensor([s[j + 1] for j in steps.tolist()])].sum()
     return keys[int(np.argmax(totals.numpy()))]
 
 
@@ -207,8 +230,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         counter.forced += len(ids)
         yield from force(ids)
 
-    def chosen(candidates):
-        return (yield from _tracked(choose_sequence(candidates), raw, counter))
+    def chosen(candidates, counted=None):
+        return (yield from _tracked(choose_sequence(candidates, counted), raw, counter))
 
     yield from forced(codec.form_head)
     node = yield from chosen(codec.node_candidates)
@@ -225,10 +248,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             break
         key = yield from chosen({s: codec.slot_candidates[s] for s in unused})
         yield from forced(codec.key_to_value)
-        values = codec.value_candidates(key, last_user)
+        values, counted = codec.value_candidates(key, last_user)
         if not values:  # nothing to copy: the model asked for a value the message does not hold
-            values = {"": codec.quote}
-        slots[key] = yield from chosen(values)
+            values, counted = {"": codec.quote}, None
+        slots[key] = yield from chosen(values, counted)
     yield from forced(codec.after_slots)
     say_ids: list[int] = []
     closed = False
@@ -310,7 +333,7 @@ class Lockstep:
                         continue
                     while isinstance(pending[i], Score):
                         past = [(layer.keys[i : i + 1, :, :step], layer.values[i : i + 1, :, :step]) for layer in cache.layers]
-                        key = score_candidates(self.model, past, step, logits[i], pending[i].candidates)
+                        key = score_candidates(self.model, past, step, logits[i], pending[i].candidates, pending[i].counted)
                         pending[i] = self._advance(programs[i], key, i, alive)
                     action = pending[i]
                     if isinstance(action, Choice):
@@ -400,7 +423,7 @@ class ChatSession:
                 if isinstance(action, Score):
                     self._flush()
                     past = [(layer.keys, layer.values) for layer in self.cache.layers]
-                    key = score_candidates(self.model, past, self.position, self.logits, action.candidates)
+                    key = score_candidates(self.model, past, self.position, self.logits, action.candidates, action.counted)
                     action = program.send(key)
                     continue
                 if isinstance(action, Choice):

@@ -42,6 +42,7 @@ class TrainConfig:
     num_heads: int = 6
     epochs: float = 3.0
     max_steps: int = -1
+    max_tokens: int = 0  # a compute budget: caps the steps at this many training tokens (0: no cap)
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-3
@@ -178,6 +179,15 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         disable_tqdm=True,
         dataset_num_proc=None,
     )
+    if config.max_tokens > 0:
+        texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
+        mean_len = sum(len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]) / len(texts)
+        per_step = mean_len * config.batch_size * config.gradient_accumulation_steps
+        budget_steps = max(1, int(config.max_tokens / per_step))
+        epoch_steps = math.ceil(len(conversations) / (config.batch_size * config.gradient_accumulation_steps))
+        planned = int(config.epochs * epoch_steps) if config.max_steps <= 0 else config.max_steps
+        if budget_steps < planned:
+            args.max_steps = budget_steps
     curve: list[tuple[int, float]] = []
     started = time.perf_counter()
 

@@ -1,0 +1,22 @@
+"""The compile pipeline, one asset per stage, one dynamic partition per workflow."""
+
+from assets.cost_report import cost_report
+from assets.eval_scores import eval_scores
+from assets.partitions import workflows_partitions
+from assets.synthetic_corpus import synthetic_corpus
+from assets.trained_weights import trained_weights
+from assets.validated_dataset import validated_dataset
+from assets.workflow_graph import workflow_graph
+from assets.workflow_paths import workflow_paths
+
+COMPILE_ASSETS = [
+    workflow_graph,
+    workflow_paths,
+    synthetic_corpus,
+    validated_dataset,
+    trained_weights,
+    eval_scores,
+    cost_report,
+]
+
+__all__ = ["COMPILE_ASSETS", "workflows_partitions"]

@@ -1,0 +1,41 @@
+import json
+
+import dagster as dg
+
+from assets.eval_scores import eval_scores
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from resources import StoreResource
+
+
+class PriceSettings(dg.Config):
+    frontier_input_per_m: float = 3.00
+    frontier_output_per_m: float = 15.00
+    compiled_input_per_m: float = 0.05
+    compiled_output_per_m: float = 0.23
+    compute_per_hour: float = 0.10
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="compile", kinds={"duckdb"})
+def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store: StoreResource) -> dg.MaterializeResult:
+    """Frontier-with-procedure vs compiled, per conversation; multiplier, compile cost, break-even."""
+    import polars as pl
+
+    from subterra.cost import Prices, build_cost_report
+
+    db = store.get()
+    wf = snapshot(db, context.partition_key)
+    scores = db.read("eval_scores", wf.id)
+    training = db.read("trained_weights", wf.id).row(0, named=True)
+    holdout = db.read("validated_dataset", wf.id).filter(pl.col("split") == "holdout")
+    references = [json.loads(m) for m in holdout["messages"]]
+    table, summary, markdown = build_cost_report(wf, scores, training, references, Prices(**config.model_dump()))
+    db.replace_partition("cost_report", wf.id, table)
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "multiplier": summary["multiplier"],
+            "compile_cost_usd": summary["compile_cost_usd"],
+            "breakeven_conversations": summary["breakeven_conversations"],
+        }
+    )

@@ -1,0 +1,47 @@
+import dagster as dg
+
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from assets.workflow_paths import workflow_paths
+from resources import StoreResource, TeacherResource
+
+
+class CorpusSettings(dg.Config):
+    conversations_per_path: int = 8
+    max_train_conversations: int = 800
+    holdout_scenarios: int = 200
+    offscript_rate: float = 0.15
+    random_value_rate: float = 0.5
+    seed: int = 0
+    max_conversations: int = 100_000
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[workflow_paths], group_name="compile", kinds={"duckdb"})
+def synthetic_corpus(
+    context: dg.AssetExecutionContext, config: CorpusSettings, store: StoreResource, teacher: TeacherResource
+) -> dg.MaterializeResult:
+    """Teacher-written conversations over every selected path, plus two holdouts (seen / unseen phrasings)."""
+    import polars as pl
+
+    from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.paths import paths_from_table
+
+    db = store.get()
+    wf = snapshot(db, context.partition_key)
+    paths = paths_from_table(db.read("workflow_paths", wf.id))
+    corpus = build_corpus(
+        wf, paths, teacher.get(), CorpusConfig(**config.model_dump()),
+        progress=lambda done, total: context.log.info(f"corpus: {done}/{total} conversations"),
+    )
+    db.replace_partition("synthetic_corpus", wf.id, corpus)
+    splits = dict(corpus.group_by("split").len().iter_rows())
+    offscript = corpus.select(pl.col("offscript").explode()).drop_nulls().group_by("offscript").len()
+    return dg.MaterializeResult(
+        metadata={
+            **{f"conversations_{k}": int(v) for k, v in splits.items()},
+            "assistant_turns_train": int(corpus.filter(pl.col("split") == "train")["n_turns"].sum()),
+            "offscript_turns": dg.MetadataValue.md(offscript.to_pandas().to_markdown(index=False)),
+            "teacher": teacher.kind,
+            "sample_conversation": dg.MetadataValue.json(__import__("json").loads(corpus["messages"][-1])),
+        }
+    )

@@ -1,0 +1,73 @@
+import sys
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from assets.training_config import TrainingSettings
+from assets.validated_dataset import validated_dataset
+from resources import SettingsResource, StoreResource
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"})
+def trained_weights(
+    context: dg.AssetExecutionContext,
+    config: TrainingSettings,
+    settings: SettingsResource,
+    store: StoreResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes."""
+    import polars as pl
+
+    from subterra.plots import loss_curve_png
+    from subterra.tokenizer import workflow_atoms
+    from subterra.training import RESULT_FILE, TrainResult
+
+    db = store.get()
+    paths = settings.get()
+    wf = snapshot(db, context.partition_key)
+    corpus = db.read("validated_dataset", wf.id)
+    run_dir = paths.run_dir(wf.id, wf.short_hash)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_file = run_dir / "train.parquet"
+    corpus.filter(pl.col("split") == "train").write_parquet(train_file)
+    model_dir = paths.model_dir(wf.id, wf.short_hash)
+    train_config = config.train_config(
+        workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf)
+    )
+    config_file = run_dir / "train_config.json"
+    train_config.to_json(config_file)
+    pipes_subprocess_client.run(
+        command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
+    ).get_results()
+    result = TrainResult.from_json(model_dir / RESULT_FILE)
+    row = {
+        "workflow": wf.id,
+        "content_hash": wf.content_hash,
+        "model_dir": str(model_dir),
+        "base_model": result.base_model,
+        "params": result.params,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "train_conversations": result.train_conversations,
+        "train_tokens": result.train_tokens,
+        "train_seconds": result.train_seconds,
+        "tokens_per_second": result.tokens_per_second,
+        "final_loss": result.final_loss,
+        "device": result.device,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    db.replace_partition("trained_weights", wf.id, pl.DataFrame([row]))
+    plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
+    (run_dir / "loss_curve.png").write_bytes(plot)
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash")},
+            "model_dir": dg.MetadataValue.path(str(model_dir)),
+            "loss_curve": dg.MetadataValue.md(
+                f"![loss](data:image/png;base64,{__import__('base64').b64encode(plot).decode()})"
+            ),
+        }
+    )

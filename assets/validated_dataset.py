@@ -1,0 +1,55 @@
+import dagster as dg
+
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from assets.synthetic_corpus import synthetic_corpus
+from assets.training_config import TrainingSettings
+from resources import StoreResource
+
+CHECK = "corpus_quality_gate"
+
+
+@dg.asset(
+    partitions_def=workflows_partitions,
+    deps=[synthetic_corpus],
+    group_name="compile",
+    kinds={"duckdb", "great_expectations"},
+    check_specs=[dg.AssetCheckSpec(CHECK, asset="validated_dataset", blocking=True,
+                                   description="great-expectations suite over the corpus; training never starts if it fails")],
+)
+def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSettings, store: StoreResource):
+    """The corpus with token lengths, gated by a great-expectations suite (a blocking check)."""
+    import polars as pl
+
+    from subterra.quality import validate_corpus
+    from subterra.tokenizer import workflow_atoms
+    from subterra.training import measure_lengths
+
+    db = store.get()
+    wf = snapshot(db, context.partition_key)
+    corpus = db.read("synthetic_corpus", wf.id)
+    train_config = config.train_config(workflow_atoms=workflow_atoms(wf))
+    corpus = corpus.with_columns(pl.Series("n_tokens", measure_lengths(corpus, wf, train_config), dtype=pl.Int64))
+    result = validate_corpus(corpus, wf, config.max_length)
+    db.replace_partition("validated_dataset", wf.id, corpus)
+    db.replace_partition(
+        "corpus_checks",
+        wf.id,
+        pl.DataFrame([{**r, "workflow": wf.id} for r in result.results]).select("workflow", "expectation", "success", "observed"),
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "conversations": corpus.height,
+            "tokens_train": int(corpus.filter(pl.col("split") == "train")["n_tokens"].sum()),
+            "max_tokens": int(corpus["n_tokens"].max()),
+            "gate_passed": result.success,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK,
+                passed=result.success,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"expectations": dg.MetadataValue.md(result.markdown())},
+            )
+        ],
+    )

@@ -1,0 +1,29 @@
+import json
+
+import dagster as dg
+
+from assets.partitions import workflows_partitions
+from resources import SettingsResource, StoreResource
+
+
+@dg.asset(partitions_def=workflows_partitions, group_name="compile", kinds={"duckdb"})
+def workflow_graph(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
+    """The workflow file, validated, as node and edge tables plus a snapshot of its definition.
+
+    Later stages rebuild the workflow from this snapshot, never from the file again."""
+    import polars as pl
+
+    from subterra.graph import edge_table, graph_summary, node_table
+    from subterra.workflow import load_workflow
+
+    wf = load_workflow(settings.get().workflow_file(context.partition_key))
+    db = store.get()
+    db.replace_partition("workflow_nodes", wf.id, node_table(wf))
+    db.replace_partition("workflow_edges", wf.id, edge_table(wf))
+    db.replace_partition(
+        "workflow_definitions",
+        wf.id,
+        pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]}),
+    )
+    summary = graph_summary(wf)
+    return dg.MaterializeResult(metadata={**summary, "title": wf.title, "assistant": wf.assistant}, data_version=dg.DataVersion(wf.short_hash))

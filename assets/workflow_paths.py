@@ -1,0 +1,39 @@
+import dagster as dg
+
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from assets.workflow_graph import workflow_graph
+from resources import StoreResource
+
+
+class PathsConfig(dg.Config):
+    path_cap: int = 5000  # list every path up to this many; past it, a sample covering every edge
+    seed: int = 0
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[workflow_graph], group_name="compile", kinds={"duckdb"})
+def workflow_paths(context: dg.AssetExecutionContext, config: PathsConfig, store: StoreResource) -> dg.MaterializeResult:
+    """Every valid path through the graph (exact count; listed up to a cap, then sampled)."""
+    from subterra.paths import edge_coverage, paths_table, select_paths
+
+    db = store.get()
+    wf = snapshot(db, context.partition_key)
+    selection = select_paths(wf, cap=config.path_cap, seed=config.seed)
+    if selection.sampled:
+        context.log.warning(
+            f"{wf.id}: {selection.total:,} paths exceed the cap of {config.path_cap:,}; "
+            f"using a deterministic sample of {len(selection.paths):,} that covers every edge"
+        )
+    table = paths_table(wf, selection)
+    db.replace_partition("workflow_paths", wf.id, table)
+    covered = edge_coverage(wf, selection.paths)
+    return dg.MaterializeResult(
+        metadata={
+            "total_paths": selection.total,
+            "selected_paths": len(selection.paths),
+            "sampled": selection.sampled,
+            "edge_coverage": f"{len(covered)}/{len(wf.edges)}",
+            "min_path_edges": int(table["n_edges"].min()),
+            "max_path_edges": int(table["n_edges"].max()),
+        }
+    )

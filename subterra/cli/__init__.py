@@ -1,0 +1,165 @@
+"""``subterra``: validate | compile | chat | report | train.
+
+The only place in ``subterra/`` that imports Dagster (``compile`` materializes the asset graph
+in-process; ``train`` speaks Dagster Pipes when launched by the asset). Heavy imports happen
+inside each command, so ``subterra validate`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def cmd_validate(args) -> int:
+    from subterra.workflow import validate_file
+
+    bad = 0
+    for name in args.files:
+        faults = validate_file(name)
+        for fault in faults:
+            print(fault)
+        if faults:
+            bad += 1
+        else:
+            print(f"{name}: ok")
+    return 1 if bad else 0
+
+
+def _settings():
+    from subterra.settings import Settings
+
+    return Settings.from_env()
+
+
+def cmd_compile(args) -> int:
+    import os
+
+    import dagster as dg
+
+    from subterra.workflow import WorkflowError, load_workflow
+
+    settings = _settings()
+    source = Path(args.file)
+    try:
+        wf = load_workflow(source)
+    except WorkflowError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    target = settings.workflow_file(wf.id)
+    if source.resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".yaml.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+        print(f"copied {source} to {target}")
+    from assets import COMPILE_ASSETS, workflows_partitions
+    from definitions import build_definitions
+
+    defs = build_definitions(str(settings.data_dir))
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(workflows_partitions.name, [wf.id])
+    resources = {key: value for key, value in defs.resources.items()}
+    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
+    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, raise_on_error=False)
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure:
+                print(event.message, file=sys.stderr)
+        print(f"compile of {wf.id} failed; the last good model (if any) is untouched", file=sys.stderr)
+        return 1
+    return cmd_report(argparse.Namespace(workflow=wf.id))
+
+
+def cmd_report(args) -> int:
+    import polars as pl
+
+    from subterra.store import Store
+
+    store = Store(_settings().db_path)
+    pl.Config.set_tbl_cols(30)
+    pl.Config.set_tbl_width_chars(200)
+    pl.Config.set_float_precision(3)
+    pl.Config.set_tbl_hide_dataframe_shape(True)
+    try:
+        scores = store.read("eval_scores", args.workflow)
+        cost = store.read("cost_report", args.workflow)
+        training = store.read("trained_weights", args.workflow)
+    except (LookupError, FileNotFoundError) as exc:
+        print(f"no report for {args.workflow}: {exc}", file=sys.stderr)
+        return 1
+    t = training.row(0, named=True)
+    print(f"\n== {args.workflow}: model {t['model_dir']} ({t['params']:,} params, {t['steps']} steps, "
+          f"{t['train_seconds']:.0f} s, {t['tokens_per_second']:.0f} tokens/s)")
+    print("\n== eval_scores")
+    print(scores.drop("workflow"))
+    print("\n== cost_report (per conversation)")
+    print(cost.select("route", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
+    c = cost.row(0, named=True)
+    print(f"multiplier {c['multiplier']:.1f}x (price {c['price_factor']:.1f}x x volume {c['volume_factor']:.2f}x); "
+          f"compile ${c['compile_cost_usd']:.4f}; pays for itself after {c['breakeven_conversations']} conversations")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from subterra.runtime import ChatSession
+    from subterra.store import Store
+    from subterra.workflow import Workflow
+
+    store = Store(_settings().db_path)
+    try:
+        model_dir = store.read("trained_weights", args.workflow).row(0, named=True)["model_dir"]
+        wf = Workflow.from_dict(json.loads(store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]))
+    except (LookupError, FileNotFoundError) as exc:
+        print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
+        return 1
+    session = ChatSession(model_dir, wf)
+    print(f"{wf.title or wf.id} (compiled model {model_dir}); empty line to quit")
+    while not session.ended:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        form = session.respond(text)
+        print(f"bot> {form.say}")
+        if args.forms:
+            print(f"     [{form.node}] {json.dumps(form.slots)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from subterra.cli.train import main as train_main
+
+    return train_main(["--config", args.config])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="subterra", description="Compile a workflow into small-model weights.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check workflow files; report every fault with file and line")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("chat", help="talk to a compiled workflow in the terminal")
+    p.add_argument("workflow")
+    p.add_argument("--forms", action="store_true", help="also show the form (node, slots) of every reply")
+    p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("report", help="print a workflow's scores and cost report from DuckDB")
+    p.add_argument("workflow")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("train", help="run the training script on a TrainConfig JSON")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

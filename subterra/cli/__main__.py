@@ -1,0 +1,5 @@
+import sys
+
+from subterra.cli import main
+
+sys.exit(main())

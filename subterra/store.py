@@ -1,32 +1,55 @@
 """The DuckDB database: one table per asset, a ``workflow`` column in each.
 
 A partition's rows are replaced in one transaction (delete this workflow's rows, insert the new
-ones), so a crash never leaves half a partition; writers in this process are serialised, and
-DuckDB itself allows one writing process at a time.
+ones), so a crash never leaves half a partition. DuckDB lets one process write a file at a time
+and refuses (rather than waits for) a second, so every connection first takes an advisory file
+lock beside the database: exclusive to write, shared to read. Writers in different threads and
+processes (two Dagster runs at once) therefore queue instead of failing; readers wait for a write
+in progress. Connections are short: open, do one thing, close.
 """
 
 from __future__ import annotations
 
+import fcntl
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 _TABLE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_LOCK = threading.Lock()
+_WRITE_LOCK = threading.Lock()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class Store:
+    """One DuckDB file (``data/subterra.duckdb``), read and written a partition at a time."""
+
     def __init__(self, db_path: str | Path):
         self.db_path = Path(db_path)
 
-    def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    @contextmanager
+    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.db_path.exists():
             raise FileNotFoundError(f"{self.db_path}: no database yet (compile a workflow first)")
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(str(self.db_path), read_only=read_only)
+        lock_path = self.db_path.with_name(self.db_path.name + ".lock")
+        with open(lock_path, "a+") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_SH if read_only else fcntl.LOCK_EX)
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=read_only)
+                try:
+                    yield con
+                finally:
+                    con.close()
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     @staticmethod
     def _check(table: str) -> str:
@@ -35,31 +58,45 @@ class Store:
         return table
 
     def replace_partition(self, table: str, workflow: str, frame: pl.DataFrame) -> int:
-        """Replace ``workflow``'s rows of ``table`` by ``frame`` (which must have that workflow only)."""
+        """Replace ``workflow``'s rows of ``table`` by ``frame``, in one transaction.
+
+        The table is created from the frame's schema if missing. If a stage's schema has moved
+        on (a newer Subterra), new columns are added and changed types converted, so the rows of
+        every other workflow stay. ``frame`` gets a ``workflow`` column if it has none and must
+        not hold rows of another workflow. Returns the number of rows written."""
         table = self._check(table)
         if "workflow" not in frame.columns:
-            frame = frame.with_columns(pl.lit(workflow).alias("workflow"))
+            frame = frame.with_columns(pl.lit(workflow, dtype=pl.String).alias("workflow"))
         if frame.height and set(frame["workflow"].unique()) != {workflow}:
             raise ValueError(f"{table}: rows for another workflow than {workflow!r}")
-        arrow = frame.to_arrow()
-        with _LOCK, self._connect() as con:
-            con.register("incoming", arrow)
+        incoming = frame.to_arrow()
+        with _WRITE_LOCK, self._connect() as con:
+            con.register("incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM incoming LIMIT 0")
-                existing = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-                if existing != frame.columns:
-                    # the stage's schema changed (a new Subterra version): the table starts afresh
-                    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM incoming LIMIT 0")
+                self._evolve(con, table)
                 con.execute(f"DELETE FROM {table} WHERE workflow = ?", [workflow])
-                con.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
                 con.execute("COMMIT")
-            except Exception:
+            except BaseException:
                 con.execute("ROLLBACK")
                 raise
         return frame.height
 
+    @staticmethod
+    def _evolve(con: duckdb.DuckDBPyConnection, table: str) -> None:
+        have = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall()}
+        for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM incoming").fetchall():
+            if kind == '"NULL"' or kind == "NULL":
+                continue  # an all-null column fits any type
+            if name not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {kind}")
+            elif have[name] != kind:
+                con.execute(f"ALTER TABLE {table} ALTER COLUMN {_quote(name)} SET DATA TYPE {kind}")
+
     def read(self, table: str, workflow: str) -> pl.DataFrame:
+        """This workflow's rows of ``table``; ``LookupError`` if the asset was never materialized for it."""
         table = self._check(table)
         with self._connect(read_only=True) as con:
             if not self._exists(con, table):
@@ -70,15 +107,17 @@ class Store:
         return frame
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        """Any read-only SQL over the database."""
         with self._connect(read_only=True) as con:
             return con.execute(sql, params or []).pl()
 
     def tables(self) -> list[str]:
+        """Names of the tables written so far."""
         if not self.db_path.exists():
             return []
         with self._connect(read_only=True) as con:
             return [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
 
     @staticmethod
-    def _exists(con, table: str) -> bool:
+    def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
         return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])

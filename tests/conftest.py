@@ -1,0 +1,54 @@
+"""Shared fixtures: a temporary data folder holding the mini workflow, its DuckDB store, and the
+Dagster resources pointed at both."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from subterra.settings import Settings
+from subterra.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MINI = FIXTURES / "mini_booking.yaml"
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """A data folder with ``workflows/mini_booking.yaml`` in it."""
+    settings = Settings(tmp_path / "data")
+    settings.workflows_dir.mkdir(parents=True)
+    shutil.copyfile(MINI, settings.workflow_file("mini_booking"))
+    return settings
+
+
+@pytest.fixture
+def store(settings) -> Store:
+    return Store(settings.db_path)
+
+
+@pytest.fixture
+def resources(settings) -> dict:
+    """The resources of ``definitions.py``, pointed at the temporary data folder."""
+    import dagster as dg
+
+    from resources import SettingsResource, StoreResource, TeacherResource
+
+    return {
+        "settings": SettingsResource(data_dir=str(settings.data_dir)),
+        "store": StoreResource(db_path=str(settings.db_path)),
+        "teacher": TeacherResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+
+
+@pytest.fixture
+def instance():
+    """An in-memory Dagster instance with the mini workflow's partition added."""
+    import dagster as dg
+
+    from assets import workflows_partitions
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(workflows_partitions.name, ["mini_booking"])
+        yield instance

@@ -19,14 +19,17 @@ def workflow_paths(context: dg.AssetExecutionContext, config: PathsConfig, store
     db = store.get()
     wf = snapshot(db, context.partition_key)
     selection = select_paths(wf, cap=config.path_cap, seed=config.seed)
+    covered = edge_coverage(wf, selection.paths)
+    uncovered = [e.id for e in wf.edges if e.id not in covered]
     if selection.sampled:
         context.log.warning(
-            f"{wf.id}: {selection.total:,} paths exceed the cap of {config.path_cap:,}; "
-            f"using a deterministic sample of {len(selection.paths):,} that covers every edge"
+            f"{wf.id}: {selection.total:,} paths exceed the cap of {config.path_cap:,}; using a deterministic "
+            f"sample of {len(selection.paths):,} that covers {len(covered)}/{len(wf.edges)} edges"
         )
+    if uncovered:
+        context.log.warning(f"{wf.id}: the cap is too small to cover every edge; uncovered: {', '.join(uncovered)}")
     table = paths_table(wf, selection)
     db.replace_partition("workflow_paths", wf.id, table)
-    covered = edge_coverage(wf, selection.paths)
     return dg.MaterializeResult(
         metadata={
             "total_paths": selection.total,
@@ -35,5 +38,6 @@ def workflow_paths(context: dg.AssetExecutionContext, config: PathsConfig, store
             "edge_coverage": f"{len(covered)}/{len(wf.edges)}",
             "min_path_edges": int(table["n_edges"].min()),
             "max_path_edges": int(table["n_edges"].max()),
+            "uncovered_edges": ", ".join(uncovered) or "none",
         }
     )

@@ -1,0 +1,101 @@
+"""The assets, materialized for the mini workflow's partition into a temporary DuckDB file."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets import COMPILE_ASSETS
+from assets.eval_scores import EvalSettings
+from assets.synthetic_corpus import CorpusSettings
+from assets.training_config import TrainingSettings
+from assets.workflow_graph import workflow_graph
+from assets.workflow_paths import PathsConfig, workflow_paths
+from conftest import MINI
+from resources import StoreResource
+from subterra.paths import count_paths, edge_coverage, paths_from_table
+from subterra.workflow import Workflow, load_workflow
+
+KEY = "mini_booking"
+SMALL_CORPUS = CorpusSettings(conversations_per_path=2, holdout_scenarios=4)
+TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                                 batch_size=4, max_steps=4, logging_steps=2, save_steps=2)
+
+
+def run_config(names: set[str], **ops) -> dg.RunConfig:
+    """Small settings for the stages in ``names`` (a run's config may only name its own stages)."""
+    defaults = {"synthetic_corpus": SMALL_CORPUS, "validated_dataset": TINY_TRAINING, "trained_weights": TINY_TRAINING,
+                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8)}
+    return dg.RunConfig(ops={k: v for k, v in {**defaults, **ops}.items() if k in names})
+
+
+def materialize(selection, resources, instance, **config) -> dg.ExecuteInProcessResult:
+    return dg.materialize(selection, partition_key=KEY, resources=resources, instance=instance,
+                          run_config=run_config({a.op.name for a in selection}, **config), raise_on_error=False)
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
+    [event] = result.asset_materializations_for_node(asset.op.name)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_graph_and_paths(settings, store, resources, instance):
+    result = materialize([workflow_graph, workflow_paths], resources, instance)
+    assert result.success
+    wf = load_workflow(settings.workflow_file(KEY))
+    assert store.read("workflow_nodes", KEY).height == len(wf.nodes)
+    assert store.read("workflow_edges", KEY).height == len(wf.edges)
+    snapshot = store.read("workflow_definitions", KEY).row(0, named=True)
+    assert snapshot["content_hash"] == wf.content_hash
+    assert Workflow.from_dict(json.loads(snapshot["definition"])).content_hash == wf.content_hash
+    graph = metadata(result, workflow_graph)
+    assert (graph["nodes"], graph["edges"], graph["content_hash"]) == (len(wf.nodes), len(wf.edges), wf.content_hash)
+    paths = metadata(result, workflow_paths)
+    assert paths["total_paths"] == paths["selected_paths"] == count_paths(wf) == store.read("workflow_paths", KEY).height
+    assert paths["sampled"] is False
+    assert paths["edge_coverage"] == f"{len(wf.edges)}/{len(wf.edges)}"
+    assert store.query("select count(distinct workflow) as n from workflow_paths")["n"][0] == 1
+
+
+def test_paths_called_directly_with_a_cap_are_sampled_and_say_what_they_miss(settings, store, resources, instance):
+    assert dg.materialize([workflow_graph], partition_key=KEY, resources=resources, instance=instance).success
+    context = dg.build_asset_context(partition_key=KEY)
+    result = workflow_paths(context, config=PathsConfig(path_cap=2), store=StoreResource(db_path=str(settings.db_path)))
+    wf = load_workflow(settings.workflow_file(KEY))
+    selected = paths_from_table(store.read("workflow_paths", KEY))
+    covered = edge_coverage(wf, selected)
+    assert result.metadata["sampled"] is True
+    assert result.metadata["total_paths"] == count_paths(wf) > 2 == result.metadata["selected_paths"] == len(selected)
+    assert result.metadata["edge_coverage"] == f"{len(covered)}/{len(wf.edges)}"
+    assert result.metadata["uncovered_edges"] == ", ".join(e.id for e in wf.edges if e.id not in covered)
+
+
+def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instance):
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))
+    result = dg.materialize([workflow_graph], partition_key=KEY, resources=resources, instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    text = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else failure.step_failure_data.error.message
+    assert "mini_booking.yaml:" in text and "nowhere" in text and "hello" in text
+
+
+def test_later_stages_use_the_snapshot_not_the_file(settings, store, resources, instance):
+    assert dg.materialize([workflow_graph], partition_key=KEY, resources=resources, instance=instance).success
+    settings.workflow_file(KEY).write_text("workflow: mini_booking\n")  # edited (badly) since
+    assert dg.materialize([workflow_paths], partition_key=KEY, resources=resources, instance=instance).success
+    assert store.read("workflow_paths", KEY).height == count_paths(load_workflow(MINI))
+
+
+def test_blocking_gate_stops_training_on_a_bad_corpus(settings, store, resources, instance):
+    cramped = TrainingSettings(**{**TINY_TRAINING.model_dump(), "max_length": 16})  # every conversation is longer
+    result = materialize(COMPILE_ASSETS[:5], resources, instance, validated_dataset=cramped)
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed is False
+    assert "length under the training maximum (16 tokens)" in check.metadata["expectations"].value
+    assert not result.asset_materializations_for_node("trained_weights")
+    assert not [e for e in result.all_events if e.step_key == "trained_weights" and e.event_type_value == "STEP_START"]
+    assert "trained_weights" not in store.tables()
+    gate = store.read("corpus_checks", KEY)
+    assert gate.filter(~pl.col("success"))["expectation"].to_list() == ["length under the training maximum (16 tokens)"]

@@ -1,0 +1,94 @@
+"""The workflow-files sensor on a new, an unchanged, a reformatted, a changed and an invalid file."""
+
+import dagster as dg
+import pytest
+
+from resources import SettingsResource
+from sensors import workflow_files_sensor
+from subterra.workflow import load_workflow
+
+
+@pytest.fixture
+def tick(settings, instance):
+    """Evaluate the sensor once, from ``cursor``, against the temporary data folder."""
+
+    def evaluate(cursor: str | None = None) -> dg.SensorResult:
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
+        )
+        return workflow_files_sensor(context)
+
+    return evaluate
+
+
+@pytest.fixture
+def fresh_instance():
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def run_keys(result: dg.SensorResult) -> list[str]:
+    return [r.run_key for r in result.run_requests or []]
+
+
+def added_partitions(result: dg.SensorResult) -> list[str]:
+    return [key for request in result.dynamic_partitions_requests or [] for key in request.partition_keys]
+
+
+def test_new_file_adds_its_partition_and_starts_a_run(settings, fresh_instance):
+    context = dg.build_sensor_context(
+        instance=fresh_instance, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
+    )
+    result = workflow_files_sensor(context)
+    wf = load_workflow(settings.workflow_file("mini_booking"))
+    assert run_keys(result) == [f"mini_booking:{wf.content_hash}"]
+    assert result.run_requests[0].partition_key == "mini_booking"
+    assert added_partitions(result) == ["mini_booking"]
+
+
+def test_unchanged_and_reformatted_files_start_nothing(settings, tick):
+    first = tick()
+    assert len(run_keys(first)) == 1
+    assert run_keys(tick(first.cursor)) == []
+    path = settings.workflow_file("mini_booking")
+    path.write_text("# reformatted, same procedure\n\n" + path.read_text().replace("  travellers: {type: integer, min: 1, max: 9}",
+                                                                              "  travellers:\n    type: integer\n    min: 1\n    max: 9"))
+    again = tick(first.cursor)
+    assert run_keys(again) == []
+    assert again.skip_reason is not None
+
+
+def test_changed_file_recompiles_that_workflow_only(settings, tick):
+    other = settings.workflow_file("other_booking")
+    other.write_text(settings.workflow_file("mini_booking").read_text().replace("workflow: mini_booking", "workflow: other_booking"))
+    first = tick()
+    assert sorted(r.partition_key for r in first.run_requests) == ["mini_booking", "other_booking"]
+    assert added_partitions(first) == ["other_booking"]  # mini_booking's partition already exists
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
+    second = tick(first.cursor)
+    wf = load_workflow(path)
+    assert run_keys(second) == [f"mini_booking:{wf.content_hash}"]
+    assert added_partitions(second) == []
+
+
+def test_invalid_file_starts_nothing_and_says_where(settings, tick):
+    first = tick()
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("next: ask_count", "next: ask_cuont"))
+    result = tick(first.cursor)
+    assert run_keys(result) == []
+    assert "mini_booking.yaml:" in str(result.skip_reason) and "ask_cuont" in str(result.skip_reason)
+    # fixed back to the compiled content: the last good model still matches, nothing to do
+    path.write_text(path.read_text().replace("next: ask_cuont", "next: ask_count"))
+    assert run_keys(tick(result.cursor)) == []
+
+
+def test_invalid_file_next_to_a_valid_one_still_starts_the_valid_one(settings, tick, capfd):
+    (settings.workflows_dir / "broken.yaml").write_text("workflow: broken\nnodes: [unclosed\n")
+    (settings.workflows_dir / "wrong_id.yaml").write_text(settings.workflow_file("mini_booking").read_text())
+    result = tick()
+    assert [r.partition_key for r in result.run_requests] == ["mini_booking"]
+    log = capfd.readouterr().err  # the tick's log, file by file, with file:line
+    assert "broken.yaml:3: YAML syntax error" in log
+    assert "wrong_id.yaml:2: workflow id 'mini_booking' must equal the file name's stem" in log

@@ -1,12 +1,15 @@
 """The quality gate over a corpus: a great-expectations suite, run before any training.
 
 Helper columns are computed first (role order, empty texts, unfilled placeholders, form
-validity, coverage), then one expectation per promise. Every result is reported, pass or fail.
+validity, train/holdout overlap), then one expectation per promise over the conversations, and
+one over a coverage table (every node and edge of the workflow in the training split). Every
+result is reported, pass or fail, so the Dagster check shows the whole picture.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -15,12 +18,20 @@ import polars as pl
 from subterra.forms import parse_form
 
 PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
+SPLITS = ["train", "holdout", "holdout_unseen"]
+COVERAGE = "every node and edge present in training"
+# what makes two scenarios the same one, whatever split or phrasing set they were given
+_SCENARIO_IDENTITY_IGNORES = ("id", "split", "phrasing")
 
 
 @dataclass
 class CorpusValidation:
     success: bool
-    results: list[dict] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)  # {expectation, success, observed}
+
+    @property
+    def failed(self) -> list[str]:
+        return [r["expectation"] for r in self.results if not r["success"]]
 
     def markdown(self) -> str:
         lines = ["| expectation | passed | observed |", "|---|---|---|"]
@@ -29,84 +40,130 @@ class CorpusValidation:
         return "\n".join(lines)
 
 
-def _conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
+def conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
+    """The helper columns of one conversation."""
     try:
         messages = json.loads(messages_json)
-    except (TypeError, json.JSONDecodeError):
+        roles = [m.get("role") for m in messages]
+    except (TypeError, AttributeError, json.JSONDecodeError):
         return {"roles_ok": False, "empty_texts": 1, "unfilled": 1, "bad_forms": 1}
-    roles = [m.get("role") for m in messages]
     expected = ["system"] + ["user" if i % 2 == 0 else "assistant" for i in range(len(roles) - 1)]
     roles_ok = roles == expected and len(roles) >= 3 and roles[-1] == "assistant"
-    empty = sum(1 for m in messages if not str(m.get("content", "")).strip())
-    unfilled = sum(1 for m in messages if PLACEHOLDER.search(str(m.get("content", ""))))
-    bad = 0
+    texts = [str(m.get("content", "")) for m in messages]
+    bad_forms = 0
     for m in messages:
-        if m.get("role") == "assistant":
-            try:
-                form = parse_form(m["content"])
-                if form.node not in node_ids or not form.say.strip():
-                    bad += 1
-            except ValueError:
-                bad += 1
-    return {"roles_ok": roles_ok, "empty_texts": empty, "unfilled": unfilled, "bad_forms": bad}
+        if m.get("role") != "assistant":
+            continue
+        try:
+            form = parse_form(m["content"])
+        except (ValueError, KeyError, TypeError):
+            bad_forms += 1
+            continue
+        if form.node not in node_ids or not form.say.strip():
+            bad_forms += 1
+    return {
+        "roles_ok": roles_ok,
+        "empty_texts": sum(1 for t in texts if not t.strip()),
+        "unfilled": sum(1 for t in texts if PLACEHOLDER.search(t)),
+        "bad_forms": bad_forms,
+    }
+
+
+def _scenario_identity(scenario_json: str) -> str:
+    try:
+        scenario = json.loads(scenario_json)
+    except (TypeError, json.JSONDecodeError):
+        return scenario_json or ""
+    if not isinstance(scenario, dict):
+        return scenario_json
+    return json.dumps({k: v for k, v in scenario.items() if k not in _SCENARIO_IDENTITY_IGNORES}, sort_keys=True)
+
+
+def _helper_frame(corpus: pl.DataFrame, node_ids: set[str]) -> pl.DataFrame:
+    facts = pl.DataFrame([conversation_facts(m, node_ids) for m in corpus["messages"]],
+                         schema={"roles_ok": pl.Boolean, "empty_texts": pl.Int64, "unfilled": pl.Int64, "bad_forms": pl.Int64})
+    frame = pl.concat([corpus.select("conversation_id", "split", "messages", "scenario", "n_tokens"), facts], how="horizontal")
+    frame = frame.with_columns(pl.col("scenario").map_elements(_scenario_identity, return_dtype=pl.String).alias("scenario_identity"))
+    held = frame.filter(pl.col("split") != "train")
+    return frame.with_columns(
+        (
+            (pl.col("split") == "train")
+            & (pl.col("messages").is_in(held["messages"].implode()) | pl.col("scenario_identity").is_in(held["scenario_identity"].implode()))
+        ).alias("train_in_holdout")
+    ).drop("messages", "scenario", "scenario_identity")
+
+
+def _gx_context():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
 
 
 def validate_corpus(corpus: pl.DataFrame, wf, max_length: int) -> CorpusValidation:
-    """Run the suite over ``corpus`` (which has an ``n_tokens`` column)."""
+    """Run the suite over ``corpus`` (the corpus table plus an ``n_tokens`` column)."""
     import great_expectations as gx
     import pandas as pd
 
     node_ids = set(wf.nodes)
-    facts = pl.DataFrame([_conversation_facts(m, node_ids) for m in corpus["messages"]])
-    frame = pl.concat([corpus.select("conversation_id", "split", "messages", "n_tokens"), facts], how="horizontal")
+    frame = _helper_frame(corpus, node_ids)
     train = corpus.filter(pl.col("split") == "train")
     seen_nodes = {n for nodes in train["nodes"] for n in nodes}
     seen_edges = {e for edges in train["edges"] for e in edges}
-    missing_nodes = sorted(node_ids - seen_nodes)
-    missing_edges = sorted({e.id for e in wf.edges} - seen_edges)
-    held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
-    frame = frame.with_columns(
-        pl.col("messages").is_in(list(held_texts)).and_(pl.col("split") == "train").alias("train_in_holdout")
-    )
     coverage = pd.DataFrame(
-        {"kind": ["node"] * len(node_ids) + ["edge"] * len(wf.edges),
-         "item": sorted(node_ids) + [e.id for e in wf.edges],
-         "covered": [n in seen_nodes for n in sorted(node_ids)] + [e.id in seen_edges for e in wf.edges]}
+        {
+            "item": [f"node {n}" for n in wf.nodes] + [f"edge {e.id}" for e in wf.edges],
+            "covered": [n in seen_nodes for n in wf.nodes] + [e.id in seen_edges for e in wf.edges],
+        }
     )
 
-    context = gx.get_context(mode="ephemeral")
-    source = context.data_sources.add_pandas("corpus")
-    rows_batch = source.add_dataframe_asset("conversations").add_batch_definition_whole_dataframe("all")
-    cover_batch = source.add_dataframe_asset("coverage").add_batch_definition_whole_dataframe("all")
     E = gx.expectations
-    row_suite = gx.ExpectationSuite(name="corpus_rows")
     row_checks = {
         "roles alternate (system, user, assistant, ...) and end on the assistant": E.ExpectColumnValuesToBeInSet(column="roles_ok", value_set=[True]),
         "no empty text": E.ExpectColumnValuesToBeInSet(column="empty_texts", value_set=[0]),
         "no unfilled {placeholder}": E.ExpectColumnValuesToBeInSet(column="unfilled", value_set=[0]),
         "every form parses and names a real node": E.ExpectColumnValuesToBeInSet(column="bad_forms", value_set=[0]),
-        f"length under the training maximum ({max_length} tokens)": E.ExpectColumnValuesToBeBetween(column="n_tokens", min_value=1, max_value=max_length),
-        "train and holdout disjoint": E.ExpectColumnValuesToBeInSet(column="train_in_holdout", value_set=[False]),
+        f"length under the training maximum ({max_length} tokens)": E.ExpectColumnValuesToBeBetween(
+            column="n_tokens", min_value=1, max_value=max_length
+        ),
+        "train and holdout disjoint (no conversation text or scenario in both)": E.ExpectColumnValuesToBeInSet(
+            column="train_in_holdout", value_set=[False]
+        ),
         "conversation ids unique": E.ExpectColumnValuesToBeUnique(column="conversation_id"),
-        "splits are train, holdout, holdout_unseen": E.ExpectColumnDistinctValuesToEqualSet(column="split", value_set=["train", "holdout", "holdout_unseen"]),
+        "splits are train, holdout, holdout_unseen": E.ExpectColumnDistinctValuesToEqualSet(column="split", value_set=SPLITS),
     }
-    for expectation in row_checks.values():
-        row_suite.add_expectation(expectation)
-    cover_suite = gx.ExpectationSuite(name="corpus_coverage")
-    cover_suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="covered", value_set=[True]))
-
+    context = _gx_context()
+    source = context.data_sources.add_pandas("corpus")
+    rows_batch = source.add_dataframe_asset("conversations").add_batch_definition_whole_dataframe("all")
+    cover_batch = source.add_dataframe_asset("coverage").add_batch_definition_whole_dataframe("all")
+    row_suite = gx.ExpectationSuite(name="corpus_rows", expectations=list(row_checks.values()))
+    cover_suite = gx.ExpectationSuite(
+        name="corpus_coverage", expectations=[E.ExpectColumnValuesToBeInSet(column="covered", value_set=[True])]
+    )
     row_result = rows_batch.get_batch(batch_parameters={"dataframe": frame.to_pandas()}).validate(row_suite)
     cover_result = cover_batch.get_batch(batch_parameters={"dataframe": coverage}).validate(cover_suite)
+
+    by_type_and_column = {(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in row_result.results}
     results = []
-    for name, r in zip(row_checks, row_result.results):
-        observed = r.result.get("unexpected_count", r.result.get("observed_value"))
-        results.append({"expectation": name, "success": bool(r.success), "observed": f"{observed} unexpected" if "unexpected_count" in r.result else str(observed)})
-    cover = cover_result.results[0]
+    for name, expectation in row_checks.items():
+        r = by_type_and_column[(expectation.expectation_type, expectation.column)]
+        if "unexpected_count" in r.result:
+            observed = f"{r.result['unexpected_count']} of {r.result.get('element_count', frame.height)} unexpected"
+        else:
+            observed = str(r.result.get("observed_value"))
+        results.append({"expectation": name, "success": bool(r.success), "observed": observed})
+    missing = coverage.loc[~coverage["covered"], "item"].tolist()
     results.append(
         {
-            "expectation": "every node and edge present in training",
-            "success": bool(cover.success),
-            "observed": "all covered" if cover.success else f"missing nodes {missing_nodes}, edges {missing_edges}",
+            "expectation": COVERAGE,
+            "success": bool(cover_result.results[0].success),
+            "observed": f"all {len(coverage)} covered" if not missing else "missing " + ", ".join(missing),
         }
     )
     return CorpusValidation(all(r["success"] for r in results), results)

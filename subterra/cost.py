@@ -42,8 +42,15 @@ def frontier_tokens(wf, reference_messages: list[list[dict]]) -> tuple[float, fl
     return tin / n, tout / n
 
 
-def build_cost_report(wf, scores: pl.DataFrame, training: dict, reference_messages: list[list[dict]], prices: Prices = Prices()):
-    """(table, markdown) of the cost comparison for one workflow."""
+def build_cost_report(
+    wf, scores: pl.DataFrame, training: dict, reference_messages: list[list[dict]], prices: Prices = Prices()
+) -> tuple[pl.DataFrame, dict, str]:
+    """The cost comparison for one workflow: (table with one row per route, summary, Markdown).
+
+    ``scores`` is the ``eval_scores`` table (its ``holdout`` row gives the compiled model's
+    measured tokens per conversation), ``training`` the ``trained_weights`` row (its
+    ``train_seconds`` price the compile), ``reference_messages`` the holdout conversations the
+    frontier route would have had (token counts estimated from their characters)."""
     row = scores.filter(pl.col("holdout") == "holdout").row(0, named=True)
     f_in, f_out = frontier_tokens(wf, reference_messages)
     c_in, c_out = float(row["tokens_in"]), float(row["tokens_out"])
@@ -112,27 +119,39 @@ def _markdown(wf, table: pl.DataFrame, summary: dict) -> str:
         )
     lines += [
         "",
-        f"**Multiplier: {_fmt(summary['multiplier'], 1)}x cheaper** = price per token {_fmt(summary['price_factor'], 1)}x "
+        f"**Multiplier: {_fmt(summary['multiplier'], 1)}x cheaper**"
+        f"{'' if (summary['multiplier'] or 0) >= 1 else ' (below 1: the compiled route costs more)'} = price per token {_fmt(summary['price_factor'], 1)}x "
         f"x token volume {_fmt(summary['volume_factor'], 2)}x.",
         f"One-time compile: ${summary['compile_cost_usd']:.4f} (training compute at ${summary['prices']['compute_per_hour']}/h); "
         f"pays for itself after {summary['breakeven_conversations'] if summary['breakeven_conversations'] is not None else 'n/a'} conversations.",
         "",
-        f"![cost per conversation](data:image/png;base64,{cost_chart(table)})",
+        f"![cost per conversation](data:image/png;base64,{cost_chart(table, summary['compile_cost_usd'], summary['breakeven_conversations'])})",
     ]
     return "\n".join(lines)
 
 
-def cost_chart(table: pl.DataFrame) -> str:
-    """A bar chart of $ per conversation (log scale), as base64 PNG."""
+def cost_chart(table: pl.DataFrame, compile_cost: float, breakeven: int | None) -> str:
+    """Two panels as base64 PNG: $ per conversation of each route (log scale), and the running
+    cost over conversations with the compile's one-time cost and the break-even point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 2.2), dpi=100)
-    ax.barh(table["route"].to_list(), table["usd_per_conversation"].to_list(), color=["#c0504d", "#4f81bd"])
-    ax.set_xscale("log")
-    ax.set_xlabel("$ per conversation (log scale)")
+    per = dict(zip(table["route"].to_list(), table["usd_per_conversation"].to_list()))
+    fig, (bars, running) = plt.subplots(1, 2, figsize=(9, 2.8), dpi=100)
+    bars.barh(list(per), list(per.values()), color=["#c0504d", "#4f81bd"])
+    bars.set_xscale("log")
+    bars.set_xlabel("$ per conversation (log scale)")
+    horizon = max(10, 3 * breakeven) if breakeven else 10_000
+    n = [0, horizon]
+    running.plot(n, [per["frontier_in_context"] * x for x in n], color="#c0504d", label="frontier, procedure in context")
+    running.plot(n, [compile_cost + per["compiled"] * x for x in n], color="#4f81bd", label="compiled (incl. compile)")
+    if breakeven:
+        running.axvline(breakeven, color="grey", linestyle=":", label=f"break-even: {breakeven:,} conversations")
+    running.set_xlabel("conversations")
+    running.set_ylabel("total $")
+    running.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -28,6 +28,9 @@ def trained_weights(
     db = store.get()
     paths = settings.get()
     wf = snapshot(db, context.partition_key)
+    failed = db.read("corpus_checks", wf.id).filter(~pl.col("success"))["expectation"].to_list()
+    if failed:  # the blocking check stops a run; this also stops a later run of this asset alone
+        raise dg.Failure(f"{wf.id}: the corpus failed its quality gate ({'; '.join(failed)}); not training on it")
     corpus = db.read("validated_dataset", wf.id)
     run_dir = paths.run_dir(wf.id, wf.short_hash)
     run_dir.mkdir(parents=True, exist_ok=True)

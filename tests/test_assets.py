@@ -40,6 +40,18 @@ def metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
     return {k: v.value for k, v in event.metadata.items()}
 
 
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """The error messages (and their causes) of a run's failed steps."""
+    texts = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                texts.append(error.message)
+                error = error.cause
+    return "\n".join(texts)
+
+
 def test_graph_and_paths(settings, store, resources, instance):
     result = materialize([workflow_graph, workflow_paths], resources, instance)
     assert result.success
@@ -76,8 +88,7 @@ def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instanc
     path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))
     result = dg.materialize([workflow_graph], partition_key=KEY, resources=resources, instance=instance, raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    text = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else failure.step_failure_data.error.message
+    text = failure_text(result)
     assert "mini_booking.yaml:" in text and "nowhere" in text and "hello" in text
 
 
@@ -99,3 +110,33 @@ def test_blocking_gate_stops_training_on_a_bad_corpus(settings, store, resources
     assert "trained_weights" not in store.tables()
     gate = store.read("corpus_checks", KEY)
     assert gate.filter(~pl.col("success"))["expectation"].to_list() == ["length under the training maximum (16 tokens)"]
+    alone = materialize([COMPILE_ASSETS[4]], resources, instance)  # training launched by itself later still refuses
+    assert not alone.success
+    assert "failed its quality gate (length under the training maximum (16 tokens))" in failure_text(alone)
+
+
+def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance):
+    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes."""
+    result = materialize(COMPILE_ASSETS, resources, instance)
+    assert result.success
+    wf = load_workflow(settings.workflow_file(KEY))
+    for table in ["workflow_nodes", "workflow_edges", "workflow_definitions", "workflow_paths", "synthetic_corpus",
+                  "validated_dataset", "corpus_checks", "trained_weights", "eval_scenarios", "eval_scores", "cost_report"]:
+        assert store.read(table, KEY).height > 0, table
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+    corpus = store.read("synthetic_corpus", KEY)
+    validated = store.read("validated_dataset", KEY)
+    assert validated.drop("n_tokens").sort("conversation_id").equals(corpus.sort("conversation_id"))
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash))
+    assert (settings.model_dir(KEY, wf.short_hash) / "model.safetensors").exists()
+    assert (settings.run_dir(KEY, wf.short_hash) / "train.parquet").exists()
+    assert trained["steps"] == 4 and trained["content_hash"] == wf.content_hash
+    training_meta = metadata(result, COMPILE_ASSETS[4])
+    assert training_meta["loss_curve"].startswith("![loss](data:image/png;base64,")
+    assert set(store.read("eval_scores", KEY)["holdout"]) == {"holdout", "holdout_unseen"}
+    assert store.read("eval_scenarios", KEY).height == 4  # 2 per holdout
+    cost = store.read("cost_report", KEY)
+    assert cost["route"].to_list() == ["frontier_in_context", "compiled"]
+    assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]

@@ -8,6 +8,7 @@ See ``docs/workflow-format.md`` for the format.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import json
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from subterra.yaml_source import Loaded, load_yaml
+from subterra.yaml_source import MAX_BYTES, Loaded, load_yaml
 
 ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SLOT_TYPES = ("string", "integer", "number", "date", "boolean", "enum")
@@ -40,6 +41,8 @@ class Fault:
 
 
 class WorkflowError(ValueError):
+    """A workflow file with faults; ``faults`` lists every one of them."""
+
     def __init__(self, faults: list[Fault]):
         self.faults = list(faults)
         super().__init__("\n".join(str(f) for f in self.faults))
@@ -194,15 +197,11 @@ def _plain(value):
 
 
 def placeholders(template: str) -> list[str]:
-    """Names of the ``{slot}`` placeholders of a template (format-string syntax)."""
-    out = []
-    try:
-        for _literal, name, _spec, _conv in string.Formatter().parse(template):
-            if name is not None:
-                out.append(name)
-    except ValueError:
-        return ["{"]
-    return out
+    """Names of the ``{slot}`` placeholders of a template, in order (``{{`` is a literal brace).
+
+    Raises ``ValueError`` on unbalanced braces; validated workflows never have them.
+    """
+    return [name for _literal, name, _spec, _conv in string.Formatter().parse(template) if name is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +220,7 @@ class _Checker:
                 self.fault(path, f"{what} is required")
             return ""
         if not isinstance(value, str) or (required and not value.strip()):
-            self.fault(path, f"{what} must be a non-empty text")
+            self.fault(path, f"{what} must be a non-empty text, not {_shown(value)}")
             return ""
         if one_line and "\n" in value.strip():
             self.fault(path, f"{what} must be one line")
@@ -252,46 +251,65 @@ class _Checker:
     def unknown_keys(self, mapping: dict, allowed: set, path: tuple, what: str) -> None:
         for key in mapping:
             if key not in allowed:
-                self.fault(path + (key,), f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))})")
+                guess = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f"did you mean {guess[0]!r}?" if guess else f"allowed: {', '.join(sorted(allowed))}"
+                self.fault(path + (key,), f"unknown key {key!r} in {what} ({hint})")
+
+
+def _shown(value) -> str:
+    """A value's kind in words, for messages."""
+    kinds = {list: "a list", dict: "a mapping", bool: "true/false", int: "a number", float: "a number", type(None): "empty"}
+    return kinds.get(type(value), f"{value!r}")
 
 
 def parse_workflow_text(text: str, filename: str) -> Workflow:
+    """Parse and validate a workflow from text; raise ``WorkflowError`` with every fault."""
     workflow, faults = _parse(text, filename)
     if faults:
         raise WorkflowError(faults)
     return workflow
 
 
-def validate_file(path) -> list[Fault]:
-    path = Path(path)
+def _read(path: Path) -> tuple[str | None, list[Fault]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        return [Fault(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
-    if len(raw) > 1024 * 1024:
-        return [Fault(str(path), 1, f"file is {len(raw):,} bytes; the limit is {1024 * 1024:,} bytes")]
+        return None, [Fault(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
+    if len(raw) > MAX_BYTES:
+        return None, [Fault(str(path), 1, f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,} bytes")]
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), []
     except UnicodeDecodeError as exc:
-        return [Fault(str(path), 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
-    _, faults = _parse(text, str(path))
-    return faults
+        return None, [Fault(str(path), 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+
+
+def _parse_file(path) -> tuple[Workflow | None, list[Fault]]:
+    path = Path(path)
+    text, faults = _read(path)
+    if text is None:
+        return None, faults
+    return _parse(text, str(path))
+
+
+def validate_file(path) -> list[Fault]:
+    """Every fault of a workflow file (empty if it is valid); never raises."""
+    return _parse_file(path)[1]
 
 
 def load_workflow(path) -> Workflow:
-    faults = validate_file(path)
+    """Load a workflow file; raise ``WorkflowError`` with every fault if it has any."""
+    workflow, faults = _parse_file(path)
     if faults:
         raise WorkflowError(faults)
-    path = Path(path)
-    workflow, _ = _parse(path.read_text(encoding="utf-8"), str(path))
     return workflow
 
 
 def _parse(text: str, filename: str) -> tuple[Workflow | None, list[Fault]]:
     try:
-        return _parse_checked(text, filename)
-    except RecursionError:
-        return None, [Fault(filename, 1, "document is too deeply nested")]
+        workflow, faults = _parse_checked(text, filename)
+        return workflow, sorted(faults, key=lambda f: f.line)
+    except RecursionError:  # depth is bounded before composing; this is a last line of defence
+        return None, [Fault(filename, 1, "the document is too deeply nested")]
 
 
 def _parse_checked(text: str, filename: str) -> tuple[Workflow | None, list[Fault]]:
@@ -312,11 +330,13 @@ def _parse_checked(text: str, filename: str) -> tuple[Workflow | None, list[Faul
         stem = Path(filename).stem
         if filename and not filename.startswith("<") and stem != wid:
             c.fault(("workflow",), f"workflow id {wid!r} must equal the file name's stem {stem!r}")
-    title = c.text(data.get("title"), ("title",), "'title'") if "title" in data else ""
+    title = c.text(data.get("title"), ("title",), "'title'", one_line=True) if data.get("title") is not None else ""
     assistant = c.text(data.get("assistant"), ("assistant",), "'assistant'", required=True, one_line=True)
     start = data.get("start")
     if start is None:
         c.fault((), "'start' (the first node) is required")
+    elif not c.ident(start, ("start",), "start node"):
+        start = None
     max_visits = data.get("max_visits", 1)
     if not isinstance(max_visits, int) or isinstance(max_visits, bool) or not 1 <= max_visits <= MAX_VISITS_LIMIT:
         c.fault(("max_visits",), f"'max_visits' must be an integer from 1 to {MAX_VISITS_LIMIT}")
@@ -327,35 +347,37 @@ def _parse_checked(text: str, filename: str) -> tuple[Workflow | None, list[Faul
     if not isinstance(nodes_raw, dict) or not nodes_raw:
         c.fault(("nodes",), "'nodes' must be a non-empty mapping of node ids to nodes")
         return None, c.faults
-    nodes = {}
+    nodes: dict[str, Node] = {}
     for nid, raw in nodes_raw.items():
         node = _parse_node(c, nid, raw, slots)
         if node is not None:
             nodes[nid] = node
-    if isinstance(start, str) and start not in nodes_raw:
+    if start is not None and start not in nodes_raw:
         c.fault(("start",), f"start node {start!r} is not defined")
-    # targets
+    # nodes whose way out is broken are assumed to end, so the graph checks below add no echoes
+    open_ended = {n.id for n in nodes.values() if n.next is None and not n.branches and n.end is None}
+    open_ended |= {n.id for n in nodes.values() if isinstance(nodes_raw[n.id].get("branches"), list)
+                   and len(n.branches) != len(nodes_raw[n.id]["branches"])}
     for node in nodes.values():
-        targets = [("next",) if node.next else None] if node.next else []
-        for name, path in [(node.next, ("nodes", node.id, "next"))] + [
+        exits = [(node.next, ("nodes", node.id, "next"))] + [
             (b.to, ("nodes", node.id, "branches", i, "to")) for i, b in enumerate(node.branches)
-        ]:
-            if name is not None and name not in nodes_raw:
-                c.fault(path, f"node {node.id!r} goes to unknown node {name!r}")
-    if c.faults:
-        return None, c.faults
-    # reachability
-    wf = Workflow(wid, assistant, start, nodes, slots, title or "", max_visits, filename)
-    reach = _reachable(wf, start)
-    for nid in nodes:
-        if nid not in reach:
-            c.fault(("nodes", nid), f"node {nid!r} cannot be reached from the start node {start!r}")
-    ends = _can_end(wf)
-    for nid in nodes:
-        if nid in reach and nid not in ends:
-            c.fault(("nodes", nid), f"node {nid!r} cannot reach any terminal node (a node with 'end')")
-    # say placeholders must be collected on every path reaching the node would need path analysis;
-    # declared-ness is checked per template in _parse_node.
+        ]
+        for name, path in exits:
+            if name is not None and name not in nodes:
+                open_ended.add(node.id)
+                if name not in nodes_raw:
+                    c.fault(path, f"node {node.id!r} goes to unknown node {name!r}")
+    wf = Workflow(wid if isinstance(wid, str) else "", assistant, start or "", nodes, slots, title, max_visits, filename)
+    if start in nodes:
+        reach = _reachable(wf, start)
+        # a broken edge may be the intended way in: report unreachable nodes once every edge resolves
+        for nid in nodes if not open_ended & reach else ():
+            if nid not in reach:
+                c.fault(("nodes", nid), f"node {nid!r} cannot be reached from the start node {start!r}")
+        ends = _can_end(wf, open_ended)
+        for nid in nodes:
+            if nid in reach and nid not in ends:
+                c.fault(("nodes", nid), f"node {nid!r} cannot reach any terminal node (a node with 'end')")
     if c.faults:
         return None, c.faults
     return wf, []
@@ -382,6 +404,8 @@ def _parse_slots(c: _Checker, raw) -> dict[str, Slot]:
         if kind not in SLOT_TYPES:
             c.fault(path + ("type",), f"slot {name!r} has unknown type {kind!r} (one of {', '.join(SLOT_TYPES)})")
             continue
+        if "values" in spec and kind not in ("string", "enum"):
+            c.fault(path + ("values",), f"slot {name!r}: 'values' apply to string and enum slots only, not {kind}")
         values = spec.get("values", [])
         if not isinstance(values, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
             c.fault(path + ("values",), f"slot {name!r}: 'values' must be a list of plain values")
@@ -392,6 +416,8 @@ def _parse_slots(c: _Checker, raw) -> dict[str, Slot]:
                 c.fault(path + ("values", i), f"slot {name!r}: value {v!r} must be non-empty, without quotes or backslashes")
         if kind == "enum" and not values:
             c.fault(path, f"enum slot {name!r} needs 'values'")
+        description = spec.get("description")
+        description = "" if description is None else c.text(description, path + ("description",), f"slot {name!r}: 'description'")
         lo, hi = spec.get("min"), spec.get("max")
         if kind in ("integer", "number"):
             for key, v in (("min", lo), ("max", hi)):
@@ -416,7 +442,7 @@ def _parse_slots(c: _Checker, raw) -> dict[str, Slot]:
             lo = hi = None
         if lo is not None and hi is not None and lo > hi:
             c.fault(path + ("min",), f"slot {name!r}: min {lo} is greater than max {hi}")
-        slots[name] = Slot(name, kind, str(spec.get("description", "") or ""), values, lo, hi, c.loaded.line(*path))
+        slots[name] = Slot(name, kind, description, values, lo, hi, c.loaded.line(*path))
     return slots
 
 
@@ -442,7 +468,7 @@ def _parse_node(c: _Checker, nid, raw, slots: dict[str, Slot]) -> Node | None:
     if not c.ident(nid, path, "node id"):
         return None
     if not isinstance(raw, dict):
-        c.fault(path, f"node {nid!r} must be a mapping with at least 'prompt'")
+        c.fault(path, f"node {nid!r} must be a mapping with at least 'prompt', not {_shown(raw)}")
         return None
     c.unknown_keys(raw, NODE_KEYS, path, f"node {nid!r}")
     prompt = c.text(raw.get("prompt"), path + ("prompt",), f"node {nid!r}: 'prompt'", required=True)
@@ -455,39 +481,39 @@ def _parse_node(c: _Checker, nid, raw, slots: dict[str, Slot]) -> Node | None:
     if len(present) != 1:
         c.fault(path, f"node {nid!r} must have exactly one of next, branches or end (has {', '.join(present) or 'none'})")
     nxt = raw.get("next")
-    if "next" in raw and not (isinstance(nxt, str) and nxt):
-        c.fault(path + ("next",), f"node {nid!r}: 'next' must be a node id")
+    if "next" in raw and not (isinstance(nxt, str) and ID.fullmatch(nxt)):
+        c.fault(path + ("next",), f"node {nid!r}: 'next' must be a node id, not {_shown(nxt)}")
         nxt = None
     end = raw.get("end")
     if "end" in raw and end not in END_KINDS:
-        c.fault(path + ("end",), f"node {nid!r}: 'end' must be one of {', '.join(END_KINDS)} (got {end!r})")
+        c.fault(path + ("end",), f"node {nid!r}: 'end' must be one of {', '.join(END_KINDS)} (got {_shown(end)})")
         end = None
-    if "end" in raw and end is None:
-        end = None
+    branches = _parse_branches(c, nid, raw["branches"], path + ("branches",), slots) if "branches" in raw else ()
+    return Node(nid, prompt, say, collect, user, nxt, branches, end, c.loaded.line(*path))
+
+
+def _parse_branches(c: _Checker, nid: str, raw, path: tuple, slots: dict[str, Slot]) -> tuple[Branch, ...]:
+    if not isinstance(raw, list) or not raw:
+        c.fault(path, f"node {nid!r}: 'branches' must be a non-empty list of {{to, when, user, collect}}")
+        return ()
     branches = []
-    if "branches" in raw:
-        raw_b = raw.get("branches")
-        if not isinstance(raw_b, list) or not raw_b:
-            c.fault(path + ("branches",), f"node {nid!r}: 'branches' must be a non-empty list")
-        else:
-            for i, b in enumerate(raw_b):
-                bpath = path + ("branches", i)
-                if not isinstance(b, dict):
-                    c.fault(bpath, f"node {nid!r}: branch {i + 1} must be a mapping with 'to'")
-                    continue
-                c.unknown_keys(b, BRANCH_KEYS, bpath, f"branch {i + 1} of node {nid!r}")
-                to = b.get("to")
-                if not isinstance(to, str) or not to:
-                    c.fault(bpath, f"node {nid!r}: branch {i + 1} needs 'to' (a node id)")
-                    continue
-                b_user = c.texts(b.get("user"), bpath + ("user",), f"node {nid!r} branch {i + 1}: 'user'")
-                _check_templates(c, b_user, bpath + ("user",), slots, f"node {nid!r} branch {i + 1} user line")
-                b_collect = _collect(c, b.get("collect"), bpath + ("collect",), slots, f"node {nid!r} branch {i + 1}")
-                when = b.get("when", "")
-                branches.append(Branch(to, str(when) if when is not None else "", b_user, b_collect))
-    if "end" in raw and raw.get("end") in END_KINDS:
-        end = raw["end"]
-    return Node(nid, prompt, say, collect, user, nxt if "next" in raw else None, tuple(branches), end if "end" in raw else None, c.loaded.line(*path))
+    for i, b in enumerate(raw):
+        bpath = path + (i,)
+        what = f"node {nid!r} branch {i + 1}"
+        if not isinstance(b, dict):
+            c.fault(bpath, f"{what} must be a mapping with 'to', not {_shown(b)}")
+            continue
+        c.unknown_keys(b, BRANCH_KEYS, bpath, what)
+        to = b.get("to")
+        if not isinstance(to, str) or not ID.fullmatch(to):
+            c.fault(bpath + ("to",) if "to" in b else bpath, f"{what} needs 'to' (a node id), not {_shown(to)}")
+            continue
+        when = c.text(b.get("when"), bpath + ("when",), f"{what}: 'when'") if b.get("when") is not None else ""
+        b_user = c.texts(b.get("user"), bpath + ("user",), f"{what}: 'user'")
+        _check_templates(c, b_user, bpath + ("user",), slots, f"{what} user line")
+        b_collect = _collect(c, b.get("collect"), bpath + ("collect",), slots, what)
+        branches.append(Branch(to, when, b_user, b_collect))
+    return tuple(branches)
 
 
 def _collect(c: _Checker, raw, path, slots, owner) -> tuple[str, ...]:
@@ -508,6 +534,7 @@ def _collect(c: _Checker, raw, path, slots, owner) -> tuple[str, ...]:
 
 
 def _reachable(wf: Workflow, start: str) -> set[str]:
+    """Nodes reachable from ``start``."""
     seen, queue = {start}, deque([start])
     while queue:
         for e in wf.out_edges(queue.popleft()):
@@ -517,11 +544,12 @@ def _reachable(wf: Workflow, start: str) -> set[str]:
     return seen
 
 
-def _can_end(wf: Workflow) -> set[str]:
+def _can_end(wf: Workflow, assumed: set[str]) -> set[str]:
+    """Nodes from which a terminal (or a node in ``assumed``) can be reached."""
     incoming: dict[str, list[str]] = {}
     for e in wf.edges:
         incoming.setdefault(e.target, []).append(e.source)
-    ends = {n.id for n in wf.nodes.values() if n.is_terminal}
+    ends = {n.id for n in wf.nodes.values() if n.is_terminal} | set(assumed)
     queue = deque(ends)
     while queue:
         for src in incoming.get(queue.popleft(), ()):

@@ -25,6 +25,8 @@ KeyPath = tuple
 
 @dataclass
 class Loaded:
+    """Plain data (dicts, lists, scalars), the line of every key path, and the problems found."""
+
     data: Any = None
     lines: dict[KeyPath, int] = field(default_factory=dict)
     problems: list[tuple[int, str]] = field(default_factory=list)
@@ -43,6 +45,7 @@ _SAFE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml(text: str) -> Loaded:
+    """Parse ``text`` safely into plain data with the line of every value; problems, never raises."""
     out = Loaded()
     size = len(text.encode("utf-8", errors="replace"))
     if size > MAX_BYTES:
@@ -101,7 +104,10 @@ def _convert(node, path: KeyPath, out: Loaded, constructor) -> Any:
             if not isinstance(key_node, yaml.ScalarNode):
                 out.problems.append((key_node.start_mark.line + 1, "a mapping key must be a plain value"))
                 continue
-            key = constructor.construct_object(key_node)
+            try:
+                key = constructor.construct_object(key_node)
+            except (yaml.YAMLError, ValueError, OverflowError):
+                key = None
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 out.problems.append((key_node.start_mark.line + 1, f"key {key!r} is not a plain value"))
                 continue

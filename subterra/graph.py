@@ -6,12 +6,14 @@ import polars as pl
 
 
 def node_kind(node) -> str:
+    """'terminal' (has end), 'decision' (two or more branches) or 'step'."""
     if node.is_terminal:
         return "terminal"
-    return "decision" if node.branches else "step"
+    return "decision" if node.is_decision else "step"
 
 
 def node_table(wf) -> pl.DataFrame:
+    """One row per node, in file order."""
     return pl.DataFrame(
         [
             {
@@ -33,6 +35,7 @@ def node_table(wf) -> pl.DataFrame:
 
 
 def edge_table(wf) -> pl.DataFrame:
+    """One row per edge, in file order."""
     return pl.DataFrame(
         [
             {
@@ -53,11 +56,12 @@ def edge_table(wf) -> pl.DataFrame:
 
 
 def graph_summary(wf) -> dict:
+    """Counts and the content hash, as asset metadata."""
     nodes = list(wf.nodes.values())
     return {
         "nodes": len(nodes),
         "edges": len(wf.edges),
-        "decision_points": sum(1 for n in nodes if n.branches),
+        "decision_points": sum(1 for n in nodes if n.is_decision),
         "terminals": sum(1 for n in nodes if n.is_terminal),
         "slots": len(wf.slots),
         "max_visits": wf.max_visits,

@@ -1,131 +1,198 @@
 """Paths through a workflow: counted exactly, enumerated lazily, sampled with every edge covered.
 
 A path is the sequence of edges from the start node to a terminal node, passing through no node
-more than ``max_visits`` times. Counting is a memoised recursion over (node, visit counts of the
-nodes that lie on a cycle): nodes on no cycle can never be revisited, so acyclic parts collapse
-to a DP on the node and a layered graph with 10^12 paths counts instantly. Enumeration is a
-depth-first walk that yields one path at a time (flat memory). Past a cap, a deterministic sample
-first takes one path through every edge, then uniform random paths drawn with the counts.
+more than ``max_visits`` times. Everything here works on the *state graph*: a state is a node plus
+the visit counts of the nodes in that node's strongly connected component. A walk can never
+return to a component it has left, so only the current component's counts matter; nodes on no
+cycle carry no counts at all, so an acyclic workflow's state graph is the workflow itself and a
+layered graph with 10^12 paths counts instantly. The state graph is acyclic (every step either
+moves to a later component or raises the visit total inside the current one), so path counts are
+two dynamic programmes over it: completions ``g`` (backward) and prefixes ``f`` (forward).
+Enumeration is a depth-first walk yielding one path at a time; sampling draws paths by rank
+(uniform) and, for each edge, a path uniform among those through it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import sys
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterator, Sequence
 
+import networkx as nx
 import polars as pl
 
-Path = tuple[str, ...]
+Path = tuple[str, ...]  # edge ids in order
 
 
 def path_id(path: Sequence[str]) -> str:
+    """Stable 12-hex id of a path (hash of its edge ids)."""
     return hashlib.sha256("\n".join(path).encode()).hexdigest()[:12]
 
 
-def _cyclic_nodes(wf) -> set[str]:
-    import networkx as nx
-
-    graph = nx.DiGraph()
-    graph.add_nodes_from(wf.nodes)
-    graph.add_edges_from((e.source, e.target) for e in wf.edges)
-    out = set()
-    for component in nx.strongly_connected_components(graph):
-        if len(component) > 1:
-            out |= component
-    out |= {e.source for e in wf.edges if e.source == e.target}
-    return out
-
-
-class _Counter:
-    """count(node, visits) = number of path completions from ``node`` in visit state ``visits``."""
+class StateGraph:
+    """The reachable (node, visit counts within its component) states of a workflow, with counts."""
 
     def __init__(self, wf):
         self.wf = wf
-        self.cyclic = sorted(_cyclic_nodes(wf))
-        self.index = {n: i for i, n in enumerate(self.cyclic)}
-        self.count = lru_cache(maxsize=None)(self._count)
+        graph = nx.DiGraph()
+        graph.add_nodes_from(wf.nodes)
+        graph.add_edges_from((e.source, e.target) for e in wf.edges)
+        condensed = nx.condensation(graph)
+        rank = {c: i for i, c in enumerate(nx.topological_sort(condensed))}
+        self._rank: dict[str, int] = {n: rank[c] for n, c in condensed.graph["mapping"].items()}
+        self._members: dict[str, tuple[str, ...]] = {}
+        for c in condensed.nodes:
+            members = tuple(sorted(condensed.nodes[c]["members"]))
+            cyclic = len(members) > 1 or graph.has_edge(members[0], members[0])
+            for n in members:
+                self._members[n] = members if cyclic else ()
+        self._explore()
+        self._count()
 
-    def start_state(self) -> tuple[int, ...]:
-        visits = [0] * len(self.cyclic)
-        if self.wf.start in self.index:
-            visits[self.index[self.wf.start]] = 1
-        return tuple(visits)
-
-    def step(self, visits: tuple[int, ...], target: str) -> tuple[int, ...] | None:
-        """Visit state after arriving at ``target``, or None if that would exceed max_visits."""
-        i = self.index.get(target)
-        if i is None:
-            return visits
+    def _enter(self, visits: tuple[int, ...], source: str, target: str) -> tuple[int, ...] | None:
+        """Visit counts after stepping from ``source`` to ``target``; None past ``max_visits``."""
+        members = self._members[target]
+        if not members:
+            return ()
+        if self._rank[source] != self._rank[target]:  # entering a new component
+            visits = (0,) * len(members)
+        i = members.index(target)
         if visits[i] >= self.wf.max_visits:
             return None
-        v = list(visits)
-        v[i] += 1
-        return tuple(v)
+        return visits[:i] + (visits[i] + 1,) + visits[i + 1 :]
 
-    def _count(self, node: str, visits: tuple[int, ...]) -> int:
-        if self.wf.nodes[node].is_terminal:
-            return 1
-        total = 0
-        for e in self.wf.out_edges(node):
-            nxt = self.step(visits, e.target)
-            if nxt is not None:
-                total += self.count(e.target, nxt)
-        return total
+    def _explore(self) -> None:
+        wf = self.wf
+        start_visits = tuple(1 if m == wf.start else 0 for m in self._members[wf.start])
+        self.states: list[tuple[str, tuple[int, ...]]] = [(wf.start, start_visits)]
+        index = {self.states[0]: 0}
+        self.out: list[list[tuple[str, int]]] = [[]]  # per state: (edge id, target state)
+        queue = deque([0])
+        while queue:
+            s = queue.popleft()
+            node, visits = self.states[s]
+            if wf.nodes[node].is_terminal:
+                continue
+            for e in wf.out_edges(node):
+                nxt = self._enter(visits, node, e.target)
+                if nxt is None:
+                    continue
+                state = (e.target, nxt)
+                t = index.get(state)
+                if t is None:
+                    t = index[state] = len(self.states)
+                    self.states.append(state)
+                    self.out.append([])
+                    queue.append(t)
+                self.out[s].append((e.id, t))
+        # every step raises (component rank, visits in the component): sorting is a topological order
+        self.order = sorted(range(len(self.states)), key=lambda s: (self._rank[self.states[s][0]], sum(self.states[s][1])))
 
+    def _count(self) -> None:
+        n = len(self.states)
+        self.g = [0] * n  # completions from the state to a terminal
+        for s in reversed(self.order):
+            node = self.states[s][0]
+            self.g[s] = 1 if self.wf.nodes[node].is_terminal else sum(self.g[t] for _, t in self.out[s])
+        self.f = [0] * n  # prefixes from the start state to the state
+        self.f[0] = 1
+        self.into: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+        for s in self.order:
+            for eid, t in self.out[s]:
+                self.f[t] += self.f[s]
+                self.into[t].append((eid, s))
 
-def _deep(fn, *args):
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20_000))
-    try:
-        return fn(*args)
-    finally:
-        sys.setrecursionlimit(limit)
+    @property
+    def total(self) -> int:
+        return self.g[0]
+
+    def completion(self, state: int, rank: int) -> list[str]:
+        """The ``rank``-th completion from ``state`` in depth-first (file) order of the edges."""
+        edges: list[str] = []
+        while self.out[state]:
+            for eid, t in self.out[state]:
+                if rank < self.g[t]:
+                    edges.append(eid)
+                    state = t
+                    break
+                rank -= self.g[t]
+        return edges
+
+    def unrank(self, rank: int) -> Path:
+        """The ``rank``-th path in the order of ``iter_paths`` (0 <= rank < total)."""
+        return tuple(self.completion(0, rank))
+
+    def prefix(self, state: int, rng: random.Random) -> list[str]:
+        """A prefix from the start to ``state``, uniform among all such prefixes."""
+        edges: list[str] = []
+        while state != 0:
+            pick = rng.randrange(self.f[state])
+            for eid, s in self.into[state]:
+                if pick < self.f[s]:
+                    break
+                pick -= self.f[s]
+            edges.append(eid)
+            state = s
+        edges.reverse()
+        return edges
+
+    def through(self, edge_id: str, rng: random.Random) -> Path | None:
+        """A path through the edge, uniform among the paths through it; None if there is none."""
+        options = [(s, t, self.f[s] * self.g[t]) for s in range(len(self.states)) for eid, t in self.out[s] if eid == edge_id]
+        weight = sum(w for _, _, w in options)
+        if not weight:
+            return None
+        pick = rng.randrange(weight)
+        for s, t, w in options:
+            if pick < w:
+                break
+            pick -= w
+        return tuple(self.prefix(s, rng) + [edge_id] + self.completion(t, rng.randrange(self.g[t])))
+
+    def walk(self) -> Iterator[Path]:
+        """Every path, depth first in file order of the edges, skipping dead ends."""
+        if not self.g[0]:
+            return
+        edges: list[str] = []
+        stack: list[tuple[int, int]] = [(0, 0)]
+        while stack:
+            s, i = stack[-1]
+            out = self.out[s]
+            if not out:
+                yield tuple(edges)
+            while i < len(out) and not self.g[out[i][1]]:
+                i += 1
+            if i >= len(out):
+                stack.pop()
+                if edges:
+                    edges.pop()
+                continue
+            stack[-1] = (s, i + 1)
+            eid, t = out[i]
+            edges.append(eid)
+            stack.append((t, 0))
 
 
 def count_paths(wf) -> int:
     """Exact number of paths, without enumerating them."""
-    counter = _Counter(wf)
-    return _deep(counter.count, wf.start, counter.start_state())
+    return StateGraph(wf).total
 
 
 def iter_paths(wf) -> Iterator[Path]:
-    """Every path, one at a time, depth first, in file order of the edges."""
-    counter = _Counter(wf)
-    stack: list[tuple[str, tuple[int, ...], int]] = [(wf.start, counter.start_state(), 0)]
-    edges: list[str] = []
-    while stack:
-        node, visits, i = stack[-1]
-        if wf.nodes[node].is_terminal:
-            yield tuple(edges)
-            stack.pop()
-            if edges:
-                edges.pop()
-            continue
-        out = wf.out_edges(node)
-        while i < len(out) and counter.step(visits, out[i].target) is None:
-            i += 1
-        if i >= len(out):
-            stack.pop()
-            if edges:
-                edges.pop()
-            continue
-        stack[-1] = (node, visits, i + 1)
-        e = out[i]
-        edges.append(e.id)
-        stack.append((e.target, counter.step(visits, e.target), 0))
+    """Every path, one at a time, depth first in file order of the edges."""
+    return StateGraph(wf).walk()
 
 
 def path_nodes(wf, path: Sequence[str]) -> tuple[str, ...]:
+    """The start node, then the target of each edge of the path."""
     targets = {e.id: e.target for e in wf.edges}
     return (wf.start,) + tuple(targets[e] for e in path)
 
 
 def edge_coverage(wf, paths) -> set[str]:
+    """Edge ids that at least one of the paths takes."""
     return {e for p in paths for e in p}
 
 
@@ -136,82 +203,43 @@ class PathSelection:
     sampled: bool
 
 
-def _complete(wf, counter: _Counter, node: str, visits, rng: random.Random, prefix: list[str]) -> Path | None:
-    """Extend ``prefix`` (ending at ``node``) to a terminal, uniformly among completions."""
-    path = list(prefix)
-    while not wf.nodes[node].is_terminal:
-        options = []
-        for e in wf.out_edges(node):
-            nxt = counter.step(visits, e.target)
-            if nxt is not None:
-                weight = _deep(counter.count, e.target, nxt)
-                if weight:
-                    options.append((e, nxt, weight))
-        if not options:
-            return None
-        pick = rng.randrange(sum(w for _, _, w in options))
-        for e, nxt, w in options:
-            if pick < w:
-                break
-            pick -= w
-        path.append(e.id)
-        node, visits = e.target, nxt
-    return tuple(path)
-
-
-def _through(wf, counter: _Counter, edge, rng: random.Random) -> Path | None:
-    """A path through ``edge``: a shortest prefix to its source, then a uniform completion."""
-    parents: dict[str, tuple[str, str] | None] = {wf.start: None}
-    queue = deque([wf.start])
-    while queue and edge.source not in parents:
-        node = queue.popleft()
-        for e in wf.out_edges(node):
-            if e.target not in parents:
-                parents[e.target] = (node, e.id)
-                queue.append(e.target)
-    if edge.source not in parents:
-        return None
-    prefix, node = [], edge.source
-    while parents[node] is not None:
-        prev, eid = parents[node]
-        prefix.append(eid)
-        node = prev
-    prefix.reverse()
-    visits = counter.start_state()
-    targets = {e.id: e.target for e in wf.edges}
-    for eid in prefix + [edge.id]:
-        visits = counter.step(visits, targets[eid])
-        if visits is None:
-            return None
-    return _complete(wf, counter, edge.target, visits, rng, prefix + [edge.id])
-
-
 def select_paths(wf, cap: int = 5000, seed: int = 0) -> PathSelection:
-    """All paths if there are at most ``cap``; else a deterministic sample covering every edge."""
-    total = count_paths(wf)
+    """All paths if there are at most ``cap``; else a deterministic sample covering every edge.
+
+    The sample takes, for each edge in file order not yet covered, one path uniform among the paths
+    through it, then fills up to ``cap`` with distinct paths drawn uniformly by rank.
+    """
+    space = StateGraph(wf)
+    total = space.total
     if total <= cap:
-        return PathSelection(list(iter_paths(wf)), total, False)
+        return PathSelection(list(space.walk()), total, False)
     rng = random.Random(seed)
-    counter = _Counter(wf)
     chosen: dict[Path, None] = {}
+    covered: set[str] = set()
     for edge in wf.edges:
         if len(chosen) >= cap:
             break
-        if edge.id in edge_coverage(wf, chosen):
+        if edge.id in covered:
             continue
-        path = _through(wf, counter, edge, rng)
+        path = space.through(edge.id, rng)
         if path is not None:
             chosen[path] = None
-    attempts = 0
-    while len(chosen) < cap and attempts < cap * 20:
-        attempts += 1
-        path = _complete(wf, counter, wf.start, counter.start_state(), rng, [])
-        if path is not None:
-            chosen[path] = None
+            covered.update(path)
+    missing = cap - len(chosen)
+    if missing > 0 and total <= 2 * cap:  # dense: draw from the few remaining paths directly
+        rest = [p for p in space.walk() if p not in chosen]
+        chosen.update((p, None) for p in rng.sample(rest, missing))
+    while len(chosen) < cap:  # sparse: at least half of all draws are new
+        chosen[space.unrank(rng.randrange(total))] = None
     return PathSelection(list(chosen), total, True)
 
 
+PATHS_SCHEMA = {"workflow": pl.String, "path_id": pl.String, "edges": pl.List(pl.String), "nodes": pl.List(pl.String),
+                "n_edges": pl.Int64, "terminal": pl.String, "outcome": pl.String}
+
+
 def paths_table(wf, selection: PathSelection) -> pl.DataFrame:
+    """One row per selected path: workflow, path_id, edges, nodes, n_edges, terminal, outcome."""
     rows = []
     for path in selection.paths:
         nodes = path_nodes(wf, path)
@@ -226,10 +254,9 @@ def paths_table(wf, selection: PathSelection) -> pl.DataFrame:
                 "outcome": wf.nodes[nodes[-1]].end,
             }
         )
-    schema = {"workflow": pl.String, "path_id": pl.String, "edges": pl.List(pl.String), "nodes": pl.List(pl.String),
-              "n_edges": pl.Int64, "terminal": pl.String, "outcome": pl.String}
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=PATHS_SCHEMA)
 
 
 def paths_from_table(df: pl.DataFrame) -> list[Path]:
+    """The paths of a ``paths_table`` (in row order)."""
     return [tuple(edges) for edges in df["edges"].to_list()]

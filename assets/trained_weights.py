@@ -42,9 +42,9 @@ def trained_weights(
     )
     config_file = run_dir / "train_config.json"
     train_config.to_json(config_file)
-    pipes_subprocess_client.run(
+    reported = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
-    ).get_results()
+    ).get_materialize_result()
     result = TrainResult.from_json(model_dir / RESULT_FILE)
     row = {
         "workflow": wf.id,
@@ -67,7 +67,9 @@ def trained_weights(
     (run_dir / "loss_curve.png").write_bytes(plot)
     return dg.MaterializeResult(
         metadata={
+            **(reported.metadata or {}),
             **{k: v for k, v in row.items() if k not in ("workflow", "content_hash")},
+            "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(
                 f"![loss](data:image/png;base64,{__import__('base64').b64encode(plot).decode()})"

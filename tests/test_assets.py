@@ -134,6 +134,9 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert (settings.run_dir(KEY, wf.short_hash) / "train.parquet").exists()
     assert trained["steps"] == 4 and trained["content_hash"] == wf.content_hash
     training_meta = metadata(result, COMPILE_ASSETS[4])
+    progress = [r.user_message for r in instance.all_logs(result.run_id) if r.user_message.startswith("step ")]
+    assert progress[:2] and progress[0].startswith("step 2/4 loss")  # streamed from the training process by Pipes
+    assert training_meta["final_loss"] == trained["final_loss"]
     assert training_meta["loss_curve"].startswith("![loss](data:image/png;base64,")
     assert set(store.read("eval_scores", KEY)["holdout"]) == {"holdout", "holdout_unseen"}
     assert store.read("eval_scenarios", KEY).height == 4  # 2 per holdout

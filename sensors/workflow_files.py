@@ -23,18 +23,17 @@ from resources import SettingsResource
     description="Recompile a workflow when data/workflows/NAME.yaml is added or its definition changes.",
 )
 def workflow_files_sensor(context: dg.SensorEvaluationContext, settings: SettingsResource) -> dg.SensorResult:
-    from subterra.workflow import load_workflow, validate_file
+    from subterra.workflow import WorkflowError, load_workflow
 
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(workflows_partitions.name))
     requests, new_partitions, skipped = [], [], []
     for path in sorted(settings.get().workflows_dir.glob("*.yaml")):
         try:
-            faults = validate_file(path)
-            if faults:
-                skipped.append(f"{path.name}: invalid, not compiled:\n" + "\n".join(f"  {f}" for f in faults))
-                continue
             wf = load_workflow(path)
+        except WorkflowError as exc:
+            skipped.append(f"{path.name}: invalid, not compiled:\n" + "\n".join(f"  {f}" for f in exc.faults))
+            continue
         except Exception as exc:  # one file never breaks the tick
             skipped.append(f"{path.name}: could not be read ({type(exc).__name__}: {exc})")
             continue

@@ -87,8 +87,11 @@ def test_invalid_file_starts_nothing_and_says_where(settings, tick):
 def test_invalid_file_next_to_a_valid_one_still_starts_the_valid_one(settings, tick, capfd):
     (settings.workflows_dir / "broken.yaml").write_text("workflow: broken\nnodes: [unclosed\n")
     (settings.workflows_dir / "wrong_id.yaml").write_text(settings.workflow_file("mini_booking").read_text())
+    (settings.workflows_dir / "binary.yaml").write_bytes(b"\xff\xfe\x00\x81 not text")
+    (settings.workflows_dir / "folder.yaml").mkdir()  # not even a file
     result = tick()
     assert [r.partition_key for r in result.run_requests] == ["mini_booking"]
     log = capfd.readouterr().err  # the tick's log, file by file, with file:line
     assert "broken.yaml:3: YAML syntax error" in log
     assert "wrong_id.yaml:2: workflow id 'mini_booking' must equal the file name's stem" in log
+    assert "binary.yaml" in log and "folder.yaml" in log

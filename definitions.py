@@ -1,5 +1,7 @@
 """Subterra's Dagster definitions: every asset, check, job, sensor and resource, assembled here."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets import COMPILE_ASSETS
@@ -9,6 +11,10 @@ from sensors import workflow_files_sensor
 
 
 def build_definitions(data_dir: str = "", db_path: str = "") -> dg.Definitions:
+    """Everything, with the data folder and database given (default: ``SUBTERRA_DATA_DIR`` or ``./data``,
+    and the database inside the data folder)."""
+    if data_dir and not db_path:
+        db_path = str(Path(data_dir) / "subterra.duckdb")
     return dg.Definitions(
         assets=COMPILE_ASSETS,
         jobs=[compile_workflow],

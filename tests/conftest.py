@@ -30,16 +30,9 @@ def store(settings) -> Store:
 @pytest.fixture
 def resources(settings) -> dict:
     """The resources of ``definitions.py``, pointed at the temporary data folder."""
-    import dagster as dg
+    from definitions import build_definitions
 
-    from resources import SettingsResource, StoreResource, TeacherResource
-
-    return {
-        "settings": SettingsResource(data_dir=str(settings.data_dir)),
-        "store": StoreResource(db_path=str(settings.db_path)),
-        "teacher": TeacherResource(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-    }
+    return dict(build_definitions(str(settings.data_dir)).resources)
 
 
 @pytest.fixture

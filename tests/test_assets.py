@@ -52,6 +52,24 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(texts)
 
 
+def test_definitions_assemble_the_pipeline_without_heavy_imports():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, definitions\n"
+        "defs = definitions.defs\n"
+        "assert defs.resolve_job_def('compile_workflow') and defs.resolve_sensor_def('workflow_files_sensor')\n"
+        "print(sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'great_expectations') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(sorted(a.key.to_user_string() for a in COMPILE_ASSETS))
+    assert out[1] == "[]"
+    [spec] = COMPILE_ASSETS[3].check_specs
+    assert spec.blocking and spec.name == "corpus_quality_gate"
+
+
 def test_graph_and_paths(settings, store, resources, instance):
     result = materialize([workflow_graph, workflow_paths], resources, instance)
     assert result.success

@@ -1,3 +1,5 @@
+import json
+
 import dagster as dg
 
 from assets.loading import snapshot
@@ -42,6 +44,6 @@ def synthetic_corpus(
             "assistant_turns_train": int(corpus.filter(pl.col("split") == "train")["n_turns"].sum()),
             "offscript_turns": dg.MetadataValue.md(offscript.to_pandas().to_markdown(index=False)),
             "teacher": teacher.kind,
-            "sample_conversation": dg.MetadataValue.json(__import__("json").loads(corpus["messages"][-1])),
+            "sample_conversation": dg.MetadataValue.json(json.loads(corpus["messages"][-1])),
         }
     )

@@ -1,3 +1,4 @@
+import base64
 import sys
 from datetime import datetime, timezone
 
@@ -64,15 +65,15 @@ def trained_weights(
     }
     db.replace_partition("trained_weights", wf.id, pl.DataFrame([row]))
     plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
-    (run_dir / "loss_curve.png").write_bytes(plot)
+    plot_file = run_dir / "loss_curve.png"
+    plot_file.write_bytes(plot)
     return dg.MaterializeResult(
         metadata={
             **(reported.metadata or {}),
             **{k: v for k, v in row.items() if k not in ("workflow", "content_hash")},
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
-            "loss_curve": dg.MetadataValue.md(
-                f"![loss](data:image/png;base64,{__import__('base64').b64encode(plot).decode()})"
-            ),
+            "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),
+            "loss_curve_png": dg.MetadataValue.path(str(plot_file)),
         }
     )

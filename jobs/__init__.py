@@ -2,12 +2,11 @@
 
 import dagster as dg
 
-from assets import COMPILE_ASSETS, workflows_partitions
+from assets import COMPILE_ASSETS
 
 compile_workflow = dg.define_asset_job(
     "compile_workflow",
     selection=dg.AssetSelection.assets(*COMPILE_ASSETS),
-    partitions_def=workflows_partitions,
     description="Compile one workflow into small-model weights: graph, paths, corpus, gate, training, eval, cost.",
     tags={"dagster/max_runtime": str(4 * 3600)},
 )

@@ -74,7 +74,11 @@ def load_yaml(text: str) -> Loaded:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
-        out.problems.append((line, f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"))
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "nesting depth" in problem:  # libyaml's own limit (1,000) can trip before ours is reached
+            out.problems.append((line, f"nesting is deeper than {MAX_DEPTH} levels"))
+        else:
+            out.problems.append((line, f"YAML syntax error: {problem}"))
         return out
     except (RecursionError, MemoryError, ValueError) as exc:  # never let a document take us down
         out.problems.append((1, f"cannot parse the document: {type(exc).__name__}"))

@@ -38,6 +38,8 @@ class EvalConfig:
     max_say_tokens: int = 64
     extra_turns: int = 4  # a derailed conversation may run this many turns past the reference
     holdouts: tuple[str, ...] = HOLDOUTS
+    use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
+    copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
 
 
 @dataclass
@@ -218,10 +220,11 @@ def evaluate(
     """Evaluate the model in ``model_dir`` on the holdout rows of the corpus table ``rows``."""
     import torch
 
+    from subterra.lexicon import load_lexicon
     from subterra.student import load_compiled
 
     tokenizer, model = load_compiled(model_dir)
-    codec = Codec(tokenizer, wf)
+    codec = Codec(tokenizer, wf, load_lexicon(model_dir) if config.use_lexicon else frozenset(), config.copy_runs)
     driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say)
     selected = []
     for holdout in config.holdouts:

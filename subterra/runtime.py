@@ -58,9 +58,11 @@ Program = Generator[object, int | None, None]
 class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
-    def __init__(self, tokenizer, wf):
+    def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True):
         self.tok = tokenizer
         self.wf = wf
+        self.lexicon = lexicon
+        self.runs_only = runs_only
         enc = self.encode
         self.quote = enc('"')
         self.form_head = enc(FORM_HEAD)
@@ -102,7 +104,8 @@ class Codec:
             values = spec.values if spec.type == "enum" else ("yes", "no")
             return {v: self.encode(v) + self.quote for v in values}, None
         candidates, counted = {}, {}
-        for span in word_spans(message):
+        spans = value_spans(message, self.lexicon, self.runs_only)
+        for span in spans:
             ids = self.encode(span) + self.quote
             candidates[span] = ids
             counted[span] = [0] + [j for j in range(1, len(ids)) if j == len(ids) - 1 or self.is_space(ids[j])]
@@ -114,12 +117,67 @@ class Codec:
         return self._space_cache[token]
 
 
+def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: bool = True) -> list[str]:
+    """The spans of ``message`` a slot value may be copied from.
+
+    Without a lexicon: every span of whole words (``word_spans``). With the compile's lexicon of
+    procedure words (words users said around values in training, never inside one): a span
+    neither starts nor ends with a procedure word, and with ``runs_only`` it is a whole run of
+    non-procedure words between procedure words and sentence breaks, so where a value ends is
+    read from the message ("Cape Town", never "Cape"). If the lexicon leaves nothing, every span.
+    """
+    spans = word_spans(message)
+    if not lexicon:
+        return spans
+    if runs_only:
+        runs = _runs(message, lexicon)
+        if runs:
+            return runs
+    kept = [s for s in spans if not _edge_words(s) & lexicon]
+    return kept or spans
+
+
+def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
+    from subterra.lexicon import words
+
+    runs: list[str] = []
+    current: list[tuple[int, int]] = []
+
+    def close():
+        if current:
+            text = message[current[0][0] : current[-1][1]].strip(".,!?;:()[]'")
+            if text and WORD.search(text) and '"' not in text and "\\" not in text and text not in runs:
+                runs.append(text)
+            current.clear()
+
+    for m in re.finditer(r"[^\s]+", message):
+        found = words(m.group())
+        if found and all(w in lexicon for w in found):
+            close()
+            continue
+        current.append((m.start(), m.end()))
+        if m.group()[-1] in ",.;:!?":
+            close()
+    close()
+    return runs
+
+
+def _edge_words(span: str) -> set[str]:
+    from subterra.lexicon import words
+
+    found = words(span)
+    return {found[0], found[-1]} if found else set()
+
+
 def word_spans(message: str, max_words: int = 6) -> list[str]:
-    """Every span of 1..max_words whole words of ``message`` (punctuation inside a span is kept)."""
+    """Every span of 1..max_words whole words of ``message``; a span never crosses a sentence
+    break (a word ending in , . ; : ! ?) and drops the punctuation at its ends."""
     words = [(m.start(), m.end()) for m in re.finditer(r"[^\s]+", message)]
     spans: list[str] = []
     for i in range(len(words)):
         for j in range(i, min(len(words), i + max_words)):
+            if j > i and message[words[j - 1][1] - 1] in ",.;:!?":
+                break
             text = message[words[i][0] : words[j][1]]
             text = text.strip(".,!?;:()[]'")  # trailing sentence punctuation is not part of a value
             if text and WORD.search(text) and '"' not in text and "\\" not in text and text not in spans:
@@ -384,11 +442,12 @@ class ChatSession:
         import torch
         from transformers import DynamicCache
 
+        from subterra.lexicon import load_lexicon
         from subterra.student import load_compiled
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf)
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir))
         self.wf = wf
         self.max_say = max_say_tokens
         self.cache = DynamicCache()

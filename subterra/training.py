@@ -22,6 +22,7 @@ from typing import Callable
 
 import polars as pl
 
+from subterra.lexicon import build_lexicon, save_lexicon
 from subterra.student import StudentSpec, load_student
 
 RESULT_FILE = "training_result.json"
@@ -240,6 +241,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         dtype="bf16" if bf16 else "fp32",
         resumed_from=resume,
     )
+    save_lexicon(staging, build_lexicon(conversations))
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
     if out.exists():

@@ -10,7 +10,8 @@ from subterra.corpus import CorpusConfig, build_corpus
 from subterra.evaluation import EvalConfig, evaluate
 from subterra.forms import parse_form
 from subterra.paths import select_paths
-from subterra.runtime import ChatSession, Codec, word_spans
+from subterra.lexicon import LEXICON_FILE, build_lexicon, load_lexicon
+from subterra.runtime import ChatSession, Codec, value_spans, word_spans
 from subterra.teacher import TemplateTeacher
 from subterra.tokenizer import workflow_atoms
 from subterra.training import RESULT_FILE, TrainConfig, TrainResult, measure_lengths, train
@@ -93,8 +94,41 @@ def test_measure_lengths_counts_tokens(mini_workflow, corpus):
 
 def test_word_spans_are_whole_words_without_sentence_punctuation():
     spans = word_spans("I'd like to go to Buenos Aires, please.")
-    assert "Buenos Aires" in spans and "please" in spans and "Aires, please" in spans
+    assert "Buenos Aires" in spans and "please" in spans and "to Buenos Aires" in spans
     assert "uenos" not in spans and "please." not in spans
+    assert "Aires, please" not in spans and "Aires please" not in spans  # no span crosses a sentence break
+
+
+PROCEDURE = frozenset("i d like to go please um from on actually make that instead of thanks".split())
+
+
+def test_value_spans_are_whole_runs_between_procedure_words():
+    assert value_spans("I'd like to go to Buenos Aires, please.", PROCEDURE) == ["Buenos Aires"]
+    assert value_spans("Um, from New York on 9 May 2027. Thanks.", PROCEDURE) == ["New York", "9 May 2027"]
+    assert value_spans("Actually, make that Cape Town instead of Lima.", PROCEDURE) == ["Cape Town", "Lima"]
+    # edges only (runs_only=False): no span starts or ends with a procedure word, the model picks its end
+    edges = value_spans("I'd like to go to Buenos Aires, please.", PROCEDURE, runs_only=False)
+    assert set(edges) == {"Buenos", "Buenos Aires", "Aires"}
+    # no lexicon, or a lexicon that leaves nothing: every span of whole words
+    assert value_spans("to Oslo", frozenset()) == word_spans("to Oslo")
+    assert value_spans("please", PROCEDURE) == word_spans("please")
+
+
+def test_lexicon_holds_words_said_around_values_never_inside_them():
+    form = '{{"node": "greet", "slots": {{"destination": "{v}"}}, "say": "Ok."}}'
+    conversations = [
+        [{"role": "user", "content": f"I want to go to {v}, please."}, {"role": "assistant", "content": form.format(v=v)}]
+        for v in ("Lisbon", "New York", "Cape Town", "Oslo")
+    ]
+    lexicon = build_lexicon(conversations)
+    assert {"want", "to", "go", "please"} <= set(lexicon)
+    assert not {"lisbon", "new", "york", "cape", "town"} & set(lexicon)  # value words never, however often
+    assert "i" not in build_lexicon(conversations[:2])  # fewer than three times is not enough
+
+
+def test_the_trained_model_carries_its_lexicon(trained):
+    folder = Path(trained[1].model_dir)
+    assert (folder / LEXICON_FILE).exists() and "please" in load_lexicon(folder)
 
 
 def test_eval_of_the_trained_model(trained, mini_workflow, corpus):

@@ -1,0 +1,56 @@
+"""The procedure's own words: learned at compile time from the training conversations.
+
+A word that users said many times in training but never as (part of) a slot value belongs to the
+procedure's phrasing ("please", "ticket", "under"), not to a value. The runtime's copy
+constraint uses this lexicon to drop candidate spans that start or end with such a word. It is a
+compile artifact saved beside the weights (``value_lexicon.json``), measured on its own in the
+evaluation (``EvalConfig.use_lexicon``); on phrasings training never saw it knows fewer words
+and the model decides alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from subterra.forms import parse_form
+
+LEXICON_FILE = "value_lexicon.json"
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
+MIN_COUNT = 3
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def build_lexicon(conversations: Iterable[list[dict]], min_count: int = MIN_COUNT) -> list[str]:
+    """Words seen at least ``min_count`` times in user messages and never inside a slot value."""
+    outside: Counter[str] = Counter()
+    inside: set[str] = set()
+    for messages in conversations:
+        for user, reply in zip(messages, messages[1:]):
+            if user["role"] != "user" or reply["role"] != "assistant":
+                continue
+            values = list(parse_form(reply["content"]).slots.values())
+            for v in values:
+                inside.update(words(v))
+            text = user["content"]
+            for v in values:
+                text = text.replace(v, " ")
+            outside.update(words(text))
+    return sorted(w for w, n in outside.items() if n >= min_count and w not in inside)
+
+
+def save_lexicon(folder: str | Path, lexicon: list[str]) -> None:
+    Path(folder, LEXICON_FILE).write_text(json.dumps({"procedure_words": lexicon}, indent=0))
+
+
+def load_lexicon(folder: str | Path) -> frozenset[str]:
+    path = Path(folder, LEXICON_FILE)
+    if not path.exists():
+        return frozenset()
+    return frozenset(json.loads(path.read_text())["procedure_words"])

@@ -351,6 +351,26 @@ def _tracked(program, raw: list[int], counter: TurnCounter):
         return stop.value
 
 
+_VISIBLE: list[int] = [0]  # how many cache positions the lockstep forward may see (all rows share it)
+LOCKSTEP_ATTENTION = "subterra_lockstep"
+
+
+def _lockstep_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention for one new token per row over a preallocated cache: only the filled positions
+    are looked at (a static cache would otherwise make every step attend over its whole length),
+    and no mask is needed, since every filled position is visible to the newest token."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n = _VISIBLE[0]
+    return sdpa_attention_forward(module, query, key[:, :, :n], value[:, :, :n], None, **kwargs)
+
+
+def _register_lockstep_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(LOCKSTEP_ATTENTION, _lockstep_attention)
+
+
 class Lockstep:
     """Drives many row programs one token per step through one batched, KV-cached forward.
 
@@ -362,6 +382,7 @@ class Lockstep:
     def __init__(self, model, pad_id: int, banned_free: Sequence[int]):
         import numpy as np
 
+        _register_lockstep_attention()
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
@@ -405,12 +426,18 @@ class Lockstep:
                     else:
                         tokens[i] = action[1]
                 started = time.perf_counter()
-                out = self.model(
-                    input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
-                    past_key_values=cache,
-                    use_cache=True,
-                    cache_position=torch.tensor([step], device=self.device),
-                )
+                _VISIBLE[0] = step + 1
+                config = self.model.config
+                usual, config._attn_implementation = config._attn_implementation, LOCKSTEP_ATTENTION
+                try:
+                    out = self.model(
+                        input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
+                        past_key_values=cache,
+                        use_cache=True,
+                        cache_position=torch.tensor([step], device=self.device),
+                    )
+                finally:
+                    config._attn_implementation = usual
                 logits = out.logits[:, -1, :].float().cpu().numpy()
                 if on_step is not None:
                     on_step(time.perf_counter() - started)

@@ -152,3 +152,34 @@ def test_chat_session_answers_with_forms(trained, mini_workflow):
     form = chat.respond("Hello!")
     assert form.node in mini_workflow.nodes
     parse_form(json.dumps({"node": form.node, "slots": form.slots, "say": form.say}))
+
+
+def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
+    """Batched lockstep stepping (preallocated cache, attention over its filled part only) picks
+    the same tokens as transformers' own greedy generation, row by row."""
+    import torch
+
+    from subterra.runtime import Choice, Lockstep
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    banned = list(tokenizer.all_special_ids)
+    prompts = [tokenizer.apply_chat_template(json.loads(m)[:2], tokenize=True, add_generation_prompt=True)
+               for m in corpus["messages"][:3]]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    outputs: list[list[int]] = [[] for _ in prompts]
+
+    def program(prompt, out, n=6):
+        for t in prompt:
+            yield ("force", t)
+        for _ in range(n):
+            out.append((yield Choice(None)))
+
+    Lockstep(model, tokenizer.pad_token_id, banned).run(
+        [program(p, o) for p, o in zip(prompts, outputs)], max_len=max(map(len, prompts)) + 8
+    )
+    for prompt, got in zip(prompts, outputs):
+        with torch.inference_mode():
+            expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                      suppress_tokens=banned, min_new_tokens=6)[0, len(prompt):].tolist()
+        assert got == expected

@@ -10,6 +10,8 @@ class EvalSettings(dg.Config):
     scenarios: int = 200  # per holdout
     batch_size: int = 100
     max_say_tokens: int = 64
+    use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
+    copy_runs: bool = True  # with the lexicon, a value is a whole run between procedure words
 
 
 @dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"})

@@ -104,7 +104,9 @@ class Codec:
             values = spec.values if spec.type == "enum" else ("yes", "no")
             return {v: self.encode(v) + self.quote for v in values}, None
         candidates, counted = {}, {}
-        spans = value_spans(message, self.lexicon, self.runs_only)
+        spans = [v for v in value_spans(message, self.lexicon, self.runs_only) if fits_type(spec, v)]
+        if not spans and spec.type != "string":  # a typed value inside a longer run ("2 adults")
+            spans = [v for v in word_spans(message) if fits_type(spec, v)]
         for span in spans:
             ids = self.encode(span) + self.quote
             candidates[span] = ids
@@ -115,6 +117,32 @@ class Codec:
         if token not in self._space_cache:
             self._space_cache[token] = self.decode([token]).isspace()
         return self._space_cache[token]
+
+
+def fits_type(spec, value: str) -> bool:
+    """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
+    number and date slots take only what reads as one; a string slot whose declared values hold
+    no digit takes no bare number; other strings take anything."""
+    import datetime as dt
+
+    if spec.type == "integer" or spec.type == "number":
+        try:
+            number = int(value) if spec.type == "integer" else float(value)
+        except ValueError:
+            return False
+        low, high = spec.min, spec.max
+        return (low is None or number >= float(low)) and (high is None or number <= float(high))
+    if spec.type == "date":
+        for pattern in ("%d %B %Y", "%Y-%m-%d"):
+            try:
+                dt.datetime.strptime(value, pattern)
+                return True
+            except ValueError:
+                continue
+        return False
+    if spec.values and not any(ch.isdigit() for v in spec.values for ch in v):
+        return not re.fullmatch(r"[\d\s.,:/-]+", value)  # a pool of words: a bare number is not one
+    return True
 
 
 def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: bool = True) -> list[str]:
@@ -295,8 +323,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     node = yield from chosen(codec.node_candidates)
     yield from forced(codec.after_node)
     slots: dict[str, str] = {}
+    # only slots the message can fill are offered: a value its type rejects is never a choice
+    available = {s: c for s in codec.wf.slots if (c := codec.value_candidates(s, last_user))[0]}
     while True:
-        unused = [s for s in codec.wf.slots if s not in slots]
+        unused = [s for s in available if s not in slots]
         opener = codec.open_key if not slots else codec.comma_key
         options = {"close": codec.close_brace}
         if unused:
@@ -306,9 +336,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             break
         key = yield from chosen({s: codec.slot_candidates[s] for s in unused})
         yield from forced(codec.key_to_value)
-        values, counted = codec.value_candidates(key, last_user)
-        if not values:  # nothing to copy: the model asked for a value the message does not hold
-            values, counted = {"": codec.quote}, None
+        values, counted = available[key]
         slots[key] = yield from chosen(values, counted)
     yield from forced(codec.after_slots)
     say_ids: list[int] = []

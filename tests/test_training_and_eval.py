@@ -11,11 +11,11 @@ from subterra.evaluation import EvalConfig, evaluate
 from subterra.forms import parse_form
 from subterra.paths import select_paths
 from subterra.lexicon import LEXICON_FILE, build_lexicon, load_lexicon
-from subterra.runtime import ChatSession, Codec, value_spans, word_spans
+from subterra.runtime import ChatSession, Codec, fits_type, value_spans, word_spans
 from subterra.teacher import TemplateTeacher
 from subterra.tokenizer import workflow_atoms
 from subterra.training import RESULT_FILE, TrainConfig, TrainResult, measure_lengths, train
-from subterra.workflow import load_workflow
+from subterra.workflow import Slot, load_workflow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4)
@@ -187,3 +187,46 @@ def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
             expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
                                       suppress_tokens=banned, min_new_tokens=6)[0, len(prompt):].tolist()
         assert got == expected
+
+
+def test_a_value_must_fit_its_slot_type():
+    travellers = Slot("travellers", type="integer", min=1, max=6)
+    assert fits_type(travellers, "3") and not fits_type(travellers, "9") and not fits_type(travellers, "Omar")
+    day = Slot("departure_date", type="date")
+    assert fits_type(day, "9 May 2027") and fits_type(day, "2027-05-09") and not fits_type(day, "plane")
+    assert fits_type(Slot("amount", type="number"), "123.45") and not fits_type(Slot("amount", type="number"), "lots")
+    city = Slot("origin", values=("Lyon", "New York"))
+    assert fits_type(city, "Zurich") and not fits_type(city, "3")  # a pool of words takes no bare number
+    assert fits_type(Slot("loyalty", values=("SKY-120845",)), "SKY-555") and fits_type(Slot("note"), "42")
+
+
+def test_only_slots_the_message_can_fill_are_offered(trained, mini_workflow):
+    """Driving the form program to ask for every slot it will offer: a typed slot that nothing in
+    the message fits is never among them."""
+    from subterra.runtime import Choice, Score, TurnCounter, fill_form
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    slot_token = {codec.slot_candidates[s][0]: s for s in mini_workflow.slots}
+    more = {codec.open_key[0], codec.comma_key[0]}
+    program = fill_form(codec, "Lisbon, no numbers here.", 4, TurnCounter())
+    offered: set[str] = set()
+    action = next(program)
+    try:
+        while True:
+            if isinstance(action, Score):
+                action = program.send(next(iter(action.candidates)))
+            elif isinstance(action, Choice) and action.allowed is None:
+                action = program.send(codec.quote[0])  # end the reply
+            elif isinstance(action, Choice):
+                names = {slot_token[t] for t in action.allowed if t in slot_token}
+                offered |= names
+                wanted = [t for t in action.allowed if t in more or t in slot_token]
+                action = program.send((wanted or action.allowed)[0])
+            else:
+                action = next(program)
+    except StopIteration:
+        pass
+    assert "destination" in offered  # a word of the message can be a string value
+    assert not offered & {"travellers", "date"}  # no integer, no date in the message

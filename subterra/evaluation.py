@@ -1,45 +1,39 @@
-"""Evaluation: held-out scenarios replayed against a compiled model, scored objectively.
+"""Evaluation: held-out scenarios replayed against every route, scored objectively.
 
-Each held-out scenario is played by its scripted user against the compiled model in the deployed
-runtime (one-line system prompt, no procedure in context, prefilled form). The user answers the
-step the model is actually at, so a derailment shows. The teacher's conversation for the same
-scenario is the reference; every assistant turn is compared with it.
+Each held-out scenario is played by its scripted user against each route (``subterra.routes``):
+the same users, the same scenarios, for every route. The user answers the step the model is
+actually at, so a derailment shows. The teacher's conversation for the same scenario is the
+reference; every assistant turn is compared with it.
 
-Per scenario: strict pass (every step, every slot value and every form right), partial credit
-(share of reference steps the model took at the same turn), slot accuracy, form validity,
+Per scenario and route: strict pass (every step, every slot value and every form right), partial
+credit (share of reference steps the model took at the same turn), slot accuracy, form validity,
 graceful handling (off-script turns answered at the right step, corrections captured), failure
-(the conversation did not end at the reference's terminal step), tokens in/out and per-turn
-latency. Aggregates per holdout.
+(the conversation did not end at the reference's terminal step), where it first went wrong
+(``first_error``: turn, node, the edge the user's answer took, off-script kind, slots), tokens
+in/out and per-turn latency. Aggregates per route x holdout.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import polars as pl
 
 from subterra.forms import parse_form
-from subterra.runtime import Codec, Lockstep, TurnCounter, TurnRecord, fill_form
+from subterra.routes import ROUTES, Episode, PlayConfig, Route, Transcript
 from subterra.scenario import Scenario
-from subterra.simulator import ScriptedUser
 
-ROUTE = "compiled_prefill"
 HOLDOUTS = ("holdout", "holdout_unseen")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(PlayConfig):
     scenarios: int = 200  # per holdout
-    batch_size: int = 64
-    max_say_tokens: int = 64
     extra_turns: int = 4  # a derailed conversation may run this many turns past the reference
     holdouts: tuple[str, ...] = HOLDOUTS
-    use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
-    copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
+    routes: tuple[str, ...] = ROUTES
 
 
 @dataclass
@@ -48,56 +42,7 @@ class EvalResult:
     scores: pl.DataFrame
 
 
-@dataclass
-class Transcript:
-    """What happened in one evaluated conversation."""
-
-    scenario_id: str
-    turns: list[TurnRecord] = field(default_factory=list)
-    user_kinds: list[str] = field(default_factory=list)  # kind of the user message before each turn
-    user_slots: list[dict] = field(default_factory=list)
-    ended: bool = False
-
-
-def conversation_program(codec: Codec, wf, scenario: Scenario, max_turns: int, max_say: int, out: Transcript, clock):
-    """One scenario, start to end, as a lockstep program."""
-    from subterra.runtime import force
-
-    user = ScriptedUser(wf, scenario)
-    turn = user.opener()
-    context = codec.system(wf.assistant)
-    yield from force(context)
-    n_context = len(context)
-    while len(out.turns) < max_turns:
-        message = codec.user(turn.text)
-        yield from force(message)
-        n_context += len(message)
-        out.user_kinds.append(turn.kind)
-        out.user_slots.append(dict(turn.slots))
-        counter = TurnCounter()
-        started = clock()
-        form, raw, valid = yield from fill_form(codec, turn.text, max_say, counter)
-        record = TurnRecord(
-            node=form.node, slots=form.slots, say=form.say, raw=raw, valid=valid and _parses(raw, wf),
-            tokens_in=n_context + counter.forced, tokens_out=counter.chosen,
-            latency_s=clock() - started,
-        )
-        n_context += counter.forced + counter.chosen
-        out.turns.append(record)
-        turn = user.reply(form.node)
-        if turn is None:
-            out.ended = True
-            return
-
-
-def _parses(raw: str, wf) -> bool:
-    try:
-        return parse_form(raw).node in wf.nodes
-    except ValueError:
-        return False
-
-
-def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript) -> dict:
+def score(wf, route: str, scenario: Scenario, reference: list[dict], transcript: Transcript) -> dict:
     expected = [parse_form(m["content"]) for m in reference if m["role"] == "assistant"]
     got = transcript.turns
     n = len(expected)
@@ -126,6 +71,7 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript)
         e = expected[i] if i < n else None
         g = got[i] if i < len(got) else None
         if e is None or g is None or g.node != e.node or g.slots != e.slots or not g.valid:
+            wrong = sorted(k for k in set(e.slots) | set(g.slots) if e.slots.get(k) != g.slots.get(k)) if e and g else []
             first_error = {
                 "turn": i,
                 "expected_node": e.node if e else None,
@@ -133,6 +79,8 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript)
                 "expected_slots": e.slots if e else None,
                 "got_slots": g.slots if g else None,
                 "user_kind": transcript.user_kinds[i] if i < len(transcript.user_kinds) else None,
+                "edge": transcript.user_edges[i] if i < len(transcript.user_edges) else None,
+                "slot": ",".join(wrong) or None,
                 "kind": _error_kind(e, g),
             }
             break
@@ -140,10 +88,11 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript)
     failed = not (transcript.ended and got and got[-1].node == final_expected)
     return {
         "workflow": wf.id,
-        "route": ROUTE,
+        "route": route,
         "holdout": scenario.split,
         "scenario_id": scenario.id,
         "path_id": None,
+        "truncated": transcript.truncated,
         "strict_pass": bool(strict),
         "partial_credit": steps_right / n,
         "slot_right": slot_right,
@@ -210,72 +159,47 @@ def _quantile(values: list[float], q: float) -> float | None:
     return float(values[min(len(values) - 1, int(q * len(values)))])
 
 
+def episodes(rows: pl.DataFrame, config: EvalConfig) -> tuple[list[Episode], list[str]]:
+    """The held-out scenarios to play (the first ``config.scenarios`` of each holdout) and their path ids."""
+    out, path_ids = [], []
+    for holdout in config.holdouts:
+        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
+        for row in part.iter_rows(named=True):
+            reference = json.loads(row["messages"])
+            n_ref = sum(1 for m in reference if m["role"] == "assistant")
+            out.append(Episode(Scenario.from_json(row["scenario"]), reference, n_ref + config.extra_turns))
+            path_ids.append(row["path_id"])
+    return out, path_ids
+
+
 def evaluate(
-    model_dir: str,
+    routes: Sequence[Route],
     wf,
     rows: pl.DataFrame,
     config: EvalConfig = EvalConfig(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalResult:
-    """Evaluate the model in ``model_dir`` on the holdout rows of the corpus table ``rows``."""
-    import torch
-
-    from subterra.lexicon import load_lexicon
-    from subterra.student import load_compiled
-
-    tokenizer, model = load_compiled(model_dir)
-    codec = Codec(tokenizer, wf, load_lexicon(model_dir) if config.use_lexicon else frozenset(), config.copy_runs)
-    driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say)
-    selected = []
-    for holdout in config.holdouts:
-        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
-        selected.extend(part.iter_rows(named=True))
-    # similar lengths share a batch: lockstep runs as long as its longest conversation
-    selected.sort(key=lambda r: len(r["messages"]))
+    """Evaluate every route on the same holdout scenarios of the corpus table ``rows``."""
+    chosen, path_ids = episodes(rows, config)
     results = []
-    done = 0
-    for start in range(0, len(selected), config.batch_size):
-        batch = selected[start : start + config.batch_size]
-        transcripts, programs, scenarios, lengths = [], [], [], []
-        clock_now = [0.0]
-
-        def clock() -> float:  # the batch's own forward time: latency a user of this batch waits
-            return clock_now[0]
-
-        def on_step(dt: float) -> None:
-            clock_now[0] += dt
-
-        for row in batch:
-            scenario = Scenario.from_json(row["scenario"])
-            reference = json.loads(row["messages"])
-            n_ref = sum(1 for m in reference if m["role"] == "assistant")
-            transcript = Transcript(scenario.id)
-            programs.append(
-                conversation_program(codec, wf, scenario, n_ref + config.extra_turns, config.max_say_tokens, transcript, clock)
-            )
-            transcripts.append(transcript)
-            scenarios.append((scenario, reference, row["path_id"]))
-            lengths.append(len(codec.encode(tokenizer.apply_chat_template(reference, tokenize=False))))
-        max_len = int(1.3 * max(lengths)) + 256
-        truncated = driver.run(programs, max_len, on_step=on_step)
-        for (scenario, reference, pid), transcript, cut in zip(scenarios, transcripts, truncated):
-            scored = score(wf, scenario, reference, transcript)
+    for route in routes:
+        report = (lambda done, total, name=route.name: progress(name, done, total)) if progress else None
+        transcripts = route.play(wf, chosen, config, report)
+        for episode, pid, transcript in zip(chosen, path_ids, transcripts):
+            scored = score(wf, route.name, episode.scenario, episode.reference, transcript)
             scored["path_id"] = pid
-            scored["truncated"] = cut
             results.append(scored)
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(selected))
-    frame = pl.DataFrame(results).sort(["holdout", "scenario_id"])
+    frame = pl.DataFrame(results).sort(["route", "holdout", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 
 def failure_summary(scenarios: pl.DataFrame) -> pl.DataFrame:
-    """Where the failed scenarios first went wrong: holdout x kind x step, with counts."""
+    """Where the failed scenarios first went wrong: route x holdout x kind x step, with counts."""
     rows = []
-    for holdout, first_error in scenarios.filter(~pl.col("strict_pass")).select("holdout", "first_error").iter_rows():
+    for route, holdout, first_error in scenarios.filter(~pl.col("strict_pass")).select("route", "holdout", "first_error").iter_rows():
         error = json.loads(first_error) if first_error else {"kind": "unknown", "expected_node": None}
-        rows.append({"holdout": holdout, "kind": error["kind"], "step": error.get("expected_node") or error.get("got_node")})
+        rows.append({"route": route, "holdout": holdout, "kind": error["kind"], "step": error.get("expected_node") or error.get("got_node")})
     if not rows:
-        return pl.DataFrame(schema={"holdout": pl.String, "kind": pl.String, "step": pl.String, "count": pl.UInt32})
-    return pl.DataFrame(rows).group_by(["holdout", "kind", "step"]).len("count").sort(["holdout", "count"], descending=[False, True])
+        return pl.DataFrame(schema={"route": pl.String, "holdout": pl.String, "kind": pl.String, "step": pl.String, "count": pl.UInt32})
+    keys = ["route", "holdout", "kind", "step"]
+    return pl.DataFrame(rows).group_by(keys).len("count").sort(["route", "holdout", "count"], descending=[False, False, True])

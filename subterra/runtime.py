@@ -10,10 +10,15 @@ values only, and constrains three of them:
 * a slot value is a verbatim span of the user's last message (whole words), an enum value, or
   yes/no for a boolean — the copy constraint: a value can be chosen but never misspelt.
 
-Decoding is greedy inside those constraints (a trie over the allowed token sequences) and free
-for ``say``. Many conversations run at once, in lockstep: every row feeds exactly one token per
-step (forced structure, a user's message, or its own choice), so one batched forward with a KV
-cache serves them all, with no padding.
+Decoding is greedy inside those constraints (a trie over the allowed token sequences; values are
+scored whole) and free for ``say``. The pieces are cut where any tokenizer cuts (a letter meeting
+punctuation, before a space), so a pretrained byte-level BPE sees the very tokens it was trained
+on. ``free_form`` is the other way to fill a form: the model writes the whole turn itself.
+
+Many conversations run at once, in lockstep: every row feeds exactly one token per step (forced
+structure, a user's message, or its own choice), so one batched forward with a KV cache serves
+them all, with no padding; a context every row shares (the system prompt) is encoded once and
+copied into every row's cache.
 """
 
 from __future__ import annotations
@@ -26,10 +31,23 @@ from typing import Callable, Generator, Iterable, Sequence
 
 from subterra.forms import Form, render_form
 
+# The form's fixed structure, cut where every tokenizer cuts: each piece the runtime forces or
+# offers ends where a letter or digit meets punctuation, or before a space, so the pieces encode
+# to exactly the tokens the whole form encodes to in training (a byte-level BPE merges '",' or
+# '"},' into one token; the tiny tokenizer isolates every character).
 FORM_HEAD = '{"node": "'
-AFTER_NODE = ', "slots": {'
-AFTER_SLOTS = ', "say": "'
-FORM_TAIL = "}<|im_end|>\n"
+NODE_END = '",'  # a node id is chosen with what closes it
+SLOTS_KEY = ' "slots":'
+NO_SLOTS = ' {},'
+FIRST_KEY = ' {"'
+NEXT_KEY = ' "'
+KEY_END = '":'
+VALUE_HEAD = ' "'
+VALUE_MORE = '",'  # a value is chosen with what follows it: another slot ...
+VALUE_LAST = '"},'  # ... or the end of the slots
+SAY_HEAD = ' "say": "'
+FORM_CLOSE = '"}'
+END = "<|im_end|>"
 WORD = re.compile(r"\w")
 TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
 SENTENCE_BREAK = ",.;:!?"  # a word ending in one of these ends a value
@@ -49,9 +67,11 @@ class TurnRecord:
 
 @dataclass
 class Choice:
-    """Ask the driver for one token among ``allowed`` (None: any non-special token)."""
+    """Ask the driver for one token among ``allowed``; ``None``: any token but those the named
+    ``mask`` bans (``None``: the driver's default, every special token)."""
 
     allowed: list[int] | None
+    mask: str | None = None
 
 
 Program = Generator[object, int | None, None]
@@ -67,21 +87,38 @@ class Codec:
         self.runs_only = runs_only
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
-        self.quote = enc('"')
         self.form_head = enc(FORM_HEAD)
-        self.after_node = enc(AFTER_NODE)
-        self.after_slots = enc(AFTER_SLOTS)
-        self.form_tail = enc(FORM_TAIL)
-        self.close_brace = enc("}")
-        self.open_key = enc('"')
-        self.comma_key = enc(', "')
-        self.key_to_value = enc(': "')
-        self.node_candidates = {n: enc(n) + self.quote for n in wf.nodes}
-        self.slot_candidates = {s: enc(s) + self.quote for s in wf.slots}
+        self.node_candidates = {n: enc(n + NODE_END) for n in wf.nodes}
+        self.slots_key = enc(SLOTS_KEY)
+        self.no_slots = enc(NO_SLOTS)
+        self.first_key = enc(FIRST_KEY)
+        self.next_key = enc(NEXT_KEY)
+        self.key_candidates = {s: enc(s + KEY_END) for s in wf.slots}
+        self.value_head = enc(VALUE_HEAD)
+        self.value_more = enc(VALUE_MORE)
+        self.value_last = enc(VALUE_LAST)
+        self.say_head = enc(SAY_HEAD)
+        self.end_of_turn = enc(END + "\n")
+        self.newline = enc("\n")
+        self.end_id = tokenizer.convert_tokens_to_ids(END)
         specials = set(tokenizer.all_special_ids)
-        self.quote_ids = {i for i in range(len(tokenizer)) if '"' in tokenizer.decode([i])}
-        self.banned_in_say = sorted(specials)
-        self._space_cache: dict[int, bool] = {}
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        # ``say`` ends at its first token holding a quote; such a token may carry text before the
+        # quote and the form's closing brace after it ('?"', '"}'), nothing else
+        self.say_ends: dict[int, tuple[str, str]] = {}
+        banned_say = set(specials)
+        for i, text in enumerate(texts):
+            if "\\" in text:
+                banned_say.add(i)
+            elif '"' in text:
+                before, _, after = text.partition('"')
+                if after in ("", "}"):
+                    self.say_ends[i] = (before, after)
+                else:
+                    banned_say.add(i)
+        self.starts_word = [t[:1].isspace() for t in texts]
+        self.banned_in_say = sorted(banned_say)
+        self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -99,13 +136,13 @@ class Codec:
         """Allowed values of ``slot`` after ``message``, and which of their tokens are decisions.
 
         Enum and boolean slots choose among their values (every token counts). Free slots copy a
-        span of whole words of the message: what counts is the span's first token, each
-        word boundary (go on or stop) and the closing quote.
+        span of whole words of the message: what counts is the span's first token and each token
+        that starts a word (go on or stop); the rest of a word follows from the message.
         """
         spec = self.wf.slots[slot]
         if spec.type in ("enum", "boolean"):
             values = spec.values if spec.type == "enum" else ("yes", "no")
-            return {v: self.encode(v) + self.quote for v in values}, None
+            return {v: self.encode(v) for v in values}, None
         candidates, counted = {}, {}
         if self._spans_of[0] != message:  # every slot of a turn reads the same message
             self._spans_of = (message, value_spans(message, self.lexicon, self.runs_only))
@@ -113,15 +150,10 @@ class Codec:
         if not spans and spec.type != "string":  # a typed value inside a longer run ("2 adults")
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
         for span in spans:
-            ids = self.encode(span) + self.quote
+            ids = self.encode(span)
             candidates[span] = ids
-            counted[span] = [0] + [j for j in range(1, len(ids)) if j == len(ids) - 1 or self.is_space(ids[j])]
+            counted[span] = [0] + [j for j in range(1, len(ids)) if self.starts_word[ids[j]]]
         return candidates, counted
-
-    def is_space(self, token: int) -> bool:
-        if token not in self._space_cache:
-            self._space_cache[token] = self.decode([token]).isspace()
-        return self._space_cache[token]
 
 
 def fits_type(spec, value: str) -> bool:
@@ -230,36 +262,50 @@ class Score:
 
     ``counted`` (optional) lists, per candidate, the token positions whose probability counts:
     for a copied span only the model's real decisions — where the span starts, whether it goes on
-    after each word, where it ends — since the rest of each word follows from the message.
+    after each word, how it ends — since the rest of each word follows from the message.
     """
 
-    candidates: dict[str, list[int]]
-    counted: dict[str, list[int]] | None = None
+    candidates: dict
+    counted: dict | None = None
 
 
-def choose_sequence(candidates: dict[str, list[int]], counted: dict[str, list[int]] | None = None):
+def choose(candidates: dict, counted: dict | None = None, whole: bool = False):
     """Choose one of ``candidates`` (token sequences); returns its key.
 
-    Single-token choices (node ids, slot names, a brace) are one constrained argmax. Multi-token
-    ones (values) are scored whole — the exact most likely sequence of the allowed set — so a
-    value's first word cannot commit the model to a wrong span (``2027`` instead of ``9 May 2027``).
+    By default a greedy walk down the trie of the candidates: at every branching token the model
+    picks among the allowed next tokens (constrained decoding), the rest is forced. ``whole``
+    (values) scores every candidate sequence whole — the exact most likely sequence of the allowed
+    set — so a value's first word cannot commit the model to a wrong span (``2027`` instead of
+    ``9 May 2027``). A set where one candidate is a prefix of another is always scored whole.
     """
     if not candidates:
         raise RuntimeError("no candidate to choose from")
     keys = list(candidates)
     if len(keys) == 1:
         key = keys[0]
-    elif all(len(ids) <= 2 for ids in candidates.values()) and len({ids[0] for ids in candidates.values()}) == len(keys):
-        token = yield Choice(sorted({ids[0] for ids in candidates.values()}))
-        key = next(k for k in keys if candidates[k][0] == token)
-        for t in candidates[key][1:]:
+    elif whole or not _prefix_free([candidates[k] for k in keys]):
+        key = yield Score(candidates, counted)
+    else:
+        depth, live = 0, keys
+        while len(live) > 1:
+            options = sorted({candidates[k][depth] for k in live})
+            token = (yield Choice(options)) if len(options) > 1 else options[0]
+            if len(options) == 1:
+                yield ("force", token)
+            live = [k for k in live if candidates[k][depth] == token]
+            depth += 1
+        key = live[0]
+        for t in candidates[key][depth:]:
             yield ("force", t)
         return key
-    else:
-        key = yield Score(candidates, counted)
     for t in candidates[key]:
         yield ("force", t)
     return key
+
+
+def _prefix_free(seqs: list[list[int]]) -> bool:
+    ordered = sorted(tuple(s) for s in seqs)
+    return all(s and ordered[i + 1][: len(s)] != s for i, s in enumerate(ordered[:-1])) and bool(ordered[-1])
 
 
 def score_candidates(model, past: list[tuple], position: int, first_logits, candidates: dict[str, list[int]], counted=None) -> str:
@@ -319,7 +365,12 @@ class TurnCounter:
 
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter):
-    """The program of one assistant turn: returns (Form, raw text, valid)."""
+    """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
+
+    The structure is forced; the node id, whether there are slots, each slot name and each value
+    (with what follows it) are chosen among the allowed sequences; ``say`` is free text up to its
+    closing quote.
+    """
     raw: list[int] = []
 
     def forced(ids):
@@ -327,50 +378,106 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         counter.forced += len(ids)
         yield from force(ids)
 
-    def chosen(candidates, counted=None):
-        return (yield from _tracked(choose_sequence(candidates, counted), raw, counter))
+    def chosen(candidates, counted=None, whole=False):
+        return (yield from _tracked(choose(candidates, counted, whole), raw, counter))
 
     yield from forced(codec.form_head)
     node = yield from chosen(codec.node_candidates)
-    yield from forced(codec.after_node)
+    yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     # only slots the message can fill are offered: a value its type rejects is never a choice
     available = {s: c for s in codec.wf.slots if (c := codec.value_candidates(s, last_user))[0]}
-    while True:
+    opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
+    more = (yield from chosen(opening)) == "some"
+    while more:
         unused = [s for s in available if s not in slots]
-        opener = codec.open_key if not slots else codec.comma_key
-        options = {"close": codec.close_brace}
-        if unused:
-            options["more"] = opener
-        what = yield from chosen(options)
-        if what == "close":
-            break
-        key = yield from chosen({s: codec.slot_candidates[s] for s in unused})
-        yield from forced(codec.key_to_value)
+        key = yield from chosen({s: codec.key_candidates[s] for s in unused})
+        yield from forced(codec.value_head)
         values, counted = available[key]
-        slots[key] = yield from chosen(values, counted)
-    yield from forced(codec.after_slots)
+        ends = {"last": codec.value_last, **({"more": codec.value_more} if len(unused) > 1 else {})}
+        candidates, decisions = {}, {}
+        for value, ids in values.items():
+            for end, end_ids in ends.items():
+                candidates[(value, end)] = ids + end_ids
+                own = counted[value] if counted else range(len(ids))
+                decisions[(value, end)] = list(own) + list(range(len(ids), len(ids) + len(end_ids)))
+        slots[key], end = yield from chosen(candidates, decisions, whole=True)
+        more = end == "more"
+        if more:
+            yield from forced(codec.next_key)
+    yield from forced(codec.say_head)
     say_ids: list[int] = []
+    say_tail = ""
     closed = False
     for _ in range(max_say_tokens):
         token = yield Choice(None)
         counter.chosen += 1
         raw.append(token)
-        if token in codec.quote_ids:
+        if token in codec.say_ends:
+            say_tail, after = codec.say_ends[token]
+            rest = FORM_CLOSE[1 + len(after):]
+            if rest:
+                yield from forced(codec.encode(rest))
             closed = True
             break
         say_ids.append(token)
     if not closed:  # ran out of room: the form is invalid; close it so the conversation goes on
-        yield from forced(codec.quote)
-    yield from forced(codec.form_tail)
-    say = codec.decode(say_ids)
-    text = codec.decode(raw).split("<|im_end|>")[0]
-    form = Form(node, slots, say)
-    return form, text, closed
+        yield from forced(codec.encode(FORM_CLOSE))
+    yield from forced(codec.end_of_turn)
+    say = codec.decode(say_ids) + say_tail
+    text = codec.decode(raw).split(END)[0]
+    return Form(node, slots, say), text, closed
+
+
+def free_form(codec: Codec, max_tokens: int, counter: TurnCounter):
+    """The program of one assistant turn generated freely (no prefill, no constraint) up to the
+    end of the turn: returns (Form, raw text, valid). A text that is no form is read leniently
+    for where it says it is (so the simulated user can answer), and is invalid."""
+    ids: list[int] = []
+    ended = False
+    for _ in range(max_tokens):
+        token = yield Choice(None, mask="form")
+        counter.chosen += 1
+        if token == codec.end_id:
+            ended = True
+            break
+        ids.append(token)
+    tail = codec.newline if ended else codec.end_of_turn
+    counter.forced += len(tail)
+    yield from force(tail)
+    text = codec.decode(ids)
+    form, valid = read_form(text)
+    return form, text, valid and ended
+
+
+_NODE_FIELD = re.compile(r'"node"\s*:\s*"([^"]*)"')
+_SLOTS_FIELD = re.compile(r'"slots"\s*:\s*(\{[^{}]*\})')
+_SAY_FIELD = re.compile(r'"say"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def read_form(text: str) -> tuple[Form, bool]:
+    """(form, parsed): the form a generated text holds; if it is not a valid form, whatever node,
+    slots and say can still be read from it."""
+    from subterra.forms import parse_form
+
+    try:
+        return parse_form(text), True
+    except ValueError:
+        pass
+    node = m.group(1) if (m := _NODE_FIELD.search(text)) else ""
+    slots: dict[str, str] = {}
+    if m := _SLOTS_FIELD.search(text):
+        try:
+            found = json.loads(m.group(1))
+            slots = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        except ValueError:
+            slots = {}
+    say = m.group(1) if (m := _SAY_FIELD.search(text)) else ""
+    return Form(node, slots, say), False
 
 
 def _tracked(program, raw: list[int], counter: TurnCounter):
-    """Run a choose_sequence program, recording its tokens into ``raw``; all of them are the model's output."""
+    """Run a choose program, recording its tokens into ``raw``; all of them are the model's output."""
     try:
         action = next(program)
         while True:
@@ -410,15 +517,27 @@ def _register_lockstep_attention() -> None:
     AttentionInterface.register(LOCKSTEP_ATTENTION, _lockstep_attention)
 
 
+@dataclass
+class Prefix:
+    """A context every row of a batch starts with (a route's system prompt), encoded once: its
+    tokens, its key/value tensors per layer (batch 1) and the model's prediction after it."""
+
+    ids: list[int]
+    layers: list[tuple]
+    logits: object  # numpy array (vocab,)
+
+
 class Lockstep:
     """Drives many row programs one token per step through one batched, KV-cached forward.
 
-    All rows advance together from position 0, so there is no padding and one position per step;
-    the cache is a preallocated ``StaticCache`` (appending to a dynamic cache copies it every step).
-    A row still running when the cache is full is cut off (``truncated``).
+    All rows advance together, so there is no padding and one position per step; the cache is a
+    preallocated ``StaticCache`` (appending to a dynamic cache copies it every step). Rows may
+    share a ``Prefix``: it is computed once (``encode_prefix``) and copied into every row's cache,
+    never re-encoded. A row still running when the cache is full is cut off (``truncated``).
+    ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans ``masks[NAME]``.
     """
 
-    def __init__(self, model, pad_id: int, banned_free: Sequence[int]):
+    def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None):
         import numpy as np
 
         _register_lockstep_attention()
@@ -426,11 +545,31 @@ class Lockstep:
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         vocab = model.get_output_embeddings().weight.shape[0]
-        self.free_penalty = np.zeros(vocab, dtype=np.float32)
-        self.free_penalty[list(banned_free)] = -np.inf
+        self.penalties: dict[str | None, object] = {}
+        for name, banned in {None: banned_free, **(masks or {})}.items():
+            penalty = np.zeros(vocab, dtype=np.float32)
+            penalty[[b for b in banned if b < vocab]] = -np.inf
+            self.penalties[name] = penalty
 
-    def run(self, programs: list[Program], max_len: int, on_step: Callable[[float], None] | None = None) -> list[bool]:
-        """Run every program to its end (or to ``max_len`` tokens); returns which rows were truncated."""
+    def encode_prefix(self, ids: Sequence[int]) -> Prefix:
+        """Run the shared context once (batch 1) and keep its cache and last prediction."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return Prefix(list(ids), layers, out.logits[0, -1, :].float().cpu().numpy())
+
+    def run(
+        self,
+        programs: list[Program],
+        max_len: int,
+        on_step: Callable[[float], None] | None = None,
+        prefix: Prefix | None = None,
+    ) -> list[bool]:
+        """Run every program to its end (or to ``max_len`` tokens, prefix included) after the
+        shared ``prefix`` if any; returns which rows were truncated. ``on_step`` gets each step's
+        compute time (the batched forward and any whole-sequence scoring)."""
         import numpy as np
         import torch
         from transformers import StaticCache
@@ -440,11 +579,21 @@ class Lockstep:
         pending: list[object] = [self._advance(prog, None, i, alive) for i, prog in enumerate(programs)]
         cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         logits = None
+        first = 0
+        if prefix is not None:
+            first = len(prefix.ids)
+            for layer, (keys, values) in zip(cache.layers, prefix.layers):
+                layer.lazy_initialization(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1))
+                layer.keys[:, :, :first] = keys
+                layer.values[:, :, :first] = values
+                layer.cumulative_length.fill_(first)
+            logits = np.repeat(prefix.logits[None, :], n, axis=0)
         tokens = np.full(n, self.pad_id, dtype=np.int64)
         with torch.inference_mode():
-            for step in range(max_len):
+            for step in range(first, max_len):
                 if not any(alive):
                     break
+                started = time.perf_counter()
                 sent: list[int | None] = [None] * n
                 for i in range(n):
                     if not alive[i]:
@@ -457,14 +606,13 @@ class Lockstep:
                     if isinstance(action, Choice):
                         row = logits[i]
                         if action.allowed is None:
-                            token = int(np.argmax(row + self.free_penalty))
+                            token = int(np.argmax(row + self.penalties[action.mask]))
                         else:
                             allowed = action.allowed
                             token = allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
                         tokens[i] = sent[i] = token
-                    else:
+                    elif action is not None:
                         tokens[i] = action[1]
-                started = time.perf_counter()
                 _VISIBLE[0] = step + 1
                 config = self.model.config
                 usual, config._attn_implementation = config._attn_implementation, LOCKSTEP_ATTENTION
@@ -521,7 +669,7 @@ class ChatSession:
         self.logits = None
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self.free_penalty = np.zeros(vocab, dtype=np.float32)
-        self.free_penalty[self.codec.banned_in_say] = -np.inf
+        self.free_penalty[[b for b in self.codec.banned_in_say if b < vocab]] = -np.inf
         self._buffer: list[int] = list(self.codec.system(wf.assistant))
         self.ended = False
 

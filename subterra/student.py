@@ -1,10 +1,11 @@
 """The student: which base model is fine-tuned, and with which tokenizer.
 
 ``tiny-llama`` (the default, offline) is a small Llama-architecture model built from a config,
-with a BPE tokenizer trained on the training conversations. Any other value is a local
-transformers folder or a hub id, loaded with its own tokenizer (hub ids need a network, which
-the offline defaults never do). Device and dtype are chosen by the trainer (CUDA/bf16 when
-present, CPU/fp32 otherwise).
+with a BPE tokenizer trained on the training conversations. A named pretrained base model
+(``smollm2-135m``, see ``subterra.base_models``) is converted once and loaded from its cached
+folder. Any other value is a local transformers folder or a hub id, loaded with its own tokenizer
+(hub ids need a network, which the offline defaults never do). Device and dtype are chosen
+automatically: CUDA/bf16 when present, CPU/fp32 otherwise (``device_and_dtype``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ class StudentSpec:
     num_heads: int = 6
     max_length: int = 1536
     atoms: tuple[str, ...] = ()
+    data_dir: str = ""  # where named base models are cached ("": SUBTERRA_DATA_DIR or ./data)
 
     @property
     def from_config(self) -> bool:
         return self.base_model == TINY
+
+    def source(self) -> str:
+        """What ``from_pretrained`` loads: a named base model's cached folder (converted on first
+        use), or the folder / hub id as given."""
+        from subterra.base_models import resolve
+
+        return resolve(self.base_model, self.data_dir or None)
 
     def tokenizer(self, conversations: Sequence[list[dict]]):
         """The tokenizer for this student (trained on ``conversations`` for the tiny model)."""
@@ -42,7 +51,7 @@ class StudentSpec:
 
         from subterra.tokenizer import CHAT_TEMPLATE
 
-        tok = AutoTokenizer.from_pretrained(self.base_model)
+        tok = AutoTokenizer.from_pretrained(self.source())
         if "generation" not in (tok.chat_template or ""):
             tok.chat_template = CHAT_TEMPLATE
         if tok.pad_token is None:
@@ -79,20 +88,36 @@ def load_student(spec: StudentSpec, conversations: Sequence[list[dict]]):
         return tokenizer, LlamaForCausalLM(config)
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(spec.base_model)
+    model = AutoModelForCausalLM.from_pretrained(spec.source())
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return tokenizer, model
 
 
-def load_compiled(model_dir: str, device: str | None = None):
-    """(tokenizer, model) of a compiled model folder, in eval mode."""
+def base_model_dir(base_model: str, data_dir: str = "") -> str | None:
+    """The folder (or hub id) of a pretrained base model, as the base-model routes load it;
+    None for the from-config student, which has no pretrained base."""
+    if base_model == TINY:
+        return None
+    return StudentSpec(base_model=base_model, data_dir=data_dir).source()
+
+
+def device_and_dtype():
+    """(device, dtype) for inference: CUDA with bf16 when present, otherwise CPU with fp32."""
     import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+def load_compiled(model_dir: str, device: str | None = None):
+    """(tokenizer, model) of a model folder (compiled, or a converted base model), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    auto_device, dtype = device_and_dtype()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device or auto_device).eval()
     return tokenizer, model
 
 

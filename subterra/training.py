@@ -34,7 +34,9 @@ class TrainConfig:
     train_data: str = ""  # Parquet with the corpus columns (rows of split "train" are used)
     output_dir: str = ""  # the final model folder
     checkpoint_dir: str = ""  # defaults to output_dir + ".checkpoints"
-    base_model: str = "tiny-llama"  # "tiny-llama" | a local transformers folder | a hub id
+    base_model: str = "tiny-llama"  # "tiny-llama" | a named base model ("smollm2-135m") | a folder | a hub id
+    data_dir: str = ""  # where named base models are cached ("": SUBTERRA_DATA_DIR or ./data)
+    lexicon_data: str = ""  # Parquet whose train rows the lexicon is learned from ("": train_data)
     workflow_atoms: list[str] = field(default_factory=list)  # node ids and slot names (single tokens)
     vocab_size: int = 3000
     hidden_size: int = 192
@@ -78,6 +80,7 @@ class TrainConfig:
             num_heads=self.num_heads,
             max_length=self.max_length,
             atoms=tuple(self.workflow_atoms),
+            data_dir=self.data_dir,
         )
 
 
@@ -241,7 +244,8 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         dtype="bf16" if bf16 else "fp32",
         resumed_from=resume,
     )
-    save_lexicon(staging, build_lexicon(conversations))
+    lexicon_source = train_conversations(pl.read_parquet(config.lexicon_data)) if config.lexicon_data else conversations
+    save_lexicon(staging, build_lexicon(lexicon_source))
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
     if out.exists():

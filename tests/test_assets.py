@@ -26,7 +26,7 @@ TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_si
 def run_config(names: set[str], **ops) -> dg.RunConfig:
     """Small settings for the stages in ``names`` (a run's config may only name its own stages)."""
     defaults = {"synthetic_corpus": SMALL_CORPUS, "validated_dataset": TINY_TRAINING, "trained_weights": TINY_TRAINING,
-                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8)}
+                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40)}
     return dg.RunConfig(ops={k: v for k, v in {**defaults, **ops}.items() if k in names})
 
 
@@ -156,8 +156,11 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert progress[:2] and progress[0].startswith("step 2/4 loss")  # streamed from the training process by Pipes
     assert training_meta["final_loss"] == trained["final_loss"]
     assert training_meta["loss_curve"].startswith("![loss](data:image/png;base64,")
-    assert set(store.read("eval_scores", KEY)["holdout"]) == {"holdout", "holdout_unseen"}
-    assert store.read("eval_scenarios", KEY).height == 4  # 2 per holdout
+    scores = store.read("eval_scores", KEY)
+    assert set(scores["holdout"]) == {"holdout", "holdout_unseen"}
+    # the from-config student has no pretrained base: the two compiled routes run, the orchestrated ones are skipped
+    assert set(scores["route"]) == {"compiled", "compiled_prefill"}
+    assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
     cost = store.read("cost_report", KEY)
-    assert cost["route"].to_list() == ["frontier_in_context", "compiled"]
+    assert set(cost["route"]) == {"frontier_in_context", "compiled", "compiled_prefill"}
     assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]

@@ -61,18 +61,43 @@ def test_multiplier_is_price_factor_times_volume_factor(wf):
     f_in, f_out = frontier_tokens(wf, [CONVERSATION])
     frontier = (f_in * 3.00 + f_out * 15.00) / 1e6
     compiled = (300 * 0.05 + 40 * 0.23) / 1e6  # the "holdout" row, measured
-    rows = {r["route"]: r for r in table.iter_rows(named=True)}
-    assert rows["frontier_in_context"]["usd_per_conversation"] == pytest.approx(frontier)
-    assert rows["compiled"]["usd_per_conversation"] == pytest.approx(compiled)
-    assert rows["frontier_in_context"]["token_source"] == "estimated, 4 chars/token"
-    assert rows["compiled"]["token_source"].startswith("measured")
+    rows = {(r["route"], r["holdout"]): r for r in table.iter_rows(named=True)}
+    assert rows[("frontier_in_context", "holdout")]["usd_per_conversation"] == pytest.approx(frontier)
+    assert rows[("compiled_prefill", "holdout")]["usd_per_conversation"] == pytest.approx(compiled)
+    assert rows[("compiled_prefill", "holdout_unseen")]["usd_per_conversation"] == pytest.approx((999 * 0.05 + 999 * 0.23) / 1e6)
+    assert rows[("frontier_in_context", "holdout")]["token_source"] == "estimated, 4 chars/token"
+    assert rows[("compiled_prefill", "holdout")]["token_source"].startswith("measured")
+    assert summary["deployed_route"] == "compiled_prefill"
     assert summary["multiplier"] == pytest.approx(frontier / compiled)
     assert summary["volume_factor"] == pytest.approx((f_in + f_out) / 340)
     assert summary["price_factor"] * summary["volume_factor"] == pytest.approx(summary["multiplier"])
     assert summary["compile_cost_usd"] == pytest.approx(600 / 3600 * 3.6)
     assert summary["breakeven_conversations"] == math.ceil(0.6 / (frontier - compiled))
     assert set(table["workflow"]) == {"mini_booking"}
-    assert table["breakeven_conversations"].to_list() == [summary["breakeven_conversations"]] * 2
+    assert table["breakeven_conversations"].to_list() == [summary["breakeven_conversations"]] * 3
+
+
+def test_every_route_is_priced_and_the_frontier_from_the_orchestrated_tokens(wf):
+    """With the orchestrated route evaluated, the frontier is priced at frontier prices from its
+    measured tokens (labelled so); every local route at the self-hosted prices."""
+    ladder = pl.DataFrame(
+        {
+            "workflow": ["mini_booking"] * 4,
+            "route": ["orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill"],
+            "holdout": ["holdout"] * 4,
+            "tokens_in": [9000.0, 8800.0, 700.0, 690.0],
+            "tokens_out": [400.0, 90.0, 300.0, 80.0],
+        }
+    )
+    table, summary, _ = build_cost_report(wf, ladder, {"train_seconds": 60.0}, [CONVERSATION])
+    rows = {r["route"]: r for r in table.iter_rows(named=True)}
+    assert set(rows) == {"frontier_in_context", "orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill"}
+    frontier = rows["frontier_in_context"]
+    assert (frontier["tokens_in"], frontier["tokens_out"]) == (9000.0, 400.0)
+    assert frontier["usd_per_conversation"] == pytest.approx((9000 * 3.00 + 400 * 15.00) / 1e6)
+    assert frontier["token_source"].startswith("orchestrated route's measured tokens")
+    assert rows["orchestrated"]["usd_per_conversation"] == pytest.approx((9000 * 0.05 + 400 * 0.23) / 1e6)
+    assert summary["multiplier"] == pytest.approx(frontier["usd_per_conversation"] / rows["compiled_prefill"]["usd_per_conversation"])
 
 
 def test_markdown_has_the_numbers_and_a_png_chart(wf):

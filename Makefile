@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 
-.PHONY: demo test test-all install bench clean
+.PHONY: demo test test-all install bench clean ladder ladder-full
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -17,6 +17,13 @@ install: $(VENV_OK)
 demo: $(VENV_OK)
 	$(PY) -m subterra.cli compile data/workflows/travel_booking.yaml
 	$(PY) -m subterra.cli report travel_booking
+
+# the four routes side by side on SmolLM2-135M (quick: about an hour on a 2-core CPU; full: a GPU)
+ladder: $(VENV_OK)
+	$(PY) -m subterra.cli ladder data/workflows/travel_booking.yaml --profile quick
+
+ladder-full: $(VENV_OK)
+	$(PY) -m subterra.cli ladder data/workflows/travel_booking.yaml --profile full
 
 test: $(VENV_OK)
 	$(PY) -m pytest -q

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import COMPILE_ASSETS
-from jobs import compile_workflow
+from assets import LADDER_ASSETS
+from jobs import compile_workflow, ladder_workflow
 from resources import SettingsResource, StoreResource, TeacherResource
 from sensors import workflow_files_sensor
 
@@ -16,8 +16,8 @@ def build_definitions(data_dir: str = "", db_path: str = "") -> dg.Definitions:
     if data_dir and not db_path:
         db_path = str(Path(data_dir) / "subterra.duckdb")
     return dg.Definitions(
-        assets=COMPILE_ASSETS,
-        jobs=[compile_workflow],
+        assets=LADDER_ASSETS,
+        jobs=[compile_workflow, ladder_workflow],
         sensors=[workflow_files_sensor],
         resources={
             "settings": SettingsResource(data_dir=data_dir),

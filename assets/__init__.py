@@ -1,8 +1,12 @@
-"""The compile pipeline, one asset per stage, one dynamic partition per workflow."""
+"""The compile pipeline, one asset per stage, one dynamic partition per workflow; then the repair
+loop and the ladder (every route side by side)."""
 
 from assets.cost_report import cost_report
 from assets.eval_scores import eval_scores
+from assets.ladder import ladder
 from assets.partitions import workflows_partitions
+from assets.promoted_model import promoted_model
+from assets.repair_map import repair_map
 from assets.synthetic_corpus import synthetic_corpus
 from assets.trained_weights import trained_weights
 from assets.validated_dataset import validated_dataset
@@ -18,5 +22,7 @@ COMPILE_ASSETS = [
     eval_scores,
     cost_report,
 ]
+REPAIR_ASSETS = [repair_map, promoted_model, ladder]
+LADDER_ASSETS = COMPILE_ASSETS + REPAIR_ASSETS
 
-__all__ = ["COMPILE_ASSETS", "workflows_partitions"]
+__all__ = ["COMPILE_ASSETS", "LADDER_ASSETS", "REPAIR_ASSETS", "workflows_partitions"]

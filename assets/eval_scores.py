@@ -17,6 +17,7 @@ class EvalSettings(dg.Config):
     routes: list[str] = list(ROUTES)  # the base-model routes need a pretrained base model
     use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
     copy_runs: bool = True  # with the lexicon, a value is a whole run between procedure words
+    torch_threads: int = 0  # CPU threads (0: every core)
 
     def eval_config(self):
         from subterra.evaluation import EvalConfig
@@ -30,6 +31,8 @@ def eval_scores(
 ) -> dg.MaterializeResult:
     """Every route on both holdouts, played by the same scripted users: the base model with the
     procedure in its prompt, and the compiled model with none; each free or on a prefilled form."""
+    import polars as pl
+
     from subterra.evaluation import evaluate, failure_summary
     from subterra.routes import local_routes
     from subterra.student import base_model_dir
@@ -49,6 +52,10 @@ def eval_scores(
     )
     db.replace_partition("eval_scenarios", wf.id, result.scenarios)
     db.replace_partition("eval_scores", wf.id, result.scores)
+    db.replace_partition("eval_runs", wf.id, pl.DataFrame([{
+        "workflow": wf.id, "config": config.eval_config().to_json(), "routes": [r.name for r in routes],
+        "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
+    }], schema_overrides={"base_dir": pl.String}))
     failures = failure_summary(result.scenarios)
     metadata = {
         "scores": dg.MetadataValue.md(result.scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),

@@ -11,6 +11,20 @@ from assets.validated_dataset import validated_dataset
 from resources import SettingsResource, StoreResource
 
 
+def launch_training(context, client: dg.PipesSubprocessClient, train_config, config_file):
+    """Run ``python -m subterra.cli.train`` on ``train_config`` in its own process through Dagster
+    Pipes (progress streams into the run's log); returns (the reported materialization, TrainResult)."""
+    from pathlib import Path
+
+    from subterra.training import RESULT_FILE, TrainResult
+
+    train_config.to_json(config_file)
+    reported = client.run(
+        command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
+    ).get_materialize_result()
+    return reported, TrainResult.from_json(Path(train_config.output_dir) / RESULT_FILE)
+
+
 @dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"})
 def trained_weights(
     context: dg.AssetExecutionContext,
@@ -24,8 +38,6 @@ def trained_weights(
 
     from subterra.plots import loss_curve_png
     from subterra.tokenizer import workflow_atoms
-    from subterra.training import RESULT_FILE, TrainResult
-
     db = store.get()
     paths = settings.get()
     wf = snapshot(db, context.partition_key)
@@ -39,14 +51,11 @@ def trained_weights(
     corpus.filter(pl.col("split") == "train").write_parquet(train_file)
     model_dir = paths.model_dir(wf.id, wf.short_hash)
     train_config = config.train_config(
-        workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf)
+        workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf),
+        data_dir=str(paths.data_dir),
     )
     config_file = run_dir / "train_config.json"
-    train_config.to_json(config_file)
-    reported = pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
-    ).get_materialize_result()
-    result = TrainResult.from_json(model_dir / RESULT_FILE)
+    reported, result = launch_training(context, pipes_subprocess_client, train_config, config_file)
     row = {
         "workflow": wf.id,
         "content_hash": wf.content_hash,

@@ -1,11 +1,13 @@
 """Training settings shared by the assets that need them (validation measures lengths with the
 student's tokenizer; training trains)."""
 
+from typing import Optional
+
 import dagster as dg
 
 
 class TrainingSettings(dg.Config):
-    base_model: str = "tiny-llama"
+    base_model: str = "tiny-llama"  # or a named base model ("smollm2-135m"), a transformers folder, a hub id
     vocab_size: int = 3000
     hidden_size: int = 192
     intermediate_size: int = 512
@@ -15,7 +17,11 @@ class TrainingSettings(dg.Config):
     max_steps: int = -1
     max_tokens: int = 1_800_000  # compute budget of the quick CPU profile (~9 minutes here); 0 = no cap
     batch_size: int = 2
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1.5e-3
+    warmup_ratio: float = 0.05
+    bf16: Optional[bool] = None  # None: bf16 on CUDA, fp32 on CPU
+    torch_threads: int = 0  # 0: every core
     max_length: int = 4096
     seed: int = 0
     logging_steps: int = 20

@@ -4,7 +4,7 @@ from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.synthetic_corpus import synthetic_corpus
 from assets.training_config import TrainingSettings
-from resources import StoreResource
+from resources import SettingsResource, StoreResource
 
 CHECK = "corpus_quality_gate"
 
@@ -17,7 +17,7 @@ CHECK = "corpus_quality_gate"
     check_specs=[dg.AssetCheckSpec(CHECK, asset="validated_dataset", blocking=True,
                                    description="great-expectations suite over the corpus; training never starts if it fails")],
 )
-def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSettings, store: StoreResource):
+def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSettings, settings: SettingsResource, store: StoreResource):
     """The corpus with token lengths, gated by a great-expectations suite (a blocking check)."""
     import polars as pl
 
@@ -28,7 +28,7 @@ def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSetting
     db = store.get()
     wf = snapshot(db, context.partition_key)
     corpus = db.read("synthetic_corpus", wf.id)
-    train_config = config.train_config(workflow_atoms=workflow_atoms(wf))
+    train_config = config.train_config(workflow_atoms=workflow_atoms(wf), data_dir=str(settings.get().data_dir))
     corpus = corpus.with_columns(pl.Series("n_tokens", measure_lengths(corpus, wf, train_config), dtype=pl.Int64))
     result = validate_corpus(corpus, wf, config.max_length)
     db.replace_partition("validated_dataset", wf.id, corpus)

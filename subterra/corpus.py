@@ -90,23 +90,9 @@ def build_corpus(
 
     def emit(scenario: Scenario, conv=None) -> str:
         nonlocal done
-        conv = conv or teacher.conversation(wf, scenario)
-        text = json.dumps(conv.messages, ensure_ascii=False)
-        rows.append(
-            {
-                "workflow": wf.id,
-                "conversation_id": scenario.id,
-                "split": scenario.split,
-                "path_id": path_id(scenario.path),
-                "scenario": scenario.to_json(),
-                "messages": text,
-                "n_turns": len(conv.nodes),
-                "nodes": conv.nodes,
-                "edges": conv.edges,
-                "offscript": conv.offscript,
-                "teacher": teacher.name,
-            }
-        )
+        row = corpus_row(wf, scenario, conv or teacher.conversation(wf, scenario), teacher.name)
+        rows.append(row)
+        text = row["messages"]
         done += 1
         if progress is not None and (done % 100 == 0 or done == total):
             progress(done, total)
@@ -126,19 +112,43 @@ def build_corpus(
     index = 0
     for path in paths:
         for _ in range(sizes["per_path"]):
-            for attempt in range(20):
-                scenario = make_scenario(
+            def draw(attempt: int, path=path, index=index) -> Scenario:
+                return make_scenario(
                     wf, path, "train", index, config.seed + 7919 * attempt,
                     config.offscript_rate, config.random_value_rate,
                 )
-                conv = teacher.conversation(wf, scenario)
-                if json.dumps(conv.messages, ensure_ascii=False) not in held_texts:
-                    break
-            else:
-                raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
-            emit(scenario, conv)
+
+            emit(*draw_unlike(wf, teacher, held_texts, draw))
             index += 1
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+
+
+def draw_unlike(wf, teacher: Teacher, held_texts: set[str], draw: Callable[[int], Scenario]):
+    """(scenario, conversation) for training: ``draw(attempt)`` redrawn until its conversation's
+    text is none of ``held_texts`` (the holdouts')."""
+    for attempt in range(20):
+        scenario = draw(attempt)
+        conv = teacher.conversation(wf, scenario)
+        if json.dumps(conv.messages, ensure_ascii=False) not in held_texts:
+            return scenario, conv
+    raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
+
+
+def corpus_row(wf, scenario: Scenario, conv, teacher_name: str) -> dict:
+    """One row of the corpus table (``CORPUS_SCHEMA``): a scenario and its rendered conversation."""
+    return {
+        "workflow": wf.id,
+        "conversation_id": scenario.id,
+        "split": scenario.split,
+        "path_id": path_id(scenario.path),
+        "scenario": scenario.to_json(),
+        "messages": json.dumps(conv.messages, ensure_ascii=False),
+        "n_turns": len(conv.nodes),
+        "nodes": conv.nodes,
+        "edges": conv.edges,
+        "offscript": conv.offscript,
+        "teacher": teacher_name,
+    }
 
 
 def messages_of(row_messages: str) -> list[dict[str, str]]:

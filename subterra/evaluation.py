@@ -16,7 +16,7 @@ in/out and per-turn latency. Aggregates per route x holdout.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import polars as pl
@@ -34,6 +34,14 @@ class EvalConfig(PlayConfig):
     extra_turns: int = 4  # a derailed conversation may run this many turns past the reference
     holdouts: tuple[str, ...] = HOLDOUTS
     routes: tuple[str, ...] = ROUTES
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EvalConfig":
+        data = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass

@@ -62,6 +62,7 @@ class PlayConfig:
     max_form_tokens: int = 160  # free generation: the whole form
     use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
     copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
+    torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
 
 
 @dataclass
@@ -151,6 +152,10 @@ class LocalRoute:
         from subterra.runtime import Lockstep
         from subterra.student import load_compiled
 
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         codec = Codec(tokenizer, wf, lexicon, config.copy_runs)

@@ -6,11 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from subterra.corpus import CorpusConfig, build_corpus
+from subterra.paths import select_paths
 from subterra.settings import Settings
 from subterra.store import Store
+from subterra.teacher import TemplateTeacher
+from subterra.tokenizer import workflow_atoms
+from subterra.training import TrainConfig, train
+from subterra.workflow import load_workflow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI = FIXTURES / "mini_booking.yaml"
+TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4)
 
 
 @pytest.fixture
@@ -45,3 +52,37 @@ def instance():
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(workflows_partitions.name, ["mini_booking"])
         yield instance
+
+
+# A real corpus of the mini workflow and a tiny model trained on it for a few steps (shared by the
+# test modules that need a trained student).
+@pytest.fixture(scope="session")
+def mini_workflow():
+    return load_workflow(MINI)
+
+
+@pytest.fixture(scope="session")
+def corpus(mini_workflow):
+    paths = select_paths(mini_workflow, cap=100, seed=0).paths
+    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mini_workflow, corpus):
+    folder = tmp_path_factory.mktemp("train")
+    corpus.write_parquet(folder / "train.parquet")
+    config = TrainConfig(
+        workflow=mini_workflow.id,
+        train_data=str(folder / "train.parquet"),
+        output_dir=str(folder / "model"),
+        workflow_atoms=workflow_atoms(mini_workflow),
+        max_steps=6,
+        logging_steps=2,
+        save_steps=3,
+        **TINY,
+    )
+    logs = []
+    result = train(config, on_log=logs.append)
+    return config, result, logs
+
+

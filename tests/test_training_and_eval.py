@@ -18,38 +18,7 @@ from subterra.tokenizer import workflow_atoms
 from subterra.training import RESULT_FILE, TrainConfig, TrainResult, measure_lengths, train
 from subterra.workflow import Slot, load_workflow
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def mini_workflow():
-    return load_workflow(FIXTURES / "mini_booking.yaml")
-
-
-@pytest.fixture(scope="module")
-def corpus(mini_workflow):
-    paths = select_paths(mini_workflow, cap=100, seed=0).paths
-    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mini_workflow, corpus):
-    folder = tmp_path_factory.mktemp("train")
-    corpus.write_parquet(folder / "train.parquet")
-    config = TrainConfig(
-        workflow=mini_workflow.id,
-        train_data=str(folder / "train.parquet"),
-        output_dir=str(folder / "model"),
-        workflow_atoms=workflow_atoms(mini_workflow),
-        max_steps=6,
-        logging_steps=2,
-        save_steps=3,
-        **TINY,
-    )
-    logs = []
-    result = train(config, on_log=logs.append)
-    return config, result, logs
+from conftest import TINY
 
 
 def test_training_writes_a_standard_model_folder(trained):

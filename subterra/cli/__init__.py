@@ -1,4 +1,4 @@
-"""``subterra``: validate | compile | chat | report | train.
+"""``subterra``: validate | compile | ladder | chat | report | train.
 
 The only place in ``subterra/`` that imports Dagster (``compile`` materializes the asset graph
 in-process; ``train`` speaks Dagster Pipes when launched by the asset). Heavy imports happen
@@ -35,20 +35,23 @@ def _settings():
     return Settings.from_env()
 
 
-def cmd_compile(args) -> int:
+def _materialize(file: str, assets_name: str, run_config: dict | None = None) -> tuple[int, str | None]:
+    """Copy the workflow file into the data folder if needed and materialize the named asset list
+    (``COMPILE_ASSETS`` or ``LADDER_ASSETS``) for its partition in-process; (exit status, workflow)."""
     import os
 
     import dagster as dg
 
+    import assets as asset_lists
     from subterra.workflow import WorkflowError, load_workflow
 
     settings = _settings()
-    source = Path(args.file)
+    source = Path(file)
     try:
         wf = load_workflow(source)
     except WorkflowError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return 1, None
     target = settings.workflow_file(wf.id)
     if source.resolve() != target.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,22 +59,85 @@ def cmd_compile(args) -> int:
         shutil.copyfile(source, tmp)
         tmp.replace(target)
         print(f"copied {source} to {target}")
-    from assets import COMPILE_ASSETS, workflows_partitions
     from definitions import build_definitions
 
     defs = build_definitions(str(settings.data_dir))
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(workflows_partitions.name, [wf.id])
+    instance.add_dynamic_partitions(asset_lists.workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
     print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
-    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, raise_on_error=False)
+    result = dg.materialize(
+        getattr(asset_lists, assets_name), partition_key=wf.id, resources=resources, instance=instance,
+        run_config=run_config or {}, raise_on_error=False,
+    )
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
                 print(event.message, file=sys.stderr)
         print(f"compile of {wf.id} failed; the last good model (if any) is untouched", file=sys.stderr)
+        return 1, wf.id
+    return 0, wf.id
+
+
+def cmd_compile(args) -> int:
+    status, workflow = _materialize(args.file, "COMPILE_ASSETS")
+    return status or cmd_report(argparse.Namespace(workflow=workflow))
+
+
+def cmd_ladder(args) -> int:
+    """Compile, evaluate every route, repair, promote, and print the ladder (a profile's scale)."""
+    from subterra.profiles import PROFILES
+
+    profile = PROFILES[args.profile]
+    if not args.report_only:
+        print(f"profile {profile.name}: {profile.description}")
+        print("  " + ", ".join(f"{k}={v}" for k, v in profile.sizes().items()))
+        status, workflow = _materialize(args.file, "LADDER_ASSETS", profile.run_config())
+        if status:
+            return status
+    else:
+        from subterra.workflow import load_workflow
+
+        workflow = load_workflow(args.file).id
+    return print_ladder(workflow)
+
+
+def print_ladder(workflow: str) -> int:
+    import polars as pl
+
+    from subterra.ladder import format_ladder
+    from subterra.store import Store
+
+    store = Store(_settings().db_path)
+    try:
+        table = store.read("ladder", workflow)
+        training = store.read("trained_weights", workflow).row(0, named=True)
+        cost = store.read("cost_report", workflow)
+        corpus = store.query("select split, count(*) as n from validated_dataset where workflow = ? group by split order by split", [workflow])
+    except (LookupError, FileNotFoundError) as exc:
+        print(f"no ladder for {workflow}: {exc}", file=sys.stderr)
         return 1
-    return cmd_report(argparse.Namespace(workflow=wf.id))
+    print(f"\n== ladder: {workflow}, base model {training['base_model']} ({training['params']:,} params)")
+    print("corpus: " + ", ".join(f"{s} {n}" for s, n in corpus.iter_rows()))
+    print(f"training: {training['train_conversations']} conversations, {training['train_tokens']:,} tokens, "
+          f"{training['steps']} steps, {training['train_seconds']:.0f} s ({training['tokens_per_second']:.0f} tokens/s, {training['device']})")
+    print(format_ladder(table))
+    frontier = cost.filter(pl.col("route") == "frontier_in_context")
+    for r in frontier.iter_rows(named=True):
+        print(f"frontier_in_context on {r['holdout']}: ${r['usd_per_conversation']:.5f}/conversation "
+              f"({r['tokens_in'] + r['tokens_out']:,.0f} tokens: {r['token_source']})")
+    try:
+        for r in store.read("promotions", workflow).sort("round").iter_rows(named=True):
+            print(f"round {r['round']}: {r['reason']}")
+        changes = store.read("repair_changes", workflow).filter(pl.col("change") != 0)
+        if changes.height:
+            print("clusters changed by repair (failures before -> after):")
+            for r in changes.sort(["round", "change"]).iter_rows(named=True):
+                print(f"  round {r['round']}: {r['cluster']}: {r['before']} -> {r['after']}")
+    except LookupError:
+        pass
+    print(f"\nsame rows: duckdb {store.db_path} \"select * from ladder where workflow = '{workflow}'\"")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -109,15 +175,17 @@ def cmd_chat(args) -> int:
     from subterra.store import Store
     from subterra.workflow import Workflow
 
+    from subterra.promotion import current_model
+
     store = Store(_settings().db_path)
     try:
-        model_dir = store.read("trained_weights", args.workflow).row(0, named=True)["model_dir"]
+        model_dir, why = current_model(store, args.workflow)
         wf = Workflow.from_dict(json.loads(store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]))
     except (LookupError, FileNotFoundError) as exc:
         print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
         return 1
     session = ChatSession(model_dir, wf)
-    print(f"{wf.title or wf.id} (compiled model {model_dir}); empty line to quit")
+    print(f"{wf.title or wf.id} (model {model_dir}: {why}); empty line to quit")
     while not session.ended:
         try:
             text = input("you> ").strip()
@@ -147,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
     p.add_argument("file")
     p.set_defaults(func=cmd_compile)
-    p = sub.add_parser("chat", help="talk to a compiled workflow in the terminal")
+    p = sub.add_parser("ladder", help="compile, evaluate every route, repair, promote; print the ladder table")
+    p.add_argument("file")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--report-only", action="store_true", help="only print the ladder already in DuckDB")
+    p.set_defaults(func=cmd_ladder)
+    p = sub.add_parser("chat", help="talk to a workflow's promoted model in the terminal")
     p.add_argument("workflow")
     p.add_argument("--forms", action="store_true", help="also show the form (node, slots) of every reply")
     p.set_defaults(func=cmd_chat)

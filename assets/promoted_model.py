@@ -1,0 +1,141 @@
+from typing import Optional
+
+import dagster as dg
+
+from assets.loading import snapshot
+from assets.partitions import workflows_partitions
+from assets.repair_map import repair_map
+from assets.trained_weights import launch_training
+from resources import SettingsResource, StoreResource, TeacherResource
+
+
+class RepairSettings(dg.Config):
+    rounds: int = 1  # repair rounds (0: only record the compile's model as promoted)
+    route: str = "compiled_prefill"  # whose failures are repaired and whose holdout gates promotion
+    per_failure: int = 4  # training conversations per held-out failure of a cluster
+    max_per_cluster: int = 24
+    max_conversations: int = 400
+    replay_ratio: float = 1.0  # original training conversations mixed in, per repair conversation
+    offscript_rate: float = 0.15
+    random_value_rate: float = 0.5
+    seed: int = 0
+    tolerance: int = 0  # a cluster may grow by this many failures without refusing the promotion
+    epochs: float = 1.0  # training of a round, from the current weights
+    learning_rate: Optional[float] = None  # None: the compile's
+    max_tokens: int = 0  # compute budget of a round (0: no cap)
+    max_steps: int = -1
+
+    def repair_config(self):
+        from subterra.repair import RepairConfig
+
+        return RepairConfig(**{k: getattr(self, k) for k in RepairConfig.__dataclass_fields__})
+
+
+@dg.asset(
+    partitions_def=workflows_partitions, deps=[repair_map], group_name="repair", kinds={"pytorch", "duckdb"}
+)
+def promoted_model(
+    context: dg.AssetExecutionContext,
+    config: RepairSettings,
+    settings: SettingsResource,
+    store: StoreResource,
+    teacher: TeacherResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """Repair rounds: training conversations through the failing clusters, training continued from
+    the current weights, the candidate re-evaluated on the same holdout and promoted only if strict
+    pass improves and no cluster grows. Records which model serves the workflow, and why."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import polars as pl
+
+    from subterra.evaluation import EvalConfig, evaluate
+    from subterra.paths import paths_from_table
+    from subterra.promotion import PROMOTIONS_SCHEMA, decide, initial_row, promotion_row
+    from subterra.repair import repair_conversations, repair_map as build_map, repair_training_set
+    from subterra.routes import local_routes
+    from subterra.training import TrainConfig
+
+    db = store.get()
+    paths = settings.get()
+    wf = snapshot(db, context.partition_key)
+    route = config.route
+    trained = db.read("trained_weights", wf.id).row(0, named=True)
+    eval_config = replace(EvalConfig.from_json(db.read("eval_runs", wf.id).row(0, named=True)["config"]), routes=(route,))
+    current = db.read("eval_scenarios", wf.id).filter(pl.col("route") == route)
+    if not current.height:
+        raise dg.Failure(f"{wf.id}: route {route} was not evaluated; nothing to gate a promotion on")
+    current_dir = trained["model_dir"]
+    decisions = [initial_row(wf.id, current_dir, route, current)]
+    changes, scores = [], []
+    corpus = db.read("validated_dataset", wf.id)
+    train = corpus.filter(pl.col("split") == "train").drop("n_tokens")
+    held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
+    workflow_paths = paths_from_table(db.read("workflow_paths", wf.id))
+    compile_config = TrainConfig.from_json(Path(current_dir) / "train_config.json")
+    for round_no in range(1, config.rounds + 1):
+        clusters = build_map(current).filter(pl.col("route") == route)
+        if not clusters.height:
+            context.log.info(f"round {round_no}: no held-out failure left on {route}; nothing to repair")
+            break
+        repair = repair_conversations(wf, clusters, workflow_paths, teacher.get(), held_texts, round_no, config.repair_config())
+        tag = f"{wf.short_hash}-repair{round_no}"
+        run_dir = paths.run_dir(wf.id, tag)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        repair_training_set(train, repair, config.repair_config()).write_parquet(run_dir / "train.parquet")
+        pl.concat([train, repair]).write_parquet(run_dir / "lexicon.parquet")
+        candidate_dir = str(paths.model_dir(wf.id, tag))
+        round_config = replace(
+            compile_config,
+            base_model=current_dir,
+            train_data=str(run_dir / "train.parquet"),
+            lexicon_data=str(run_dir / "lexicon.parquet"),
+            output_dir=candidate_dir,
+            checkpoint_dir="",
+            epochs=config.epochs,
+            learning_rate=config.learning_rate or compile_config.learning_rate,
+            max_tokens=config.max_tokens,
+            max_steps=config.max_steps,
+        )
+        context.log.info(
+            f"round {round_no}: {repair.height} repair conversations through {clusters.height} clusters "
+            f"(+ replay), training from {current_dir}"
+        )
+        _, result = launch_training(context, pipes_subprocess_client, round_config, run_dir / "train_config.json")
+        evaluated = evaluate(
+            local_routes([route], None, candidate_dir), wf, corpus, eval_config,
+            progress=lambda name, done, total: context.log.info(f"round {round_no} eval {name}: {done}/{total}"),
+        )
+        decision = decide(current, evaluated.scenarios, route, config.tolerance)
+        context.log.info(f"round {round_no}: {decision.reason}")
+        if decision.promoted:
+            current_dir, current = candidate_dir, evaluated.scenarios
+        decisions.append(promotion_row(wf.id, round_no, candidate_dir, current_dir, route, decision))
+        changes.append(decision.changes.with_columns(pl.lit(round_no).alias("round"), pl.lit(route).alias("route")))
+        scores.append(
+            evaluated.scores.with_columns(
+                pl.lit(round_no).alias("round"),
+                pl.lit(candidate_dir).alias("model_dir"),
+                pl.lit(repair.height).alias("repair_conversations"),
+                pl.lit(result.train_seconds).alias("train_seconds"),
+                pl.lit(decision.promoted).alias("promoted"),
+            )
+        )
+    table = pl.DataFrame(decisions, schema=PROMOTIONS_SCHEMA)
+    db.replace_partition("promotions", wf.id, table)
+    if changes:
+        db.replace_partition("repair_changes", wf.id, pl.concat(changes).with_columns(pl.lit(wf.id).alias("workflow")))
+        db.replace_partition("repair_scores", wf.id, pl.concat(scores))
+    last = decisions[-1]
+    shown = table.select("round", "promoted", "strict_before", "strict_after", "reason")
+    metadata = {
+        "promoted_model": dg.MetadataValue.path(last["model_dir"]),
+        "promoted_round": int(table.filter(pl.col("model_dir") == last["model_dir"])["round"].min()),
+        "reason": last["reason"],
+        "decisions": dg.MetadataValue.md(shown.to_pandas().to_markdown(index=False, floatfmt=".3f")),
+    }
+    if changes:
+        moved = pl.concat(changes).filter(pl.col("change") != 0).select("round", "cluster", "before", "after", "change")
+        metadata["cluster_changes"] = dg.MetadataValue.md(moved.to_pandas().to_markdown(index=False) if moved.height else "none")
+    return dg.MaterializeResult(metadata=metadata)

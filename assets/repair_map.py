@@ -1,0 +1,22 @@
+import dagster as dg
+
+from assets.eval_scores import eval_scores
+from assets.partitions import workflows_partitions
+from resources import StoreResource
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="repair", kinds={"duckdb"})
+def repair_map(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
+    """Held-out failures clustered by where they first went wrong (error kind, step, edge,
+    off-script behaviour, slot), with counts and examples, per route."""
+    from subterra.repair import repair_map as build_map
+
+    db = store.get()
+    workflow = context.partition_key
+    table = build_map(db.read("eval_scenarios", workflow))
+    db.replace_partition("repair_map", workflow, table)
+    metadata: dict = {"clusters": table.height, "failures": int(table["failures"].sum()) if table.height else 0}
+    for (route,), part in table.group_by("route", maintain_order=True):
+        shown = part.head(10).select("cluster", "failures", "share", "holdouts")
+        metadata[f"{route}_top_clusters"] = dg.MetadataValue.md(shown.to_pandas().to_markdown(index=False, floatfmt=".3f"))
+    return dg.MaterializeResult(metadata=metadata)

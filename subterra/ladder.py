@@ -1,0 +1,87 @@
+"""The ladder: every route side by side on one holdout — quality, tokens, latency and price.
+
+One row per route x holdout, from ``eval_scores`` (quality, tokens, latency) and ``cost_report``
+($ per conversation). If a repair round promoted new weights, the promoted model's deployed route
+is added as its own row (``compiled_prefill@round1``), so the table shows both the compile and what
+the repair loop made of it. ``subterra ladder`` prints it; the ``ladder`` table holds the same rows.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from subterra.routes import ROUTES
+
+COLUMNS = [
+    "workflow", "route", "holdout", "model", "scenarios", "strict_pass", "partial_credit", "slot_accuracy",
+    "form_validity", "failure_rate", "tokens_in", "tokens_out", "tokens_per_conversation", "latency_p50_ms",
+    "usd_per_conversation",
+]
+SHOWN = {
+    "route": "route",
+    "strict_pass": "strict",
+    "partial_credit": "partial",
+    "slot_accuracy": "slots",
+    "form_validity": "forms",
+    "failure_rate": "failed",
+    "tokens_per_conversation": "tokens/conv",
+    "tokens_out": "out/conv",
+    "latency_p50_ms": "p50 ms",
+    "usd_per_conversation": "$/conv",
+}
+
+
+def _order(route: str) -> tuple:
+    base = route.split("@")[0]
+    return (ROUTES.index(base) if base in ROUTES else len(ROUTES), route)
+
+
+def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFrame | None = None,
+                 repair_scores: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The ladder table (``COLUMNS``), routes in ladder order within each holdout."""
+    price = {(r["route"], r["holdout"]): r for r in cost.iter_rows(named=True)}
+    rows = []
+
+    def add(r: dict, route: str, model: str, usd: float | None) -> None:
+        rows.append(
+            {
+                **{k: r.get(k) for k in COLUMNS if k in r},
+                "route": route,
+                "model": model,
+                "tokens_per_conversation": float(r["tokens_in"]) + float(r["tokens_out"]),
+                "usd_per_conversation": usd,
+            }
+        )
+
+    for r in scores.iter_rows(named=True):
+        found = price.get((r["route"], r["holdout"]))
+        model = "base" if r["route"].startswith("orchestrated") else "compiled"
+        add(r, r["route"], model, found["usd_per_conversation"] if found else None)
+    if promotions is not None and repair_scores is not None and promotions.height:
+        last = promotions.sort("round").row(promotions.height - 1, named=True)
+        promoted = repair_scores.filter(pl.col("model_dir") == last["model_dir"])
+        for r in promoted.iter_rows(named=True):
+            deployed = price.get((r["route"], r["holdout"]))
+            usd = None
+            if deployed:  # same self-hosted prices per token as the route it replaces
+                per_token = deployed["usd_per_conversation"] / max(1e-9, deployed["tokens_in"] + deployed["tokens_out"])
+                usd = per_token * (float(r["tokens_in"]) + float(r["tokens_out"]))
+            add(r, f"{r['route']}@round{r['round']}", f"promoted (repair round {r['round']})", usd)
+    frame = pl.DataFrame(rows).select([c for c in COLUMNS if c in {k for row in rows for k in row}])
+    keys = sorted(range(frame.height), key=lambda i: (frame["holdout"][i], _order(frame["route"][i])))
+    return frame[keys]
+
+
+def format_ladder(ladder: pl.DataFrame) -> str:
+    """The ladder as text, one block per holdout."""
+    out = []
+    for (holdout,), part in ladder.group_by("holdout", maintain_order=True):
+        n = int(part["scenarios"].max())
+        out.append(f"-- {holdout} ({n} scenarios per route)")
+        shown = part.select([pl.col(c).alias(name) for c, name in SHOWN.items()])
+        with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_cols=20,
+                       tbl_width_chars=200, float_precision=3, fmt_str_lengths=40):
+            out.append(str(shown.with_columns(pl.col("$/conv").map_elements(lambda x: f"{x:.7f}" if x is not None else "n/a",
+                                                                             return_dtype=pl.String)))
+                       )
+    return "\n".join(out)

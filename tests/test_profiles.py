@@ -1,0 +1,24 @@
+"""Profiles: every setting they name is a setting of its stage, and quick is sized for a CPU."""
+
+import dagster as dg
+import pytest
+
+from subterra.profiles import FULL, PROFILES, QUICK
+from subterra.routes import ROUTES
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_a_profile_is_valid_run_config_of_the_ladder_job(name):
+    from definitions import defs
+
+    job = defs.resolve_job_def("ladder_workflow")
+    dg.validate_run_config(job, PROFILES[name].run_config())  # raises on an unknown or mistyped setting
+
+
+def test_quick_runs_every_route_on_smollm2_at_a_cpu_scale_and_full_at_the_published_one():
+    for profile in (QUICK, FULL):
+        assert profile.training["base_model"] == "smollm2-135m"
+        assert profile.eval["routes"] == list(ROUTES)
+    assert QUICK.training["max_tokens"] <= 100 * 30 * 60  # at ~100 tokens/s, training fits in half an hour
+    assert QUICK.eval["scenarios"] < FULL.eval["scenarios"] == FULL.corpus["holdout_scenarios"] == 200
+    assert QUICK.sizes()["repair_rounds"] == 1 and QUICK.sizes()["eval_scenarios_per_holdout"] == 24

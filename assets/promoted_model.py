@@ -84,7 +84,7 @@ def promoted_model(
         run_dir = paths.run_dir(wf.id, tag)
         run_dir.mkdir(parents=True, exist_ok=True)
         repair_training_set(train, repair, config.repair_config()).write_parquet(run_dir / "train.parquet")
-        pl.concat([train, repair]).write_parquet(run_dir / "lexicon.parquet")
+        pl.concat([train.select(repair.columns), repair], how="vertical_relaxed").write_parquet(run_dir / "lexicon.parquet")
         candidate_dir = str(paths.model_dir(wf.id, tag))
         round_config = replace(
             compile_config,
@@ -127,6 +127,9 @@ def promoted_model(
     if changes:
         db.replace_partition("repair_changes", wf.id, pl.concat(changes).with_columns(pl.lit(wf.id).alias("workflow")))
         db.replace_partition("repair_scores", wf.id, pl.concat(scores))
+    else:  # no round ran: an earlier run's rounds are not this model's
+        db.delete_partition("repair_changes", wf.id)
+        db.delete_partition("repair_scores", wf.id)
     last = decisions[-1]
     shown = table.select("round", "promoted", "strict_before", "strict_after", "reason")
     metadata = {

@@ -187,4 +187,4 @@ def repair_training_set(train: pl.DataFrame, repair: pl.DataFrame, config: Repai
     """The repair conversations plus a seeded replay sample of the original training rows."""
     n = min(train.height, int(round(config.replay_ratio * repair.height)))
     replay = train.sample(n=n, seed=config.seed) if n else train.head(0)
-    return pl.concat([repair, replay.select(repair.columns)])
+    return pl.concat([repair, replay.select(repair.columns)], how="vertical_relaxed")

@@ -84,6 +84,13 @@ class Store:
                 raise
         return frame.height
 
+    def delete_partition(self, table: str, workflow: str) -> None:
+        """Remove ``workflow``'s rows of ``table`` (a stage that produced nothing this time)."""
+        table = self._check(table)
+        with _WRITE_LOCK, self._connect() as con:
+            if self._exists(con, table):
+                con.execute(f"DELETE FROM {table} WHERE workflow = ?", [workflow])
+
     @staticmethod
     def _evolve(con: duckdb.DuckDBPyConnection, table: str) -> None:
         have = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall()}

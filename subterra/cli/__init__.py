@@ -163,7 +163,7 @@ def cmd_report(args) -> int:
     print("\n== eval_scores")
     print(scores.drop("workflow"))
     print("\n== cost_report (per conversation)")
-    print(cost.select("route", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
+    print(cost.select("route", "holdout", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)
     print(f"multiplier {c['multiplier']:.1f}x (price {c['price_factor']:.1f}x x volume {c['volume_factor']:.2f}x); "
           f"compile ${c['compile_cost_usd']:.4f}; pays for itself after {c['breakeven_conversations']} conversations")

@@ -308,15 +308,22 @@ def _prefix_free(seqs: list[list[int]]) -> bool:
     return all(s and ordered[i + 1][: len(s)] != s for i, s in enumerate(ordered[:-1])) and bool(ordered[-1])
 
 
-def score_candidates(model, past: list[tuple], position: int, first_logits, candidates: dict[str, list[int]], counted=None) -> str:
-    """The key of the most likely candidate sequence after a context held in ``past``.
+def score_candidates(model, context: list[list[tuple]], position: int, first_logits, candidates: dict, counted=None):
+    """The key of the most likely candidate sequence after a context (``candidate_scores``)."""
+    scores = candidate_scores(model, context, position, first_logits, candidates, counted)
+    return max(scores, key=scores.get)
 
-    ``past`` is the context's key/value tensors per layer (batch 1, ``position`` tokens);
-    ``first_logits`` the model's prediction after the context.
+
+def candidate_scores(model, context: list[list[tuple]], position: int, first_logits, candidates: dict, counted=None) -> dict:
+    """The log-probability of each candidate sequence (of its counted positions) after a context.
+
+    ``context`` is the context's key/value tensors as segments (each a list of (key, value) per
+    layer, batch 1), ``position`` tokens in all; ``first_logits`` the model's prediction after it.
+    The candidates run as one batch that attends to the context where it lies (``shared_context``),
+    never copied per candidate.
     """
-    import numpy as np
     import torch
-    from transformers import DynamicCache
+    from transformers import StaticCache
 
     keys = list(candidates)
     seqs = [candidates[k] for k in keys]
@@ -328,15 +335,12 @@ def score_candidates(model, past: list[tuple], position: int, first_logits, cand
         inputs = torch.zeros((k, width), dtype=torch.long)
         for row, s in enumerate(seqs):
             inputs[row, : len(s) - 1] = torch.tensor(s[:-1])
-        cache = DynamicCache(
-            ddp_cache_data=[(key.expand(k, -1, -1, -1), value.expand(k, -1, -1, -1)) for key, value in past]
-        )
         positions = torch.arange(position, position + width)
         device = next(model.parameters()).device
-        with torch.inference_mode():
+        with torch.inference_mode(), shared_context(model, context, width):
             out = model(
                 input_ids=inputs.to(device),
-                past_key_values=cache,
+                past_key_values=StaticCache(config=model.config, max_cache_len=width),
                 position_ids=positions.unsqueeze(0).expand(k, -1).to(device),
                 cache_position=positions.to(device),
                 use_cache=True,
@@ -348,7 +352,7 @@ def score_candidates(model, past: list[tuple], position: int, first_logits, cand
                 steps = torch.tensor([j - 1 for j in positions_counted if j >= 1], dtype=torch.long)
                 if len(steps):
                     totals[row] += logp[row, steps, torch.tensor([s[j + 1] for j in steps.tolist()])].sum()
-    return keys[int(np.argmax(totals.numpy()))]
+    return dict(zip(keys, totals.tolist()))
 
 
 def force(ids: Iterable[int]):
@@ -497,24 +501,75 @@ def _tracked(program, raw: list[int], counter: TurnCounter):
         return stop.value
 
 
-_VISIBLE: list[int] = [0]  # how many cache positions the lockstep forward may see (all rows share it)
-LOCKSTEP_ATTENTION = "subterra_lockstep"
+SHARED_ATTENTION = "subterra_shared_context"
+_SHARED: dict = {"segments": [], "visible": 0}  # what the current forward's attention reads besides its own cache
 
 
-def _lockstep_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention for one new token per row over a preallocated cache: only the filled positions
-    are looked at (a static cache would otherwise make every step attend over its whole length),
-    and no mask is needed, since every filled position is visible to the newest token."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def _shared_context_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention over a context every row shares, then each row's own cache.
 
-    n = _VISIBLE[0]
-    return sdpa_attention_forward(module, query, key[:, :, :n], value[:, :, :n], None, **kwargs)
+    ``query`` is [rows, heads, L, dim], the last L of each row's ``visible`` own positions (causal
+    among them); ``key``/``value`` the rows' preallocated own cache, of which only the filled part
+    is read. The shared segments (batch 1: a route's system prompt, or the context a set of
+    candidates continues) are read once per layer as one matrix product for all rows, never copied
+    per row: that is what keeps a 1,200-token procedure prompt cheap across a batch.
+    """
+    import torch
+
+    n = _SHARED["visible"]
+    rows, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    q = query.reshape(rows, kv_heads, group * length, dim)
+    flat = q.transpose(0, 1).reshape(kv_heads, rows * group * length, dim)
+    own_k, own_v = key[:, :, :n], value[:, :, :n]
+    scores = []
+    for segment in _SHARED["segments"]:
+        seg_k, _ = segment[module.layer_idx]
+        part = torch.bmm(flat, seg_k[0].transpose(1, 2))  # [kv_heads, rows*group*L, P]
+        scores.append(part.reshape(kv_heads, rows, group * length, -1).transpose(0, 1))
+    own = torch.matmul(q, own_k.transpose(2, 3))
+    if length > 1:
+        allowed = torch.arange(n, device=query.device)[None, :] <= torch.arange(n - length, n, device=query.device)[:, None]
+        own = own.masked_fill(~allowed.repeat(group, 1), float("-inf"))
+    scores.append(own)
+    weights = torch.softmax(torch.cat(scores, dim=-1).float() * scale, dim=-1).to(query.dtype)
+    sizes = [s.shape[-1] for s in scores]
+    parts = torch.split(weights, sizes, dim=-1)
+    out = torch.matmul(parts[-1], own_v)
+    for segment, w in zip(_SHARED["segments"], parts[:-1]):
+        _, seg_v = segment[module.layer_idx]
+        flat_w = w.transpose(0, 1).reshape(kv_heads, rows * group * length, -1)
+        out = out + torch.bmm(flat_w, seg_v[0]).reshape(kv_heads, rows, group * length, dim).transpose(0, 1)
+    out = out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous()
+    return out, None
 
 
-def _register_lockstep_attention() -> None:
-    from transformers import AttentionInterface
+class shared_context:
+    """Within it, ``model``'s forward attends to ``segments`` (per-layer key/value lists, batch 1)
+    before each row's own cache, of which ``visible`` positions are filled."""
 
-    AttentionInterface.register(LOCKSTEP_ATTENTION, _lockstep_attention)
+    def __init__(self, model, segments: list[list[tuple]], visible: int):
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(SHARED_ATTENTION, _shared_context_attention)
+        self.config, self.segments, self.visible = model.config, segments, visible
+
+    def __enter__(self):
+        self.saved = (dict(_SHARED), self.config._attn_implementation)
+        _SHARED.update(segments=self.segments, visible=self.visible)
+        self.config._attn_implementation = SHARED_ATTENTION
+        return self
+
+    def set_visible(self, visible: int) -> None:
+        _SHARED["visible"] = visible
+
+    def __exit__(self, *exc):
+        saved, self.config._attn_implementation = self.saved
+        _SHARED.clear()
+        _SHARED.update(saved)
+        return False
 
 
 @dataclass
@@ -530,17 +585,17 @@ class Prefix:
 class Lockstep:
     """Drives many row programs one token per step through one batched, KV-cached forward.
 
-    All rows advance together, so there is no padding and one position per step; the cache is a
-    preallocated ``StaticCache`` (appending to a dynamic cache copies it every step). Rows may
-    share a ``Prefix``: it is computed once (``encode_prefix``) and copied into every row's cache,
-    never re-encoded. A row still running when the cache is full is cut off (``truncated``).
-    ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans ``masks[NAME]``.
+    All rows advance together, so there is no padding and one position per step; each row's own
+    tokens go to a preallocated ``StaticCache`` (appending to a dynamic cache copies it every step).
+    Rows may share a ``Prefix``: it is computed once (``encode_prefix``) and every row attends to
+    that one copy (``shared_context``): it is never re-encoded, nor copied per row. A row still
+    running when the cache is full is cut off (``truncated``). ``Choice(None)`` bans
+    ``banned_free``; ``Choice(None, mask=NAME)`` bans ``masks[NAME]``.
     """
 
     def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None):
         import numpy as np
 
-        _register_lockstep_attention()
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
@@ -577,30 +632,25 @@ class Lockstep:
         n = len(programs)
         alive = [True] * n
         pending: list[object] = [self._advance(prog, None, i, alive) for i, prog in enumerate(programs)]
-        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
-        logits = None
-        first = 0
-        if prefix is not None:
-            first = len(prefix.ids)
-            for layer, (keys, values) in zip(cache.layers, prefix.layers):
-                layer.lazy_initialization(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1))
-                layer.keys[:, :, :first] = keys
-                layer.values[:, :, :first] = values
-                layer.cumulative_length.fill_(first)
-            logits = np.repeat(prefix.logits[None, :], n, axis=0)
+        first = len(prefix.ids) if prefix is not None else 0
+        segments = [prefix.layers] if prefix is not None else []
+        cache = StaticCache(config=self.model.config, max_cache_len=max(1, max_len - first))
+        logits = np.repeat(prefix.logits[None, :], n, axis=0) if prefix is not None else None
         tokens = np.full(n, self.pad_id, dtype=np.int64)
-        with torch.inference_mode():
+        with torch.inference_mode(), shared_context(self.model, segments, 0) as attention:
             for step in range(first, max_len):
                 if not any(alive):
                     break
+                own = step - first  # this row's own positions before this step
                 started = time.perf_counter()
                 sent: list[int | None] = [None] * n
                 for i in range(n):
                     if not alive[i]:
                         continue
                     while isinstance(pending[i], Score):
-                        past = [(layer.keys[i : i + 1, :, :step], layer.values[i : i + 1, :, :step]) for layer in cache.layers]
-                        key = score_candidates(self.model, past, step, logits[i], pending[i].candidates, pending[i].counted)
+                        mine = [(layer.keys[i : i + 1, :, :own], layer.values[i : i + 1, :, :own]) for layer in cache.layers] if own else None
+                        context = segments + ([mine] if mine else [])
+                        key = score_candidates(self.model, context, step, logits[i], pending[i].candidates, pending[i].counted)
                         pending[i] = self._advance(programs[i], key, i, alive)
                     action = pending[i]
                     if isinstance(action, Choice):
@@ -613,18 +663,13 @@ class Lockstep:
                         tokens[i] = sent[i] = token
                     elif action is not None:
                         tokens[i] = action[1]
-                _VISIBLE[0] = step + 1
-                config = self.model.config
-                usual, config._attn_implementation = config._attn_implementation, LOCKSTEP_ATTENTION
-                try:
-                    out = self.model(
-                        input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
-                        past_key_values=cache,
-                        use_cache=True,
-                        cache_position=torch.tensor([step], device=self.device),
-                    )
-                finally:
-                    config._attn_implementation = usual
+                attention.set_visible(own + 1)
+                out = self.model(
+                    input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=torch.full((n, 1), step, device=self.device),  # the cache holds own tokens only
+                )
                 logits = out.logits[:, -1, :].float().cpu().numpy()
                 if on_step is not None:
                     on_step(time.perf_counter() - started)
@@ -696,7 +741,7 @@ class ChatSession:
                 if isinstance(action, Score):
                     self._flush()
                     past = [(layer.keys, layer.values) for layer in self.cache.layers]
-                    key = score_candidates(self.model, past, self.position, self.logits, action.candidates, action.counted)
+                    key = score_candidates(self.model, [past], self.position, self.logits, action.candidates, action.counted)
                     action = program.send(key)
                     continue
                 if isinstance(action, Choice):

@@ -589,8 +589,10 @@ class Lockstep:
     tokens go to a preallocated ``StaticCache`` (appending to a dynamic cache copies it every step).
     Rows may share a ``Prefix``: it is computed once (``encode_prefix``) and every row attends to
     that one copy (``shared_context``): it is never re-encoded, nor copied per row. A row still
-    running when the cache is full is cut off (``truncated``). ``Choice(None)`` bans
-    ``banned_free``; ``Choice(None, mask=NAME)`` bans ``masks[NAME]``.
+    running when the cache is full is cut off (``truncated``). When half the rows are done, the
+    batch goes on with the others only, so a few long conversations do not keep paying for the
+    finished ones. ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans
+    ``masks[NAME]``.
     """
 
     def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None):
@@ -632,6 +634,8 @@ class Lockstep:
         n = len(programs)
         alive = [True] * n
         pending: list[object] = [self._advance(prog, None, i, alive) for i, prog in enumerate(programs)]
+        rows = list(range(n))  # the original row of each batch position (finished rows are dropped)
+        cut = [False] * n
         first = len(prefix.ids) if prefix is not None else 0
         segments = [prefix.layers] if prefix is not None else []
         cache = StaticCache(config=self.model.config, max_cache_len=max(1, max_len - first))
@@ -641,6 +645,16 @@ class Lockstep:
             for step in range(first, max_len):
                 if not any(alive):
                     break
+                if 2 * sum(alive) <= n and n > 1:  # most rows are done: go on with the others only
+                    keep = [i for i in range(n) if alive[i]]
+                    index = torch.tensor(keep, device=self.device)
+                    for layer in cache.layers:
+                        if getattr(layer, "is_initialized", False):
+                            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+                            layer.batch_size = len(keep)
+                    programs, pending, rows = [programs[i] for i in keep], [pending[i] for i in keep], [rows[i] for i in keep]
+                    logits, tokens = (logits[keep] if logits is not None else None), tokens[keep]
+                    n, alive = len(keep), [True] * len(keep)
                 own = step - first  # this row's own positions before this step
                 started = time.perf_counter()
                 sent: list[int | None] = [None] * n
@@ -678,7 +692,9 @@ class Lockstep:
                         pending[i] = self._advance(programs[i], sent[i], i, alive)
                     else:
                         tokens[i] = self.pad_id
-        return list(alive)
+        for i in range(n):
+            cut[rows[i]] = alive[i]
+        return cut
 
     @staticmethod
     def _advance(prog: Program, value, i: int, alive: list[bool]):

@@ -145,3 +145,35 @@ def test_candidates_scored_over_a_shared_context_equal_a_plain_forward(trained):
         logp = torch.log_softmax(logits, -1)
         expected = sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(seq))
         assert got[key] == pytest.approx(expected, abs=1e-3), key
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(trained, corpus):
+    """Rows of very different lengths: once most are done the batch shrinks to the rest, and every
+    row still chooses what it would alone; a row that runs out of room is reported as cut off."""
+    import torch
+
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    prompts = [tokenizer(json.loads(m)[1]["content"], add_special_tokens=False)["input_ids"] for m in corpus["messages"][:5]]
+    lengths = [2, 3, 12, 2, 40]  # the last needs more room than the cache has
+
+    def program(ids, out, k):
+        for t in ids:
+            yield ("force", t)
+        for _ in range(k):
+            out.append((yield Choice(None)))
+
+    driver = Lockstep(model, tokenizer.pad_token_id, list(tokenizer.all_special_ids))
+    together = [[] for _ in prompts]
+    max_len = max(map(len, prompts)) + 20
+    cut = driver.run([program(p, o, k) for p, o, k in zip(prompts, together, lengths)], max_len=max_len)
+    assert cut == [False, False, False, False, True]
+    for p, k, got in zip(prompts, lengths, together):
+        alone: list[int] = []
+        driver.run([program(p, alone, k)], max_len=max_len)
+        assert got == alone

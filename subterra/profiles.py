@@ -62,8 +62,8 @@ REPAIR = {"epochs": 1.0, "learning_rate": 1e-4}
 QUICK = Profile(
     name="quick",
     description="travel_booking on a 2-core CPU in about an hour (SmolLM2-135M, smaller corpus and holdout)",
-    corpus={"conversations_per_path": 2, "max_train_conversations": 400, "holdout_scenarios": 24},
-    training={**SMOLLM2, "epochs": 1.0, "max_tokens": 150_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
+    corpus={"conversations_per_path": 3, "max_train_conversations": 400, "holdout_scenarios": 24},
+    training={**SMOLLM2, "epochs": 1.0, "max_tokens": 200_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
     eval={"scenarios": 24, "batch_size": 24, "max_say_tokens": 64, "max_form_tokens": 112, "routes": list(ROUTES)},
     repair={**REPAIR, "rounds": 1, "per_failure": 2, "max_per_cluster": 8, "max_conversations": 32, "replay_ratio": 0.5},
 )

@@ -180,19 +180,21 @@ class LocalRoute:
         done = 0
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            clock_now = [0.0]
-
-            def clock() -> float:  # the batch's own compute time: the latency a user of this batch waits
-                return clock_now[0]
+            # a turn's latency: every batched forward it waited for, and its own candidate scoring
+            forwards, scoring = [0.0], [0.0] * len(batch)
 
             def on_step(dt: float) -> None:
-                clock_now[0] += dt
+                forwards[0] += dt
+
+            def on_score(row: int, dt: float) -> None:
+                scoring[row] += dt
 
             programs = [
-                conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i], clock)
-                for i in batch
+                conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i],
+                                     lambda row=row: forwards[0] + scoring[row])
+                for row, i in enumerate(batch)
             ]
-            cut = driver.run(programs, cache_len(batch), on_step=on_step, prefix=prefix)
+            cut = driver.run(programs, cache_len(batch), on_step=on_step, prefix=prefix, on_score=on_score)
             for i, truncated in zip(batch, cut):
                 transcripts[i].truncated = truncated
             done += len(batch)

@@ -98,6 +98,11 @@ class Codec:
         self.value_more = enc(VALUE_MORE)
         self.value_last = enc(VALUE_LAST)
         self.say_head = enc(SAY_HEAD)
+        # a form holds the slots one user message provides: at most what one step collects
+        self.max_slots = max(
+            [1] + [len(set(n.collect) | set(e.collect)) for n in wf.nodes.values() for e in wf.out_edges(n.id)]
+            + [len(n.collect) for n in wf.nodes.values()]
+        )
         self.end_of_turn = enc(END + "\n")
         self.newline = enc("\n")
         self.end_id = tokenizer.convert_tokens_to_ids(END)
@@ -331,10 +336,13 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
     totals = torch.stack([first[s[0]] for s in seqs])
     width = max(len(s) for s in seqs) - 1
     if width > 0:
-        k = len(seqs)
+        # candidates that differ only in their last token (a value and what follows it) share a row
+        rows_of: dict[tuple, int] = {}
+        row_of = [rows_of.setdefault(tuple(s[:-1]), len(rows_of)) for s in seqs]
+        k = len(rows_of)
         inputs = torch.zeros((k, width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            inputs[row, : len(s) - 1] = torch.tensor(s[:-1])
+        for fed, row in rows_of.items():
+            inputs[row, : len(fed)] = torch.tensor(fed, dtype=torch.long)
         positions = torch.arange(position, position + width)
         device = next(model.parameters()).device
         with torch.inference_mode(), shared_context(model, context, width):
@@ -346,12 +354,12 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
                 use_cache=True,
             )
         logp = torch.log_softmax(out.logits.float().cpu(), -1)
-        for row, s in enumerate(seqs):
+        for c, s in enumerate(seqs):
             if len(s) > 1:
-                positions_counted = counted[keys[row]] if counted else range(1, len(s))
+                positions_counted = counted[keys[c]] if counted else range(1, len(s))
                 steps = torch.tensor([j - 1 for j in positions_counted if j >= 1], dtype=torch.long)
                 if len(steps):
-                    totals[row] += logp[row, steps, torch.tensor([s[j + 1] for j in steps.tolist()])].sum()
+                    totals[c] += logp[row_of[c], steps, torch.tensor([s[j + 1] for j in steps.tolist()])].sum()
     return dict(zip(keys, totals.tolist()))
 
 
@@ -372,8 +380,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
-    (with what follows it) are chosen among the allowed sequences; ``say`` is free text up to its
-    closing quote.
+    (with what follows it) are chosen among the allowed sequences, at most as many slots as one
+    step of the workflow collects; ``say`` is free text up to its closing quote.
     """
     raw: list[int] = []
 
@@ -398,7 +406,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         key = yield from chosen({s: codec.key_candidates[s] for s in unused})
         yield from forced(codec.value_head)
         values, counted = available[key]
-        ends = {"last": codec.value_last, **({"more": codec.value_more} if len(unused) > 1 else {})}
+        room = len(unused) > 1 and len(slots) + 1 < codec.max_slots
+        ends = {"last": codec.value_last, **({"more": codec.value_more} if room else {})}
         candidates, decisions = {}, {}
         for value, ids in values.items():
             for end, end_ids in ends.items():
@@ -623,10 +632,11 @@ class Lockstep:
         max_len: int,
         on_step: Callable[[float], None] | None = None,
         prefix: Prefix | None = None,
+        on_score: Callable[[int, float], None] | None = None,
     ) -> list[bool]:
         """Run every program to its end (or to ``max_len`` tokens, prefix included) after the
-        shared ``prefix`` if any; returns which rows were truncated. ``on_step`` gets each step's
-        compute time (the batched forward and any whole-sequence scoring)."""
+        shared ``prefix`` if any; returns which rows were truncated. ``on_step`` gets each batched
+        forward's compute time, ``on_score`` (row, seconds) each row's own candidate scoring."""
         import numpy as np
         import torch
         from transformers import StaticCache
@@ -656,7 +666,6 @@ class Lockstep:
                     logits, tokens = (logits[keep] if logits is not None else None), tokens[keep]
                     n, alive = len(keep), [True] * len(keep)
                 own = step - first  # this row's own positions before this step
-                started = time.perf_counter()
                 sent: list[int | None] = [None] * n
                 for i in range(n):
                     if not alive[i]:
@@ -664,7 +673,10 @@ class Lockstep:
                     while isinstance(pending[i], Score):
                         mine = [(layer.keys[i : i + 1, :, :own], layer.values[i : i + 1, :, :own]) for layer in cache.layers] if own else None
                         context = segments + ([mine] if mine else [])
+                        scoring = time.perf_counter()
                         key = score_candidates(self.model, context, step, logits[i], pending[i].candidates, pending[i].counted)
+                        if on_score is not None:
+                            on_score(rows[i], time.perf_counter() - scoring)
                         pending[i] = self._advance(programs[i], key, i, alive)
                     action = pending[i]
                     if isinstance(action, Choice):
@@ -678,6 +690,7 @@ class Lockstep:
                     elif action is not None:
                         tokens[i] = action[1]
                 attention.set_visible(own + 1)
+                started = time.perf_counter()
                 out = self.model(
                     input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
                     past_key_values=cache,

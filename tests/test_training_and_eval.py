@@ -269,3 +269,31 @@ def test_runtime_pieces_are_the_training_tokens_of_smollm2():
     corpus = build_corpus(wf, paths[:20], TemplateTeacher(), CorpusConfig(conversations_per_path=1, holdout_scenarios=10))
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     assert_runtime_pieces_are_training_tokens(tokenizer, wf, [json.loads(m) for m in corpus["messages"]])
+
+
+def test_a_form_holds_no_more_slots_than_one_step_collects(trained, mini_workflow):
+    """A model that always asks for one more slot still fills at most as many as a step of the
+    workflow collects (two in the mini workflow), though the message could fill four."""
+    from subterra.runtime import Choice, Score, TurnCounter, fill_form
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    assert codec.max_slots == 2
+    some = set(codec.first_key) - set(codec.no_slots)  # the token that opens a non-empty slots object
+    program = fill_form(codec, "Lisbon, 3 of us in economy on 9 May 2027.", 4, TurnCounter())
+    action = next(program)
+    try:
+        while True:
+            if isinstance(action, Score):  # always a value that asks for more, if there is one
+                keys = list(action.candidates)
+                action = program.send(next((k for k in keys if k[1] == "more"), keys[0]))
+            elif isinstance(action, Choice) and action.allowed is None:
+                action = program.send(next(iter(codec.say_ends)))
+            elif isinstance(action, Choice):
+                action = program.send(next((t for t in action.allowed if t in some), action.allowed[0]))
+            else:
+                action = next(program)
+    except StopIteration as stop:
+        form = stop.value[0]
+    assert len(form.slots) == 2

@@ -23,7 +23,7 @@ import polars as pl
 from subterra.paths import path_id
 from subterra.phrasing import UNSEEN
 from subterra.scenario import Scenario, make_scenario
-from subterra.teacher import Teacher
+from subterra.teacher import Conversation, Teacher
 
 CORPUS_SCHEMA = {
     "workflow": pl.String,
@@ -37,6 +37,10 @@ CORPUS_SCHEMA = {
     "edges": pl.List(pl.String),
     "offscript": pl.List(pl.String),
     "teacher": pl.String,
+    "teacher_tokens_in": pl.Int64,  # measured tokens and dollars of a teacher that calls a model (0 offline)
+    "teacher_tokens_out": pl.Int64,
+    "teacher_usd": pl.Float64,
+    "teacher_error": pl.String,  # why the teacher's output is no conversation (the gate rejects the row)
 }
 
 
@@ -86,59 +90,69 @@ def build_corpus(
             f"2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
     rows: list[dict] = []
-    done = 0
 
-    def emit(scenario: Scenario, conv=None) -> str:
-        nonlocal done
-        conv = conv or teacher.conversation(wf, scenario)
-        text = json.dumps(conv.messages, ensure_ascii=False)
-        rows.append(
-            {
-                "workflow": wf.id,
-                "conversation_id": scenario.id,
-                "split": scenario.split,
-                "path_id": path_id(scenario.path),
-                "scenario": scenario.to_json(),
-                "messages": text,
-                "n_turns": len(conv.nodes),
-                "nodes": conv.nodes,
-                "edges": conv.edges,
-                "offscript": conv.offscript,
-                "teacher": teacher.name,
-            }
-        )
-        done += 1
-        if progress is not None and (done % 100 == 0 or done == total):
-            progress(done, total)
-        return text
+    def row(scenario: Scenario, conv: Conversation) -> dict:
+        return {
+            "workflow": wf.id,
+            "conversation_id": scenario.id,
+            "split": scenario.split,
+            "path_id": path_id(scenario.path),
+            "scenario": scenario.to_json(),
+            "messages": _text(conv),
+            "n_turns": len(conv.nodes),
+            "nodes": conv.nodes,
+            "edges": conv.edges,
+            "offscript": conv.offscript,
+            "teacher": teacher.name,
+            "teacher_tokens_in": conv.tokens_in,
+            "teacher_tokens_out": conv.tokens_out,
+            "teacher_usd": conv.usd,
+            "teacher_error": conv.error,
+        }
+
+    def report() -> None:
+        if progress is not None:
+            progress(len(rows), total)
 
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
-    held_texts: set[str] = set()
+    held: list[Scenario] = []
     for i in range(config.holdout_scenarios):
         path = paths[order[i % len(paths)]]
         scenario = make_scenario(wf, path, "holdout", i, config.seed, config.offscript_rate)
-        held_texts.add(emit(scenario))
-        unseen = replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)
-        held_texts.add(emit(unseen))
+        held += [scenario, replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)]
+    held_conversations = teacher.conversations(wf, held)
+    rows += [row(s, c) for s, c in zip(held, held_conversations)]
+    held_texts = {_text(c) for c in held_conversations if c.error is None}
+    report()
 
-    index = 0
-    for path in paths:
-        for _ in range(sizes["per_path"]):
-            for attempt in range(20):
-                scenario = make_scenario(
-                    wf, path, "train", index, config.seed + 7919 * attempt,
-                    config.offscript_rate, config.random_value_rate,
-                )
-                conv = teacher.conversation(wf, scenario)
-                if json.dumps(conv.messages, ensure_ascii=False) not in held_texts:
-                    break
+    # training: a conversation whose text equals a holdout one is redrawn (the same index, another seed)
+    todo = [(index, path) for index, path in enumerate(p for p in paths for _ in range(sizes["per_path"]))]
+    chosen: dict[int, tuple[Scenario, Conversation]] = {}
+    for attempt in range(20):
+        scenarios = [
+            make_scenario(wf, path, "train", index, config.seed + 7919 * attempt, config.offscript_rate, config.random_value_rate)
+            for index, path in todo
+        ]
+        redraw = []
+        for (index, path), scenario, conv in zip(todo, scenarios, teacher.conversations(wf, scenarios)):
+            if conv.error is None and _text(conv) in held_texts:
+                redraw.append((index, path))
             else:
-                raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
-            emit(scenario, conv)
-            index += 1
+                chosen[index] = (scenario, conv)
+        todo = redraw
+        if not todo:
+            break
+    else:
+        raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
+    rows += [row(*chosen[index]) for index in sorted(chosen)]
+    report()
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+
+
+def _text(conv: Conversation) -> str:
+    return json.dumps(conv.messages, ensure_ascii=False)
 
 
 def messages_of(row_messages: str) -> list[dict[str, str]]:

@@ -1,0 +1,244 @@
+"""Claude's answers, kept: every reply is written to DuckDB as it arrives, keyed by a hash of the
+request, so a run that stops halfway loses nothing and the rerun asks only what is missing.
+
+* ``claude_responses`` — one row per answered request: ``workflow, request_key, purpose, label,
+  model, text, stop_reason``, the measured tokens (``input_tokens, output_tokens,
+  cache_write_tokens, cache_read_tokens``), ``batch``, ``seconds``, ``usd``, ``received_at``.
+* ``claude_batches`` — a log of the Message Batches submitted (``opened``) and read back
+  (``closed``), with their request keys: a batch still open when a run stopped is polled and read
+  by the rerun instead of being submitted again.
+
+``ClaudeAnswers`` answers one request (``one``) or many (``all``): from the spool when asked
+before, else live — interactively, at most ``concurrency`` in flight, or as batches. A request
+still failing after the SDK's retries stops the scheduling of new ones; whatever arrived is kept
+and ``ClaudeIncomplete`` says how many are missing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import polars as pl
+
+from subterra.claude_client import MAX_BATCH_REQUESTS, ClaudeClient, ClaudeError, Reply, Request, Usage, log
+
+RESPONSES = "claude_responses"
+BATCHES = "claude_batches"
+KEEP_EVERY = 100  # batch results are written in groups this size as the results file streams in
+
+
+class ClaudeIncomplete(ClaudeError):
+    """Some requests are still unanswered; the answered ones are kept."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResponseSpool:
+    """The answers and batches of one workflow in the Subterra database."""
+
+    def __init__(self, store, workflow: str):
+        self.store = store
+        self.workflow = workflow
+
+    def _rows(self, table: str) -> pl.DataFrame | None:
+        if table not in self.store.tables():
+            return None
+        return self.store.query(f"SELECT * FROM {table} WHERE workflow = ?", [self.workflow])
+
+    def replies(self) -> dict[str, Reply]:
+        frame = self._rows(RESPONSES)
+        out: dict[str, Reply] = {}
+        if frame is None:
+            return out
+        for r in frame.iter_rows(named=True):
+            usage = Usage(r["input_tokens"], r["output_tokens"], r["cache_write_tokens"], r["cache_read_tokens"])
+            out.setdefault(r["request_key"], Reply(r["text"], usage, r["model"], r["stop_reason"], r["batch"], r["seconds"]))
+        return out
+
+    def put(self, answered: Sequence[tuple[Request, Reply]]) -> None:
+        if not answered:
+            return
+        at = _now()
+        self.store.append(RESPONSES, pl.DataFrame(
+            [
+                {
+                    "workflow": self.workflow, "request_key": q.key, "purpose": q.purpose, "label": q.label,
+                    "model": a.model, "text": a.text, "stop_reason": a.stop_reason,
+                    "input_tokens": a.usage.input_tokens, "output_tokens": a.usage.output_tokens,
+                    "cache_write_tokens": a.usage.cache_write_tokens, "cache_read_tokens": a.usage.cache_read_tokens,
+                    "batch": a.batch, "seconds": float(a.seconds), "usd": a.usd, "received_at": at,
+                }
+                for q, a in answered
+            ],
+            schema={"workflow": pl.String, "request_key": pl.String, "purpose": pl.String, "label": pl.String,
+                    "model": pl.String, "text": pl.String, "stop_reason": pl.String, "input_tokens": pl.Int64,
+                    "output_tokens": pl.Int64, "cache_write_tokens": pl.Int64, "cache_read_tokens": pl.Int64,
+                    "batch": pl.Boolean, "seconds": pl.Float64, "usd": pl.Float64, "received_at": pl.String},
+        ))
+
+    def _batch_event(self, batch_id: str, purpose: str, keys: list[str], event: str) -> None:
+        self.store.append(BATCHES, pl.DataFrame(
+            [{"workflow": self.workflow, "batch_id": batch_id, "purpose": purpose, "request_keys": keys,
+              "event": event, "at": _now()}],
+            schema={"workflow": pl.String, "batch_id": pl.String, "purpose": pl.String,
+                    "request_keys": pl.List(pl.String), "event": pl.String, "at": pl.String},
+        ))
+
+    def batch_opened(self, batch_id: str, purpose: str, keys: list[str]) -> None:
+        self._batch_event(batch_id, purpose, keys, "opened")
+
+    def batch_closed(self, batch_id: str, purpose: str) -> None:
+        self._batch_event(batch_id, purpose, [], "closed")
+
+    def open_batches(self, purpose: str) -> list[tuple[str, list[str]]]:
+        """(batch id, request keys) of every batch submitted and not yet read back, oldest first."""
+        frame = self._rows(BATCHES)
+        if frame is None:
+            return []
+        frame = frame.filter(pl.col("purpose") == purpose)
+        closed = set(frame.filter(pl.col("event") == "closed")["batch_id"])
+        return [(b, list(k)) for b, k in frame.filter(pl.col("event") == "opened").sort("at").select("batch_id", "request_keys").iter_rows()
+                if b not in closed]
+
+
+class ClaudeAnswers:
+    """Answers from the spool, or from Claude and then into the spool."""
+
+    def __init__(self, client: ClaudeClient, spool: ResponseSpool, say: Callable[[str], None] | None = None):
+        self.client = client
+        self.spool = spool
+        self.say = say or log.info
+        self._have: dict[str, Reply] | None = None
+        self._lock = threading.Lock()
+        self.reused: Counter[str] = Counter()  # per purpose: answers served from the spool
+        self.received: Counter[str] = Counter()  # per purpose: answers that arrived from Claude
+
+    def _known(self) -> dict[str, Reply]:
+        with self._lock:
+            if self._have is None:
+                self._have = self.spool.replies()
+            return self._have
+
+    def _keep(self, answered: list[tuple[Request, Reply]]) -> None:
+        self.spool.put(answered)
+        have = self._known()
+        for request, reply in answered:
+            have[request.key] = reply
+            self.received[request.purpose] += 1
+
+    def one(self, request: Request) -> Reply:
+        have = self._known()
+        if request.key in have:
+            self.reused[request.purpose] += 1
+            return have[request.key]
+        reply = self.client.create(request)
+        self._keep([(request, reply)])
+        return reply
+
+    def all(self, requests: Sequence[Request], mode: str = "interactive") -> dict[str, Reply]:
+        """The reply to every request, by request key."""
+        have = self._known()
+        unique = {r.key: r for r in requests}
+        missing = [r for k, r in unique.items() if k not in have]
+        purpose = requests[0].purpose if requests else ""
+        self.reused[purpose] += len(unique) - len(missing)
+        if missing:
+            self.say(f"claude {purpose}: {len(unique) - len(missing)} of {len(unique)} answers kept from before; "
+                     f"requesting {len(missing)} ({mode})")
+            errors = self._batches(missing) if mode == "batch" else self._interactive(missing)
+            still = [r for r in missing if r.key not in have]
+            if still:
+                raise ClaudeIncomplete(
+                    f"{len(still)} of {len(unique)} {purpose} requests unanswered ({errors[0] if errors else 'no answer'}); "
+                    f"the {len(unique) - len(still)} answered are kept, a rerun requests only the {len(still)} missing"
+                )
+        return {k: have[k] for k in unique}
+
+    # -- interactive ----------------------------------------------------------------------
+    def _interactive(self, missing: list[Request]) -> list[str]:
+        errors: list[str] = []
+        done = 0
+        pool = ThreadPoolExecutor(max_workers=self.client.settings.concurrency, thread_name_prefix="claude")
+        try:
+            futures = {pool.submit(self.client.create, r): r for r in missing}
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    reply = future.result()
+                except ClaudeError as exc:
+                    if not errors:  # stop scheduling: the requests in flight finish and are kept
+                        for other in futures:
+                            other.cancel()
+                    errors.append(str(exc))
+                    continue
+                self._keep([(futures[future], reply)])
+                done += 1
+                if done % 100 == 0:
+                    self.say(f"claude {missing[0].purpose}: {done}/{len(missing)} answers")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return errors
+
+    # -- batches --------------------------------------------------------------------------
+    def _batches(self, missing: list[Request]) -> list[str]:
+        purpose = missing[0].purpose
+        pending = {r.key: r for r in missing}
+        have = self._known()
+        errors: list[str] = []
+        for batch_id, keys in self.spool.open_batches(purpose):  # a stopped run's batches: read, not resubmitted
+            if all(k in have for k in keys):
+                self.spool.batch_closed(batch_id, purpose)
+            elif pending.keys() & set(keys):
+                self.say(f"claude {purpose}: resuming batch {batch_id} ({len(keys)} requests)")
+                errors = self._collect(batch_id, purpose, pending)
+        for _ in range(self.client.settings.max_batch_rounds):
+            if not pending:
+                break
+            todo = list(pending.values())
+            opened = []
+            for start in range(0, len(todo), MAX_BATCH_REQUESTS):
+                chunk = todo[start : start + MAX_BATCH_REQUESTS]
+                batch_id = self.client.submit_batch(chunk)
+                self.spool.batch_opened(batch_id, purpose, [r.key for r in chunk])
+                opened.append(batch_id)
+            errors = []
+            for batch_id in opened:
+                errors += self._collect(batch_id, purpose, pending)
+        return errors
+
+    def _collect(self, batch_id: str, purpose: str, pending: dict[str, Request]) -> list[str]:
+        """Poll the batch until it ends, then keep its succeeded results; the others stay pending."""
+        while True:
+            state = self.client.batch_state(batch_id)
+            if state is None:
+                self.spool.batch_closed(batch_id, purpose)
+                return [f"batch {batch_id} no longer exists"]
+            if state.status == "ended":
+                break
+            self.say(f"claude {purpose}: batch {batch_id} {state.status} {state.counts}")
+            time.sleep(self.client.settings.poll_s)
+        errors, group = [], []
+        models = {k: r.model for k, r in pending.items()}
+        for custom_id, reply, why in self.client.batch_results(batch_id, models):
+            if reply is None:
+                errors.append(f"{pending[custom_id].label if custom_id in pending else custom_id}: {why}")
+                continue
+            request = pending.pop(custom_id, None)
+            if request is not None:
+                group.append((request, reply))
+            if len(group) >= KEEP_EVERY:
+                self._keep(group)
+                group = []
+        self._keep(group)
+        self.spool.batch_closed(batch_id, purpose)
+        if errors:
+            self.say(f"claude {purpose}: batch {batch_id}: {len(errors)} not answered ({errors[0]})")
+        return errors

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets import COMPILE_ASSETS
 from jobs import compile_workflow
-from resources import SettingsResource, StoreResource, TeacherResource
+from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
 from sensors import workflow_files_sensor
 
 
@@ -23,6 +23,7 @@ def build_definitions(data_dir: str = "", db_path: str = "") -> dg.Definitions:
             "settings": SettingsResource(data_dir=data_dir),
             "store": StoreResource(db_path=db_path),
             "teacher": TeacherResource(),
+            "claude": ClaudeResource(),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },
     )

@@ -353,3 +353,16 @@ class ClaudeClient:
                     yield line.custom_id, None, self.scrub(why)
         except anthropic.AnthropicError as exc:
             raise self._error(f"reading the results of batch {batch_id}", exc) from None
+
+
+def json_in(text: str):
+    """The JSON value of a model's answer: the whole text, or the text inside a Markdown code
+    fence around it. Raises ``ValueError`` naming what is wrong."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0] if "```" in body else body
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None

@@ -1,12 +1,19 @@
-"""Claude's answers, kept: every reply is written to DuckDB as it arrives, keyed by a hash of the
-request, so a run that stops halfway loses nothing and the rerun asks only what is missing.
+"""Claude's answers, kept: every reply is appended to a spool file the moment it arrives, keyed by a
+hash of the request, so a run that stops halfway loses nothing and the rerun asks only what is
+missing.
 
-* ``claude_responses`` — one row per answered request: ``workflow, request_key, purpose, label,
+The spool of a workflow is two JSON-lines files in ``DATA/claude/`` (``duckdb`` reads them with
+``read_json_auto``):
+
+* ``WORKFLOW.responses.jsonl`` — one line per answered request: ``request_key, purpose, label,
   model, text, stop_reason``, the measured tokens (``input_tokens, output_tokens,
-  cache_write_tokens, cache_read_tokens``), ``batch``, ``seconds``, ``usd``, ``received_at``.
-* ``claude_batches`` — a log of the Message Batches submitted (``opened``) and read back
-  (``closed``), with their request keys: a batch still open when a run stopped is polled and read
-  by the rerun instead of being submitted again.
+  cache_write_tokens, cache_read_tokens``), ``batch, seconds, usd, received_at``;
+* ``WORKFLOW.batches.jsonl`` — the Message Batches submitted (``opened``, with their request keys)
+  and read back (``closed``): a batch still open when a run stopped is polled and read by the
+  rerun instead of being submitted again.
+
+A line is appended and flushed to disk under an exclusive file lock (threads and processes
+queue), so a crash leaves at most a torn last line, which reading skips.
 
 ``ClaudeAnswers`` answers one request (``one``) or many (``all``): from the spool when asked
 before, else live — interactively, at most ``concurrency`` in flight, or as batches. A request
@@ -16,19 +23,19 @@ and ``ClaudeIncomplete`` says how many are missing.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Sequence
-
-import polars as pl
 
 from subterra.claude_client import MAX_BATCH_REQUESTS, ClaudeClient, ClaudeError, Reply, Request, Usage, log
 
-RESPONSES = "claude_responses"
-BATCHES = "claude_batches"
 KEEP_EVERY = 100  # batch results are written in groups this size as the results file streams in
 
 
@@ -40,24 +47,47 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _append(path: Path, records: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            lines = f.read().splitlines()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+    return out
+
+
 class ResponseSpool:
-    """The answers and batches of one workflow in the Subterra database."""
+    """The answers and batches of one workflow, in ``folder`` (``DATA/claude``)."""
 
-    def __init__(self, store, workflow: str):
-        self.store = store
-        self.workflow = workflow
-
-    def _rows(self, table: str) -> pl.DataFrame | None:
-        if table not in self.store.tables():
-            return None
-        return self.store.query(f"SELECT * FROM {table} WHERE workflow = ?", [self.workflow])
+    def __init__(self, folder: str | Path, workflow: str):
+        self.responses = Path(folder) / f"{workflow}.responses.jsonl"
+        self.batches = Path(folder) / f"{workflow}.batches.jsonl"
 
     def replies(self) -> dict[str, Reply]:
-        frame = self._rows(RESPONSES)
         out: dict[str, Reply] = {}
-        if frame is None:
-            return out
-        for r in frame.iter_rows(named=True):
+        for r in _read(self.responses):
             usage = Usage(r["input_tokens"], r["output_tokens"], r["cache_write_tokens"], r["cache_read_tokens"])
             out.setdefault(r["request_key"], Reply(r["text"], usage, r["model"], r["stop_reason"], r["batch"], r["seconds"]))
         return out
@@ -66,46 +96,27 @@ class ResponseSpool:
         if not answered:
             return
         at = _now()
-        self.store.append(RESPONSES, pl.DataFrame(
-            [
-                {
-                    "workflow": self.workflow, "request_key": q.key, "purpose": q.purpose, "label": q.label,
-                    "model": a.model, "text": a.text, "stop_reason": a.stop_reason,
-                    "input_tokens": a.usage.input_tokens, "output_tokens": a.usage.output_tokens,
-                    "cache_write_tokens": a.usage.cache_write_tokens, "cache_read_tokens": a.usage.cache_read_tokens,
-                    "batch": a.batch, "seconds": float(a.seconds), "usd": a.usd, "received_at": at,
-                }
-                for q, a in answered
-            ],
-            schema={"workflow": pl.String, "request_key": pl.String, "purpose": pl.String, "label": pl.String,
-                    "model": pl.String, "text": pl.String, "stop_reason": pl.String, "input_tokens": pl.Int64,
-                    "output_tokens": pl.Int64, "cache_write_tokens": pl.Int64, "cache_read_tokens": pl.Int64,
-                    "batch": pl.Boolean, "seconds": pl.Float64, "usd": pl.Float64, "received_at": pl.String},
-        ))
-
-    def _batch_event(self, batch_id: str, purpose: str, keys: list[str], event: str) -> None:
-        self.store.append(BATCHES, pl.DataFrame(
-            [{"workflow": self.workflow, "batch_id": batch_id, "purpose": purpose, "request_keys": keys,
-              "event": event, "at": _now()}],
-            schema={"workflow": pl.String, "batch_id": pl.String, "purpose": pl.String,
-                    "request_keys": pl.List(pl.String), "event": pl.String, "at": pl.String},
-        ))
+        _append(self.responses, [
+            {
+                "request_key": q.key, "purpose": q.purpose, "label": q.label, "model": a.model, "text": a.text,
+                "stop_reason": a.stop_reason, "input_tokens": a.usage.input_tokens, "output_tokens": a.usage.output_tokens,
+                "cache_write_tokens": a.usage.cache_write_tokens, "cache_read_tokens": a.usage.cache_read_tokens,
+                "batch": a.batch, "seconds": a.seconds, "usd": a.usd, "received_at": at,
+            }
+            for q, a in answered
+        ])
 
     def batch_opened(self, batch_id: str, purpose: str, keys: list[str]) -> None:
-        self._batch_event(batch_id, purpose, keys, "opened")
+        _append(self.batches, [{"batch_id": batch_id, "purpose": purpose, "event": "opened", "request_keys": keys, "at": _now()}])
 
     def batch_closed(self, batch_id: str, purpose: str) -> None:
-        self._batch_event(batch_id, purpose, [], "closed")
+        _append(self.batches, [{"batch_id": batch_id, "purpose": purpose, "event": "closed", "at": _now()}])
 
     def open_batches(self, purpose: str) -> list[tuple[str, list[str]]]:
         """(batch id, request keys) of every batch submitted and not yet read back, oldest first."""
-        frame = self._rows(BATCHES)
-        if frame is None:
-            return []
-        frame = frame.filter(pl.col("purpose") == purpose)
-        closed = set(frame.filter(pl.col("event") == "closed")["batch_id"])
-        return [(b, list(k)) for b, k in frame.filter(pl.col("event") == "opened").sort("at").select("batch_id", "request_keys").iter_rows()
-                if b not in closed]
+        events = [e for e in _read(self.batches) if e["purpose"] == purpose]
+        closed = {e["batch_id"] for e in events if e["event"] == "closed"}
+        return [(e["batch_id"], e["request_keys"]) for e in events if e["event"] == "opened" and e["batch_id"] not in closed]
 
 
 class ClaudeAnswers:
@@ -163,29 +174,28 @@ class ClaudeAnswers:
 
     # -- interactive ----------------------------------------------------------------------
     def _interactive(self, missing: list[Request]) -> list[str]:
+        """At most ``concurrency`` requests in flight; after a failure no new one is sent (those in
+        flight finish and are kept)."""
         errors: list[str] = []
-        done = 0
-        pool = ThreadPoolExecutor(max_workers=self.client.settings.concurrency, thread_name_prefix="claude")
-        try:
-            futures = {pool.submit(self.client.create, r): r for r in missing}
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                try:
-                    reply = future.result()
-                except ClaudeError as exc:
-                    if not errors:  # stop scheduling: the requests in flight finish and are kept
-                        for other in futures:
-                            other.cancel()
-                    errors.append(str(exc))
-                    continue
-                self._keep([(futures[future], reply)])
-                done += 1
-                if done % 100 == 0:
-                    self.say(f"claude {missing[0].purpose}: {done}/{len(missing)} answers")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return errors
+        todo = iter(missing)
+        running: dict = {}
+        limit = self.client.settings.concurrency
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="claude") as pool:
+            while True:
+                while len(running) < limit and not errors and (request := next(todo, None)) is not None:
+                    running[pool.submit(self.client.create, request)] = request
+                if not running:
+                    return errors
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    request = running.pop(future)
+                    try:
+                        self._keep([(request, future.result())])
+                    except ClaudeError as exc:
+                        errors.append(str(exc))
+                        continue
+                    if sum(self.received.values()) % 100 == 0:
+                        self.say(f"claude {request.purpose}: {self.received[request.purpose]} answers received")
 
     # -- batches --------------------------------------------------------------------------
     def _batches(self, missing: list[Request]) -> list[str]:
@@ -242,3 +252,8 @@ class ClaudeAnswers:
         if errors:
             self.say(f"claude {purpose}: batch {batch_id}: {len(errors)} not answered ({errors[0]})")
         return errors
+
+
+def answers_for(claude, folder: str | Path, workflow: str, say: Callable[[str], None] | None = None) -> ClaudeAnswers:
+    """The answers of ``workflow`` through ``claude``'s client (a ``claude_client.Claude``), kept in ``folder``."""
+    return ClaudeAnswers(claude.client(), ResponseSpool(folder, workflow), say)

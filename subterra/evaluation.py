@@ -23,9 +23,10 @@ from typing import Callable
 import polars as pl
 
 from subterra.forms import parse_form
+from subterra.judge import judge_aggregates
 from subterra.runtime import Codec, Lockstep, TurnCounter, TurnRecord, fill_form
 from subterra.scenario import Scenario
-from subterra.simulator import ScriptedUser
+from subterra.simulator import SCRIPTED, Users
 
 ROUTE = "compiled_prefill"
 HOLDOUTS = ("holdout", "holdout_unseen")
@@ -56,14 +57,32 @@ class Transcript:
     turns: list[TurnRecord] = field(default_factory=list)
     user_kinds: list[str] = field(default_factory=list)  # kind of the user message before each turn
     user_slots: list[dict] = field(default_factory=list)
+    user_texts: list[str] = field(default_factory=list)
     ended: bool = False
+    user_fallbacks: int = 0  # turns a model-played user had to leave to the scripted wording
+
+    def heard(self, turn) -> None:
+        """The user's message before the next turn."""
+        self.user_kinds.append(turn.kind)
+        self.user_slots.append(dict(turn.slots))
+        self.user_texts.append(turn.text)
 
 
-def conversation_program(codec: Codec, wf, scenario: Scenario, max_turns: int, max_say: int, out: Transcript, clock):
+def select_holdout(rows: pl.DataFrame, config: "EvalConfig") -> list[dict]:
+    """The first ``config.scenarios`` conversations of each holdout (by id): every route plays these."""
+    selected = []
+    for holdout in config.holdouts:
+        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
+        selected.extend(part.iter_rows(named=True))
+    return selected
+
+
+def conversation_program(codec: Codec, wf, scenario: Scenario, max_turns: int, max_say: int, out: Transcript, clock,
+                         users: Users = SCRIPTED):
     """One scenario, start to end, as a lockstep program."""
     from subterra.runtime import force
 
-    user = ScriptedUser(wf, scenario)
+    user = users.make(wf, scenario)
     turn = user.opener()
     context = codec.system(wf.assistant)
     yield from force(context)
@@ -72,8 +91,7 @@ def conversation_program(codec: Codec, wf, scenario: Scenario, max_turns: int, m
         message = codec.user(turn.text)
         yield from force(message)
         n_context += len(message)
-        out.user_kinds.append(turn.kind)
-        out.user_slots.append(dict(turn.slots))
+        out.heard(turn)
         counter = TurnCounter()
         started = clock()
         form, raw, valid = yield from fill_form(codec, turn.text, max_say, counter)
@@ -84,7 +102,8 @@ def conversation_program(codec: Codec, wf, scenario: Scenario, max_turns: int, m
         )
         n_context += counter.forced + counter.chosen
         out.turns.append(record)
-        turn = user.reply(form.node)
+        turn = user.reply(form.node, form.say)
+        out.user_fallbacks = getattr(user, "fallbacks", 0)
         if turn is None:
             out.ended = True
             return
@@ -97,7 +116,7 @@ def _parses(raw: str, wf) -> bool:
         return False
 
 
-def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript) -> dict:
+def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript, route: str = ROUTE) -> dict:
     expected = [parse_form(m["content"]) for m in reference if m["role"] == "assistant"]
     got = transcript.turns
     n = len(expected)
@@ -140,7 +159,7 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript)
     failed = not (transcript.ended and got and got[-1].node == final_expected)
     return {
         "workflow": wf.id,
-        "route": ROUTE,
+        "route": route,
         "holdout": scenario.split,
         "scenario_id": scenario.id,
         "path_id": None,
@@ -154,12 +173,15 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript)
         "offscript_right": off_right,
         "offscript_total": off_total,
         "failed": bool(failed),
+        "ended": bool(transcript.ended),
+        "user_fallbacks": transcript.user_fallbacks,
         "tokens_in": sum(g.tokens_in for g in got),
         "tokens_out": sum(g.tokens_out for g in got),
         "latencies_ms": [round(g.latency_s * 1000, 3) for g in got],
         "first_error": json.dumps(first_error) if first_error else None,
         "transcript": json.dumps(
-            [{"user_kind": k, "node": g.node, "slots": g.slots, "say": g.say} for k, g in zip(transcript.user_kinds, got)]
+            [{"user_kind": k, "user": u, "node": g.node, "slots": g.slots, "say": g.say}
+             for k, u, g in zip(transcript.user_kinds, transcript.user_texts, got)]
         ),
     }
 
@@ -198,6 +220,10 @@ def aggregate(rows: pl.DataFrame) -> pl.DataFrame:
                 "tokens_out": float(part["tokens_out"].mean()),
                 "latency_p50_ms": _quantile(latencies, 0.5),
                 "latency_p95_ms": _quantile(latencies, 0.95),
+                "usd_per_conversation": float(part["usd"].mean()) if "usd" in part.columns and part["usd"].null_count() < part.height else None,
+                "user_simulator": part["user_simulator"][0] if "user_simulator" in part.columns else SCRIPTED.name,
+                "user_fallbacks": int(part["user_fallbacks"].sum()) if "user_fallbacks" in part.columns else 0,
+                **judge_aggregates(part),
             }
         )
     return pl.DataFrame(out)
@@ -216,8 +242,10 @@ def evaluate(
     rows: pl.DataFrame,
     config: EvalConfig = EvalConfig(),
     progress: Callable[[int, int], None] | None = None,
+    users: Users = SCRIPTED,
 ) -> EvalResult:
-    """Evaluate the model in ``model_dir`` on the holdout rows of the corpus table ``rows``."""
+    """Evaluate the model in ``model_dir`` on the holdout rows of the corpus table ``rows``, with
+    ``users`` playing the user (the scripted user unless told)."""
     import torch
 
     from subterra.lexicon import load_lexicon
@@ -226,10 +254,7 @@ def evaluate(
     tokenizer, model = load_compiled(model_dir)
     codec = Codec(tokenizer, wf, load_lexicon(model_dir) if config.use_lexicon else frozenset(), config.copy_runs)
     driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say)
-    selected = []
-    for holdout in config.holdouts:
-        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
-        selected.extend(part.iter_rows(named=True))
+    selected = select_holdout(rows, config)
     # similar lengths share a batch: lockstep runs as long as its longest conversation
     selected.sort(key=lambda r: len(r["messages"]))
     results = []
@@ -251,7 +276,7 @@ def evaluate(
             n_ref = sum(1 for m in reference if m["role"] == "assistant")
             transcript = Transcript(scenario.id)
             programs.append(
-                conversation_program(codec, wf, scenario, n_ref + config.extra_turns, config.max_say_tokens, transcript, clock)
+                conversation_program(codec, wf, scenario, n_ref + config.extra_turns, config.max_say_tokens, transcript, clock, users)
             )
             transcripts.append(transcript)
             scenarios.append((scenario, reference, row["path_id"]))
@@ -262,6 +287,7 @@ def evaluate(
             scored = score(wf, scenario, reference, transcript)
             scored["path_id"] = pid
             scored["truncated"] = cut
+            scored["user_simulator"] = users.name
             results.append(scored)
         done += len(batch)
         if progress is not None:

@@ -32,6 +32,11 @@ class Settings:
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    @property
+    def claude_dir(self) -> Path:
+        """Claude's answers, kept as they arrive (``claude_spool``)."""
+        return self.data_dir / "claude"
+
     def workflow_file(self, workflow: str) -> Path:
         return self.workflows_dir / f"{workflow}.yaml"
 

@@ -69,18 +69,6 @@ class Store:
             frame = frame.with_columns(pl.lit(workflow, dtype=pl.String).alias("workflow"))
         if frame.height and set(frame["workflow"].unique()) != {workflow}:
             raise ValueError(f"{table}: rows for another workflow than {workflow!r}")
-        return self._write(table, frame, replacing=workflow)
-
-    def append(self, table: str, frame: pl.DataFrame) -> int:
-        """Add ``frame``'s rows to ``table`` (created from the frame's schema if missing), in one
-        transaction: for logs that grow a few rows at a time and must survive a crash (the Claude
-        spool). Every row needs its ``workflow``."""
-        table = self._check(table)
-        if "workflow" not in frame.columns:
-            raise ValueError(f"{table}: rows need a workflow column")
-        return self._write(table, frame, replacing=None)
-
-    def _write(self, table: str, frame: pl.DataFrame, replacing: str | None) -> int:
         incoming = frame.to_arrow()
         with _WRITE_LOCK, self._connect() as con:
             con.register("incoming", incoming)
@@ -88,8 +76,7 @@ class Store:
             try:
                 con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM incoming LIMIT 0")
                 self._evolve(con, table)
-                if replacing is not None:
-                    con.execute(f"DELETE FROM {table} WHERE workflow = ?", [replacing])
+                con.execute(f"DELETE FROM {table} WHERE workflow = ?", [workflow])
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
                 con.execute("COMMIT")
             except BaseException:

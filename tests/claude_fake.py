@@ -17,7 +17,8 @@ the cache the first time and read from it after.
 Faults, on demand: ``queue(...)`` answers the next Messages requests with ``"429"``, ``"529"``,
 ``"500"``, ``"slow"`` (later than the client waits) or ``"malformed"`` (text that is not what was
 asked); ``outage(purpose, after)`` answers 500 to every request of ``purpose`` after that many
-answers; ``malformed_labels`` answer those conversations malformed; ``batch_faults`` give those
+answers; ``malformed_labels`` answer those conversations malformed, ``misspelled_labels`` (teacher)
+with a value the user message no longer holds verbatim; ``batch_faults`` give those
 conversations an ``errored`` or ``expired`` result in the next batch that holds them;
 ``poll_outage`` answers 500 to every batch poll.
 """
@@ -55,9 +56,11 @@ class FakeClaude:
         self.faults: list[str] = []
         self.outages: dict[str, int] = {}
         self.malformed_labels: set[str] = set()
+        self.misspelled_labels: set[str] = set()  # teacher answers whose user messages change a value
         self.batch_faults: dict[str, str] = {}
         self.poll_outage = False
         self.answered: Counter[str] = Counter()  # per purpose: answers sent (interactive and batch)
+        self.admitted: Counter[str] = Counter()  # per purpose: requests let through while an outage is set
         self.in_flight = 0
         self.max_in_flight = 0
         self.cached: set[str] = set()
@@ -171,8 +174,11 @@ class FakeClaude:
         record.update(purpose=purpose, label=label)
         with self.lock:
             fault = self.faults.pop(0) if self.faults else None
-            if fault is None and purpose in self.outages and self.answered[purpose] >= self.outages[purpose]:
-                fault = "500"
+            if fault is None and purpose in self.outages:
+                if self.admitted[purpose] >= self.outages[purpose]:
+                    fault = "500"
+                else:
+                    self.admitted[purpose] += 1
         record["outcome"] = fault or "ok"
         if fault in ("429", "529", "500"):
             return self._error(handler, int(fault), f"injected {fault}")
@@ -224,7 +230,12 @@ class FakeClaude:
             if malformed:
                 return "Here is a lovely conversation for you!"
             plan = json.loads(payload)
-            return json.dumps({"turns": [{"user": t["user"]["example"], "say": t["agent"]["example"]} for t in plan["turns"]]})
+            turns = [{"user": t["user"]["example"], "say": t["agent"]["example"]} for t in plan["turns"]]
+            if plan["conversation"] in self.misspelled_labels:
+                turn, planned = next((a, b) for a, b in zip(turns, plan["turns"]) if b["user"].get("gives"))
+                for value in planned["user"]["gives"].values():
+                    turn["user"] = turn["user"].replace(value, value.upper() + "X")
+            return json.dumps({"turns": turns})
         if purpose == "user":
             now = json.loads(payload)["now"]
             return "Sorry, I forgot what I wanted." if malformed else now["example"]

@@ -5,7 +5,7 @@ SDK pointed at it (``base_url``). No network.
 What it answers, by the system prompt it is sent (it reads Subterra's own prompts):
 
 * teacher — the plan's example wording of every turn, as the JSON the teacher asks for;
-* user — the example wording of the turn asked for;
+* user — the example wording of the turn asked for (malformed: its values lost);
 * judge — five scores: task success 5 when the conversation ended at the expected step (else 2),
   4 for the others, naturalness 3 from a second judge (any model but ``primary_judge``);
 * frontier — the reference form for the user messages so far (``learn`` the references), else a
@@ -238,7 +238,10 @@ class FakeClaude:
             return json.dumps({"turns": turns})
         if purpose == "user":
             now = json.loads(payload)["now"]
-            return "Sorry, I forgot what I wanted." if malformed else now["example"]
+            text = now["example"]
+            for value in now.get("gives", {}).values() if malformed else ():
+                text = text.replace(value, "that one")  # the values are lost
+            return text
         if purpose == "judge":
             if malformed:
                 return "I would rate this conversation quite highly."

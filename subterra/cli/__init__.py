@@ -99,8 +99,16 @@ def cmd_report(args) -> int:
     print("\n== cost_report (per conversation)")
     print(cost.select("route", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)
+    compile_parts = (f" (training ${c['training_cost_usd']:.4f} + teacher ${c['teacher_cost_usd']:.4f})"
+                     if c.get("teacher_cost_usd") is not None else "")
     print(f"multiplier {c['multiplier']:.1f}x (price {c['price_factor']:.1f}x x volume {c['volume_factor']:.2f}x); "
-          f"compile ${c['compile_cost_usd']:.4f}; pays for itself after {c['breakeven_conversations']} conversations")
+          f"compile ${c['compile_cost_usd']:.4f}{compile_parts}; pays for itself after {c['breakeven_conversations']} conversations")
+    if c.get("pct_of_frontier_quality") is not None:
+        print(f"{c['pct_of_frontier_quality']:.1f}% of frontier quality (judged, holdout)")
+    if c.get("claude_parts"):
+        print("\n== Claude")
+        for part, what in json.loads(c["claude_parts"]).items():
+            print(f"{part}: {what}")
     return 0
 
 

@@ -110,10 +110,10 @@ class FakeClaude:
                 else:
                     self.agent[tuple(users)] = m["content"]
 
-    def count(self, purpose: str | None = None, outcome: str | None = None, path: str = "/v1/messages") -> int:
-        """HTTP requests to ``path`` (of ``purpose``, with ``outcome``) so far."""
+    def count(self, purpose: str | None = None, outcome: str | None = None, path: str | None = "/v1/messages") -> int:
+        """HTTP requests to ``path`` (None: any) of ``purpose``, with ``outcome``, so far."""
         with self.lock:
-            return sum(1 for r in self.requests if r["path"] == path and (purpose is None or r["purpose"] == purpose)
+            return sum(1 for r in self.requests if (path is None or r["path"] == path) and (purpose is None or r["purpose"] == purpose)
                        and (outcome is None or r["outcome"] == outcome))
 
     def batch_requests(self, purpose: str) -> list[list[str]]:

@@ -1,9 +1,12 @@
 """Evaluation: held-out scenarios replayed against a compiled model, scored objectively.
 
-Each held-out scenario is played by its scripted user against the compiled model in the deployed
-runtime (one-line system prompt, no procedure in context, prefilled form). The user answers the
-step the model is actually at, so a derailment shows. The teacher's conversation for the same
-scenario is the reference; every assistant turn is compared with it.
+Each held-out scenario is played by its user (the scripted one, or Claude in the scenario's persona:
+``Users``) against the compiled model in the deployed runtime (one-line system prompt, no
+procedure in context, prefilled form). The user answers the step the model is actually at, so a
+derailment shows. The teacher's conversation for the same scenario is the reference; every
+assistant turn is compared with it. ``score`` scores any route's transcript the same way (the
+frontier route's too: ``subterra.frontier``). A model-played user is called inside the lockstep,
+one message at a time.
 
 Per scenario: strict pass (every step, every slot value and every form right), partial credit
 (share of reference steps the model took at the same turn), slot accuracy, form validity,

@@ -27,14 +27,16 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     assert "6 of 8 teacher requests unanswered" in failure_text(first)
     assert "a rerun requests only the 6 missing" in failure_text(first)
     first_requests, failed_attempts = fake_claude.count("teacher"), fake_claude.count("teacher", "500")
+    answered_first = fake_claude.answered["teacher"]
+    assert answered_first == 10 and first_requests == 10 + failed_attempts
     fake_claude.outages.clear()
     rerun = materialize(corpus_stages, resources, instance)
     assert rerun.success
     corpus_meta = metadata(rerun, COMPILE_ASSETS[2])
     rerun_requests = fake_claude.count("teacher") - first_requests
     with capsys.disabled():
-        print(f"\nClaude teacher, fault mid-corpus: first run {first_requests} requests ({fake_claude.answered['teacher']} "
-              f"answered before the rerun, {failed_attempts} failed attempts); rerun {rerun_requests} requests, "
+        print(f"\nClaude teacher, fault mid-corpus: first run {first_requests} requests ({answered_first} "
+              f"answered, {failed_attempts} failed attempts); rerun {rerun_requests} requests, "
               f"{corpus_meta['teacher_answers_kept_from_before']} answers kept from before")
     assert rerun_requests == corpus_meta["teacher_answers_requested"] == 6
     assert corpus_meta["teacher_answers_kept_from_before"] == 10

@@ -40,7 +40,7 @@ def eval_scores(
     eval_config = EvalConfig(**config.model_dump())
     setup = claude.get()
     answers = users = None
-    if setup.any:
+    if any(setup.uses(part) for part in ("user", "judge", "frontier")):
         from subterra.claude_spool import answers_for
         from subterra.claude_user import claude_users
 

@@ -54,7 +54,7 @@ def goal_of(wf, scenario: Scenario) -> dict:
 
 
 class ClaudeUser:
-    def __init__(self, wf, scenario: Scenario, answers: ClaudeAnswers, model: str, max_tokens: int = 1024):
+    def __init__(self, wf, scenario: Scenario, answers: ClaudeAnswers, model: str, max_tokens: int = 2048):
         self.wf = wf
         self.scenario = scenario
         self.answers = answers

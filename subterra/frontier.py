@@ -33,7 +33,7 @@ ROUTE = "frontier"
 FORM_ONLY = "\nReply with the JSON form only, nothing else."
 
 
-def frontier_request(wf, history: list[tuple[str, str]], model: str, label: str, max_tokens: int = 1024) -> Request:
+def frontier_request(wf, history: list[tuple[str, str]], model: str, label: str, max_tokens: int = 4096) -> Request:
     return Request(
         purpose="frontier",
         model=model,

@@ -47,7 +47,7 @@ Reply with one JSON object and nothing else: {"task_success": n, "information_ac
 PROCEDURE_HEADER = "The procedure the assistant must follow:\n"
 
 
-def judge_request(wf, row: dict, scenario: Scenario, expected_end: str, model: str, max_tokens: int = 2048) -> Request:
+def judge_request(wf, row: dict, scenario: Scenario, expected_end: str, model: str, max_tokens: int = 4096) -> Request:
     """The request that judges one evaluated conversation (a row of ``eval_scenarios``)."""
     turns = [
         {"customer": t.get("user", ""), "assistant": t["say"], "step": t["node"], "captured": t["slots"]}

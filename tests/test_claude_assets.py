@@ -4,7 +4,6 @@ rejected by the gate, and the key in no log, metadata, stored row or file."""
 
 import logging
 
-import dagster as dg
 import polars as pl
 import pytest
 

@@ -45,7 +45,8 @@ class CorpusConfig:
     conversations_per_path: int = 4
     max_train_conversations: int = 6000  # caps conversations_per_path x paths (every path keeps one)
     holdout_scenarios: int = 200
-    offscript_rate: float = 0.15
+    offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
+    train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
@@ -123,13 +124,14 @@ def build_corpus(
         unseen = replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)
         held_texts.add(emit(unseen))
 
+    train_offscript = config.offscript_rate if config.train_offscript_rate is None else config.train_offscript_rate
     index = 0
     for path in paths:
         for _ in range(sizes["per_path"]):
             for attempt in range(20):
                 scenario = make_scenario(
                     wf, path, "train", index, config.seed + 7919 * attempt,
-                    config.offscript_rate, config.random_value_rate,
+                    train_offscript, config.random_value_rate,
                 )
                 conv = teacher.conversation(wf, scenario)
                 if json.dumps(conv.messages, ensure_ascii=False) not in held_texts:

@@ -13,6 +13,7 @@ class CorpusSettings(dg.Config):
     max_train_conversations: int = 800
     holdout_scenarios: int = 200
     offscript_rate: float = 0.15
+    train_offscript_rate: float | None = 0.3
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000

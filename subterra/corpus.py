@@ -49,7 +49,8 @@ class CorpusConfig:
     conversations_per_path: int = 4
     max_train_conversations: int = 6000  # caps conversations_per_path x paths (every path keeps one)
     holdout_scenarios: int = 200
-    offscript_rate: float = 0.15
+    offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
+    train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
@@ -128,11 +129,12 @@ def build_corpus(
     report()
 
     # training: a conversation whose text equals a holdout one is redrawn (the same index, another seed)
+    train_offscript = config.offscript_rate if config.train_offscript_rate is None else config.train_offscript_rate
     todo = [(index, path) for index, path in enumerate(p for p in paths for _ in range(sizes["per_path"]))]
     chosen: dict[int, tuple[Scenario, Conversation]] = {}
     for attempt in range(20):
         scenarios = [
-            make_scenario(wf, path, "train", index, config.seed + 7919 * attempt, config.offscript_rate, config.random_value_rate)
+            make_scenario(wf, path, "train", index, config.seed + 7919 * attempt, train_offscript, config.random_value_rate)
             for index, path in todo
         ]
         redraw = []

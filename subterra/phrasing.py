@@ -29,10 +29,12 @@ OFF_TOPIC = (
     "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
     "Are you a real person?", "Where is your head office?", "Do you have a newsletter?",
 )
+# A correction always names the value it replaces: "it should be Zurich" alone does not say whether
+# the origin or the destination changed, so nobody (model or judge) could score it objectively.
 CORRECTIONS = (
     "Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
-    "Wait, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
-    "Let me fix that, it is {new}.",
+    "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
+    "Let me fix that: {old} should be {new}.",
 )
 USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
 USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")

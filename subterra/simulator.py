@@ -102,7 +102,13 @@ class ScriptedUser:
         return UserTurn(text, "answer", slots, edge.id)
 
     def _correction(self) -> UserTurn | None:
-        candidates = [s for s in self.provided if self.scenario.corrections.get(s, self.values[s]) != self.values[s]]
+        # a slot whose value another given slot shares ("2" travellers, "2" bags) cannot be
+        # corrected unambiguously by naming its old value
+        candidates = [
+            s for s in self.provided
+            if self.scenario.corrections.get(s, self.values[s]) != self.values[s]
+            and not any(o != s and self.values[o] == self.values[s] for o in self.provided)
+        ]
         if not candidates:
             return None
         slot = self.rng.choice(candidates)

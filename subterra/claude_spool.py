@@ -237,17 +237,19 @@ class ClaudeAnswers:
             time.sleep(self.client.settings.poll_s)
         errors, group = [], []
         models = {k: r.model for k, r in pending.items()}
-        for custom_id, reply, why in self.client.batch_results(batch_id, models):
-            if reply is None:
-                errors.append(f"{pending[custom_id].label if custom_id in pending else custom_id}: {why}")
-                continue
-            request = pending.pop(custom_id, None)
-            if request is not None:
-                group.append((request, reply))
-            if len(group) >= KEEP_EVERY:
-                self._keep(group)
-                group = []
-        self._keep(group)
+        try:
+            for custom_id, reply, why in self.client.batch_results(batch_id, models):
+                if reply is None:
+                    errors.append(f"{pending[custom_id].label if custom_id in pending else custom_id}: {why}")
+                    continue
+                request = pending.pop(custom_id, None)
+                if request is not None:
+                    group.append((request, reply))
+                if len(group) >= KEEP_EVERY:
+                    self._keep(group)
+                    group = []
+        finally:  # what was read is kept even if the results stream breaks (the batch stays open to read again)
+            self._keep(group)
         self.spool.batch_closed(batch_id, purpose)
         if errors:
             self.say(f"claude {purpose}: batch {batch_id}: {len(errors)} not answered ({errors[0]})")

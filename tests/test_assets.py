@@ -160,4 +160,10 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert store.read("eval_scenarios", KEY).height == 4  # 2 per holdout
     cost = store.read("cost_report", KEY)
     assert cost["route"].to_list() == ["frontier_in_context", "compiled"]
-    assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]
+    report = metadata(result, COMPILE_ASSETS[6])["report"]
+    assert "x cheaper" in report
+    # offline by default: the report says which parts did not use Claude
+    assert set(json.loads(cost["claude_parts"][0])) == {"teacher", "user", "judge", "frontier"}
+    assert all(what.startswith("offline") for what in json.loads(cost["claude_parts"][0]).values())
+    assert "teacher: offline (template teacher)" in report and "% of frontier quality: n/a" in report
+    assert cost["teacher_cost_usd"][0] == 0.0 and cost["compile_cost_usd"][0] == cost["training_cost_usd"][0]

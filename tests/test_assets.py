@@ -101,6 +101,44 @@ def test_paths_called_directly_with_a_cap_are_sampled_and_say_what_they_miss(set
     assert result.metadata["uncovered_edges"] == ", ".join(e.id for e in wf.edges if e.id not in covered)
 
 
+def add_workflow(settings, instance, wf: Workflow, name: str) -> None:
+    """Write ``wf`` as data/workflows/NAME.yaml (only the keys it uses) and add its partition."""
+    import yaml
+
+    d = wf.to_dict() | {"workflow": name}
+    d["nodes"] = {nid: {k: v for k, v in node.items() if v} for nid, node in d["nodes"].items()}
+    settings.workflow_file(name).write_text(yaml.safe_dump(d, sort_keys=False))
+    instance.add_dynamic_partitions("workflows", [name])
+
+
+def test_a_graph_with_10_to_the_12_paths_is_sampled_with_a_notice(settings, store, resources, instance):
+    from test_paths import layered
+
+    wf = layered(12, 10)
+    add_workflow(settings, instance, wf, "huge")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="huge", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(path_cap=300)))
+    assert result.success
+    paths = metadata(result, workflow_paths)
+    assert (paths["total_paths"], paths["selected_paths"], paths["sampled"]) == (10**12, 300, True)
+    assert paths["edge_coverage"] == f"{len(wf.edges)}/{len(wf.edges)}" and store.read("workflow_paths", "huge").height == 300
+    notices = [r.user_message for r in instance.all_logs(result.run_id) if "exceed the cap" in r.user_message]
+    assert notices == ["huge: 1,000,000,000,000 paths exceed the cap of 300; using a deterministic sample of 300 "
+                       f"that covers {len(wf.edges)}/{len(wf.edges)} edges"]
+
+
+def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, store, resources, instance):
+    from test_paths import big_loop
+
+    add_workflow(settings, instance, big_loop(12, 3), "loopy")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="loopy", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(max_states=2000)),
+                            raise_on_error=False)
+    assert not result.success
+    assert "loopy: the loops allow more than 2,000 (node, visit count) states with max_visits=3" in failure_text(result)
+    assert "workflow_paths" not in store.tables()
+
+
 def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instance):
     path = settings.workflow_file(KEY)
     path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))

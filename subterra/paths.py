@@ -106,11 +106,13 @@ class StateGraph:
 
     def _too_large(self) -> PathSpaceTooLarge:
         loops = sorted({m for m in self._members.values() if m}, key=len, reverse=True)
-        biggest = f"its largest loop has {len(loops[0])} nodes" if loops else "it has no loop"
+        if loops:
+            why = f"its largest loop has {len(loops[0])} nodes; lower max_visits or break the loop into smaller ones"
+        else:
+            why = f"it has {len(self.wf.nodes):,} nodes and no loop; raise max_states"
         return PathSpaceTooLarge(
-            f"{self.wf.id}: the loops allow more than {self.max_states:,} (node, visit count) states with "
-            f"max_visits={self.wf.max_visits} ({biggest}); paths were not explored. Lower max_visits or "
-            f"break the loop into smaller ones."
+            f"{self.wf.id}: the paths pass through more than {self.max_states:,} (node, visit count) states with "
+            f"max_visits={self.wf.max_visits} ({why}); paths were not explored"
         )
 
     def _count(self) -> None:

@@ -135,7 +135,7 @@ def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, st
                             run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(max_states=2000)),
                             raise_on_error=False)
     assert not result.success
-    assert "loopy: the loops allow more than 2,000 (node, visit count) states with max_visits=3" in failure_text(result)
+    assert "loopy: the paths pass through more than 2,000 (node, visit count) states with max_visits=3" in failure_text(result)
     assert "workflow_paths" not in store.tables()
 
 

@@ -27,8 +27,7 @@ def eval_scores(context: dg.AssetExecutionContext, config: EvalSettings, store: 
         model_dir, wf, rows, EvalConfig(**config.model_dump()),
         progress=lambda done, total: context.log.info(f"eval: {done}/{total} scenarios"),
     )
-    db.replace_partition("eval_scenarios", wf.id, result.scenarios)
-    db.replace_partition("eval_scores", wf.id, result.scores)
+    db.replace_partitions(wf.id, {"eval_scenarios": result.scenarios, "eval_scores": result.scores})
     failures = failure_summary(result.scenarios)
     metadata = {
         "scores": dg.MetadataValue.md(result.scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),

@@ -18,12 +18,9 @@ def workflow_graph(context: dg.AssetExecutionContext, settings: SettingsResource
 
     wf = load_workflow(settings.get().workflow_file(context.partition_key))
     db = store.get()
-    db.replace_partition("workflow_nodes", wf.id, node_table(wf))
-    db.replace_partition("workflow_edges", wf.id, edge_table(wf))
-    db.replace_partition(
-        "workflow_definitions",
-        wf.id,
-        pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]}),
+    definition = pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]})
+    db.replace_partitions(
+        wf.id, {"workflow_nodes": node_table(wf), "workflow_edges": edge_table(wf), "workflow_definitions": definition}
     )
     summary = graph_summary(wf)
     return dg.MaterializeResult(metadata={**summary, "title": wf.title, "assistant": wf.assistant}, data_version=dg.DataVersion(wf.short_hash))

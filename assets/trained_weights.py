@@ -11,7 +11,8 @@ from assets.validated_dataset import validated_dataset
 from resources import SettingsResource, StoreResource
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"})
+@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"},
+          pool="subterra_training")  # dagster.yaml: one training at a time
 def trained_weights(
     context: dg.AssetExecutionContext,
     config: TrainingSettings,

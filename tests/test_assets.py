@@ -199,3 +199,40 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     cost = store.read("cost_report", KEY)
     assert cost["route"].to_list() == ["frontier_in_context", "compiled"]
     assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]
+
+
+def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(tmp_path, settings, store, resources, instance,
+                                                                                 monkeypatch, capsys):
+    """v1 compiles; v2 (renamed node, new title) is refused by the gate, then fails in training:
+    the model, its row and the definition it was compiled from stay, and `subterra chat` uses them."""
+    import hashlib
+    import io
+
+    from subterra.cli import main
+
+    assert materialize(COMPILE_ASSETS[:5], resources, instance).success
+    good = store.read("trained_weights", KEY).row(0, named=True)
+    model = settings.model_dir(KEY, load_workflow(MINI).short_hash)
+
+    def files() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
+
+    before = files()
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace("title: Mini booking", "title: Mini booking v2").replace("human", "agent"))
+    cramped = TrainingSettings(**{**TINY_TRAINING.model_dump(), "max_length": 16})
+    refused = materialize(COMPILE_ASSETS[:5], resources, instance, validated_dataset=cramped)
+    assert not refused.asset_materializations_for_node("trained_weights")
+    broken = TrainingSettings(**{**TINY_TRAINING.model_dump(), "base_model": str(tmp_path / "no_such_model")})
+    failed = materialize(COMPILE_ASSETS[:5], resources, instance, trained_weights=broken)
+    assert not failed.success and "trained_weights" in {e.step_key for e in failed.all_events if e.is_step_failure}
+    assert store.read("trained_weights", KEY).row(0, named=True) == good and files() == before
+    assert "agent" in json.loads(store.read("workflow_definitions", KEY)["definition"][0])["nodes"]  # v2 got that far
+    monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\nI want a human.\n\n"))
+    capsys.readouterr()
+    assert main(["chat", KEY, "--forms"]) == 0  # `subterra chat mini_booking --forms`
+    said = capsys.readouterr().out
+    assert said.startswith(f"Mini booking (compiled model {good['model_dir']})")  # v1's title: its own definition
+    nodes = [line.split("]")[0].strip(" [") for line in said.splitlines() if line.strip().startswith("[")]
+    assert nodes and set(nodes) <= set(load_workflow(MINI).nodes)  # it answered (a terminal node ends the chat)

@@ -111,8 +111,12 @@ def cmd_chat(args) -> int:
 
     store = Store(_settings().db_path)
     try:
-        model_dir = store.read("trained_weights", args.workflow).row(0, named=True)["model_dir"]
-        wf = Workflow.from_dict(json.loads(store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]))
+        trained = store.read("trained_weights", args.workflow).row(0, named=True)
+        model_dir = trained["model_dir"]
+        # the definition the model was compiled from: a later compile that failed or was refused
+        # (its workflow_definitions row is newer) leaves the model and its definition as they were
+        definition = trained.get("definition") or store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]
+        wf = Workflow.from_dict(json.loads(definition))
     except (LookupError, FileNotFoundError) as exc:
         print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
         return 1

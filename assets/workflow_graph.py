@@ -2,7 +2,7 @@ import json
 
 import dagster as dg
 
-from assets.partitions import workflows_partitions
+from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
 from resources import SettingsResource, StoreResource
 
 
@@ -16,7 +16,12 @@ def workflow_graph(context: dg.AssetExecutionContext, settings: SettingsResource
     from subterra.graph import edge_table, graph_summary, node_table
     from subterra.workflow import load_workflow
 
-    wf = load_workflow(settings.get().workflow_file(context.partition_key))
+    path = settings.get().workflow_file(context.partition_key)
+    wf = load_workflow(path)
+    expected = context.run.tags.get(CONTENT_HASH_TAG)
+    if expected and expected != wf.short_hash:
+        raise dg.Failure(f"{path} has changed since this run was started for content {expected} (it is now "
+                         f"{wf.short_hash}); not compiling it: the sensor starts a new run once the file stops changing")
     db = store.get()
     definition = pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]})
     db.replace_partitions(

@@ -63,3 +63,7 @@ class Settings:
 
     def run_dir(self, workflow: str, short_hash: str) -> Path:
         return self.runs_dir / checked_id(workflow) / _checked_hash(short_hash)
+
+    def compile_lock(self, workflow: str) -> Path:
+        """The lock held by ``subterra compile`` of this workflow."""
+        return self.data_dir / "locks" / f"{checked_id(workflow)}.compile.lock"

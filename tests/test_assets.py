@@ -139,6 +139,19 @@ def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, st
     assert "workflow_paths" not in store.tables()
 
 
+def test_an_oversized_corpus_is_refused_with_the_numbers_and_the_last_one_stays(settings, store, resources, instance):
+    from assets.synthetic_corpus import synthetic_corpus
+
+    assert materialize([workflow_graph, workflow_paths, synthetic_corpus], resources, instance).success
+    before = store.read("synthetic_corpus", KEY)
+    big = CorpusSettings(**{**SMALL_CORPUS.model_dump(), "max_conversations": 10})
+    refused = materialize([synthetic_corpus], resources, instance, synthetic_corpus=big)
+    assert not refused.success
+    assert f"mini_booking: corpus of {before.height:,} conversations (" in failure_text(refused)
+    assert "exceeds max_conversations=10" in failure_text(refused)
+    assert store.read("synthetic_corpus", KEY).equals(before)
+
+
 def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instance):
     path = settings.workflow_file(KEY)
     path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))

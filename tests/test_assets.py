@@ -184,10 +184,17 @@ def test_blocking_gate_stops_training_on_a_bad_corpus(settings, store, resources
     assert "failed its quality gate (length under the training maximum (16 tokens))" in failure_text(alone)
 
 
-def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance):
-    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes."""
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-sentinel-4c1d", "HF_TOKEN": "hf_sentinel_77ab", "OPENAI_API_KEY": "sk-sentinel-9e0f"}
+
+
+def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance, monkeypatch, capfd):
+    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes;
+    with API keys in the environment, none of them ends up anywhere the compile writes."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     result = materialize(COMPILE_ASSETS, resources, instance)
     assert result.success
+    assert_no_secret_in(result, settings, store, instance, capfd.readouterr())
     wf = load_workflow(settings.workflow_file(KEY))
     for table in ["workflow_nodes", "workflow_edges", "workflow_definitions", "workflow_paths", "synthetic_corpus",
                   "validated_dataset", "corpus_checks", "trained_weights", "eval_scenarios", "eval_scores", "cost_report"]:
@@ -249,3 +256,36 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
     assert said.startswith(f"Mini booking (compiled model {good['model_dir']})")  # v1's title: its own definition
     nodes = [line.split("]")[0].strip(" [") for line in said.splitlines() if line.strip().startswith("[")]
     assert nodes and set(nodes) <= set(load_workflow(MINI).nodes)  # it answered (a terminal node ends the chat)
+
+
+def assert_no_secret_in(result, settings, store, instance, captured) -> None:
+    """No key from the environment in the run's logs and metadata, the files under data/ (configs,
+    Parquet, models, the database), any table's rows, or what any process printed."""
+    places = {"run logs": "\n".join(f"{r.user_message} {r.dagster_event}" for r in instance.all_logs(result.run_id)),
+              "printed": captured.out + captured.err}
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    for table in store.tables():
+        places[f"table {table}"] = str(store.query(f"select * from {table}").to_dicts())
+    for secret in SECRETS.values():
+        assert not [where for where, text in places.items() if secret in text], secret
+
+
+def test_no_setting_can_hold_a_credential():
+    """Keys come from the environment only: no run config, resource or training config field can
+    carry one (it would be stored with the run and shown in the UI, or saved beside the model)."""
+    import dataclasses
+    import re
+
+    from assets.cost_report import PriceSettings
+    from resources import SettingsResource, StoreResource, TeacherResource
+    from subterra.training import TrainConfig
+
+    credential = re.compile(r"(^|_)(api_?key|key|secret|token|password|passwd|credentials?|auth)($|_)")
+    fields = {f"TrainConfig.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    for cls in (PathsConfig, CorpusSettings, TrainingSettings, EvalSettings, PriceSettings,
+                SettingsResource, StoreResource, TeacherResource):
+        fields |= {f"{cls.__name__}.{name}" for name in cls.model_fields}
+    assert len(fields) > 40
+    assert [f for f in fields if credential.search(f.split(".")[1].lower())] == []

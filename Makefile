@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 
-.PHONY: demo test test-all install bench clean
+.PHONY: demo test test-all install ui bench clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -21,6 +21,16 @@ test: $(VENV_OK)
 
 test-all: $(VENV_OK)
 	$(PY) -m pytest -q -m ''
+
+# The Dagster UI, daemon and sensor. The webserver binds to 127.0.0.1 only (it can start runs and
+# shows every run's config and logs): reach it from elsewhere through an SSH tunnel, not by binding
+# to 0.0.0.0. dagster.yaml (one run per workflow at a time, one training at a time) goes into
+# DAGSTER_HOME, which keeps runs, partitions and the sensor's cursor between restarts.
+DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
+
+ui: $(VENV_OK)
+	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

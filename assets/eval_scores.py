@@ -67,8 +67,7 @@ def eval_scores(
     from subterra.frontier import versus_frontier
 
     scores = versus_frontier(aggregate(scenarios))
-    db.replace_partition("eval_scenarios", wf.id, scenarios)
-    db.replace_partition("eval_scores", wf.id, scores)
+    db.replace_partitions(wf.id, {"eval_scenarios": scenarios, "eval_scores": scores})
     failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
     metadata = {
         "scores": dg.MetadataValue.md(scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),

@@ -1,4 +1,5 @@
 import base64
+import json
 import sys
 from datetime import datetime, timezone
 
@@ -11,7 +12,8 @@ from assets.validated_dataset import validated_dataset
 from resources import SettingsResource, StoreResource
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"})
+@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"},
+          pool="subterra_training")  # dagster.yaml: one training at a time
 def trained_weights(
     context: dg.AssetExecutionContext,
     config: TrainingSettings,
@@ -22,6 +24,7 @@ def trained_weights(
     """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes."""
     import polars as pl
 
+    from subterra.atomic import atomic_path, write_bytes
     from subterra.plots import loss_curve_png
     from subterra.tokenizer import workflow_atoms
     from subterra.training import RESULT_FILE, TrainResult
@@ -36,7 +39,8 @@ def trained_weights(
     run_dir = paths.run_dir(wf.id, wf.short_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_file = run_dir / "train.parquet"
-    corpus.filter(pl.col("split") == "train").write_parquet(train_file)
+    with atomic_path(train_file) as tmp:  # a crash never leaves half a Parquet file for the next run to train on
+        corpus.filter(pl.col("split") == "train").write_parquet(tmp)
     model_dir = paths.model_dir(wf.id, wf.short_hash)
     train_config = config.train_config(
         workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf)
@@ -50,6 +54,7 @@ def trained_weights(
     row = {
         "workflow": wf.id,
         "content_hash": wf.content_hash,
+        "definition": json.dumps(wf.to_dict()),  # the workflow this model was compiled from (chat uses it)
         "model_dir": str(model_dir),
         "base_model": result.base_model,
         "params": result.params,
@@ -66,11 +71,11 @@ def trained_weights(
     db.replace_partition("trained_weights", wf.id, pl.DataFrame([row]))
     plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
     plot_file = run_dir / "loss_curve.png"
-    plot_file.write_bytes(plot)
+    write_bytes(plot_file, plot)
     return dg.MaterializeResult(
         metadata={
             **(reported.metadata or {}),
-            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash")},
+            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition")},
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),

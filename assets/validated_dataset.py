@@ -34,13 +34,9 @@ def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSetting
     train_config = config.train_config(workflow_atoms=workflow_atoms(wf))
     corpus = corpus.with_columns(pl.Series("n_tokens", measure_lengths(corpus, wf, train_config), dtype=pl.Int64))
     result = validate_corpus(corpus, wf, config.max_length, rejected=rejected.height)
-    db.replace_partition("validated_dataset", wf.id, corpus)
-    db.replace_partition("rejected_conversations", wf.id, rejected)
-    db.replace_partition(
-        "corpus_checks",
-        wf.id,
-        pl.DataFrame([{**r, "workflow": wf.id} for r in result.results]).select("workflow", "expectation", "success", "observed"),
-    )
+    checks = pl.DataFrame([{**r, "workflow": wf.id} for r in result.results]).select("workflow", "expectation", "success", "observed")
+    # never one without the others
+    db.replace_partitions(wf.id, {"validated_dataset": corpus, "rejected_conversations": rejected, "corpus_checks": checks})
     yield dg.MaterializeResult(
         metadata={
             "conversations": corpus.height,

@@ -10,6 +10,11 @@ moves to a later component or raises the visit total inside the current one), so
 two dynamic programmes over it: completions ``g`` (backward) and prefixes ``f`` (forward).
 Enumeration is a depth-first walk yielding one path at a time; sampling draws paths by rank
 (uniform) and, for each edge, a path uniform among those through it.
+
+Paths are never listed to be counted, so a graph with 10^12 of them is fine; what can explode is
+the state graph itself, when a large loop allows several visits (a 12-node loop visited up to
+three times has ~1.8 million states). Exploration stops at ``MAX_STATES`` with ``PathSpaceTooLarge``,
+which says how far it got and what to change, instead of running for hours.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ import polars as pl
 
 Path = tuple[str, ...]  # edge ids in order
 
+MAX_STATES = 100_000  # (node, visit counts) states explored before giving up; real workflows need < 1,000
+
+
+class PathSpaceTooLarge(ValueError):
+    """The workflow's loops allow more states than ``max_states``: refused, never explored for hours."""
+
 
 def path_id(path: Sequence[str]) -> str:
     """Stable 12-hex id of a path (hash of its edge ids)."""
@@ -34,8 +45,9 @@ def path_id(path: Sequence[str]) -> str:
 class StateGraph:
     """The reachable (node, visit counts within its component) states of a workflow, with counts."""
 
-    def __init__(self, wf):
+    def __init__(self, wf, max_states: int = MAX_STATES):
         self.wf = wf
+        self.max_states = max_states
         graph = nx.DiGraph()
         graph.add_nodes_from(wf.nodes)
         graph.add_edges_from((e.source, e.target) for e in wf.edges)
@@ -82,6 +94,8 @@ class StateGraph:
                 state = (e.target, nxt)
                 t = index.get(state)
                 if t is None:
+                    if len(self.states) >= self.max_states:
+                        raise self._too_large()
                     t = index[state] = len(self.states)
                     self.states.append(state)
                     self.out.append([])
@@ -89,6 +103,17 @@ class StateGraph:
                 self.out[s].append((e.id, t))
         # every step raises (component rank, visits in the component): sorting is a topological order
         self.order = sorted(range(len(self.states)), key=lambda s: (self._rank[self.states[s][0]], sum(self.states[s][1])))
+
+    def _too_large(self) -> PathSpaceTooLarge:
+        loops = sorted({m for m in self._members.values() if m}, key=len, reverse=True)
+        if loops:
+            why = f"its largest loop has {len(loops[0])} nodes; lower max_visits or break the loop into smaller ones"
+        else:
+            why = f"it has {len(self.wf.nodes):,} nodes and no loop; raise max_states"
+        return PathSpaceTooLarge(
+            f"{self.wf.id}: the paths pass through more than {self.max_states:,} (node, visit count) states with "
+            f"max_visits={self.wf.max_visits} ({why}); paths were not explored"
+        )
 
     def _count(self) -> None:
         n = len(self.states)
@@ -175,14 +200,14 @@ class StateGraph:
             stack.append((t, 0))
 
 
-def count_paths(wf) -> int:
-    """Exact number of paths, without enumerating them."""
-    return StateGraph(wf).total
+def count_paths(wf, max_states: int = MAX_STATES) -> int:
+    """Exact number of paths, without enumerating them; ``PathSpaceTooLarge`` past ``max_states``."""
+    return StateGraph(wf, max_states).total
 
 
-def iter_paths(wf) -> Iterator[Path]:
+def iter_paths(wf, max_states: int = MAX_STATES) -> Iterator[Path]:
     """Every path, one at a time, depth first in file order of the edges."""
-    return StateGraph(wf).walk()
+    return StateGraph(wf, max_states).walk()
 
 
 def path_nodes(wf, path: Sequence[str]) -> tuple[str, ...]:
@@ -203,13 +228,15 @@ class PathSelection:
     sampled: bool
 
 
-def select_paths(wf, cap: int = 5000, seed: int = 0) -> PathSelection:
+def select_paths(wf, cap: int = 5000, seed: int = 0, max_states: int = MAX_STATES) -> PathSelection:
     """All paths if there are at most ``cap``; else a deterministic sample covering every edge.
+
+    ``PathSpaceTooLarge`` if the loops allow more than ``max_states`` states.
 
     The sample takes, for each edge in file order not yet covered, one path uniform among the paths
     through it, then fills up to ``cap`` with distinct paths drawn uniformly by rank.
     """
-    space = StateGraph(wf)
+    space = StateGraph(wf, max_states)
     total = space.total
     if total <= cap:
         return PathSelection(list(space.walk()), total, False)

@@ -89,14 +89,10 @@ def script(wf, scenario: Scenario) -> Script:
 def agent_line(wf, node_id: str, values: dict[str, str], known: set[str], rng: random.Random) -> str:
     """One of the node's say lines whose placeholders are all known; the prompt if there is none."""
     node = wf.nodes[node_id]
-    usable = [s for s in node.say if all(p in known for p in _placeholders(s))]
+    usable = [s for s in node.say if all(p in known for p in ph.placeholders(s))]
     if not usable:
         return node.prompt
     return ph.fill(rng.choice(usable), values)
-
-
-def _placeholders(template: str) -> list[str]:
-    return ph._PLACEHOLDER.findall(template)
 
 
 class TemplateTeacher:

@@ -4,13 +4,17 @@ Configuration is a dataclass (``TrainConfig``) written to JSON; ``subterra.cli.t
 as its own process (launched by the ``trained_weights`` asset through Dagster Pipes, or by hand,
 or by ``accelerate launch`` on a GPU machine). Loss is on assistant turns only; the system
 prompt is only the workflow's one-line ``assistant`` text (that is what the corpus holds).
-Checkpoints are written periodically and a rerun resumes from the last one. The finished model
-is a standard transformers folder (safetensors, tokenizer, chat template), written under a
-temporary name and renamed into place, with ``training_result.json`` beside the weights.
+Checkpoints are written every ``save_steps`` steps (TRL/transformers' own) beside the model
+folder; a rerun of the same training (same settings, same data: ``fingerprint.json`` in the
+checkpoint folder says which) resumes from the last complete one, and a checkpoint of another
+training is discarded, never resumed. The finished model is a standard transformers folder
+(safetensors, tokenizer, chat template), built under a staging name and swapped into place whole
+(``subterra.atomic.replace_dir``), with ``training_result.json`` beside the weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +26,7 @@ from typing import Callable
 
 import polars as pl
 
+from subterra.atomic import recover_dir, replace_dir, write_text
 from subterra.lexicon import build_lexicon, save_lexicon
 from subterra.student import StudentSpec, load_student
 
@@ -57,7 +62,13 @@ class TrainConfig:
     torch_threads: int = 0  # 0: all cores
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_text(path, json.dumps(asdict(self), indent=2))
+
+    def fingerprint(self) -> str:
+        """What makes two trainings the same one: every setting but where files go, and the data."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("train_data", "output_dir", "checkpoint_dir", "torch_threads")}
+        data = hashlib.sha256(Path(self.train_data).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps([settings, data], sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -118,7 +129,7 @@ class TrainResult:
     resumed_from: str | None = None
 
     def to_json(self, path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_text(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def from_json(cls, path) -> "TrainResult":
@@ -127,11 +138,31 @@ class TrainResult:
         return cls(**data)
 
 
-def _latest_checkpoint(folder: Path) -> str | None:
-    if not folder.is_dir():
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint is complete once its trainer state (written last) reads back whole."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint of this very training; checkpoints of another one are removed."""
+    try:
+        same = json.loads((folder / FINGERPRINT_FILE).read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        write_text(folder / FINGERPRINT_FILE, json.dumps({"fingerprint": fingerprint}))
         return None
-    ckpts = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return str(max(ckpts, key=lambda p: int(p.name.split("-")[1]))) if ckpts else None
+    steps = {p: p.name.removeprefix("checkpoint-") for p in folder.glob("checkpoint-*")}
+    done = [p for p, step in steps.items() if step.isdigit() and _complete(p)]
+    return str(max(done, key=lambda p: int(steps[p]))) if done else None
 
 
 def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> TrainResult:
@@ -150,9 +181,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
     tokenizer, model = load_student(spec, conversations)
     cuda = torch.cuda.is_available()
     bf16 = cuda if config.bf16 is None else config.bf16
-    out = Path(config.output_dir)
+    out = recover_dir(config.output_dir)
     ckpt_dir = Path(config.checkpoint_dir or f"{out}.checkpoints")
-    resume = _latest_checkpoint(ckpt_dir)
+    resume = _checkpoint_to_resume(ckpt_dir, config.fingerprint())
 
     args = SFTConfig(
         output_dir=str(ckpt_dir),
@@ -244,14 +275,6 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
     save_lexicon(staging, build_lexicon(conversations))
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
-    if out.exists():
-        previous = out.with_name(out.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-        staging.rename(out)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)
+    replace_dir(staging, out)  # the last good model stays whole until this one is
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result

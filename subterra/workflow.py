@@ -275,12 +275,24 @@ def _read(path: Path) -> tuple[str | None, list[Fault]]:
         raw = path.read_bytes()
     except OSError as exc:
         return None, [Fault(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
+    return _decode(raw, str(path))
+
+
+def _decode(raw: bytes, filename: str) -> tuple[str | None, list[Fault]]:
     if len(raw) > MAX_BYTES:
-        return None, [Fault(str(path), 1, f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,} bytes")]
+        return None, [Fault(filename, 1, f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,} bytes")]
     try:
         return raw.decode("utf-8"), []
     except UnicodeDecodeError as exc:
-        return None, [Fault(str(path), 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        return None, [Fault(filename, 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+
+
+def parse_workflow_bytes(raw: bytes, filename: str) -> Workflow:
+    """A workflow from the bytes of its file (read once by the caller); ``WorkflowError`` with every fault."""
+    text, faults = _decode(raw, filename)
+    if text is None:
+        raise WorkflowError(faults)
+    return parse_workflow_text(text, filename)
 
 
 def _parse_file(path) -> tuple[Workflow | None, list[Fault]]:

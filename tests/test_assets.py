@@ -101,6 +101,57 @@ def test_paths_called_directly_with_a_cap_are_sampled_and_say_what_they_miss(set
     assert result.metadata["uncovered_edges"] == ", ".join(e.id for e in wf.edges if e.id not in covered)
 
 
+def add_workflow(settings, instance, wf: Workflow, name: str) -> None:
+    """Write ``wf`` as data/workflows/NAME.yaml (only the keys it uses) and add its partition."""
+    import yaml
+
+    d = wf.to_dict() | {"workflow": name}
+    d["nodes"] = {nid: {k: v for k, v in node.items() if v} for nid, node in d["nodes"].items()}
+    settings.workflow_file(name).write_text(yaml.safe_dump(d, sort_keys=False))
+    instance.add_dynamic_partitions("workflows", [name])
+
+
+def test_a_graph_with_10_to_the_12_paths_is_sampled_with_a_notice(settings, store, resources, instance):
+    from test_paths import layered
+
+    wf = layered(12, 10)
+    add_workflow(settings, instance, wf, "huge")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="huge", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(path_cap=300)))
+    assert result.success
+    paths = metadata(result, workflow_paths)
+    assert (paths["total_paths"], paths["selected_paths"], paths["sampled"]) == (10**12, 300, True)
+    assert paths["edge_coverage"] == f"{len(wf.edges)}/{len(wf.edges)}" and store.read("workflow_paths", "huge").height == 300
+    notices = [r.user_message for r in instance.all_logs(result.run_id) if "exceed the cap" in r.user_message]
+    assert notices == ["huge: 1,000,000,000,000 paths exceed the cap of 300; using a deterministic sample of 300 "
+                       f"that covers {len(wf.edges)}/{len(wf.edges)} edges"]
+
+
+def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, store, resources, instance):
+    from test_paths import big_loop
+
+    add_workflow(settings, instance, big_loop(12, 3), "loopy")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="loopy", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(max_states=2000)),
+                            raise_on_error=False)
+    assert not result.success
+    assert "loopy: the paths pass through more than 2,000 (node, visit count) states with max_visits=3" in failure_text(result)
+    assert "workflow_paths" not in store.tables()
+
+
+def test_an_oversized_corpus_is_refused_with_the_numbers_and_the_last_one_stays(settings, store, resources, instance):
+    from assets.synthetic_corpus import synthetic_corpus
+
+    assert materialize([workflow_graph, workflow_paths, synthetic_corpus], resources, instance).success
+    before = store.read("synthetic_corpus", KEY)
+    big = CorpusSettings(**{**SMALL_CORPUS.model_dump(), "max_conversations": 10})
+    refused = materialize([synthetic_corpus], resources, instance, synthetic_corpus=big)
+    assert not refused.success
+    assert f"mini_booking: corpus of {before.height:,} conversations (" in failure_text(refused)
+    assert "exceeds max_conversations=10" in failure_text(refused)
+    assert store.read("synthetic_corpus", KEY).equals(before)
+
+
 def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instance):
     path = settings.workflow_file(KEY)
     path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))
@@ -133,10 +184,17 @@ def test_blocking_gate_stops_training_on_a_bad_corpus(settings, store, resources
     assert "failed its quality gate (length under the training maximum (16 tokens))" in failure_text(alone)
 
 
-def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance):
-    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes."""
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-sentinel-4c1d", "HF_TOKEN": "hf_sentinel_77ab", "OPENAI_API_KEY": "sk-sentinel-9e0f"}
+
+
+def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance, monkeypatch, capfd):
+    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes;
+    with API keys in the environment, none of them ends up anywhere the compile writes."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     result = materialize(COMPILE_ASSETS, resources, instance)
     assert result.success
+    assert_no_secret_in(result, settings, store, instance, capfd.readouterr())
     wf = load_workflow(settings.workflow_file(KEY))
     for table in ["workflow_nodes", "workflow_edges", "workflow_definitions", "workflow_paths", "synthetic_corpus",
                   "validated_dataset", "corpus_checks", "trained_weights", "eval_scenarios", "eval_scores", "cost_report"]:
@@ -167,3 +225,74 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert all(what.startswith("offline") for what in json.loads(cost["claude_parts"][0]).values())
     assert "teacher: offline (template teacher)" in report and "% of frontier quality: n/a" in report
     assert cost["teacher_cost_usd"][0] == 0.0 and cost["compile_cost_usd"][0] == cost["training_cost_usd"][0]
+
+
+
+def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(tmp_path, settings, store, resources, instance,
+                                                                                 monkeypatch, capsys):
+    """v1 compiles; v2 (renamed node, new title) is refused by the gate, then fails in training:
+    the model, its row and the definition it was compiled from stay, and `subterra chat` uses them."""
+    import hashlib
+    import io
+
+    from subterra.cli import main
+
+    assert materialize(COMPILE_ASSETS[:5], resources, instance).success
+    good = store.read("trained_weights", KEY).row(0, named=True)
+    model = settings.model_dir(KEY, load_workflow(MINI).short_hash)
+
+    def files() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
+
+    before = files()
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace("title: Mini booking", "title: Mini booking v2").replace("human", "agent"))
+    cramped = TrainingSettings(**{**TINY_TRAINING.model_dump(), "max_length": 16})
+    refused = materialize(COMPILE_ASSETS[:5], resources, instance, validated_dataset=cramped)
+    assert not refused.asset_materializations_for_node("trained_weights")
+    broken = TrainingSettings(**{**TINY_TRAINING.model_dump(), "base_model": str(tmp_path / "no_such_model")})
+    failed = materialize(COMPILE_ASSETS[:5], resources, instance, trained_weights=broken)
+    assert not failed.success and "trained_weights" in {e.step_key for e in failed.all_events if e.is_step_failure}
+    assert store.read("trained_weights", KEY).row(0, named=True) == good and files() == before
+    assert "agent" in json.loads(store.read("workflow_definitions", KEY)["definition"][0])["nodes"]  # v2 got that far
+    monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\nI want a human.\n\n"))
+    capsys.readouterr()
+    assert main(["chat", KEY, "--forms"]) == 0  # `subterra chat mini_booking --forms`
+    said = capsys.readouterr().out
+    assert said.startswith(f"Mini booking (compiled model {good['model_dir']})")  # v1's title: its own definition
+    nodes = [line.split("]")[0].strip(" [") for line in said.splitlines() if line.strip().startswith("[")]
+    assert nodes and set(nodes) <= set(load_workflow(MINI).nodes)  # it answered (a terminal node ends the chat)
+
+
+def assert_no_secret_in(result, settings, store, instance, captured) -> None:
+    """No key from the environment in the run's logs and metadata, the files under data/ (configs,
+    Parquet, models, the database), any table's rows, or what any process printed."""
+    places = {"run logs": "\n".join(f"{r.user_message} {r.dagster_event}" for r in instance.all_logs(result.run_id)),
+              "printed": captured.out + captured.err}
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    for table in store.tables():
+        places[f"table {table}"] = str(store.query(f"select * from {table}").to_dicts())
+    for secret in SECRETS.values():
+        assert not [where for where, text in places.items() if secret in text], secret
+
+
+def test_no_setting_can_hold_a_credential():
+    """Keys come from the environment only: no run config, resource or training config field can
+    carry one (it would be stored with the run and shown in the UI, or saved beside the model)."""
+    import dataclasses
+    import re
+
+    from assets.cost_report import PriceSettings
+    from resources import SettingsResource, StoreResource, TeacherResource
+    from subterra.training import TrainConfig
+
+    credential = re.compile(r"(^|_)(api_?key|key|secret|token|password|passwd|credentials?|auth)($|_)")
+    fields = {f"TrainConfig.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    for cls in (PathsConfig, CorpusSettings, TrainingSettings, EvalSettings, PriceSettings,
+                SettingsResource, StoreResource, TeacherResource):
+        fields |= {f"{cls.__name__}.{name}" for name in cls.model_fields}
+    assert len(fields) > 40
+    assert [f for f in fields if credential.search(f.split(".")[1].lower())] == []

@@ -92,10 +92,16 @@ def test_unseen_holdout_uses_held_back_phrasings(corpus):
     assert sum(a != b for a, b in zip(seen, unseen)) > len(seen) // 2
 
 
-def test_oversized_corpus_is_refused_before_generation(mini_workflow):
+def test_oversized_corpus_is_refused_before_generation_with_the_numbers(mini_workflow):
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
-    with pytest.raises(CorpusTooLarge, match="exceeds max_conversations"):
-        build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(max_conversations=10))
+    progress = []
+    config = CorpusConfig(conversations_per_path=4, holdout_scenarios=200, max_conversations=10)
+    with pytest.raises(CorpusTooLarge) as refused:
+        build_corpus(mini_workflow, paths, TemplateTeacher(), config, progress=lambda done, total: progress.append(done))
+    total = len(paths) * 4 + 2 * 200
+    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths)} paths x 4 + 2 x 200 holdout) "
+                                  f"exceeds max_conversations=10")
+    assert progress == []  # not one conversation was written
 
 
 def test_a_correction_names_the_value_it_replaces_and_only_one_slot_held_it():

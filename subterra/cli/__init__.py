@@ -36,10 +36,7 @@ def _settings():
 
 
 def cmd_compile(args) -> int:
-    import os
-
-    import dagster as dg
-
+    from subterra.locks import LockBusy, file_lock
     from subterra.workflow import WorkflowError, load_workflow
 
     settings = _settings()
@@ -49,22 +46,46 @@ def cmd_compile(args) -> int:
     except WorkflowError as exc:
         print(exc, file=sys.stderr)
         return 1
+    try:
+        with file_lock(settings.compile_lock(wf.id), wait=False):  # never two `subterra compile` of one workflow
+            return _compile(settings, source, wf)
+    except LockBusy:
+        print(f"{wf.id}: another `subterra compile` of this workflow is running; try again when it ends", file=sys.stderr)
+        return 1
+
+
+_RUNNING = ("STARTING", "STARTED", "CANCELING")  # a run that is executing (queued ones wait for this one)
+_VIA_CLI = {"subterra/via": "cli"}  # runs of `subterra compile`: the lock covers them, and frees itself if one dies
+
+
+def _compile(settings, source: Path, wf) -> int:
+    import os
+
+    import dagster as dg
+
+    from subterra.atomic import atomic_path
+
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    running = [run for run in instance.get_runs(filters=dg.RunsFilter(
+        tags={"dagster/partition": wf.id}, statuses=[dg.DagsterRunStatus[s] for s in _RUNNING])) if not run.tags.get("subterra/via")]
+    if running:  # a run the sensor or the UI started (the run queue keeps those to one per workflow)
+        print(f"{wf.id}: run {running[0].run_id} of this workflow is {running[0].status.value.lower()}; "
+              f"try again when it ends", file=sys.stderr)
+        return 1
     target = settings.workflow_file(wf.id)
     if source.resolve() != target.resolve():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".yaml.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:  # the sensor never sees half a copy
+            shutil.copyfile(source, tmp)
         print(f"copied {source} to {target}")
     from assets import COMPILE_ASSETS, workflows_partitions
     from definitions import build_definitions
 
     defs = build_definitions(str(settings.data_dir))
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
     print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
-    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, raise_on_error=False)
+    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, tags=_VIA_CLI,
+                            raise_on_error=False)
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
@@ -119,8 +140,12 @@ def cmd_chat(args) -> int:
 
     store = Store(_settings().db_path)
     try:
-        model_dir = store.read("trained_weights", args.workflow).row(0, named=True)["model_dir"]
-        wf = Workflow.from_dict(json.loads(store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]))
+        trained = store.read("trained_weights", args.workflow).row(0, named=True)
+        model_dir = trained["model_dir"]
+        # the definition the model was compiled from: a later compile that failed or was refused
+        # (its workflow_definitions row is newer) leaves the model and its definition as they were
+        definition = trained.get("definition") or store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]
+        wf = Workflow.from_dict(json.loads(definition))
     except (LookupError, FileNotFoundError) as exc:
         print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
         return 1

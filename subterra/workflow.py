@@ -196,14 +196,6 @@ def _plain(value):
     return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
 
 
-def placeholders(template: str) -> list[str]:
-    """Names of the ``{slot}`` placeholders of a template, in order (``{{`` is a literal brace).
-
-    Raises ``ValueError`` on unbalanced braces; validated workflows never have them.
-    """
-    return [name for _literal, name, _spec, _conv in string.Formatter().parse(template) if name is not None]
-
-
 # --------------------------------------------------------------------------------------------
 class _Checker:
     def __init__(self, file: str, loaded: Loaded):

@@ -15,7 +15,6 @@ from subterra.workflow import (
     WorkflowError,
     load_workflow,
     parse_workflow_text,
-    placeholders,
     validate_file,
 )
 from subterra.yaml_source import MAX_BYTES, MAX_DEPTH
@@ -210,6 +209,8 @@ def test_load_workflow_raises_with_every_fault(tmp_path):
 
 
 def test_placeholders_lists_plain_names():
+    from subterra.phrasing import placeholders
+
     assert placeholders("{a} and {b}, {{literal}} {a}") == ["a", "b", "a"]
     assert placeholders("no slots") == []
 

@@ -1,7 +1,8 @@
 """Resources: every outside system the assets touch."""
 
+from resources.recompile import RecompileResource
 from resources.settings import SettingsResource
 from resources.store import StoreResource
 from resources.teacher import TeacherResource
 
-__all__ = ["SettingsResource", "StoreResource", "TeacherResource"]
+__all__ = ["RecompileResource", "SettingsResource", "StoreResource", "TeacherResource"]

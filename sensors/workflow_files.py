@@ -5,6 +5,9 @@ comments and formatting do not count) starts a recompile of that workflow only; 
 starts nothing (the run key is the hash); an invalid file starts nothing and the tick's log says
 why, file by file and line by line, while every other workflow goes on and the last good model
 of the broken one stays where it is.
+
+A recompile is incremental unless the ``recompile`` resource says ``full`` (its run config says
+which, and so does the run's ``subterra/recompile`` tag).
 """
 
 import json
@@ -13,7 +16,7 @@ import dagster as dg
 
 from assets.partitions import workflows_partitions
 from jobs import compile_workflow
-from resources import SettingsResource
+from resources import RecompileResource, SettingsResource
 
 
 @dg.sensor(
@@ -22,7 +25,9 @@ from resources import SettingsResource
     minimum_interval_seconds=15,
     description="Recompile a workflow when data/workflows/NAME.yaml is added or its definition changes.",
 )
-def workflow_files_sensor(context: dg.SensorEvaluationContext, settings: SettingsResource) -> dg.SensorResult:
+def workflow_files_sensor(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, recompile: RecompileResource
+) -> dg.SensorResult:
     from subterra.workflow import WorkflowError, load_workflow
 
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
@@ -45,7 +50,8 @@ def workflow_files_sensor(context: dg.SensorEvaluationContext, settings: Setting
             dg.RunRequest(
                 partition_key=wf.id,
                 run_key=f"{wf.id}:{wf.content_hash}",
-                tags={"subterra/workflow": wf.id, "subterra/content_hash": wf.short_hash},
+                run_config=recompile.run_config(),
+                tags={"subterra/workflow": wf.id, "subterra/content_hash": wf.short_hash, "subterra/recompile": recompile.get()},
             )
         )
         seen[wf.id] = wf.content_hash

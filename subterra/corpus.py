@@ -9,6 +9,12 @@
 
 A holdout conversation never appears in training: a training conversation whose text equals a
 holdout one is dropped and redrawn.
+
+Every row carries its path's hash (``subterra.incremental.path_hashes``: the path's nodes and
+texts plus the generation settings). A training scenario is seeded by its path and its number on
+that path, never by its place in the whole corpus, so a path's conversations stay the same when
+other paths come or go; given the previous corpus (``Reuse``), a conversation whose path hash and
+id are unchanged is taken from it byte for byte instead of being written again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from subterra.incremental import Reuse, generation_context, path_hashes
 from subterra.paths import path_id
 from subterra.phrasing import UNSEEN
 from subterra.scenario import Scenario, make_scenario
@@ -37,6 +44,7 @@ CORPUS_SCHEMA = {
     "edges": pl.List(pl.String),
     "offscript": pl.List(pl.String),
     "teacher": pl.String,
+    "path_hash": pl.String,
 }
 
 
@@ -73,8 +81,13 @@ def build_corpus(
     teacher: Teacher,
     config: CorpusConfig = CorpusConfig(),
     progress: Callable[[int, int], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> pl.DataFrame:
-    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation)."""
+    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation).
+
+    With ``reuse``, a conversation whose path hash and id are in its previous corpus is taken
+    from there (a training one only if its text is not among the new holdouts); ``reuse`` counts
+    the conversations reused and generated."""
     paths = [tuple(p) for p in paths]
     if not paths:
         raise ValueError(f"{wf.id}: no paths to render")
@@ -85,11 +98,11 @@ def build_corpus(
             f"{wf.id}: corpus of {total:,} conversations ({len(paths):,} paths x {sizes['per_path']} + "
             f"2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
+    reuse = reuse if reuse is not None else Reuse()
+    hashes = path_hashes(wf, paths, generation_context(wf, teacher, config))
     rows: list[dict] = []
-    done = 0
 
-    def emit(scenario: Scenario, conv=None) -> str:
-        nonlocal done
+    def emit(scenario: Scenario, path_hash: str, conv=None) -> str:
         conv = conv or teacher.conversation(wf, scenario)
         text = json.dumps(conv.messages, ensure_ascii=False)
         rows.append(
@@ -105,30 +118,45 @@ def build_corpus(
                 "edges": conv.edges,
                 "offscript": conv.offscript,
                 "teacher": teacher.name,
+                "path_hash": path_hash,
             }
         )
-        done += 1
-        if progress is not None and (done % 100 == 0 or done == total):
-            progress(done, total)
+        reuse.generated += 1
         return text
+
+    def reused(row: dict) -> str:
+        rows.append({k: row[k] for k in CORPUS_SCHEMA})
+        reuse.reused += 1
+        return row["messages"]
+
+    def tick() -> None:
+        if progress is not None and (len(rows) % 100 == 0 or len(rows) == total):
+            progress(len(rows), total)
 
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
     held_texts: set[str] = set()
     for i in range(config.holdout_scenarios):
-        path = paths[order[i % len(paths)]]
-        scenario = make_scenario(wf, path, "holdout", i, config.seed, config.offscript_rate)
-        held_texts.add(emit(scenario))
+        p = order[i % len(paths)]
+        scenario = make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate)
         unseen = replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)
-        held_texts.add(emit(unseen))
+        for s in (scenario, unseen):
+            row = reuse.take(hashes[p], s.id)
+            held_texts.add(reused(row) if row else emit(s, hashes[p]))
+            tick()
 
-    index = 0
-    for path in paths:
-        for _ in range(sizes["per_path"]):
+    for p, path in enumerate(paths):
+        for k in range(sizes["per_path"]):
+            conversation_id = f"train-{path_id(path)}-{k:03d}"
+            row = reuse.take(hashes[p], conversation_id, refused=held_texts)
+            if row is not None:
+                reused(row)
+                tick()
+                continue
             for attempt in range(20):
                 scenario = make_scenario(
-                    wf, path, "train", index, config.seed + 7919 * attempt,
+                    wf, path, "train", k, config.seed + 7919 * attempt,
                     config.offscript_rate, config.random_value_rate,
                 )
                 conv = teacher.conversation(wf, scenario)
@@ -136,8 +164,8 @@ def build_corpus(
                     break
             else:
                 raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
-            emit(scenario, conv)
-            index += 1
+            emit(replace(scenario, id=conversation_id), hashes[p], conv)
+            tick()
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
 
 

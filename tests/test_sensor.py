@@ -3,19 +3,21 @@
 import dagster as dg
 import pytest
 
-from resources import SettingsResource
+from resources import RecompileResource, SettingsResource
 from sensors import workflow_files_sensor
 from subterra.workflow import load_workflow
+
+
+def sensor_resources(settings, recompile: str = "") -> dict:
+    return {"settings": SettingsResource(data_dir=str(settings.data_dir)), "recompile": RecompileResource(mode=recompile)}
 
 
 @pytest.fixture
 def tick(settings, instance):
     """Evaluate the sensor once, from ``cursor``, against the temporary data folder."""
 
-    def evaluate(cursor: str | None = None) -> dg.SensorResult:
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
-        )
+    def evaluate(cursor: str | None = None, recompile: str = "") -> dg.SensorResult:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(settings, recompile))
         return workflow_files_sensor(context)
 
     return evaluate
@@ -36,9 +38,7 @@ def added_partitions(result: dg.SensorResult) -> list[str]:
 
 
 def test_new_file_adds_its_partition_and_starts_a_run(settings, fresh_instance):
-    context = dg.build_sensor_context(
-        instance=fresh_instance, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
-    )
+    context = dg.build_sensor_context(instance=fresh_instance, resources=sensor_resources(settings))
     result = workflow_files_sensor(context)
     wf = load_workflow(settings.workflow_file("mini_booking"))
     assert run_keys(result) == [f"mini_booking:{wf.content_hash}"]
@@ -70,6 +70,26 @@ def test_changed_file_recompiles_that_workflow_only(settings, tick):
     wf = load_workflow(path)
     assert run_keys(second) == [f"mini_booking:{wf.content_hash}"]
     assert added_partitions(second) == []
+
+
+def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkeypatch):
+    first = tick()
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
+    monkeypatch.delenv("SUBTERRA_RECOMPILE", raising=False)
+    from definitions import build_definitions
+
+    job = build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow")
+    for chosen, expected in (("", "incremental"), ("full", "full")):
+        [request] = tick(first.cursor, recompile=chosen).run_requests
+        dg.validate_run_config(job, request.run_config)  # the job accepts it as it is
+        ops = request.run_config["ops"]
+        assert ops["synthetic_corpus"]["config"]["recompile"] == ops["trained_weights"]["config"]["recompile"] == expected
+        assert request.tags["subterra/recompile"] == expected
+    monkeypatch.setenv("SUBTERRA_RECOMPILE", "full")  # the deployment's default
+    assert tick(first.cursor).run_requests[0].tags["subterra/recompile"] == "full"
+    with pytest.raises(Exception, match="expected 'incremental' or 'full'"):
+        tick(first.cursor, recompile="partial")
 
 
 def test_invalid_file_starts_nothing_and_says_where(settings, tick):

@@ -59,12 +59,14 @@ def cmd_compile(args) -> int:
     from assets import COMPILE_ASSETS, workflows_partitions
     from definitions import build_definitions
 
-    defs = build_definitions(str(settings.data_dir))
+    defs = build_definitions(str(settings.data_dir), recompile="full" if args.full else "")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
-    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
-    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, raise_on_error=False)
+    mode = resources["recompile"].get()
+    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir} ({mode})")
+    result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance,
+                            run_config=resources["recompile"].run_config(), raise_on_error=False)
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
     p.add_argument("file")
+    p.add_argument("--full", action="store_true",
+                   help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("chat", help="talk to a compiled workflow in the terminal")
     p.add_argument("workflow")

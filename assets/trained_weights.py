@@ -92,7 +92,9 @@ def trained_weights(
         "continued_from": start,
         "changed_conversations": mix.changed if mix else int(train.height),
     }
-    frame = pl.DataFrame([row]).with_columns(pl.Series("path_hashes", [sorted(set(train["path_hash"]))], dtype=pl.List(pl.String)))
+    frame = pl.DataFrame([row], schema_overrides={"continued_from": pl.String}).with_columns(
+        pl.Series("path_hashes", [sorted(set(train["path_hash"]))], dtype=pl.List(pl.String))
+    )
     db.replace_partition("trained_weights", wf.id, frame)
     plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
     plot_file = run_dir / "loss_curve.png"

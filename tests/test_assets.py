@@ -178,7 +178,10 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     path.write_text(path.read_text().replace('"Ready to confirm?"', '"Is everything right?"'))
     wf = load_workflow(path)
 
-    result = materialize(COMPILE_ASSETS, resources, instance)
+    # the default (incremental) recompile, its mix uncapped here (the tiny corpus is smaller than
+    # three passes over its changed part), so every changed conversation is in it three times
+    uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
+    result = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped)
     assert result.success
     corpus = store.read("synthetic_corpus", KEY)
     changed = corpus["nodes"].list.contains("confirm")
@@ -194,7 +197,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     assert TrainResult.from_json(settings.model_dir(KEY, wf.short_hash) / RESULT_FILE).continued_from == first_model
     mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")
     weight_changed = mix.filter(pl.col("nodes").list.contains("confirm"))["weight"]
-    assert trained["changed_conversations"] == weight_changed.len() and weight_changed.min() >= 1
+    assert trained["changed_conversations"] == weight_changed.len() and weight_changed.min() == 3  # changed_passes
     assert weight_changed.mean() > mix.filter(~pl.col("nodes").list.contains("confirm"))["weight"].mean()
     assert metadata(result, COMPILE_ASSETS[5])  # the eval reran on the new weights
     assert store.read("eval_scenarios", KEY).height == 4

@@ -27,7 +27,7 @@ from subterra.simulator import ScriptedUser
 from subterra.teacher import TemplateTeacher
 from subterra.workflow import load_workflow
 
-SCENARIOS = 40  # per holdout, batched
+SCENARIOS = 25  # per holdout, batched
 SAMPLE_EVERY = 10  # the one-at-a-time baselines run every 10th of them
 
 

@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 
-.PHONY: demo test test-all install ui bench clean
+.PHONY: demo test test-all install ui bench bench-e2e clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -31,6 +31,14 @@ DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
 ui: $(VENV_OK)
 	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# quick benchmarks (paths, corpus, training, eval), one after another; a few minutes each
+bench: $(VENV_OK)
+	$(PY) -m bench.run
+
+# end to end: full travel_booking compile, incremental recompile after a one-node edit, full recompile (long)
+bench-e2e: $(VENV_OK)
+	$(PY) -m bench.bench_e2e
 
 clean:
 	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

@@ -1,4 +1,5 @@
 import json
+from typing import Literal
 
 import dagster as dg
 
@@ -17,6 +18,9 @@ class CorpusSettings(dg.Config):
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000
+    # incremental: conversations of paths whose nodes and texts did not change are kept from the
+    # previous corpus; full: every conversation is written again
+    recompile: Literal["incremental", "full"] = "incremental"
 
 
 @dg.asset(partitions_def=workflows_partitions, deps=[workflow_paths], group_name="compile", kinds={"duckdb"})
@@ -35,6 +39,7 @@ def synthetic_corpus(
     import polars as pl
 
     from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.incremental import Reuse
     from subterra.paths import paths_from_table
 
     db = store.get()
@@ -50,9 +55,11 @@ def synthetic_corpus(
         writer = ClaudeTeacher(answers, setup.settings.teacher_model, setup.settings.teacher_mode, seed=teacher.seed)
     else:
         writer = teacher.get()
+    reuse = Reuse(_previous_corpus(db, wf.id) if config.recompile == "incremental" else None)
     corpus = build_corpus(
-        wf, paths, writer, CorpusConfig(**config.model_dump()),
+        wf, paths, writer, CorpusConfig(**config.model_dump(exclude={"recompile"})),
         progress=lambda done, total: context.log.info(f"corpus: {done}/{total} conversations"),
+        reuse=reuse,
     )
     db.replace_partition("synthetic_corpus", wf.id, corpus)
     splits = dict(corpus.group_by("split").len().iter_rows())
@@ -70,6 +77,17 @@ def synthetic_corpus(
             "teacher_malformed": int(corpus["teacher_error"].is_not_null().sum()),
             **({"teacher_answers_requested": int(answers.received["teacher"]),
                 "teacher_answers_kept_from_before": int(answers.reused["teacher"])} if answers else {}),
+            "recompile": config.recompile,
+            "conversations_reused": reuse.reused,
+            "conversations_generated": reuse.generated,
             "sample_conversation": dg.MetadataValue.json(json.loads(corpus["messages"][-1])),
         }
     )
+
+
+def _previous_corpus(db, workflow: str):
+    """The corpus of this workflow's last compile, if there is one."""
+    try:
+        return db.read("synthetic_corpus", workflow)
+    except (LookupError, FileNotFoundError):
+        return None

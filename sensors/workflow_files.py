@@ -14,6 +14,9 @@ started for; ``workflow_graph`` refuses a file that changed again before the run
 
 The cursor keeps, per file, the digest of its bytes at the last tick (``seen``) and the digest
 last acted on (``decided``), and per workflow the content hash last compiled (``compiled``).
+
+A recompile is incremental unless the ``recompile`` resource says ``full`` (its run config says
+which, and so does the run's ``subterra/recompile`` tag).
 """
 
 import hashlib
@@ -23,7 +26,7 @@ import dagster as dg
 
 from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
 from jobs import compile_workflow
-from resources import SettingsResource
+from resources import RecompileResource, SettingsResource
 
 
 def _state(cursor: str | None) -> dict:
@@ -40,7 +43,9 @@ def _state(cursor: str | None) -> dict:
     description="Recompile a workflow when data/workflows/NAME.yaml is added or its definition changes "
     "(once the file has stopped changing).",
 )
-def workflow_files_sensor(context: dg.SensorEvaluationContext, settings: SettingsResource) -> dg.SensorResult:
+def workflow_files_sensor(
+    context: dg.SensorEvaluationContext, settings: SettingsResource, recompile: RecompileResource
+) -> dg.SensorResult:
     from subterra.workflow import WorkflowError, parse_workflow_bytes
 
     state = _state(context.cursor)
@@ -74,7 +79,8 @@ def workflow_files_sensor(context: dg.SensorEvaluationContext, settings: Setting
             dg.RunRequest(
                 partition_key=wf.id,
                 run_key=f"{wf.id}:{wf.content_hash}",
-                tags={"subterra/workflow": wf.id, CONTENT_HASH_TAG: wf.short_hash},
+                run_config=recompile.run_config(),
+                tags={"subterra/workflow": wf.id, CONTENT_HASH_TAG: wf.short_hash, "subterra/recompile": recompile.get()},
             )
         )
         compiled[wf.id] = wf.content_hash

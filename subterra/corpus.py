@@ -9,6 +9,12 @@
 
 A holdout conversation never appears in training: a training conversation whose text equals a
 holdout one is dropped and redrawn.
+
+Every row carries its path's hash (``subterra.incremental.path_hashes``: the path's nodes and
+texts plus the generation settings). A training scenario is seeded by its path and its number on
+that path, never by its place in the whole corpus, so a path's conversations stay the same when
+other paths come or go; given the previous corpus (``Reuse``), a conversation whose path hash and
+id are unchanged is taken from it byte for byte instead of being written again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from subterra.incremental import Reuse, generation_context, path_hashes
 from subterra.paths import path_id
 from subterra.phrasing import UNSEEN
 from subterra.scenario import Scenario, make_scenario
@@ -41,6 +48,7 @@ CORPUS_SCHEMA = {
     "teacher_tokens_out": pl.Int64,
     "teacher_usd": pl.Float64,
     "teacher_error": pl.String,  # why the teacher's output is no conversation (the gate rejects the row)
+    "path_hash": pl.String,  # subterra.incremental.path_hashes: what a recompile may reuse the row by
 }
 
 
@@ -78,8 +86,13 @@ def build_corpus(
     teacher: Teacher,
     config: CorpusConfig = CorpusConfig(),
     progress: Callable[[int, int], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> pl.DataFrame:
-    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation)."""
+    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation).
+
+    With ``reuse``, a conversation whose path hash and id are in its previous corpus is taken
+    from there (a training one only if its text is not among the new holdouts); ``reuse`` counts
+    the conversations reused and generated."""
     paths = [tuple(p) for p in paths]
     if not paths:
         raise ValueError(f"{wf.id}: no paths to render")
@@ -90,9 +103,12 @@ def build_corpus(
             f"{wf.id}: corpus of {total:,} conversations ({len(paths):,} paths x {sizes['per_path']} + "
             f"2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
+    reuse = reuse if reuse is not None else Reuse()
+    hashes = path_hashes(wf, paths, generation_context(wf, teacher, config))
     rows: list[dict] = []
 
-    def row(scenario: Scenario, conv: Conversation) -> dict:
+    def row(scenario: Scenario, conv: Conversation, path_hash: str) -> dict:
+        reuse.generated += 1
         return {
             "workflow": wf.id,
             "conversation_id": scenario.id,
@@ -109,7 +125,12 @@ def build_corpus(
             "teacher_tokens_out": conv.tokens_out,
             "teacher_usd": conv.usd,
             "teacher_error": conv.error,
+            "path_hash": path_hash,
         }
+
+    def kept(previous: dict) -> dict:
+        reuse.reused += 1
+        return {k: previous[k] for k in CORPUS_SCHEMA}
 
     def report() -> None:
         if progress is not None:
@@ -118,37 +139,58 @@ def build_corpus(
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
-    held: list[Scenario] = []
+    held: list[tuple[Scenario, str]] = []  # (scenario, its path's hash)
     for i in range(config.holdout_scenarios):
-        path = paths[order[i % len(paths)]]
-        scenario = make_scenario(wf, path, "holdout", i, config.seed, config.offscript_rate)
-        held += [scenario, replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)]
-    held_conversations = teacher.conversations(wf, held)
-    rows += [row(s, c) for s, c in zip(held, held_conversations)]
-    held_texts = {_text(c) for c in held_conversations if c.error is None}
+        p = order[i % len(paths)]
+        scenario = make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate)
+        held += [(scenario, hashes[p]), (replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN), hashes[p])]
+    held_rows: dict[int, dict] = {}
+    todo = []
+    for k, (scenario, h) in enumerate(held):
+        previous = reuse.take(h, scenario.id)
+        if previous is not None and previous["teacher_error"] is None:
+            held_rows[k] = kept(previous)
+        else:
+            todo.append(k)
+    for k, conv in zip(todo, teacher.conversations(wf, [held[k][0] for k in todo])):
+        held_rows[k] = row(held[k][0], conv, held[k][1])
+    rows += [held_rows[k] for k in range(len(held))]
+    held_texts = {r["messages"] for r in rows if r["teacher_error"] is None}
     report()
 
-    # training: a conversation whose text equals a holdout one is redrawn (the same index, another seed)
+    # training: seeded by path and number on the path (never by place in the corpus), so a path's
+    # conversations stay the same when other paths change; a conversation whose text equals a
+    # holdout one is redrawn (same number, another seed)
     train_offscript = config.offscript_rate if config.train_offscript_rate is None else config.train_offscript_rate
-    todo = [(index, path) for index, path in enumerate(p for p in paths for _ in range(sizes["per_path"]))]
-    chosen: dict[int, tuple[Scenario, Conversation]] = {}
+    slots = [(p, k) for p in range(len(paths)) for k in range(sizes["per_path"])]
+    train_rows: dict[tuple[int, int], dict] = {}
+    todo = []
+    for p, k in slots:
+        previous = reuse.take(hashes[p], f"train-{path_id(paths[p])}-{k:03d}", refused=held_texts)
+        if previous is not None and previous["teacher_error"] is None:
+            train_rows[(p, k)] = kept(previous)
+        else:
+            todo.append((p, k))
     for attempt in range(20):
-        scenarios = [
-            make_scenario(wf, path, "train", index, config.seed + 7919 * attempt, train_offscript, config.random_value_rate)
-            for index, path in todo
-        ]
-        redraw = []
-        for (index, path), scenario, conv in zip(todo, scenarios, teacher.conversations(wf, scenarios)):
-            if conv.error is None and _text(conv) in held_texts:
-                redraw.append((index, path))
-            else:
-                chosen[index] = (scenario, conv)
-        todo = redraw
         if not todo:
             break
-    else:
+        scenarios = [
+            replace(
+                make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate),
+                id=f"train-{path_id(paths[p])}-{k:03d}",
+            )
+            for p, k in todo
+        ]
+        redraw = []
+        for (p, k), scenario, conv in zip(todo, scenarios, teacher.conversations(wf, scenarios)):
+            if conv.error is None and _text(conv) in held_texts:
+                redraw.append((p, k))
+            else:
+                train_rows[(p, k)] = row(scenario, conv, hashes[p])
+        todo = redraw
+    if todo:
         raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
-    rows += [row(*chosen[index]) for index in sorted(chosen)]
+    rows += [train_rows[slot] for slot in slots]
     report()
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
 

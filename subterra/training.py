@@ -28,7 +28,7 @@ import polars as pl
 
 from subterra.atomic import recover_dir, replace_dir, write_text
 from subterra.lexicon import build_lexicon, save_lexicon
-from subterra.student import StudentSpec, load_student
+from subterra.student import StudentSpec, continue_student, load_student
 
 RESULT_FILE = "training_result.json"
 
@@ -60,6 +60,7 @@ class TrainConfig:
     save_steps: int = 200
     bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
     torch_threads: int = 0  # 0: all cores
+    init_from: str = ""  # a compiled model folder to continue training (its tokenizer and weights)
 
     def to_json(self, path: str | os.PathLike) -> None:
         write_text(path, json.dumps(asdict(self), indent=2))
@@ -92,8 +93,12 @@ class TrainConfig:
         )
 
 
-def train_conversations(frame: pl.DataFrame) -> list[list[dict]]:
+def train_conversations(frame: pl.DataFrame, weighted: bool = True) -> list[list[dict]]:
+    """The train split's conversations; with a ``weight`` column (a continued run's mix,
+    ``subterra.incremental.training_mix``) each one as many times as its weight says."""
     rows = frame.filter(pl.col("split") == "train").sort("conversation_id")
+    if weighted and "weight" in rows.columns:
+        rows = rows.select(pl.col("messages").repeat_by(pl.col("weight")).explode()).drop_nulls()
     return [json.loads(m) for m in rows["messages"]]
 
 
@@ -127,6 +132,7 @@ class TrainResult:
     device: str
     dtype: str
     resumed_from: str | None = None
+    continued_from: str | None = None  # the compiled model this run started from (incremental)
 
     def to_json(self, path) -> None:
         write_text(path, json.dumps(asdict(self), indent=2))
@@ -174,11 +180,15 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
 
     if config.torch_threads or not torch.cuda.is_available():
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
-    conversations = train_conversations(pl.read_parquet(config.train_data))
+    frame = pl.read_parquet(config.train_data)
+    conversations = train_conversations(frame)
     if not conversations:
         raise ValueError(f"{config.train_data}: no training conversations")
     spec = config.student()
-    tokenizer, model = load_student(spec, conversations)
+    if config.init_from:
+        tokenizer, model = continue_student(config.init_from, spec.atoms)
+    else:
+        tokenizer, model = load_student(spec, conversations)
     cuda = torch.cuda.is_available()
     bf16 = cuda if config.bf16 is None else config.bf16
     out = recover_dir(config.output_dir)
@@ -271,8 +281,9 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         device="cuda" if cuda else "cpu",
         dtype="bf16" if bf16 else "fp32",
         resumed_from=resume,
+        continued_from=config.init_from or None,
     )
-    save_lexicon(staging, build_lexicon(conversations))
+    save_lexicon(staging, build_lexicon(train_conversations(frame, weighted=False)))
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
     replace_dir(staging, out)  # the last good model stays whole until this one is

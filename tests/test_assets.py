@@ -296,3 +296,59 @@ def test_no_setting_can_hold_a_credential():
         fields |= {f"{cls.__name__}.{name}" for name in cls.model_fields}
     assert len(fields) > 40
     assert [f for f in fields if credential.search(f.split(".")[1].lower())] == []
+
+
+def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(settings, store, resources, instance):
+    """Compile, edit one node's text, recompile (incremental by default): the unchanged paths'
+    conversations are the previous rows byte for byte, only the changed paths are written again,
+    training continues from the last weights on a mix weighted toward them, and the eval reruns.
+    A run configured ``full`` writes everything and trains from scratch."""
+    from assets.training_config import TrainedWeightsSettings
+    from subterra.training import RESULT_FILE, TrainResult
+
+    assert materialize(COMPILE_ASSETS, resources, instance).success
+    first_corpus = store.read("synthetic_corpus", KEY)
+    first_model = store.read("trained_weights", KEY).row(0, named=True)["model_dir"]
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace('"Ready to confirm?"', '"Is everything right?"'))
+    wf = load_workflow(path)
+
+    # the default (incremental) recompile, its mix uncapped here (the tiny corpus is smaller than
+    # three passes over its changed part), so every changed conversation is in it three times
+    uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
+    result = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped)
+    assert result.success
+    corpus = store.read("synthetic_corpus", KEY)
+    changed = corpus["nodes"].list.contains("confirm")
+    old = {row["conversation_id"]: row for row in first_corpus.iter_rows(named=True)}
+    for row in corpus.filter(~changed).iter_rows(named=True):
+        assert row == old[row["conversation_id"]]
+    assert all(row["path_hash"] != old[row["conversation_id"]]["path_hash"] for row in corpus.filter(changed).iter_rows(named=True))
+    made = metadata(result, COMPILE_ASSETS[2])
+    assert (made["conversations_reused"], made["conversations_generated"]) == (int((~changed).sum()), int(changed.sum()))
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash)) != first_model
+    assert (trained["recompile"], trained["continued_from"]) == ("incremental", first_model)
+    assert TrainResult.from_json(settings.model_dir(KEY, wf.short_hash) / RESULT_FILE).continued_from == first_model
+    mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")
+    weight_changed = mix.filter(pl.col("nodes").list.contains("confirm"))["weight"]
+    assert trained["changed_conversations"] == weight_changed.len() and weight_changed.min() == 3  # changed_passes
+    assert weight_changed.mean() > mix.filter(~pl.col("nodes").list.contains("confirm"))["weight"].mean()
+    assert metadata(result, COMPILE_ASSETS[5])  # the eval reran on the new weights
+    assert store.read("eval_scenarios", KEY).height == 4
+
+    again = materialize(COMPILE_ASSETS[2:5], resources, instance)  # nothing changed since: the weights stand
+    assert again.success and metadata(again, COMPILE_ASSETS[2])["conversations_generated"] == 0
+    assert not [r for r in instance.all_logs(again.run_id) if r.user_message.startswith("step ")]
+    assert store.read("trained_weights", KEY)["changed_conversations"][0] == 0
+
+    full = materialize(COMPILE_ASSETS[2:5], resources, instance,
+                       synthetic_corpus=CorpusSettings(**{**SMALL_CORPUS.model_dump(), "recompile": "full"}),
+                       trained_weights=TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "recompile": "full"}))
+    assert full.success
+    made = metadata(full, COMPILE_ASSETS[2])
+    assert (made["conversations_reused"], made["conversations_generated"]) == (0, corpus.height)
+    assert store.read("synthetic_corpus", KEY).equals(corpus)  # the same corpus, written again
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["recompile"], trained["continued_from"]) == ("full", None)
+    assert "weight" not in pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet").columns

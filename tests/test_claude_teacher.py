@@ -97,13 +97,13 @@ def test_batches_resume_after_a_stop_and_resubmit_only_the_failed(fake_claude, t
     [(batch_id, keys)] = spool.open_batches("teacher")
     assert batch_id == "msgbatch_0001" and len(keys) == 6  # the holdouts, remembered before polling
 
-    fake_claude.poll_outage = False
-    fake_claude.batch_faults = {"train-00001": "errored", "train-00003": "expired"}
-    corpus, answers = claude_corpus(fake_claude, tmp_path, wf, paths, teacher_mode="batch", max_retries=1)
     holdouts = template.filter(pl.col("split") != "train")["conversation_id"].to_list()
     train = template.filter(pl.col("split") == "train")["conversation_id"].to_list()
+    fake_claude.poll_outage = False
+    fake_claude.batch_faults = {train[1]: "errored", train[3]: "expired"}
+    corpus, answers = claude_corpus(fake_claude, tmp_path, wf, paths, teacher_mode="batch", max_retries=1)
     # the open batch was read, not submitted again; the errored and expired requests went out once more
-    assert fake_claude.batch_requests("teacher") == [holdouts, train, ["train-00001", "train-00003"]]
+    assert fake_claude.batch_requests("teacher") == [holdouts, train, [train[1], train[3]]]
     assert fake_claude.count(path="/v1/messages") == 0  # everything through the Batches API
     assert spool.open_batches("teacher") == []
     assert corpus["messages"].to_list() == template["messages"].to_list()
@@ -113,16 +113,17 @@ def test_batches_resume_after_a_stop_and_resubmit_only_the_failed(fake_claude, t
 
 
 def test_malformed_teacher_output_is_rejected_by_the_gate_not_trained_on(fake_claude, tmp_path, wf, paths, template):
-    fake_claude.malformed_labels = {"train-00002"}
+    broken = template.filter(pl.col("split") == "train")["conversation_id"][2]
+    fake_claude.malformed_labels = {broken}
     fake_claude.misspelled_labels = {"holdout-00001"}
     corpus, _ = claude_corpus(fake_claude, tmp_path, wf, paths)
     bad = corpus.filter(pl.col("teacher_error").is_not_null())
-    assert bad["conversation_id"].to_list() == ["train-00002"]
+    assert bad["conversation_id"].to_list() == [broken]
     assert bad["teacher_error"][0].startswith("teacher output malformed: not JSON")
     accepted, rejected = screen_corpus(corpus, wf)
     assert dict(zip(rejected["conversation_id"], rejected["reason"])) == {
         "holdout-00001": "1 bad form(s) (unparseable, unknown node, empty say, or a value not copied verbatim)",
-        "train-00002": bad["teacher_error"][0],
+        broken: bad["teacher_error"][0],
     }
-    assert not {"train-00002", "holdout-00001"} & set(accepted["conversation_id"])
+    assert not {broken, "holdout-00001"} & set(accepted["conversation_id"])
     assert accepted.height == template.height - 2  # (the gate's share expectation: test_quality)

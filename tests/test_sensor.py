@@ -4,15 +4,17 @@ one still being written."""
 import dagster as dg
 import pytest
 
-from resources import SettingsResource
+from resources import RecompileResource, SettingsResource
 from sensors import workflow_files_sensor
 from subterra.workflow import load_workflow, parse_workflow_text
 
 
-def evaluate(settings, instance, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
-    )
+def sensor_resources(settings, recompile: str = "") -> dict:
+    return {"settings": SettingsResource(data_dir=str(settings.data_dir)), "recompile": RecompileResource(mode=recompile)}
+
+
+def evaluate(settings, instance, cursor: str | None, recompile: str = "") -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(settings, recompile))
     return workflow_files_sensor(context)
 
 
@@ -21,10 +23,10 @@ def tick(settings, instance):
     """The sensor from ``cursor`` against the temporary data folder, over two ticks (a file counts
     once its bytes are the same at two ticks): the first must start nothing; the second's result."""
 
-    def two_ticks(cursor: str | None = None) -> dg.SensorResult:
-        first = evaluate(settings, instance, cursor)
+    def two_ticks(cursor: str | None = None, recompile: str = "") -> dg.SensorResult:
+        first = evaluate(settings, instance, cursor, recompile)
         assert not first.run_requests
-        return evaluate(settings, instance, first.cursor)
+        return evaluate(settings, instance, first.cursor, recompile)
 
     return two_ticks
 
@@ -77,6 +79,26 @@ def test_changed_file_recompiles_that_workflow_only(settings, tick):
     wf = load_workflow(path)
     assert run_keys(second) == [f"mini_booking:{wf.content_hash}"]
     assert added_partitions(second) == []
+
+
+def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkeypatch):
+    first = tick()
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
+    monkeypatch.delenv("SUBTERRA_RECOMPILE", raising=False)
+    from definitions import build_definitions
+
+    job = build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow")
+    for chosen, expected in (("", "incremental"), ("full", "full")):
+        [request] = tick(first.cursor, recompile=chosen).run_requests
+        dg.validate_run_config(job, request.run_config)  # the job accepts it as it is
+        ops = request.run_config["ops"]
+        assert ops["synthetic_corpus"]["config"]["recompile"] == ops["trained_weights"]["config"]["recompile"] == expected
+        assert request.tags["subterra/recompile"] == expected
+    monkeypatch.setenv("SUBTERRA_RECOMPILE", "full")  # the deployment's default
+    assert tick(first.cursor).run_requests[0].tags["subterra/recompile"] == "full"
+    with pytest.raises(Exception, match="expected 'incremental' or 'full'"):
+        tick(first.cursor, recompile="partial")
 
 
 def test_invalid_file_starts_nothing_and_says_where(settings, tick):

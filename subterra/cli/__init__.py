@@ -48,7 +48,7 @@ def cmd_compile(args) -> int:
         return 1
     try:
         with file_lock(settings.compile_lock(wf.id), wait=False):  # never two `subterra compile` of one workflow
-            return _compile(settings, source, wf)
+            return _compile(settings, source, wf, full=args.full)
     except LockBusy:
         print(f"{wf.id}: another `subterra compile` of this workflow is running; try again when it ends", file=sys.stderr)
         return 1
@@ -58,7 +58,7 @@ _RUNNING = ("STARTING", "STARTED", "CANCELING")  # a run that is executing (queu
 _VIA_CLI = {"subterra/via": "cli"}  # runs of `subterra compile`: the lock covers them, and frees itself if one dies
 
 
-def _compile(settings, source: Path, wf) -> int:
+def _compile(settings, source: Path, wf, full: bool = False) -> int:
     import os
 
     import dagster as dg
@@ -80,12 +80,13 @@ def _compile(settings, source: Path, wf) -> int:
     from assets import COMPILE_ASSETS, workflows_partitions
     from definitions import build_definitions
 
-    defs = build_definitions(str(settings.data_dir))
+    defs = build_definitions(str(settings.data_dir), recompile="full" if full else "")
     instance.add_dynamic_partitions(workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
-    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
+    mode = resources["recompile"].get()
+    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir} ({mode})")
     result = dg.materialize(COMPILE_ASSETS, partition_key=wf.id, resources=resources, instance=instance, tags=_VIA_CLI,
-                            raise_on_error=False)
+                            run_config=resources["recompile"].run_config(), raise_on_error=False)
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
     p.add_argument("file")
+    p.add_argument("--full", action="store_true",
+                   help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("chat", help="talk to a compiled workflow in the terminal")
     p.add_argument("workflow")

@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 
-.PHONY: demo test test-all install bench clean ladder ladder-full
+.PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -30,6 +30,24 @@ test: $(VENV_OK)
 
 test-all: $(VENV_OK)
 	$(PY) -m pytest -q -m ''
+
+# The Dagster UI, daemon and sensor. The webserver binds to 127.0.0.1 only (it can start runs and
+# shows every run's config and logs): reach it from elsewhere through an SSH tunnel, not by binding
+# to 0.0.0.0. dagster.yaml (one run per workflow at a time, one training at a time) goes into
+# DAGSTER_HOME, which keeps runs, partitions and the sensor's cursor between restarts.
+DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
+
+ui: $(VENV_OK)
+	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# quick benchmarks (paths, corpus, training, eval), one after another; a few minutes each
+bench: $(VENV_OK)
+	$(PY) -m bench.run
+
+# end to end: full travel_booking compile, incremental recompile after a one-node edit, full recompile (long)
+bench-e2e: $(VENV_OK)
+	$(PY) -m bench.bench_e2e
 
 clean:
 	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

@@ -6,13 +6,14 @@ import dagster as dg
 
 from assets import LADDER_ASSETS
 from jobs import compile_workflow, ladder_workflow
-from resources import SettingsResource, StoreResource, TeacherResource
+from resources import ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource
 from sensors import workflow_files_sensor
 
 
-def build_definitions(data_dir: str = "", db_path: str = "") -> dg.Definitions:
+def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = "") -> dg.Definitions:
     """Everything, with the data folder and database given (default: ``SUBTERRA_DATA_DIR`` or ``./data``,
-    and the database inside the data folder)."""
+    and the database inside the data folder), and how the sensor recompiles a changed workflow
+    (default: ``SUBTERRA_RECOMPILE`` or ``incremental``; ``full`` retrains from scratch)."""
     if data_dir and not db_path:
         db_path = str(Path(data_dir) / "subterra.duckdb")
     return dg.Definitions(
@@ -23,6 +24,8 @@ def build_definitions(data_dir: str = "", db_path: str = "") -> dg.Definitions:
             "settings": SettingsResource(data_dir=data_dir),
             "store": StoreResource(db_path=db_path),
             "teacher": TeacherResource(),
+            "claude": ClaudeResource(),
+            "recompile": RecompileResource(mode=recompile),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },
     )

@@ -18,10 +18,12 @@ class PriceSettings(dg.Config):
 
 @dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="compile", kinds={"duckdb"})
 def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store: StoreResource) -> dg.MaterializeResult:
-    """Frontier-with-procedure vs compiled, per conversation; multiplier, compile cost, break-even."""
+    """Frontier-with-procedure vs every evaluated route, per conversation and holdout; multiplier
+    over the deployed route, compile cost (training plus teacher), break-even, % of frontier
+    quality, and which parts used Claude."""
     import polars as pl
 
-    from subterra.cost import Prices, build_cost_report
+    from subterra.cost import Prices, TeacherSpend, build_cost_report
 
     db = store.get()
     wf = snapshot(db, context.partition_key)
@@ -29,13 +31,19 @@ def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store:
     training = db.read("trained_weights", wf.id).row(0, named=True)
     holdout = db.read("validated_dataset", wf.id).filter(pl.col("split") == "holdout")
     references = [json.loads(m) for m in holdout["messages"]]
-    table, summary, markdown = build_cost_report(wf, scores, training, references, Prices(**config.model_dump()))
+    spend = TeacherSpend.of(db.read("synthetic_corpus", wf.id))
+    table, summary, markdown = build_cost_report(wf, scores, training, references, Prices(**config.model_dump()), spend)
     db.replace_partition("cost_report", wf.id, table)
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
+            "deployed_route": summary["deployed_route"],
+            "baseline": summary["baseline"],
             "multiplier": summary["multiplier"],
             "compile_cost_usd": summary["compile_cost_usd"],
+            "teacher_cost_usd": summary["teacher_cost_usd"],
+            "pct_of_frontier_quality": summary["pct_of_frontier_quality"],
+            "claude": dg.MetadataValue.json(summary["claude"]),
             "breakeven_conversations": summary["breakeven_conversations"],
         }
     )

@@ -3,7 +3,7 @@ import dagster as dg
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.trained_weights import trained_weights
-from resources import SettingsResource, StoreResource
+from resources import ClaudeResource, SettingsResource, StoreResource
 from subterra.routes import ROUTES
 
 
@@ -27,14 +27,24 @@ class EvalSettings(dg.Config):
 
 @dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"})
 def eval_scores(
-    context: dg.AssetExecutionContext, config: EvalSettings, settings: SettingsResource, store: StoreResource
+    context: dg.AssetExecutionContext,
+    config: EvalSettings,
+    settings: SettingsResource,
+    store: StoreResource,
+    claude: ClaudeResource,
 ) -> dg.MaterializeResult:
-    """Every route on both holdouts, played by the same scripted users: the base model with the
-    procedure in its prompt, and the compiled model with none; each free or on a prefilled form."""
+    """Every route on both holdouts, played by the same users: the base model with the procedure in
+    its prompt, and the compiled model with none; each free or on a prefilled form.
+
+    With Claude (the claude resource): Claude can play the user, the frontier route (Claude with
+    the procedure in context) plays the same scenarios, and a judge scores every conversation on
+    the five criteria; the route ``frontier`` rows and the ``judge_*`` columns sit beside the
+    objective scores, with each route's % of frontier quality."""
     import polars as pl
 
-    from subterra.evaluation import evaluate, failure_summary
+    from subterra.evaluation import aggregate, evaluate, failure_summary
     from subterra.routes import local_routes
+    from subterra.simulator import SCRIPTED
     from subterra.student import base_model_dir
 
     db = store.get()
@@ -46,22 +56,57 @@ def eval_scores(
     if skipped:
         context.log.warning(f"{wf.id}: no pretrained base model ({trained['base_model']}): skipping {', '.join(skipped)}")
     rows = db.read("validated_dataset", wf.id)
+    eval_config = config.eval_config()
+    setup = claude.get()
+    answers = users = None
+    if any(setup.uses(part) for part in ("user", "judge", "frontier")):
+        from subterra.claude_spool import answers_for
+        from subterra.claude_user import claude_users
+
+        answers = answers_for(setup, settings.get().claude_dir, wf.id, say=context.log.info)
+        users = claude_users(answers, setup.settings.user_model) if setup.uses("user") else None
+    users = users or SCRIPTED
     result = evaluate(
-        routes, wf, rows, config.eval_config(),
+        routes, wf, rows, eval_config, users=users,
         progress=lambda route, done, total: context.log.info(f"eval {route}: {done}/{total} scenarios"),
     )
-    db.replace_partition("eval_scenarios", wf.id, result.scenarios)
-    db.replace_partition("eval_scores", wf.id, result.scores)
-    db.replace_partition("eval_runs", wf.id, pl.DataFrame([{
-        "workflow": wf.id, "config": config.eval_config().to_json(), "routes": [r.name for r in routes],
+    scenarios = result.scenarios
+    played = [r.name for r in routes]
+    if setup.uses("frontier"):
+        from subterra.frontier import ROUTE as FRONTIER
+        from subterra.frontier import evaluate_frontier
+
+        frontier = evaluate_frontier(
+            answers, wf, rows, setup.settings.frontier_model, eval_config, users,
+            progress=lambda done, total: context.log.info(f"frontier route: {done}/{total} scenarios"),
+        )
+        scenarios = pl.concat([scenarios, frontier.scenarios], how="diagonal_relaxed")
+        played.append(FRONTIER)
+    if setup.uses("judge"):
+        from subterra.judge import judge_scenarios
+
+        judges = [setup.settings.judge_model] + ([setup.settings.second_judge_model] if setup.settings.second_judge_model else [])
+        scenarios = judge_scenarios(answers, wf, scenarios, rows, judges)
+    from subterra.frontier import versus_frontier
+
+    scores = versus_frontier(aggregate(scenarios))
+    run = pl.DataFrame([{
+        "workflow": wf.id, "config": eval_config.to_json(), "routes": played, "user_simulator": users.name,
         "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
-    }], schema_overrides={"base_dir": pl.String}))
-    failures = failure_summary(result.scenarios)
+    }], schema_overrides={"base_dir": pl.String})
+    db.replace_partitions(wf.id, {"eval_scenarios": scenarios, "eval_scores": scores, "eval_runs": run})
+    failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
     metadata = {
-        "scores": dg.MetadataValue.md(result.scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),
+        "scores": dg.MetadataValue.md(scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),
         "where_failures_start": dg.MetadataValue.md(failures.head(20).to_pandas().to_markdown(index=False) if failures.height else "none"),
-        "routes": ", ".join(r.name for r in routes),
+        "routes": ", ".join(played),
+        "claude": dg.MetadataValue.json(setup.status()),
     }
-    for row in result.scores.iter_rows(named=True):
+    for row in scores.iter_rows(named=True):
         metadata[f"{row['route']}_{row['holdout']}_strict_pass"] = row["strict_pass"]
+        if row.get("pct_of_frontier_quality") is not None and row["route"] != "frontier":
+            metadata[f"{row['route']}_{row['holdout']}_pct_of_frontier_quality"] = row["pct_of_frontier_quality"]
+    if answers is not None:
+        metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
+        metadata["claude_answers_kept_from_before"] = dg.MetadataValue.json(dict(answers.reused))
     return dg.MaterializeResult(metadata=metadata)

@@ -6,7 +6,7 @@ from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.repair_map import repair_map
 from assets.trained_weights import launch_training
-from resources import SettingsResource, StoreResource, TeacherResource
+from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
 
 
 class RepairSettings(dg.Config):
@@ -32,7 +32,8 @@ class RepairSettings(dg.Config):
 
 
 @dg.asset(
-    partitions_def=workflows_partitions, deps=[repair_map], group_name="repair", kinds={"pytorch", "duckdb"}
+    partitions_def=workflows_partitions, deps=[repair_map], group_name="repair", kinds={"pytorch", "duckdb"},
+    pool="subterra_training",  # dagster.yaml: one training at a time (a repair round trains)
 )
 def promoted_model(
     context: dg.AssetExecutionContext,
@@ -40,21 +41,27 @@ def promoted_model(
     settings: SettingsResource,
     store: StoreResource,
     teacher: TeacherResource,
+    claude: ClaudeResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     """Repair rounds: training conversations through the failing clusters, training continued from
     the current weights, the candidate re-evaluated on the same holdout and promoted only if strict
-    pass improves and no cluster grows. Records which model serves the workflow, and why."""
+    pass improves and no cluster grows. Records which model serves the workflow, and why.
+
+    A candidate is played by the same users as the compile's evaluation (Claude, if Claude played
+    the user there), so the gate compares like with like."""
     from dataclasses import replace
     from pathlib import Path
 
     import polars as pl
 
+    from subterra.atomic import atomic_path
     from subterra.evaluation import EvalConfig, evaluate
     from subterra.paths import paths_from_table
     from subterra.promotion import PROMOTIONS_SCHEMA, decide, initial_row, promotion_row
     from subterra.repair import repair_conversations, repair_map as build_map, repair_training_set
     from subterra.routes import local_routes
+    from subterra.simulator import SCRIPTED
     from subterra.training import TrainConfig
 
     db = store.get()
@@ -66,6 +73,17 @@ def promoted_model(
     current = db.read("eval_scenarios", wf.id).filter(pl.col("route") == route)
     if not current.height:
         raise dg.Failure(f"{wf.id}: route {route} was not evaluated; nothing to gate a promotion on")
+    users = SCRIPTED
+    simulator = current["user_simulator"][0] if "user_simulator" in current.columns else SCRIPTED.name
+    if simulator != SCRIPTED.name:
+        setup = claude.get()
+        if not setup.uses("user") or simulator != f"claude:{setup.settings.user_model}":
+            raise dg.Failure(f"{wf.id}: the evaluation's user was {simulator}; the claude resource does not play that user "
+                             "now, so a candidate could not be compared on the same users (rerun eval_scores first)")
+        from subterra.claude_spool import answers_for
+        from subterra.claude_user import claude_users
+
+        users = claude_users(answers_for(setup, paths.claude_dir, wf.id, say=context.log.info), setup.settings.user_model)
     current_dir = trained["model_dir"]
     decisions = [initial_row(wf.id, current_dir, route, current)]
     changes, scores = [], []
@@ -83,12 +101,14 @@ def promoted_model(
         tag = f"{wf.short_hash}-repair{round_no}"
         run_dir = paths.run_dir(wf.id, tag)
         run_dir.mkdir(parents=True, exist_ok=True)
-        repair_training_set(train, repair, config.repair_config()).write_parquet(run_dir / "train.parquet")
-        pl.concat([train.select(repair.columns), repair], how="vertical_relaxed").write_parquet(run_dir / "lexicon.parquet")
+        with atomic_path(run_dir / "train.parquet") as tmp:
+            repair_training_set(train, repair, config.repair_config()).write_parquet(tmp)
+        with atomic_path(run_dir / "lexicon.parquet") as tmp:
+            pl.concat([train.select(repair.columns), repair], how="vertical_relaxed").write_parquet(tmp)
         candidate_dir = str(paths.model_dir(wf.id, tag))
         round_config = replace(
             compile_config,
-            base_model=current_dir,
+            init_from=current_dir,  # continued training: the current weights and their tokenizer
             train_data=str(run_dir / "train.parquet"),
             lexicon_data=str(run_dir / "lexicon.parquet"),
             output_dir=candidate_dir,
@@ -104,7 +124,7 @@ def promoted_model(
         )
         _, result = launch_training(context, pipes_subprocess_client, round_config, run_dir / "train_config.json")
         evaluated = evaluate(
-            local_routes([route], None, candidate_dir), wf, corpus, eval_config,
+            local_routes([route], None, candidate_dir), wf, corpus, eval_config, users=users,
             progress=lambda name, done, total: context.log.info(f"round {round_no} eval {name}: {done}/{total}"),
         )
         decision = decide(current, evaluated.scenarios, route, config.tolerance)

@@ -1,11 +1,12 @@
 import json
+from typing import Literal
 
 import dagster as dg
 
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.workflow_paths import workflow_paths
-from resources import StoreResource, TeacherResource
+from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
 
 
 class CorpusSettings(dg.Config):
@@ -13,27 +14,52 @@ class CorpusSettings(dg.Config):
     max_train_conversations: int = 800
     holdout_scenarios: int = 200
     offscript_rate: float = 0.15
+    train_offscript_rate: float | None = 0.3
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000
+    # incremental: conversations of paths whose nodes and texts did not change are kept from the
+    # previous corpus; full: every conversation is written again
+    recompile: Literal["incremental", "full"] = "incremental"
 
 
 @dg.asset(partitions_def=workflows_partitions, deps=[workflow_paths], group_name="compile", kinds={"duckdb"})
 def synthetic_corpus(
-    context: dg.AssetExecutionContext, config: CorpusSettings, store: StoreResource, teacher: TeacherResource
+    context: dg.AssetExecutionContext,
+    config: CorpusSettings,
+    settings: SettingsResource,
+    store: StoreResource,
+    teacher: TeacherResource,
+    claude: ClaudeResource,
 ) -> dg.MaterializeResult:
-    """Teacher-written conversations over every selected path, plus two holdouts (seen / unseen phrasings)."""
+    """Teacher-written conversations over every selected path, plus two holdouts (seen / unseen phrasings).
+
+    The teacher is Claude when the claude resource names it and the key is set (every answer kept as
+    it arrives, so a rerun requests only what is missing); otherwise the offline template teacher."""
     import polars as pl
 
     from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.incremental import Reuse
     from subterra.paths import paths_from_table
 
     db = store.get()
     wf = snapshot(db, context.partition_key)
     paths = paths_from_table(db.read("workflow_paths", wf.id))
+    setup = claude.get()
+    answers = None
+    if setup.uses("teacher"):
+        from subterra.claude_spool import answers_for
+        from subterra.claude_teacher import ClaudeTeacher
+
+        answers = answers_for(setup, settings.get().claude_dir, wf.id, say=context.log.info)
+        writer = ClaudeTeacher(answers, setup.settings.teacher_model, setup.settings.teacher_mode, seed=teacher.seed)
+    else:
+        writer = teacher.get()
+    reuse = Reuse(_previous_corpus(db, wf.id) if config.recompile == "incremental" else None)
     corpus = build_corpus(
-        wf, paths, teacher.get(), CorpusConfig(**config.model_dump()),
+        wf, paths, writer, CorpusConfig(**config.model_dump(exclude={"recompile"})),
         progress=lambda done, total: context.log.info(f"corpus: {done}/{total} conversations"),
+        reuse=reuse,
     )
     db.replace_partition("synthetic_corpus", wf.id, corpus)
     splits = dict(corpus.group_by("split").len().iter_rows())
@@ -43,7 +69,25 @@ def synthetic_corpus(
             **{f"conversations_{k}": int(v) for k, v in splits.items()},
             "assistant_turns_train": int(corpus.filter(pl.col("split") == "train")["n_turns"].sum()),
             "offscript_turns": dg.MetadataValue.md(offscript.to_pandas().to_markdown(index=False)),
-            "teacher": teacher.kind,
+            "teacher": writer.name,
+            "teacher_claude": setup.status()["teacher"],
+            "teacher_usd": float(corpus["teacher_usd"].sum()),
+            "teacher_tokens_in": int(corpus["teacher_tokens_in"].sum()),
+            "teacher_tokens_out": int(corpus["teacher_tokens_out"].sum()),
+            "teacher_malformed": int(corpus["teacher_error"].is_not_null().sum()),
+            **({"teacher_answers_requested": int(answers.received["teacher"]),
+                "teacher_answers_kept_from_before": int(answers.reused["teacher"])} if answers else {}),
+            "recompile": config.recompile,
+            "conversations_reused": reuse.reused,
+            "conversations_generated": reuse.generated,
             "sample_conversation": dg.MetadataValue.json(json.loads(corpus["messages"][-1])),
         }
     )
+
+
+def _previous_corpus(db, workflow: str):
+    """The corpus of this workflow's last compile, if there is one."""
+    try:
+        return db.read("synthetic_corpus", workflow)
+    except (LookupError, FileNotFoundError):
+        return None

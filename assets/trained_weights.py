@@ -1,12 +1,14 @@
 import base64
+import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
-from assets.training_config import TrainingSettings
+from assets.training_config import TrainedWeightsSettings
 from assets.validated_dataset import validated_dataset
 from resources import SettingsResource, StoreResource
 
@@ -14,8 +16,6 @@ from resources import SettingsResource, StoreResource
 def launch_training(context, client: dg.PipesSubprocessClient, train_config, config_file):
     """Run ``python -m subterra.cli.train`` on ``train_config`` in its own process through Dagster
     Pipes (progress streams into the run's log); returns (the reported materialization, TrainResult)."""
-    from pathlib import Path
-
     from subterra.training import RESULT_FILE, TrainResult
 
     train_config.to_json(config_file)
@@ -25,40 +25,75 @@ def launch_training(context, client: dg.PipesSubprocessClient, train_config, con
     return reported, TrainResult.from_json(Path(train_config.output_dir) / RESULT_FILE)
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"})
+@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"},
+          pool="subterra_training")  # dagster.yaml: one training at a time
 def trained_weights(
     context: dg.AssetExecutionContext,
-    config: TrainingSettings,
+    config: TrainedWeightsSettings,
     settings: SettingsResource,
     store: StoreResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes."""
+    """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes.
+
+    A recompile (``recompile: incremental``, the default) continues from the last good weights on
+    a mix weighted toward the conversations of new or changed paths; if no path changed, the last
+    weights are kept as they are."""
+    import shutil
+
     import polars as pl
 
+    from subterra.atomic import atomic_path, replace_dir, write_bytes
+    from subterra.incremental import continuable, training_mix
     from subterra.plots import loss_curve_png
     from subterra.tokenizer import workflow_atoms
+    from subterra.training import RESULT_FILE, TrainResult
+
     db = store.get()
     paths = settings.get()
     wf = snapshot(db, context.partition_key)
     failed = db.read("corpus_checks", wf.id).filter(~pl.col("success"))["expectation"].to_list()
     if failed:  # the blocking check stops a run; this also stops a later run of this asset alone
         raise dg.Failure(f"{wf.id}: the corpus failed its quality gate ({'; '.join(failed)}); not training on it")
-    corpus = db.read("validated_dataset", wf.id)
+    train = db.read("validated_dataset", wf.id).filter(pl.col("split") == "train")
     run_dir = paths.run_dir(wf.id, wf.short_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_file = run_dir / "train.parquet"
-    corpus.filter(pl.col("split") == "train").write_parquet(train_file)
     model_dir = paths.model_dir(wf.id, wf.short_hash)
     train_config = config.train_config(
         workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf),
         data_dir=str(paths.data_dir),
     )
+    previous = _previous_training(db, wf.id)
+    start = continuable(previous, train_config) if config.recompile == "incremental" else None
+    mix = None
+    if start is not None:
+        mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
+        train = train.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64))
+        train_config.init_from = start
+        train_config.epochs, train_config.max_steps, train_config.max_tokens = 1.0, -1, 0  # the mix is the budget
+        train_config.learning_rate = config.continue_learning_rate
+        context.log.info(f"{wf.id}: continuing from {start}: {mix.changed} conversations of new or changed paths, "
+                         f"{mix.unchanged} unchanged; a mix of {mix.size}")
+    with atomic_path(train_file) as tmp:  # a crash never leaves half a Parquet file for the next run to train on
+        train.write_parquet(tmp)
     config_file = run_dir / "train_config.json"
-    reported, result = launch_training(context, pipes_subprocess_client, train_config, config_file)
+    reported = None
+    if mix is not None and mix.changed == 0:  # nothing new to learn: the last weights stand
+        train_config.to_json(config_file)
+        if Path(start).resolve() != model_dir.resolve():
+            staging = model_dir.with_name(model_dir.name + ".staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(start, staging)
+            replace_dir(staging, model_dir)  # whole or not at all, like a trained folder
+        context.log.info(f"{wf.id}: no path changed since {start}; its weights are kept")
+        result = TrainResult.from_json(model_dir / RESULT_FILE)
+    else:
+        reported, result = launch_training(context, pipes_subprocess_client, train_config, config_file)
     row = {
         "workflow": wf.id,
         "content_hash": wf.content_hash,
+        "definition": json.dumps(wf.to_dict()),  # the workflow this model was compiled from (chat uses it)
         "model_dir": str(model_dir),
         "base_model": result.base_model,
         "params": result.params,
@@ -71,18 +106,32 @@ def trained_weights(
         "final_loss": result.final_loss,
         "device": result.device,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recompile": "full" if start is None else "incremental",
+        "continued_from": start,
+        "changed_conversations": mix.changed if mix else int(train.height),
     }
-    db.replace_partition("trained_weights", wf.id, pl.DataFrame([row]))
+    frame = pl.DataFrame([row], schema_overrides={"continued_from": pl.String}).with_columns(
+        pl.Series("path_hashes", [sorted(set(train["path_hash"]))], dtype=pl.List(pl.String))
+    )
+    db.replace_partition("trained_weights", wf.id, frame)
     plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
     plot_file = run_dir / "loss_curve.png"
-    plot_file.write_bytes(plot)
+    write_bytes(plot_file, plot)
     return dg.MaterializeResult(
         metadata={
-            **(reported.metadata or {}),
-            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash")},
+            **((reported.metadata or {}) if reported else {}),
+            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")},
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),
             "loss_curve_png": dg.MetadataValue.path(str(plot_file)),
         }
     )
+
+
+def _previous_training(db, workflow: str) -> dict | None:
+    """The trained_weights row of this workflow's last good model, if there is one."""
+    try:
+        return db.read("trained_weights", workflow).row(0, named=True)
+    except (LookupError, FileNotFoundError):
+        return None

@@ -1,7 +1,7 @@
 """Training settings shared by the assets that need them (validation measures lengths with the
 student's tokenizer; training trains)."""
 
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 
@@ -28,6 +28,27 @@ class TrainingSettings(dg.Config):
     save_steps: int = 200
 
     def train_config(self, **fields):
+        from dataclasses import fields as dataclass_fields
+
         from subterra.training import TrainConfig
 
-        return TrainConfig(**self.model_dump(), **fields)
+        names = {f.name for f in dataclass_fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.model_dump().items() if k in names}, **fields)
+
+
+class TrainedWeightsSettings(TrainingSettings):
+    """Training settings, plus how a recompile trains: ``incremental`` continues from the last good
+    weights on a mix weighted toward the new or changed paths (``subterra.incremental``); ``full``
+    (or no usable previous model) trains from scratch."""
+
+    recompile: Literal["incremental", "full"] = "incremental"
+    changed_passes: float = 3.0  # passes over the conversations of new or changed paths
+    replay_ratio: float = 1.0  # unchanged conversations replayed per changed one seen
+    min_fraction: float = 0.1  # the continued run's data: at least this share of the training set
+    max_fraction: float = 0.35  # and at most this share
+    continue_learning_rate: float = 5e-4
+
+    def mix(self):
+        from subterra.incremental import MixConfig
+
+        return MixConfig(self.changed_passes, self.replay_ratio, self.min_fraction, self.max_fraction)

@@ -2,7 +2,7 @@ import json
 
 import dagster as dg
 
-from assets.partitions import workflows_partitions
+from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
 from resources import SettingsResource, StoreResource
 
 
@@ -16,14 +16,16 @@ def workflow_graph(context: dg.AssetExecutionContext, settings: SettingsResource
     from subterra.graph import edge_table, graph_summary, node_table
     from subterra.workflow import load_workflow
 
-    wf = load_workflow(settings.get().workflow_file(context.partition_key))
+    path = settings.get().workflow_file(context.partition_key)
+    wf = load_workflow(path)
+    expected = context.run.tags.get(CONTENT_HASH_TAG)
+    if expected and expected != wf.short_hash:
+        raise dg.Failure(f"{path} has changed since this run was started for content {expected} (it is now "
+                         f"{wf.short_hash}); not compiling it: the sensor starts a new run once the file stops changing")
     db = store.get()
-    db.replace_partition("workflow_nodes", wf.id, node_table(wf))
-    db.replace_partition("workflow_edges", wf.id, edge_table(wf))
-    db.replace_partition(
-        "workflow_definitions",
-        wf.id,
-        pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]}),
+    definition = pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash], "definition": [json.dumps(wf.to_dict())]})
+    db.replace_partitions(
+        wf.id, {"workflow_nodes": node_table(wf), "workflow_edges": edge_table(wf), "workflow_definitions": definition}
     )
     summary = graph_summary(wf)
     return dg.MaterializeResult(metadata={**summary, "title": wf.title, "assistant": wf.assistant}, data_version=dg.DataVersion(wf.short_hash))

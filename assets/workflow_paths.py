@@ -4,11 +4,13 @@ from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.workflow_graph import workflow_graph
 from resources import StoreResource
+from subterra.paths import MAX_STATES
 
 
 class PathsConfig(dg.Config):
     path_cap: int = 5000  # list every path up to this many; past it, a sample covering every edge
     seed: int = 0
+    max_states: int = MAX_STATES  # refuse a workflow whose loops explode the state graph past this
 
 
 @dg.asset(partitions_def=workflows_partitions, deps=[workflow_graph], group_name="compile", kinds={"duckdb"})
@@ -18,7 +20,7 @@ def workflow_paths(context: dg.AssetExecutionContext, config: PathsConfig, store
 
     db = store.get()
     wf = snapshot(db, context.partition_key)
-    selection = select_paths(wf, cap=config.path_cap, seed=config.seed)
+    selection = select_paths(wf, cap=config.path_cap, seed=config.seed, max_states=config.max_states)
     covered = edge_coverage(wf, selection.paths)
     uncovered = [e.id for e in wf.edges if e.id not in covered]
     if selection.sampled:

@@ -7,8 +7,9 @@ itself is never imported, only its data file is read). transformers reads the GG
 ``gguf`` package (Q4_1 unpacked to fp32); the loaded model still carries gguf's quantizer marker,
 which refuses saving and training, so the conversion clears it and saves plain safetensors, the
 tokenizer and a ChatML chat template with ``{% generation %}`` markers (TRL's assistant-only loss
-needs them). The folder is written under a temporary name and renamed into place, under a file
-lock, so two processes never convert at once and a half-written folder is never used.
+needs them). The folder is built under a staging name and swapped into place whole
+(``subterra.atomic.replace_dir``), under a file lock (``subterra.locks``), so two processes never
+convert at once and a half-written folder is never used.
 
 Any other base model is used as given: a local transformers folder or a hub id (a hub id needs a
 network). ``tiny-llama`` is the from-config student (``subterra.student``).
@@ -16,7 +17,6 @@ network). ``tiny-llama`` is the from-config student (``subterra.student``).
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import shutil
@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from subterra.atomic import replace_dir, write_text
+from subterra.locks import file_lock
 from subterra.tokenizer import CHAT_TEMPLATE, PAD
 
 MARKER = "base_model.json"  # written last into a converted folder: its presence means complete
@@ -83,15 +85,10 @@ def resolve(name: str, data_dir: str | Path | None = None) -> str:
 
 def convert(name: str, folder: Path) -> dict:
     """Convert the named base model into ``folder`` (once: a no-op if another process did it)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{name}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if (folder / MARKER).exists():
-                return json.loads((folder / MARKER).read_text())
-            return _convert_unlocked(NAMED[name], name, folder)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(folder.parent / f".{name}.lock"):
+        if (folder / MARKER).exists():
+            return json.loads((folder / MARKER).read_text())
+        return _convert_unlocked(NAMED[name], name, folder)
 
 
 def _convert_unlocked(source: GGUFSource, name: str, folder: Path) -> dict:
@@ -124,9 +121,8 @@ def _convert_unlocked(source: GGUFSource, name: str, folder: Path) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "convert_seconds": round(time.perf_counter() - started, 1),
     }
-    (staging / MARKER).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    write_text(staging / MARKER, json.dumps(info, indent=2))
+    replace_dir(staging, folder)  # whole or not at all (a folder left without its marker is replaced)
     return info
 
 

@@ -9,6 +9,12 @@
 
 A holdout conversation never appears in training: a training conversation whose text equals a
 holdout one is dropped and redrawn.
+
+Every row carries its path's hash (``subterra.incremental.path_hashes``: the path's nodes and
+texts plus the generation settings). A training scenario is seeded by its path and its number on
+that path, never by its place in the whole corpus, so a path's conversations stay the same when
+other paths come or go; given the previous corpus (``Reuse``), a conversation whose path hash and
+id are unchanged is taken from it byte for byte instead of being written again.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from subterra.incremental import Reuse, generation_context, path_hashes
 from subterra.paths import path_id
 from subterra.phrasing import UNSEEN
 from subterra.scenario import Scenario, make_scenario
-from subterra.teacher import Teacher
+from subterra.teacher import Conversation, Teacher
 
 CORPUS_SCHEMA = {
     "workflow": pl.String,
@@ -37,6 +44,11 @@ CORPUS_SCHEMA = {
     "edges": pl.List(pl.String),
     "offscript": pl.List(pl.String),
     "teacher": pl.String,
+    "teacher_tokens_in": pl.Int64,  # measured tokens and dollars of a teacher that calls a model (0 offline)
+    "teacher_tokens_out": pl.Int64,
+    "teacher_usd": pl.Float64,
+    "teacher_error": pl.String,  # why the teacher's output is no conversation (the gate rejects the row)
+    "path_hash": pl.String,  # subterra.incremental.path_hashes: what a recompile may reuse the row by
 }
 
 
@@ -45,7 +57,8 @@ class CorpusConfig:
     conversations_per_path: int = 4
     max_train_conversations: int = 6000  # caps conversations_per_path x paths (every path keeps one)
     holdout_scenarios: int = 200
-    offscript_rate: float = 0.15
+    offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
+    train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
@@ -73,8 +86,13 @@ def build_corpus(
     teacher: Teacher,
     config: CorpusConfig = CorpusConfig(),
     progress: Callable[[int, int], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> pl.DataFrame:
-    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation)."""
+    """Render the corpus table (schema ``CORPUS_SCHEMA``, one row per conversation).
+
+    With ``reuse``, a conversation whose path hash and id are in its previous corpus is taken
+    from there (a training one only if its text is not among the new holdouts); ``reuse`` counts
+    the conversations reused and generated."""
     paths = [tuple(p) for p in paths]
     if not paths:
         raise ValueError(f"{wf.id}: no paths to render")
@@ -85,69 +103,116 @@ def build_corpus(
             f"{wf.id}: corpus of {total:,} conversations ({len(paths):,} paths x {sizes['per_path']} + "
             f"2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
+    reuse = reuse if reuse is not None else Reuse()
+    hashes = path_hashes(wf, paths, generation_context(wf, teacher, config))
     rows: list[dict] = []
-    done = 0
 
-    def emit(scenario: Scenario, conv=None) -> str:
-        nonlocal done
-        row = corpus_row(wf, scenario, conv or teacher.conversation(wf, scenario), teacher.name)
-        rows.append(row)
-        text = row["messages"]
-        done += 1
-        if progress is not None and (done % 100 == 0 or done == total):
-            progress(done, total)
-        return text
+    def row(scenario: Scenario, conv: Conversation, path_hash: str) -> dict:
+        reuse.generated += 1
+        return corpus_row(wf, scenario, conv, teacher.name, path_hash)
+
+    def kept(previous: dict) -> dict:
+        reuse.reused += 1
+        return {k: previous[k] for k in CORPUS_SCHEMA}
+
+    def report() -> None:
+        if progress is not None:
+            progress(len(rows), total)
 
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
-    held_texts: set[str] = set()
+    held: list[tuple[Scenario, str]] = []  # (scenario, its path's hash)
     for i in range(config.holdout_scenarios):
-        path = paths[order[i % len(paths)]]
-        scenario = make_scenario(wf, path, "holdout", i, config.seed, config.offscript_rate)
-        held_texts.add(emit(scenario))
-        unseen = replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN)
-        held_texts.add(emit(unseen))
+        p = order[i % len(paths)]
+        scenario = make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate)
+        held += [(scenario, hashes[p]), (replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN), hashes[p])]
+    held_rows: dict[int, dict] = {}
+    todo = []
+    for k, (scenario, h) in enumerate(held):
+        previous = reuse.take(h, scenario.id)
+        if previous is not None and previous["teacher_error"] is None:
+            held_rows[k] = kept(previous)
+        else:
+            todo.append(k)
+    for k, conv in zip(todo, teacher.conversations(wf, [held[k][0] for k in todo])):
+        held_rows[k] = row(held[k][0], conv, held[k][1])
+    rows += [held_rows[k] for k in range(len(held))]
+    held_texts = {r["messages"] for r in rows if r["teacher_error"] is None}
+    report()
 
-    index = 0
-    for path in paths:
-        for _ in range(sizes["per_path"]):
-            def draw(attempt: int, path=path, index=index) -> Scenario:
-                return make_scenario(
-                    wf, path, "train", index, config.seed + 7919 * attempt,
-                    config.offscript_rate, config.random_value_rate,
-                )
-
-            emit(*draw_unlike(wf, teacher, held_texts, draw))
-            index += 1
+    # training: seeded by path and number on the path (never by place in the corpus), so a path's
+    # conversations stay the same when other paths change; a conversation whose text equals a
+    # holdout one is redrawn (same number, another seed)
+    train_offscript = config.offscript_rate if config.train_offscript_rate is None else config.train_offscript_rate
+    slots = [(p, k) for p in range(len(paths)) for k in range(sizes["per_path"])]
+    train_rows: dict[tuple[int, int], dict] = {}
+    todo = []
+    for p, k in slots:
+        previous = reuse.take(hashes[p], f"train-{path_id(paths[p])}-{k:03d}", refused=held_texts)
+        if previous is not None and previous["teacher_error"] is None:
+            train_rows[(p, k)] = kept(previous)
+        else:
+            todo.append((p, k))
+    for attempt in range(20):
+        if not todo:
+            break
+        scenarios = [
+            replace(
+                make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate),
+                id=f"train-{path_id(paths[p])}-{k:03d}",
+            )
+            for p, k in todo
+        ]
+        redraw = []
+        for (p, k), scenario, conv in zip(todo, scenarios, teacher.conversations(wf, scenarios)):
+            if conv.error is None and _text(conv) in held_texts:
+                redraw.append((p, k))
+            else:
+                train_rows[(p, k)] = row(scenario, conv, hashes[p])
+        todo = redraw
+    if todo:
+        raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
+    rows += [train_rows[slot] for slot in slots]
+    report()
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
 
 
+def _text(conv: Conversation) -> str:
+    return json.dumps(conv.messages, ensure_ascii=False)
+
+
 def draw_unlike(wf, teacher: Teacher, held_texts: set[str], draw: Callable[[int], Scenario]):
-    """(scenario, conversation) for training: ``draw(attempt)`` redrawn until its conversation's
-    text is none of ``held_texts`` (the holdouts')."""
+    """(scenario, conversation) for training: ``draw(attempt)`` redrawn until the teacher makes it
+    a conversation whose text is none of ``held_texts`` (the holdouts')."""
     for attempt in range(20):
         scenario = draw(attempt)
-        conv = teacher.conversation(wf, scenario)
-        if json.dumps(conv.messages, ensure_ascii=False) not in held_texts:
+        conv = teacher.conversations(wf, [scenario])[0]
+        if conv.error is None and _text(conv) not in held_texts:
             return scenario, conv
     raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
 
 
-def corpus_row(wf, scenario: Scenario, conv, teacher_name: str) -> dict:
-    """One row of the corpus table (``CORPUS_SCHEMA``): a scenario and its rendered conversation."""
+def corpus_row(wf, scenario: Scenario, conv: Conversation, teacher_name: str, path_hash: str | None = None) -> dict:
+    """One row of the corpus table (``CORPUS_SCHEMA``): a scenario and its rendered conversation
+    (``path_hash``: None for conversations no recompile reuses, such as a repair round's)."""
     return {
         "workflow": wf.id,
         "conversation_id": scenario.id,
         "split": scenario.split,
         "path_id": path_id(scenario.path),
         "scenario": scenario.to_json(),
-        "messages": json.dumps(conv.messages, ensure_ascii=False),
+        "messages": _text(conv),
         "n_turns": len(conv.nodes),
         "nodes": conv.nodes,
         "edges": conv.edges,
         "offscript": conv.offscript,
         "teacher": teacher_name,
+        "teacher_tokens_in": conv.tokens_in,
+        "teacher_tokens_out": conv.tokens_out,
+        "teacher_usd": conv.usd,
+        "teacher_error": conv.error,
+        "path_hash": path_hash,
     }
 
 

@@ -1,16 +1,19 @@
 """Evaluation: held-out scenarios replayed against every route, scored objectively.
 
-Each held-out scenario is played by its scripted user against each route (``subterra.routes``):
-the same users, the same scenarios, for every route. The user answers the step the model is
-actually at, so a derailment shows. The teacher's conversation for the same scenario is the
-reference; every assistant turn is compared with it.
+Each held-out scenario is played by its user (the scripted one, or Claude in the scenario's
+persona: ``Users``) against each route (``subterra.routes``): the same users, the same scenarios,
+for every route. The user answers the step the model is actually at, so a derailment shows. The
+teacher's conversation for the same scenario is the reference; every assistant turn is compared
+with it. ``score`` scores any route's transcript the same way (the frontier route's too:
+``subterra.frontier``). A model-played user is called inside the lockstep, one message at a time.
 
 Per scenario and route: strict pass (every step, every slot value and every form right), partial
 credit (share of reference steps the model took at the same turn), slot accuracy, form validity,
 graceful handling (off-script turns answered at the right step, corrections captured), failure
 (the conversation did not end at the reference's terminal step), where it first went wrong
 (``first_error``: turn, node, the edge the user's answer took, off-script kind, slots), tokens
-in/out and per-turn latency. Aggregates per route x holdout.
+in/out and per-turn latency. Aggregates per route x holdout (with the judge's scores when a judge
+scored the conversations: ``subterra.judge``).
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from typing import Callable, Sequence
 import polars as pl
 
 from subterra.forms import parse_form
-from subterra.routes import ROUTES, Episode, PlayConfig, Route, Transcript
+from subterra.judge import judge_aggregates
+from subterra.routes import DEPLOYED, ROUTES, Episode, PlayConfig, Route, Transcript
 from subterra.scenario import Scenario
+from subterra.simulator import SCRIPTED, Users
 
+ROUTE = DEPLOYED  # the route a transcript is scored as unless told
 HOLDOUTS = ("holdout", "holdout_unseen")
+__all__ = ["EvalConfig", "EvalResult", "Transcript", "aggregate", "evaluate", "score", "select_holdout"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,16 @@ class EvalResult:
     scores: pl.DataFrame
 
 
-def score(wf, route: str, scenario: Scenario, reference: list[dict], transcript: Transcript) -> dict:
+def select_holdout(rows: pl.DataFrame, config: EvalConfig) -> list[dict]:
+    """The first ``config.scenarios`` conversations of each holdout (by id): every route plays these."""
+    selected = []
+    for holdout in config.holdouts:
+        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
+        selected.extend(part.iter_rows(named=True))
+    return selected
+
+
+def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript, route: str = ROUTE) -> dict:
     expected = [parse_form(m["content"]) for m in reference if m["role"] == "assistant"]
     got = transcript.turns
     n = len(expected)
@@ -111,12 +127,15 @@ def score(wf, route: str, scenario: Scenario, reference: list[dict], transcript:
         "offscript_right": off_right,
         "offscript_total": off_total,
         "failed": bool(failed),
+        "ended": bool(transcript.ended),
+        "user_fallbacks": transcript.user_fallbacks,
         "tokens_in": sum(g.tokens_in for g in got),
         "tokens_out": sum(g.tokens_out for g in got),
         "latencies_ms": [round(g.latency_s * 1000, 3) for g in got],
         "first_error": json.dumps(first_error) if first_error else None,
         "transcript": json.dumps(
-            [{"user_kind": k, "node": g.node, "slots": g.slots, "say": g.say} for k, g in zip(transcript.user_kinds, got)]
+            [{"user_kind": k, "user": u, "node": g.node, "slots": g.slots, "say": g.say}
+             for k, u, g in zip(transcript.user_kinds, transcript.user_texts, got)]
         ),
     }
 
@@ -155,6 +174,10 @@ def aggregate(rows: pl.DataFrame) -> pl.DataFrame:
                 "tokens_out": float(part["tokens_out"].mean()),
                 "latency_p50_ms": _quantile(latencies, 0.5),
                 "latency_p95_ms": _quantile(latencies, 0.95),
+                "usd_per_conversation": float(part["usd"].mean()) if "usd" in part.columns and part["usd"].null_count() < part.height else None,
+                "user_simulator": part["user_simulator"][0] if "user_simulator" in part.columns else SCRIPTED.name,
+                "user_fallbacks": int(part["user_fallbacks"].sum()) if "user_fallbacks" in part.columns else 0,
+                **judge_aggregates(part),
             }
         )
     return pl.DataFrame(out)
@@ -168,15 +191,14 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 def episodes(rows: pl.DataFrame, config: EvalConfig) -> tuple[list[Episode], list[str]]:
-    """The held-out scenarios to play (the first ``config.scenarios`` of each holdout) and their path ids."""
+    """The held-out scenarios to play (``select_holdout``: the first ``config.scenarios`` of each
+    holdout) and their path ids."""
     out, path_ids = [], []
-    for holdout in config.holdouts:
-        part = rows.filter(pl.col("split") == holdout).sort("conversation_id").head(config.scenarios)
-        for row in part.iter_rows(named=True):
-            reference = json.loads(row["messages"])
-            n_ref = sum(1 for m in reference if m["role"] == "assistant")
-            out.append(Episode(Scenario.from_json(row["scenario"]), reference, n_ref + config.extra_turns))
-            path_ids.append(row["path_id"])
+    for row in select_holdout(rows, config):
+        reference = json.loads(row["messages"])
+        n_ref = sum(1 for m in reference if m["role"] == "assistant")
+        out.append(Episode(Scenario.from_json(row["scenario"]), reference, n_ref + config.extra_turns))
+        path_ids.append(row["path_id"])
     return out, path_ids
 
 
@@ -186,16 +208,19 @@ def evaluate(
     rows: pl.DataFrame,
     config: EvalConfig = EvalConfig(),
     progress: Callable[[str, int, int], None] | None = None,
+    users: Users = SCRIPTED,
 ) -> EvalResult:
-    """Evaluate every route on the same holdout scenarios of the corpus table ``rows``."""
+    """Evaluate every route on the same holdout scenarios of the corpus table ``rows``, with
+    ``users`` playing the user (the scripted user unless told)."""
     chosen, path_ids = episodes(rows, config)
     results = []
     for route in routes:
         report = (lambda done, total, name=route.name: progress(name, done, total)) if progress else None
-        transcripts = route.play(wf, chosen, config, report)
+        transcripts = route.play(wf, chosen, config, report, users=users)
         for episode, pid, transcript in zip(chosen, path_ids, transcripts):
-            scored = score(wf, route.name, episode.scenario, episode.reference, transcript)
+            scored = score(wf, episode.scenario, episode.reference, transcript, route=route.name)
             scored["path_id"] = pid
+            scored["user_simulator"] = users.name
             results.append(scored)
     frame = pl.DataFrame(results).sort(["route", "holdout", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))

@@ -1,7 +1,8 @@
 """The ladder: every route side by side on one holdout — quality, tokens, latency and price.
 
 One row per route x holdout, from ``eval_scores`` (quality, tokens, latency) and ``cost_report``
-($ per conversation). If a repair round promoted new weights, the promoted model's deployed route
+($ per conversation; the ``frontier`` route, Claude with the procedure in context when it ran,
+priced from its ``frontier_measured`` row). If a repair round promoted new weights, the promoted model's deployed route
 is added as its own row (``compiled_prefill@round1``), so the table shows both the compile and what
 the repair loop made of it. ``subterra ladder`` prints it; the ``ladder`` table holds the same rows.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from subterra.cost import FRONTIER_ROUTE, MEASURED
 from subterra.routes import ROUTES
 
 COLUMNS = [
@@ -54,8 +56,11 @@ def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFr
         )
 
     for r in scores.iter_rows(named=True):
-        found = price.get((r["route"], r["holdout"]))
-        model = "base" if r["route"].startswith("orchestrated") else "compiled"
+        if r["route"] == FRONTIER_ROUTE:
+            found, model = price.get((MEASURED, r["holdout"])), "frontier (Claude, procedure in context)"
+        else:
+            found = price.get((r["route"], r["holdout"]))
+            model = "base" if r["route"].startswith("orchestrated") else "compiled"
         add(r, r["route"], model, found["usd_per_conversation"] if found else None)
     if promotions is not None and repair_scores is not None and promotions.height:
         last = promotions.sort("round").row(promotions.height - 1, named=True)

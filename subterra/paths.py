@@ -10,13 +10,17 @@ moves to a later component or raises the visit total inside the current one), so
 two dynamic programmes over it: completions ``g`` (backward) and prefixes ``f`` (forward).
 Enumeration is a depth-first walk yielding one path at a time; sampling draws paths by rank
 (uniform) and, for each edge, a path uniform among those through it.
+
+Paths are never listed to be counted, so a graph with 10^12 of them is fine; what can explode is
+the state graph itself, when a large loop allows several visits (a 12-node loop visited up to
+three times has ~1.8 million states). Exploration stops at ``MAX_STATES`` with ``PathSpaceTooLarge``,
+which says how far it got and what to change, instead of running for hours.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -24,6 +28,12 @@ import networkx as nx
 import polars as pl
 
 Path = tuple[str, ...]  # edge ids in order
+
+MAX_STATES = 100_000  # (node, visit counts) states explored before giving up; real workflows need < 1,000
+
+
+class PathSpaceTooLarge(ValueError):
+    """The workflow's loops allow more states than ``max_states``: refused, never explored for hours."""
 
 
 def path_id(path: Sequence[str]) -> str:
@@ -34,75 +44,103 @@ def path_id(path: Sequence[str]) -> str:
 class StateGraph:
     """The reachable (node, visit counts within its component) states of a workflow, with counts."""
 
-    def __init__(self, wf):
+    def __init__(self, wf, max_states: int = MAX_STATES):
         self.wf = wf
+        self.max_states = max_states
         graph = nx.DiGraph()
         graph.add_nodes_from(wf.nodes)
         graph.add_edges_from((e.source, e.target) for e in wf.edges)
         condensed = nx.condensation(graph)
         rank = {c: i for i, c in enumerate(nx.topological_sort(condensed))}
-        self._rank: dict[str, int] = {n: rank[c] for n, c in condensed.graph["mapping"].items()}
-        self._members: dict[str, tuple[str, ...]] = {}
+        self._rank: dict[str, int] = {n: rank[c] for n, c in condensed.graph["mapping"].items()}  # topological rank of the component
+        self._members: dict[str, tuple[str, ...]] = {}  # the node's component if it lies on a cycle, else ()
         for c in condensed.nodes:
             members = tuple(sorted(condensed.nodes[c]["members"]))
             cyclic = len(members) > 1 or graph.has_edge(members[0], members[0])
             for n in members:
                 self._members[n] = members if cyclic else ()
+        self._terminal = {n for n, node in wf.nodes.items() if node.is_terminal}
         self._explore()
         self._count()
 
-    def _enter(self, visits: tuple[int, ...], source: str, target: str) -> tuple[int, ...] | None:
-        """Visit counts after stepping from ``source`` to ``target``; None past ``max_visits``."""
-        members = self._members[target]
-        if not members:
-            return ()
-        if self._rank[source] != self._rank[target]:  # entering a new component
-            visits = (0,) * len(members)
-        i = members.index(target)
-        if visits[i] >= self.wf.max_visits:
-            return None
-        return visits[:i] + (visits[i] + 1,) + visits[i + 1 :]
-
     def _explore(self) -> None:
-        wf = self.wf
-        start_visits = tuple(1 if m == wf.start else 0 for m in self._members[wf.start])
-        self.states: list[tuple[str, tuple[int, ...]]] = [(wf.start, start_visits)]
-        index = {self.states[0]: 0}
+        """Every reachable state, breadth first, with its steps (edge id, next state). Stepping into
+        a node on a cycle raises its visit count (counts restart on entering a new component) and
+        is refused past ``max_visits``; a node on no cycle carries no counts."""
+        wf, rank, members_of = self.wf, self._rank, self._members
+        limit = wf.max_visits
+        start = (wf.start, tuple(1 if m == wf.start else 0 for m in members_of[wf.start]))
+        self.states: list[tuple[str, tuple[int, ...]]] = [start]
+        index = {start: 0}
         self.out: list[list[tuple[str, int]]] = [[]]  # per state: (edge id, target state)
-        queue = deque([0])
-        while queue:
-            s = queue.popleft()
+        s = 0
+        while s < len(self.states):
             node, visits = self.states[s]
-            if wf.nodes[node].is_terminal:
-                continue
-            for e in wf.out_edges(node):
-                nxt = self._enter(visits, node, e.target)
-                if nxt is None:
-                    continue
-                state = (e.target, nxt)
-                t = index.get(state)
-                if t is None:
-                    t = index[state] = len(self.states)
-                    self.states.append(state)
-                    self.out.append([])
-                    queue.append(t)
-                self.out[s].append((e.id, t))
+            if node not in self._terminal:
+                row = self.out[s]
+                for e in wf.out_edges(node):
+                    target = e.target
+                    members = members_of[target]
+                    if members:
+                        before = visits if rank[node] == rank[target] else (0,) * len(members)
+                        i = members.index(target)
+                        if before[i] >= limit:
+                            continue
+                        after = before[:i] + (before[i] + 1,) + before[i + 1 :]
+                    else:
+                        after = ()
+                    state = (target, after)
+                    t = index.get(state)
+                    if t is None:
+                        if len(self.states) >= self.max_states:
+                            raise self._too_large()
+                        t = index[state] = len(self.states)
+                        self.states.append(state)
+                        self.out.append([])
+                    row.append((e.id, t))
+            s += 1
         # every step raises (component rank, visits in the component): sorting is a topological order
-        self.order = sorted(range(len(self.states)), key=lambda s: (self._rank[self.states[s][0]], sum(self.states[s][1])))
+        self.order = sorted(range(len(self.states)), key=lambda s: (rank[self.states[s][0]], sum(self.states[s][1])))
+
+    def _too_large(self) -> PathSpaceTooLarge:
+        loops = sorted({m for m in self._members.values() if m}, key=len, reverse=True)
+        if loops:
+            why = f"its largest loop has {len(loops[0])} nodes; lower max_visits or break the loop into smaller ones"
+        else:
+            why = f"it has {len(self.wf.nodes):,} nodes and no loop; raise max_states"
+        return PathSpaceTooLarge(
+            f"{self.wf.id}: the paths pass through more than {self.max_states:,} (node, visit count) states with "
+            f"max_visits={self.wf.max_visits} ({why}); paths were not explored"
+        )
 
     def _count(self) -> None:
-        n = len(self.states)
-        self.g = [0] * n  # completions from the state to a terminal
+        self.g = [0] * len(self.states)  # completions from the state to a terminal
         for s in reversed(self.order):
-            node = self.states[s][0]
-            self.g[s] = 1 if self.wf.nodes[node].is_terminal else sum(self.g[t] for _, t in self.out[s])
-        self.f = [0] * n  # prefixes from the start state to the state
-        self.f[0] = 1
-        self.into: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+            self.g[s] = 1 if self.states[s][0] in self._terminal else sum(self.g[t] for _, t in self.out[s])
+
+    def _prefixes(self) -> None:
+        """Prefix counts ``f`` (from the start state to each state) and incoming steps ``into``:
+        only sampling needs them, so they are computed on first use."""
+        n = len(self.states)
+        self._f = [0] * n
+        self._f[0] = 1
+        self._into: list[list[tuple[str, int]]] = [[] for _ in range(n)]
         for s in self.order:
             for eid, t in self.out[s]:
-                self.f[t] += self.f[s]
-                self.into[t].append((eid, s))
+                self._f[t] += self._f[s]
+                self._into[t].append((eid, s))
+
+    @property
+    def f(self) -> list[int]:
+        if "_f" not in self.__dict__:
+            self._prefixes()
+        return self._f
+
+    @property
+    def into(self) -> list[list[tuple[str, int]]]:
+        if "_into" not in self.__dict__:
+            self._prefixes()
+        return self._into
 
     @property
     def total(self) -> int:
@@ -175,14 +213,14 @@ class StateGraph:
             stack.append((t, 0))
 
 
-def count_paths(wf) -> int:
-    """Exact number of paths, without enumerating them."""
-    return StateGraph(wf).total
+def count_paths(wf, max_states: int = MAX_STATES) -> int:
+    """Exact number of paths, without enumerating them; ``PathSpaceTooLarge`` past ``max_states``."""
+    return StateGraph(wf, max_states).total
 
 
-def iter_paths(wf) -> Iterator[Path]:
+def iter_paths(wf, max_states: int = MAX_STATES) -> Iterator[Path]:
     """Every path, one at a time, depth first in file order of the edges."""
-    return StateGraph(wf).walk()
+    return StateGraph(wf, max_states).walk()
 
 
 def path_nodes(wf, path: Sequence[str]) -> tuple[str, ...]:
@@ -203,13 +241,15 @@ class PathSelection:
     sampled: bool
 
 
-def select_paths(wf, cap: int = 5000, seed: int = 0) -> PathSelection:
+def select_paths(wf, cap: int = 5000, seed: int = 0, max_states: int = MAX_STATES) -> PathSelection:
     """All paths if there are at most ``cap``; else a deterministic sample covering every edge.
+
+    ``PathSpaceTooLarge`` if the loops allow more than ``max_states`` states.
 
     The sample takes, for each edge in file order not yet covered, one path uniform among the paths
     through it, then fills up to ``cap`` with distinct paths drawn uniformly by rank.
     """
-    space = StateGraph(wf)
+    space = StateGraph(wf, max_states)
     total = space.total
     if total <= cap:
         return PathSelection(list(space.walk()), total, False)

@@ -7,6 +7,7 @@ Generic lines (openers, off-script questions, acknowledgements) are split the sa
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 SEEN, UNSEEN = "seen", "unseen"
@@ -29,10 +30,12 @@ OFF_TOPIC = (
     "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
     "Are you a real person?", "Where is your head office?", "Do you have a newsletter?",
 )
+# A correction always names the value it replaces: "it should be Zurich" alone does not say whether
+# the origin or the destination changed, so nobody (model or judge) could score it objectively.
 CORRECTIONS = (
     "Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
-    "Wait, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
-    "Let me fix that, it is {new}.",
+    "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
+    "Let me fix that: {old} should be {new}.",
 )
 USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
 USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")
@@ -59,13 +62,26 @@ def phrasing_pool(lines: Sequence[str], phrasing: str) -> tuple[str, ...]:
     return lines[-k:] if phrasing == UNSEEN else lines[:-k]
 
 
-_PLACEHOLDER = __import__("re").compile(r"\{([a-z][a-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]*)\}")  # {{ and }} are literal braces, as the validator reads them
 
 
 def fill(template: str, values: dict[str, str]) -> str:
-    """Replace ``{slot}`` placeholders by plain lookup: nothing in a template is ever evaluated."""
-    return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
+    """Replace ``{slot}`` placeholders by plain lookup: nothing in a template is ever evaluated
+    (no ``str.format``: ``{x.__class__}`` or ``{x!r}`` stay as written), and a filled value is
+    never read again."""
+
+    def one(m: re.Match) -> str:
+        if m.group(1) is None:
+            return m.group(0)[0]
+        return str(values.get(m.group(1), m.group(0)))
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def placeholders(template: str) -> list[str]:
+    """The slot names ``fill`` would look up, in order."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1)]
 
 
 def uses(template: str, slot: str) -> bool:
-    return "{" + slot + "}" in template
+    return slot in placeholders(template)

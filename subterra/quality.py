@@ -4,6 +4,10 @@ Helper columns are computed first (role order, empty texts, unfilled placeholder
 validity, train/holdout overlap), then one expectation per promise over the conversations, and
 one over a coverage table (every node and edge of the workflow in the training split). Every
 result is reported, pass or fail, so the Dagster check shows the whole picture.
+
+Before the suite, ``screen_corpus`` rejects single conversations that are malformed (a teacher
+model's output that is no conversation, or one a row check fails on): they are kept out of
+training and evaluation, listed with their reason, and the suite bounds their share.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from subterra.forms import parse_form
 PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
 SPLITS = ["train", "holdout", "holdout_unseen"]
 COVERAGE = "every node and edge present in training"
+MAX_REJECTED_SHARE = 0.05
+REJECTED = f"teacher output rejected for at most {MAX_REJECTED_SHARE:.0%} of conversations"
+REJECTED_SCHEMA = {"workflow": pl.String, "conversation_id": pl.String, "split": pl.String, "teacher": pl.String, "reason": pl.String}
 # what makes two scenarios the same one, whatever split or phrasing set they were given
 _SCENARIO_IDENTITY_IGNORES = ("id", "split", "phrasing")
 
@@ -51,7 +58,7 @@ def conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
     roles_ok = roles == expected and len(roles) >= 3 and roles[-1] == "assistant"
     texts = [str(m.get("content", "")) for m in messages]
     bad_forms = 0
-    for m in messages:
+    for before, m in zip([{}] + messages, messages):
         if m.get("role") != "assistant":
             continue
         try:
@@ -59,14 +66,47 @@ def conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
         except (ValueError, KeyError, TypeError):
             bad_forms += 1
             continue
-        if form.node not in node_ids or not form.say.strip():
-            bad_forms += 1
+        said = str(before.get("content", "")) if before.get("role") == "user" else ""
+        if form.node not in node_ids or not form.say.strip() or not all(v and v in said for v in form.slots.values()):
+            bad_forms += 1  # a slot value must be a verbatim span of the user's message before it
     return {
         "roles_ok": roles_ok,
         "empty_texts": sum(1 for t in texts if not t.strip()),
         "unfilled": sum(1 for t in texts if PLACEHOLDER.search(t)),
         "bad_forms": bad_forms,
     }
+
+
+def _faults(facts: dict) -> str | None:
+    faults = []
+    if not facts["roles_ok"]:
+        faults.append("roles out of order or too few turns")
+    if facts["empty_texts"]:
+        faults.append(f"{facts['empty_texts']} empty text(s)")
+    if facts["unfilled"]:
+        faults.append(f"{facts['unfilled']} unfilled placeholder(s)")
+    if facts["bad_forms"]:
+        faults.append(f"{facts['bad_forms']} bad form(s) (unparseable, unknown node, empty say, or a value not copied verbatim)")
+    return "; ".join(faults) or None
+
+
+def screen_corpus(corpus: pl.DataFrame, wf) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the conversations fit to train and evaluate on, the rejected ones with their reason).
+
+    A conversation is rejected when its teacher's output was malformed (``teacher_error``) or a
+    row check of the gate fails on it: it is then neither trained on nor evaluated against, and
+    the gate's ``REJECTED`` expectation bounds how many may be."""
+    node_ids = set(wf.nodes)
+    errors = corpus["teacher_error"].to_list() if "teacher_error" in corpus.columns else [None] * corpus.height
+    reasons = [error or _faults(conversation_facts(m, node_ids)) for m, error in zip(corpus["messages"], errors)]
+    marked = corpus.with_columns(pl.Series("reason", reasons, dtype=pl.String))
+    rejected = marked.filter(pl.col("reason").is_not_null())
+    rejected = rejected.select(
+        pl.col("workflow"), pl.col("conversation_id"), pl.col("split"),
+        pl.col("teacher") if "teacher" in corpus.columns else pl.lit(None, dtype=pl.String).alias("teacher"),
+        pl.col("reason"),
+    ).cast(REJECTED_SCHEMA)
+    return marked.filter(pl.col("reason").is_null()).drop("reason"), rejected
 
 
 def _scenario_identity(scenario_json: str) -> str:
@@ -106,8 +146,9 @@ def _gx_context():
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def validate_corpus(corpus: pl.DataFrame, wf, max_length: int) -> CorpusValidation:
-    """Run the suite over ``corpus`` (the corpus table plus an ``n_tokens`` column)."""
+def validate_corpus(corpus: pl.DataFrame, wf, max_length: int, rejected: int = 0) -> CorpusValidation:
+    """Run the suite over ``corpus`` (the corpus table plus an ``n_tokens`` column); ``rejected``
+    conversations were screened out of it before (``screen_corpus``)."""
     import great_expectations as gx
     import pandas as pd
 
@@ -128,7 +169,7 @@ def validate_corpus(corpus: pl.DataFrame, wf, max_length: int) -> CorpusValidati
         "roles alternate (system, user, assistant, ...) and end on the assistant": E.ExpectColumnValuesToBeInSet(column="roles_ok", value_set=[True]),
         "no empty text": E.ExpectColumnValuesToBeInSet(column="empty_texts", value_set=[0]),
         "no unfilled {placeholder}": E.ExpectColumnValuesToBeInSet(column="unfilled", value_set=[0]),
-        "every form parses and names a real node": E.ExpectColumnValuesToBeInSet(column="bad_forms", value_set=[0]),
+        "every form parses, names a real node and copies its values verbatim": E.ExpectColumnValuesToBeInSet(column="bad_forms", value_set=[0]),
         f"length under the training maximum ({max_length} tokens)": E.ExpectColumnValuesToBeBetween(
             column="n_tokens", min_value=1, max_value=max_length
         ),
@@ -158,6 +199,14 @@ def validate_corpus(corpus: pl.DataFrame, wf, max_length: int) -> CorpusValidati
         else:
             observed = str(r.result.get("observed_value"))
         results.append({"expectation": name, "success": bool(r.success), "observed": observed})
+    total = frame.height + rejected
+    results.append(
+        {
+            "expectation": REJECTED,
+            "success": rejected <= MAX_REJECTED_SHARE * total,
+            "observed": f"{rejected} of {total} rejected",
+        }
+    )
     missing = coverage.loc[~coverage["covered"], "item"].tolist()
     results.append(
         {

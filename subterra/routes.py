@@ -1,7 +1,7 @@
 """Routes: the ways a workflow can be served, evaluated side by side on one holdout (the ladder).
 
 A route is a name and how it generates forms: ``play(wf, episodes, config)`` plays held-out
-scenarios against their scripted users and returns one ``Transcript`` per scenario, which
+scenarios against their users (scripted unless told) and returns one ``Transcript`` per scenario, which
 ``subterra.evaluation`` scores the same way for every route. The four local routes are a 2 x 2:
 
 | route | weights | system prompt | form |
@@ -31,7 +31,7 @@ from typing import Callable, Protocol, Sequence
 from subterra.procedure import render_procedure
 from subterra.runtime import Codec, TurnCounter, TurnRecord, fill_form, force, free_form
 from subterra.scenario import Scenario
-from subterra.simulator import ScriptedUser
+from subterra.simulator import SCRIPTED, Users
 
 ROUTES = ("orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill")
 DEPLOYED = "compiled_prefill"
@@ -83,32 +83,42 @@ class Transcript:
     user_kinds: list[str] = field(default_factory=list)  # kind of the user message before each turn
     user_slots: list[dict] = field(default_factory=list)
     user_edges: list[str | None] = field(default_factory=list)  # the edge each answer took
+    user_texts: list[str] = field(default_factory=list)
     ended: bool = False
     truncated: bool = False
+    user_fallbacks: int = 0  # turns a model-played user had to leave to the scripted wording
+
+    def heard(self, turn) -> None:
+        """The user's message before the next turn."""
+        self.user_kinds.append(turn.kind)
+        self.user_slots.append(dict(turn.slots))
+        self.user_edges.append(turn.edge)
+        self.user_texts.append(turn.text)
 
 
 class Route(Protocol):
     name: str
 
-    def play(self, wf, episodes: Sequence[Episode], config, progress: Callable[[int, int], None] | None = None) -> list[Transcript]: ...
+    def play(self, wf, episodes: Sequence[Episode], config, progress: Callable[[int, int], None] | None = None,
+             users: Users = SCRIPTED) -> list[Transcript]: ...
 
 
-def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_prefix: int, out: Transcript, clock):
+def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_prefix: int, out: Transcript, clock,
+                         users: Users = SCRIPTED):
     """One scenario, start to end, as a lockstep program (after the shared system prompt).
 
     ``turn_program(message, counter)`` is the route's way of filling one form. Tokens in per turn
     are the whole context the model reads (system prompt included); tokens out are the model's own.
+    ``users`` makes the scenario's user (scripted, or a model in the scenario's persona).
     """
-    user = ScriptedUser(wf, episode.scenario)
+    user = users.make(wf, episode.scenario)
     turn = user.opener()
     n_context = n_prefix
     while len(out.turns) < episode.max_turns:
         message = codec.user(turn.text)
         yield from force(message)
         n_context += len(message)
-        out.user_kinds.append(turn.kind)
-        out.user_slots.append(dict(turn.slots))
-        out.user_edges.append(turn.edge)
+        out.heard(turn)
         counter = TurnCounter()
         started = clock()
         form, raw, valid = yield from turn_program(turn.text, counter)
@@ -119,7 +129,8 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         )
         n_context += counter.forced + counter.chosen
         out.turns.append(record)
-        turn = user.reply(form.node)
+        turn = user.reply(form.node, form.say)
+        out.user_fallbacks = getattr(user, "fallbacks", 0)
         if turn is None:
             out.ended = True
             return
@@ -147,7 +158,7 @@ class LocalRoute:
         return render_procedure(wf) if self.procedure else wf.assistant
 
     def play(self, wf, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
-             progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
+             progress: Callable[[int, int], None] | None = None, users: Users = SCRIPTED) -> list[Transcript]:
         from subterra.lexicon import load_lexicon
         from subterra.runtime import Lockstep
         from subterra.student import load_compiled
@@ -191,7 +202,7 @@ class LocalRoute:
 
             programs = [
                 conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i],
-                                     lambda row=row: forwards[0] + scoring[row])
+                                     lambda row=row: forwards[0] + scoring[row], users)
                 for row, i in enumerate(batch)
             ]
             cut = driver.run(programs, cache_len(batch), on_step=on_step, prefix=prefix, on_score=on_score)

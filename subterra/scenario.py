@@ -18,6 +18,16 @@ from subterra.slot_values import SlotValueSource
 
 SPLITS = ("train", "holdout", "holdout_unseen")
 OFFSCRIPT_KINDS = ("unclear", "offtopic", "correction")
+PERSONAS = (  # who the user is, for a model that writes or plays the user's side
+    "a busy professional who writes short, clipped messages",
+    "a friendly retiree who writes full, polite sentences",
+    "a non-native English speaker who writes simple sentences",
+    "a slightly anxious first-time customer who over-explains",
+    "a student who writes casually, in lower case, without much punctuation",
+    "a direct customer who wants to get it done quickly",
+    "a chatty customer who adds small asides",
+    "a careful customer who double-checks what they say",
+)
 
 
 def visit_key(node: str, visit: int) -> str:
@@ -50,6 +60,10 @@ class Scenario:
         data = asdict(self)
         data["path"] = list(self.path)
         return json.dumps(data, sort_keys=True)
+
+    @property
+    def persona(self) -> str:
+        return PERSONAS[self.seed % len(PERSONAS)]
 
     @classmethod
     def from_json(cls, text: str) -> "Scenario":

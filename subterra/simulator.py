@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from subterra import phrasing as ph
 from subterra.scenario import Scenario, visit_key
@@ -55,8 +56,9 @@ class ScriptedUser:
     def opener(self) -> UserTurn:
         return self._turn(UserTurn(self.rng.choice(self._pool(ph.OPENERS)), "opener"), None)
 
-    def reply(self, node_id: str) -> UserTurn | None:
-        """The user's message after the agent's turn at ``node_id``; None after a terminal node."""
+    def reply(self, node_id: str, say: str = "") -> UserTurn | None:
+        """The user's message after the agent's turn at ``node_id``; None after a terminal node.
+        (``say``, what the agent told the user, matters to a simulator that reads it; not to this one.)"""
         node = self.wf.nodes.get(node_id)
         if node is None:  # an agent that names no real step gets a confused user
             return self._turn(UserTurn(self.rng.choice(self._pool(ph.UNCLEAR)), "unclear"), node_id)
@@ -100,7 +102,13 @@ class ScriptedUser:
         return UserTurn(text, "answer", slots, edge.id)
 
     def _correction(self) -> UserTurn | None:
-        candidates = [s for s in self.provided if self.scenario.corrections.get(s, self.values[s]) != self.values[s]]
+        # a slot whose value another given slot shares ("2" travellers, "2" bags) cannot be
+        # corrected unambiguously by naming its old value
+        candidates = [
+            s for s in self.provided
+            if self.scenario.corrections.get(s, self.values[s]) != self.values[s]
+            and not any(o != s and self.values[o] == self.values[s] for o in self.provided)
+        ]
         if not candidates:
             return None
         slot = self.rng.choice(candidates)
@@ -111,3 +119,14 @@ class ScriptedUser:
 
 
 ph_OFFSCRIPT = frozenset({"unclear", "offtopic", "correction"})
+
+
+@dataclass(frozen=True)
+class Users:
+    """Who plays the user in an evaluation: a name for the tables, and ``make(wf, scenario)``."""
+
+    name: str = "scripted"
+    make: Callable = ScriptedUser
+
+
+SCRIPTED = Users()

@@ -1,7 +1,8 @@
 """The DuckDB database: one table per asset, a ``workflow`` column in each.
 
 A partition's rows are replaced in one transaction (delete this workflow's rows, insert the new
-ones), so a crash never leaves half a partition. DuckDB lets one process write a file at a time
+ones; several tables at once when a stage writes more than one), so a crash never leaves half a
+partition, nor one table of a stage new and another old. DuckDB lets one process write a file at a time
 and refuses (rather than waits for) a second, so every connection first takes an advisory file
 lock beside the database: exclusive to write, shared to read. Writers in different threads and
 processes (two Dagster runs at once) therefore queue instead of failing; readers wait for a write
@@ -10,7 +11,6 @@ in progress. Connections are short: open, do one thing, close.
 
 from __future__ import annotations
 
-import fcntl
 import re
 import threading
 from collections.abc import Iterator
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from subterra.locks import file_lock
 
 _TABLE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _WRITE_LOCK = threading.Lock()
@@ -38,18 +40,12 @@ class Store:
     def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.db_path.exists():
             raise FileNotFoundError(f"{self.db_path}: no database yet (compile a workflow first)")
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.db_path.with_name(self.db_path.name + ".lock")
-        with open(lock_path, "a+") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_SH if read_only else fcntl.LOCK_EX)
+        with file_lock(self.db_path.with_name(self.db_path.name + ".lock"), shared=read_only):
+            con = duckdb.connect(str(self.db_path), read_only=read_only)
             try:
-                con = duckdb.connect(str(self.db_path), read_only=read_only)
-                try:
-                    yield con
-                finally:
-                    con.close()
+                yield con
             finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+                con.close()
 
     @staticmethod
     def _check(table: str) -> str:
@@ -64,25 +60,35 @@ class Store:
         on (a newer Subterra), new columns are added and changed types converted, so the rows of
         every other workflow stay. ``frame`` gets a ``workflow`` column if it has none and must
         not hold rows of another workflow. Returns the number of rows written."""
-        table = self._check(table)
-        if "workflow" not in frame.columns:
-            frame = frame.with_columns(pl.lit(workflow, dtype=pl.String).alias("workflow"))
-        if frame.height and set(frame["workflow"].unique()) != {workflow}:
-            raise ValueError(f"{table}: rows for another workflow than {workflow!r}")
-        incoming = frame.to_arrow()
+        return self.replace_partitions(workflow, {table: frame})[table]
+
+    def replace_partitions(self, workflow: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
+        """Replace ``workflow``'s rows of several tables in one transaction: a stage that writes
+        two tables (rows and their checks, scores and their scenarios) never leaves one new and
+        the other old. Returns the rows written per table."""
+        incoming = {}
+        for table, frame in frames.items():
+            table = self._check(table)
+            if "workflow" not in frame.columns:
+                frame = frame.with_columns(pl.lit(workflow, dtype=pl.String).alias("workflow"))
+            if frame.height and set(frame["workflow"].unique()) != {workflow}:
+                raise ValueError(f"{table}: rows for another workflow than {workflow!r}")
+            incoming[table] = frame
         with _WRITE_LOCK, self._connect() as con:
-            con.register("incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM incoming LIMIT 0")
-                self._evolve(con, table)
-                con.execute(f"DELETE FROM {table} WHERE workflow = ?", [workflow])
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                for table, frame in incoming.items():
+                    con.register("incoming", frame.to_arrow())
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM incoming LIMIT 0")
+                    self._evolve(con, table)
+                    con.execute(f"DELETE FROM {table} WHERE workflow = ?", [workflow])
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                    con.unregister("incoming")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return frame.height
+        return {table: frame.height for table, frame in incoming.items()}
 
     def delete_partition(self, table: str, workflow: str) -> None:
         """Remove ``workflow``'s rows of ``table`` (a stage that produced nothing this time)."""

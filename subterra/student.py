@@ -94,6 +94,23 @@ def load_student(spec: StudentSpec, conversations: Sequence[list[dict]]):
     return tokenizer, model
 
 
+def continue_student(model_dir: str, atoms: Sequence[str] = ()):
+    """(tokenizer, model) of a compiled model folder, ready to train further: its own tokenizer,
+    with any node id or slot name it lacks added as a single token (its embedding row starts at
+    the mean of the others)."""
+    from tokenizers import AddedToken
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    vocab = tokenizer.get_vocab()
+    missing = [a for a in dict.fromkeys(atoms) if a not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in missing])
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return tokenizer, model
+
+
 def base_model_dir(base_model: str, data_dir: str = "") -> str | None:
     """The folder (or hub id) of a pretrained base model, as the base-model routes load it;
     None for the from-config student, which has no pretrained base."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from subterra import phrasing as ph
 from subterra.forms import Form, render_form
@@ -26,25 +26,73 @@ class Conversation:
     nodes: list[str] = field(default_factory=list)  # the node of every assistant turn
     edges: list[str] = field(default_factory=list)  # the edges the user's answers took
     offscript: list[str] = field(default_factory=list)  # off-script kinds, in order
+    tokens_in: int = 0  # what writing it cost (a teacher that calls a model)
+    tokens_out: int = 0
+    usd: float = 0.0
+    error: str | None = None  # why the teacher's output could not be made a conversation
 
 
 class Teacher(Protocol):
     name: str
 
-    def conversation(self, wf, scenario: Scenario) -> Conversation: ...
+    def conversations(self, wf, scenarios: Sequence[Scenario]) -> list[Conversation]: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One exchange of a scenario's conversation: the user's message, then the agent's turn at ``node``."""
+
+    user: UserTurn
+    node: str
+    values: dict[str, str]  # the user's slot values as of this message (after any correction)
+    known: frozenset[str]  # the slots the user has given so far
+
+
+@dataclass
+class Script:
+    """What happens in a scenario's conversation, before anyone words the agent's turns."""
+
+    steps: list[Step]
+    edges: list[str]
+    offscript: list[str]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [s.node for s in self.steps]
+
+
+def script(wf, scenario: Scenario) -> Script:
+    """The scenario played by its scripted user against an agent that follows the workflow."""
+    user = ScriptedUser(wf, scenario)
+    turn: UserTurn = user.opener()
+    node_id = wf.start
+    known: set[str] = set()
+    steps: list[Step] = []
+    edges: list[str] = []
+    offscript: list[str] = []
+    limit = MAX_TURNS_FACTOR * (len(scenario.path) + 1)
+    while True:
+        known |= set(turn.slots)
+        steps.append(Step(turn, node_id, dict(user.values), frozenset(known)))
+        if len(steps) > limit:
+            raise RuntimeError(f"{wf.id}: scenario {scenario.id} does not terminate")
+        turn = user.reply(node_id)
+        if turn is None:
+            return Script(steps, edges, offscript)
+        if turn.kind == "answer":
+            edges.append(turn.edge)
+            node_id = next(e.target for e in wf.out_edges(node_id) if e.id == turn.edge)
+        else:
+            offscript.append(turn.kind)
 
 
 def agent_line(wf, node_id: str, values: dict[str, str], known: set[str], rng: random.Random) -> str:
     """One of the node's say lines whose placeholders are all known; the prompt if there is none."""
     node = wf.nodes[node_id]
-    usable = [s for s in node.say if all(p in known for p in _placeholders(s))]
+    usable = [s for s in node.say if all(p in known for p in ph.placeholders(s))]
     if not usable:
         return node.prompt
     return ph.fill(rng.choice(usable), values)
-
-
-def _placeholders(template: str) -> list[str]:
-    return ph._PLACEHOLDER.findall(template)
 
 
 class TemplateTeacher:
@@ -55,18 +103,17 @@ class TemplateTeacher:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
+    def conversations(self, wf, scenarios: Sequence[Scenario]) -> list[Conversation]:
+        return [self.conversation(wf, s) for s in scenarios]
+
     def conversation(self, wf, scenario: Scenario) -> Conversation:
         rng = random.Random(scenario.seed ^ (self.seed * 0x9E3779B1) ^ 0xA6E47)
-        user = ScriptedUser(wf, scenario)
-        turn: UserTurn = user.opener()
-        messages = [{"role": "system", "content": wf.assistant}, {"role": "user", "content": turn.text}]
-        conv = Conversation(messages)
-        node_id = wf.start
-        known: set[str] = set()
-        limit = MAX_TURNS_FACTOR * (len(scenario.path) + 1)
-        while True:
-            known |= set(turn.slots)
-            say = agent_line(wf, node_id, user.values, known, rng)
+        plan = script(wf, scenario)
+        messages = [{"role": "system", "content": wf.assistant}]
+        for step in plan.steps:
+            turn = step.user
+            messages.append({"role": "user", "content": turn.text})
+            say = agent_line(wf, step.node, step.values, set(step.known), rng)
             prefix = ""
             if turn.kind == "unclear":
                 prefix = rng.choice(ph.AGENT_UNCLEAR)
@@ -77,16 +124,5 @@ class TemplateTeacher:
             elif turn.slots:
                 prefix = rng.choice(ph.AGENT_ACKS)
             text = f"{prefix} {say}".strip()
-            messages.append({"role": "assistant", "content": render_form(Form(node_id, dict(turn.slots), text))})
-            conv.nodes.append(node_id)
-            if len(conv.nodes) > limit:
-                raise RuntimeError(f"{wf.id}: scenario {scenario.id} does not terminate")
-            turn = user.reply(node_id)
-            if turn is None:
-                return conv
-            messages.append({"role": "user", "content": turn.text})
-            if turn.kind == "answer":
-                conv.edges.append(turn.edge)
-                node_id = next(e.target for e in wf.out_edges(node_id) if e.id == turn.edge)
-            else:
-                conv.offscript.append(turn.kind)
+            messages.append({"role": "assistant", "content": render_form(Form(step.node, dict(turn.slots), text))})
+        return Conversation(messages, plan.nodes, plan.edges, plan.offscript)

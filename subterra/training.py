@@ -4,13 +4,17 @@ Configuration is a dataclass (``TrainConfig``) written to JSON; ``subterra.cli.t
 as its own process (launched by the ``trained_weights`` asset through Dagster Pipes, or by hand,
 or by ``accelerate launch`` on a GPU machine). Loss is on assistant turns only; the system
 prompt is only the workflow's one-line ``assistant`` text (that is what the corpus holds).
-Checkpoints are written periodically and a rerun resumes from the last one. The finished model
-is a standard transformers folder (safetensors, tokenizer, chat template), written under a
-temporary name and renamed into place, with ``training_result.json`` beside the weights.
+Checkpoints are written every ``save_steps`` steps (TRL/transformers' own) beside the model
+folder; a rerun of the same training (same settings, same data: ``fingerprint.json`` in the
+checkpoint folder says which) resumes from the last complete one, and a checkpoint of another
+training is discarded, never resumed. The finished model is a standard transformers folder
+(safetensors, tokenizer, chat template), built under a staging name and swapped into place whole
+(``subterra.atomic.replace_dir``), with ``training_result.json`` beside the weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,8 +26,9 @@ from typing import Callable
 
 import polars as pl
 
+from subterra.atomic import recover_dir, replace_dir, write_text
 from subterra.lexicon import build_lexicon, save_lexicon
-from subterra.student import StudentSpec, load_student
+from subterra.student import StudentSpec, continue_student, load_student
 
 RESULT_FILE = "training_result.json"
 
@@ -57,9 +62,16 @@ class TrainConfig:
     save_steps: int = 200
     bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
     torch_threads: int = 0  # 0: all cores
+    init_from: str = ""  # a compiled model folder to continue training (its tokenizer and weights)
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_text(path, json.dumps(asdict(self), indent=2))
+
+    def fingerprint(self) -> str:
+        """What makes two trainings the same one: every setting but where files go, and the data."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("train_data", "output_dir", "checkpoint_dir", "torch_threads")}
+        data = hashlib.sha256(Path(self.train_data).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps([settings, data], sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -84,8 +96,12 @@ class TrainConfig:
         )
 
 
-def train_conversations(frame: pl.DataFrame) -> list[list[dict]]:
+def train_conversations(frame: pl.DataFrame, weighted: bool = True) -> list[list[dict]]:
+    """The train split's conversations; with a ``weight`` column (a continued run's mix,
+    ``subterra.incremental.training_mix``) each one as many times as its weight says."""
     rows = frame.filter(pl.col("split") == "train").sort("conversation_id")
+    if weighted and "weight" in rows.columns:
+        rows = rows.select(pl.col("messages").repeat_by(pl.col("weight")).explode()).drop_nulls()
     return [json.loads(m) for m in rows["messages"]]
 
 
@@ -119,9 +135,10 @@ class TrainResult:
     device: str
     dtype: str
     resumed_from: str | None = None
+    continued_from: str | None = None  # the compiled model this run started from (incremental)
 
     def to_json(self, path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_text(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def from_json(cls, path) -> "TrainResult":
@@ -130,11 +147,31 @@ class TrainResult:
         return cls(**data)
 
 
-def _latest_checkpoint(folder: Path) -> str | None:
-    if not folder.is_dir():
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint is complete once its trainer state (written last) reads back whole."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint of this very training; checkpoints of another one are removed."""
+    try:
+        same = json.loads((folder / FINGERPRINT_FILE).read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        write_text(folder / FINGERPRINT_FILE, json.dumps({"fingerprint": fingerprint}))
         return None
-    ckpts = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return str(max(ckpts, key=lambda p: int(p.name.split("-")[1]))) if ckpts else None
+    steps = {p: p.name.removeprefix("checkpoint-") for p in folder.glob("checkpoint-*")}
+    done = [p for p, step in steps.items() if step.isdigit() and _complete(p)]
+    return str(max(done, key=lambda p: int(steps[p]))) if done else None
 
 
 def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> TrainResult:
@@ -146,16 +183,20 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
 
     if config.torch_threads or not torch.cuda.is_available():
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
-    conversations = train_conversations(pl.read_parquet(config.train_data))
+    frame = pl.read_parquet(config.train_data)
+    conversations = train_conversations(frame)
     if not conversations:
         raise ValueError(f"{config.train_data}: no training conversations")
     spec = config.student()
-    tokenizer, model = load_student(spec, conversations)
+    if config.init_from:
+        tokenizer, model = continue_student(config.init_from, spec.atoms)
+    else:
+        tokenizer, model = load_student(spec, conversations)
     cuda = torch.cuda.is_available()
     bf16 = cuda if config.bf16 is None else config.bf16
-    out = Path(config.output_dir)
+    out = recover_dir(config.output_dir)
     ckpt_dir = Path(config.checkpoint_dir or f"{out}.checkpoints")
-    resume = _latest_checkpoint(ckpt_dir)
+    resume = _checkpoint_to_resume(ckpt_dir, config.fingerprint())
 
     args = SFTConfig(
         output_dir=str(ckpt_dir),
@@ -243,19 +284,14 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         device="cuda" if cuda else "cpu",
         dtype="bf16" if bf16 else "fp32",
         resumed_from=resume,
+        continued_from=config.init_from or None,
     )
-    lexicon_source = train_conversations(pl.read_parquet(config.lexicon_data)) if config.lexicon_data else conversations
-    save_lexicon(staging, build_lexicon(lexicon_source))
+    # the lexicon comes from the unweighted train rows (of ``lexicon_data`` when given: a repair
+    # round learns it from the compile's conversations and its repair conversations together)
+    lexicon_frame = pl.read_parquet(config.lexicon_data) if config.lexicon_data else frame
+    save_lexicon(staging, build_lexicon(train_conversations(lexicon_frame, weighted=False)))
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
-    if out.exists():
-        previous = out.with_name(out.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-        staging.rename(out)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)
+    replace_dir(staging, out)  # the last good model stays whole until this one is
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result

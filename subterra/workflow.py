@@ -196,14 +196,6 @@ def _plain(value):
     return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
 
 
-def placeholders(template: str) -> list[str]:
-    """Names of the ``{slot}`` placeholders of a template, in order (``{{`` is a literal brace).
-
-    Raises ``ValueError`` on unbalanced braces; validated workflows never have them.
-    """
-    return [name for _literal, name, _spec, _conv in string.Formatter().parse(template) if name is not None]
-
-
 # --------------------------------------------------------------------------------------------
 class _Checker:
     def __init__(self, file: str, loaded: Loaded):
@@ -275,12 +267,24 @@ def _read(path: Path) -> tuple[str | None, list[Fault]]:
         raw = path.read_bytes()
     except OSError as exc:
         return None, [Fault(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
+    return _decode(raw, str(path))
+
+
+def _decode(raw: bytes, filename: str) -> tuple[str | None, list[Fault]]:
     if len(raw) > MAX_BYTES:
-        return None, [Fault(str(path), 1, f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,} bytes")]
+        return None, [Fault(filename, 1, f"file is {len(raw):,} bytes; the limit is {MAX_BYTES:,} bytes")]
     try:
         return raw.decode("utf-8"), []
     except UnicodeDecodeError as exc:
-        return None, [Fault(str(path), 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        return None, [Fault(filename, 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+
+
+def parse_workflow_bytes(raw: bytes, filename: str) -> Workflow:
+    """A workflow from the bytes of its file (read once by the caller); ``WorkflowError`` with every fault."""
+    text, faults = _decode(raw, filename)
+    if text is None:
+        raise WorkflowError(faults)
+    return parse_workflow_text(text, filename)
 
 
 def _parse_file(path) -> tuple[Workflow | None, list[Fault]]:

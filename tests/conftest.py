@@ -86,3 +86,25 @@ def trained(tmp_path_factory, mini_workflow, corpus):
     return config, result, logs
 
 
+@pytest.fixture
+def fake_claude(monkeypatch):
+    """The local stand-in for the Claude API (``claude_fake.FakeClaude``), with its key in
+    ``ANTHROPIC_API_KEY`` for the test's duration."""
+    from claude_fake import KEY, FakeClaude
+
+    fake = FakeClaude()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("SUBTERRA_CLAUDE", raising=False)
+    yield fake
+    fake.close()
+
+
+def claude_settings(fake, **overrides):
+    """Every part on Claude, against ``fake``: quick timeouts, retries and polls for tests."""
+    from subterra.claude_client import PARTS, ClaudeSettings
+
+    values = dict(parts=frozenset(PARTS), base_url=fake.url, max_retries=3, timeout_s=0.5, poll_s=0.01, concurrency=4,
+                  teacher_mode="interactive")
+    values.update(overrides)
+    return ClaudeSettings(**values)

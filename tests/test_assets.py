@@ -102,6 +102,57 @@ def test_paths_called_directly_with_a_cap_are_sampled_and_say_what_they_miss(set
     assert result.metadata["uncovered_edges"] == ", ".join(e.id for e in wf.edges if e.id not in covered)
 
 
+def add_workflow(settings, instance, wf: Workflow, name: str) -> None:
+    """Write ``wf`` as data/workflows/NAME.yaml (only the keys it uses) and add its partition."""
+    import yaml
+
+    d = wf.to_dict() | {"workflow": name}
+    d["nodes"] = {nid: {k: v for k, v in node.items() if v} for nid, node in d["nodes"].items()}
+    settings.workflow_file(name).write_text(yaml.safe_dump(d, sort_keys=False))
+    instance.add_dynamic_partitions("workflows", [name])
+
+
+def test_a_graph_with_10_to_the_12_paths_is_sampled_with_a_notice(settings, store, resources, instance):
+    from test_paths import layered
+
+    wf = layered(12, 10)
+    add_workflow(settings, instance, wf, "huge")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="huge", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(path_cap=300)))
+    assert result.success
+    paths = metadata(result, workflow_paths)
+    assert (paths["total_paths"], paths["selected_paths"], paths["sampled"]) == (10**12, 300, True)
+    assert paths["edge_coverage"] == f"{len(wf.edges)}/{len(wf.edges)}" and store.read("workflow_paths", "huge").height == 300
+    notices = [r.user_message for r in instance.all_logs(result.run_id) if "exceed the cap" in r.user_message]
+    assert notices == ["huge: 1,000,000,000,000 paths exceed the cap of 300; using a deterministic sample of 300 "
+                       f"that covers {len(wf.edges)}/{len(wf.edges)} edges"]
+
+
+def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, store, resources, instance):
+    from test_paths import big_loop
+
+    add_workflow(settings, instance, big_loop(12, 3), "loopy")
+    result = dg.materialize([workflow_graph, workflow_paths], partition_key="loopy", resources=resources, instance=instance,
+                            run_config=run_config({"workflow_paths"}, workflow_paths=PathsConfig(max_states=2000)),
+                            raise_on_error=False)
+    assert not result.success
+    assert "loopy: the paths pass through more than 2,000 (node, visit count) states with max_visits=3" in failure_text(result)
+    assert "workflow_paths" not in store.tables()
+
+
+def test_an_oversized_corpus_is_refused_with_the_numbers_and_the_last_one_stays(settings, store, resources, instance):
+    from assets.synthetic_corpus import synthetic_corpus
+
+    assert materialize([workflow_graph, workflow_paths, synthetic_corpus], resources, instance).success
+    before = store.read("synthetic_corpus", KEY)
+    big = CorpusSettings(**{**SMALL_CORPUS.model_dump(), "max_conversations": 10})
+    refused = materialize([synthetic_corpus], resources, instance, synthetic_corpus=big)
+    assert not refused.success
+    assert f"mini_booking: corpus of {before.height:,} conversations (" in failure_text(refused)
+    assert "exceeds max_conversations=10" in failure_text(refused)
+    assert store.read("synthetic_corpus", KEY).equals(before)
+
+
 def test_a_bad_workflow_file_fails_with_every_fault(settings, resources, instance):
     path = settings.workflow_file(KEY)
     path.write_text(path.read_text().replace("next: ask_count", "next: nowhere").replace("start: greet", "start: hello"))
@@ -134,10 +185,17 @@ def test_blocking_gate_stops_training_on_a_bad_corpus(settings, store, resources
     assert "failed its quality gate (length under the training maximum (16 tokens))" in failure_text(alone)
 
 
-def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance):
-    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes."""
+SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-sentinel-4c1d", "HF_TOKEN": "hf_sentinel_77ab", "OPENAI_API_KEY": "sk-sentinel-9e0f"}
+
+
+def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instance, monkeypatch, capfd):
+    """Every asset, end to end, with a tiny few-step training run launched through Dagster Pipes;
+    with API keys in the environment, none of them ends up anywhere the compile writes."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
     result = materialize(COMPILE_ASSETS, resources, instance)
     assert result.success
+    assert_no_secret_in(result, settings, store, instance, capfd.readouterr())
     wf = load_workflow(settings.workflow_file(KEY))
     for table in ["workflow_nodes", "workflow_edges", "workflow_definitions", "workflow_paths", "synthetic_corpus",
                   "validated_dataset", "corpus_checks", "trained_weights", "eval_scenarios", "eval_scores", "cost_report"]:
@@ -163,16 +221,27 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert set(scores["route"]) == {"compiled", "compiled_prefill"}
     assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
     cost = store.read("cost_report", KEY)
-    assert set(cost["route"]) == {"frontier_in_context", "compiled", "compiled_prefill"}
-    assert "x cheaper" in metadata(result, COMPILE_ASSETS[6])["report"]
+    # every evaluated route priced on both holdouts, beside the frontier estimated from characters
+    assert list(zip(cost["route"], cost["holdout"])) == [
+        ("frontier_in_context", "holdout"), ("compiled", "holdout"), ("compiled", "holdout_unseen"),
+        ("compiled_prefill", "holdout"), ("compiled_prefill", "holdout_unseen")]
+    report = metadata(result, COMPILE_ASSETS[6])["report"]
+    assert "x cheaper" in report
+    # offline by default: the report says which parts did not use Claude
+    assert set(json.loads(cost["claude_parts"][0])) == {"teacher", "user", "judge", "frontier"}
+    assert all(what.startswith("offline") for what in json.loads(cost["claude_parts"][0]).values())
+    assert "teacher: offline (template teacher)" in report and "% of frontier quality: n/a" in report
+    assert cost["teacher_cost_usd"][0] == 0.0 and cost["compile_cost_usd"][0] == cost["training_cost_usd"][0]
 
 
-def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, resources, instance):
+def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, resources, instance, monkeypatch, capsys):
     """Compile, evaluate, map the failures, run a repair round whose training wrecks the weights
     (a learning rate of 5): the candidate is evaluated on the same scenarios and refused, the
-    compile's model stays promoted, and the ladder has no promoted row."""
+    compile's model stays promoted, and the ladder has no promoted row. Chat serves whichever model
+    is promoted, with the definition its compile was made from."""
     from assets.promoted_model import RepairSettings
     from subterra.promotion import current_model
+    from subterra.training import RESULT_FILE, TrainResult
 
     repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5,
                             learning_rate=5.0, max_steps=3)
@@ -191,6 +260,9 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     assert not second["promoted"] and second["model_dir"] == compiled
     assert second["reason"].startswith("refused") and second["strict_after"] <= second["strict_before"]
     assert (settings.run_dir(KEY, f"{wf.short_hash}-repair1") / "train.parquet").exists()
+    # the round continued training from the compile's weights (and its tokenizer), like an incremental recompile
+    candidate = TrainResult.from_json(settings.model_dir(KEY, f"{wf.short_hash}-repair1") / RESULT_FILE)
+    assert candidate.continued_from == compiled and candidate.base_model == TINY_TRAINING.base_model
     changes = store.read("repair_changes", KEY)
     assert set(changes["cluster"]) >= set(clusters.filter(pl.col("route") == "compiled_prefill")["cluster"])
     assert current_model(store, KEY) == (compiled, second["reason"])
@@ -199,3 +271,151 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     ladder = store.read("ladder", KEY)
     assert sorted(set(ladder["route"])) == ["compiled", "compiled_prefill"]  # nothing promoted to add
     assert ladder.height == 4 and ladder["usd_per_conversation"].is_not_null().all()
+
+    # chat talks to the promoted model, with the definition stored with the compile it continues:
+    # promote the candidate by hand, and give the workflow a newer definition no model was made from
+    import io
+
+    from subterra.cli import main
+
+    promoted = decisions.with_columns(
+        pl.when(pl.col("round") == 1).then(pl.col("candidate_dir")).otherwise(pl.col("model_dir")).alias("model_dir"),
+        ((pl.col("round") == 1) | pl.col("promoted")).alias("promoted"),
+        pl.when(pl.col("round") == 1).then(pl.lit("promoted: by hand")).otherwise(pl.col("reason")).alias("reason"),
+    )
+    store.replace_partition("promotions", KEY, promoted)
+    newer = store.read("workflow_definitions", KEY).with_columns(
+        pl.col("definition").str.replace("Mini booking", "Mini booking v2"))
+    store.replace_partition("workflow_definitions", KEY, newer)
+    assert current_model(store, KEY) == (second["candidate_dir"], "promoted: by hand")
+    monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\n\n"))
+    capsys.readouterr()
+    assert main(["chat", KEY]) == 0
+    assert capsys.readouterr().out.startswith(f"Mini booking (compiled model {second['candidate_dir']}): promoted: by hand")
+
+
+def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(tmp_path, settings, store, resources, instance,
+                                                                                 monkeypatch, capsys):
+    """v1 compiles; v2 (renamed node, new title) is refused by the gate, then fails in training:
+    the model, its row and the definition it was compiled from stay, and `subterra chat` uses them."""
+    import hashlib
+    import io
+
+    from subterra.cli import main
+
+    assert materialize(COMPILE_ASSETS[:5], resources, instance).success
+    good = store.read("trained_weights", KEY).row(0, named=True)
+    model = settings.model_dir(KEY, load_workflow(MINI).short_hash)
+
+    def files() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
+
+    before = files()
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace("title: Mini booking", "title: Mini booking v2").replace("human", "agent"))
+    cramped = TrainingSettings(**{**TINY_TRAINING.model_dump(), "max_length": 16})
+    refused = materialize(COMPILE_ASSETS[:5], resources, instance, validated_dataset=cramped)
+    assert not refused.asset_materializations_for_node("trained_weights")
+    broken = TrainingSettings(**{**TINY_TRAINING.model_dump(), "base_model": str(tmp_path / "no_such_model")})
+    failed = materialize(COMPILE_ASSETS[:5], resources, instance, trained_weights=broken)
+    assert not failed.success and "trained_weights" in {e.step_key for e in failed.all_events if e.is_step_failure}
+    assert store.read("trained_weights", KEY).row(0, named=True) == good and files() == before
+    assert "agent" in json.loads(store.read("workflow_definitions", KEY)["definition"][0])["nodes"]  # v2 got that far
+    monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\nI want a human.\n\n"))
+    capsys.readouterr()
+    assert main(["chat", KEY, "--forms"]) == 0  # `subterra chat mini_booking --forms`
+    said = capsys.readouterr().out
+    assert said.startswith(f"Mini booking (compiled model {good['model_dir']})")  # v1's title: its own definition
+    nodes = [line.split("]")[0].strip(" [") for line in said.splitlines() if line.strip().startswith("[")]
+    assert nodes and set(nodes) <= set(load_workflow(MINI).nodes)  # it answered (a terminal node ends the chat)
+
+
+def assert_no_secret_in(result, settings, store, instance, captured) -> None:
+    """No key from the environment in the run's logs and metadata, the files under data/ (configs,
+    Parquet, models, the database), any table's rows, or what any process printed."""
+    places = {"run logs": "\n".join(f"{r.user_message} {r.dagster_event}" for r in instance.all_logs(result.run_id)),
+              "printed": captured.out + captured.err}
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            places[str(path)] = path.read_bytes().decode("latin-1")
+    for table in store.tables():
+        places[f"table {table}"] = str(store.query(f"select * from {table}").to_dicts())
+    for secret in SECRETS.values():
+        assert not [where for where, text in places.items() if secret in text], secret
+
+
+def test_no_setting_can_hold_a_credential():
+    """Keys come from the environment only: no run config, resource or training config field can
+    carry one (it would be stored with the run and shown in the UI, or saved beside the model)."""
+    import dataclasses
+    import re
+
+    from assets.cost_report import PriceSettings
+    from resources import SettingsResource, StoreResource, TeacherResource
+    from subterra.training import TrainConfig
+
+    credential = re.compile(r"(^|_)(api_?key|key|secret|token|password|passwd|credentials?|auth)($|_)")
+    fields = {f"TrainConfig.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    for cls in (PathsConfig, CorpusSettings, TrainingSettings, EvalSettings, PriceSettings,
+                SettingsResource, StoreResource, TeacherResource):
+        fields |= {f"{cls.__name__}.{name}" for name in cls.model_fields}
+    assert len(fields) > 40
+    assert [f for f in fields if credential.search(f.split(".")[1].lower())] == []
+
+
+def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(settings, store, resources, instance):
+    """Compile, edit one node's text, recompile (incremental by default): the unchanged paths'
+    conversations are the previous rows byte for byte, only the changed paths are written again,
+    training continues from the last weights on a mix weighted toward them, and the eval reruns.
+    A run configured ``full`` writes everything and trains from scratch."""
+    from assets.training_config import TrainedWeightsSettings
+    from subterra.training import RESULT_FILE, TrainResult
+
+    assert materialize(COMPILE_ASSETS, resources, instance).success
+    first_corpus = store.read("synthetic_corpus", KEY)
+    first_model = store.read("trained_weights", KEY).row(0, named=True)["model_dir"]
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace('"Ready to confirm?"', '"Is everything right?"'))
+    wf = load_workflow(path)
+
+    # the default (incremental) recompile, its mix uncapped here (the tiny corpus is smaller than
+    # three passes over its changed part), so every changed conversation is in it three times
+    uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
+    result = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped)
+    assert result.success
+    corpus = store.read("synthetic_corpus", KEY)
+    changed = corpus["nodes"].list.contains("confirm")
+    old = {row["conversation_id"]: row for row in first_corpus.iter_rows(named=True)}
+    for row in corpus.filter(~changed).iter_rows(named=True):
+        assert row == old[row["conversation_id"]]
+    assert all(row["path_hash"] != old[row["conversation_id"]]["path_hash"] for row in corpus.filter(changed).iter_rows(named=True))
+    made = metadata(result, COMPILE_ASSETS[2])
+    assert (made["conversations_reused"], made["conversations_generated"]) == (int((~changed).sum()), int(changed.sum()))
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash)) != first_model
+    assert (trained["recompile"], trained["continued_from"]) == ("incremental", first_model)
+    assert TrainResult.from_json(settings.model_dir(KEY, wf.short_hash) / RESULT_FILE).continued_from == first_model
+    mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")
+    weight_changed = mix.filter(pl.col("nodes").list.contains("confirm"))["weight"]
+    assert trained["changed_conversations"] == weight_changed.len() and weight_changed.min() == 3  # changed_passes
+    assert weight_changed.mean() > mix.filter(~pl.col("nodes").list.contains("confirm"))["weight"].mean()
+    assert metadata(result, COMPILE_ASSETS[5])  # the eval reran on the new weights
+    assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
+
+    again = materialize(COMPILE_ASSETS[2:5], resources, instance)  # nothing changed since: the weights stand
+    assert again.success and metadata(again, COMPILE_ASSETS[2])["conversations_generated"] == 0
+    assert not [r for r in instance.all_logs(again.run_id) if r.user_message.startswith("step ")]
+    assert store.read("trained_weights", KEY)["changed_conversations"][0] == 0
+
+    full = materialize(COMPILE_ASSETS[2:5], resources, instance,
+                       synthetic_corpus=CorpusSettings(**{**SMALL_CORPUS.model_dump(), "recompile": "full"}),
+                       trained_weights=TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "recompile": "full"}))
+    assert full.success
+    made = metadata(full, COMPILE_ASSETS[2])
+    assert (made["conversations_reused"], made["conversations_generated"]) == (0, corpus.height)
+    assert store.read("synthetic_corpus", KEY).equals(corpus)  # the same corpus, written again
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["recompile"], trained["continued_from"]) == ("full", None)
+    assert "weight" not in pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet").columns

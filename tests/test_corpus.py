@@ -92,7 +92,44 @@ def test_unseen_holdout_uses_held_back_phrasings(corpus):
     assert sum(a != b for a, b in zip(seen, unseen)) > len(seen) // 2
 
 
-def test_oversized_corpus_is_refused_before_generation(mini_workflow):
+def test_oversized_corpus_is_refused_before_generation_with_the_numbers(mini_workflow):
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
-    with pytest.raises(CorpusTooLarge, match="exceeds max_conversations"):
-        build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(max_conversations=10))
+    progress = []
+    config = CorpusConfig(conversations_per_path=4, holdout_scenarios=200, max_conversations=10)
+    with pytest.raises(CorpusTooLarge) as refused:
+        build_corpus(mini_workflow, paths, TemplateTeacher(), config, progress=lambda done, total: progress.append(done))
+    total = len(paths) * 4 + 2 * 200
+    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths)} paths x 4 + 2 x 200 holdout) "
+                                  f"exceeds max_conversations=10")
+    assert progress == []  # not one conversation was written
+
+
+def test_a_correction_names_the_value_it_replaces_and_only_one_slot_held_it():
+    """A correction must be scorable: it names the old value, and no other given slot holds it."""
+    from dataclasses import replace
+
+    from subterra.paths import select_paths
+    from subterra.scenario import make_scenario
+    from subterra.simulator import ScriptedUser
+
+    wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
+    corrections = 0
+    for index, path in enumerate(select_paths(wf, cap=1000, seed=0).paths * 3):
+        for split in ("train", "holdout_unseen"):
+            scenario = make_scenario(wf, path, split, index, seed=0, offscript_rate=0.5, random_value_rate=0.5)
+            if index % 2:  # party size and bags alike: correcting "2" would not say which
+                scenario = replace(scenario, values={**scenario.values, "checked_bags": scenario.values["travellers"]})
+            user = ScriptedUser(wf, scenario)
+            user.opener()
+            node, given = wf.start, {}
+            while (turn := user.reply(node)) is not None:
+                if turn.kind == "correction":
+                    corrections += 1
+                    (slot, new), = turn.slots.items()
+                    old = given[slot]
+                    assert old in turn.text and new in turn.text, turn.text
+                    assert [s for s, v in given.items() if v == old] == [slot], (turn.text, given)
+                elif turn.kind == "answer":
+                    node = next(e.target for e in wf.out_edges(node) if e.id == turn.edge)
+                given.update(turn.slots)
+    assert corrections > 100

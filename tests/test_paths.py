@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from subterra.paths import (
+    MAX_STATES,
     PathSelection,
+    PathSpaceTooLarge,
     StateGraph,
     count_paths,
     edge_coverage,
@@ -114,6 +116,29 @@ def test_a_layered_graph_with_10_to_the_12_paths_counts_instantly():
 def test_a_long_chain_needs_no_recursion():
     wf = graph({f"s{i}": [f"s{i + 1}"] for i in range(5_000)}, start="s0")
     assert count_paths(wf) == 1 and len(next(iter_paths(wf))) == 5_000
+
+
+def big_loop(n: int, max_visits: int) -> Workflow:
+    """A loop of ``n`` nodes, each going one or two steps on or leaving: few bytes, many states."""
+    names = [f"n{i}" for i in range(n)]
+    edges = {"a": [names[0]]} | {x: [names[(i + 1) % n], names[(i + 2) % n], "z"] for i, x in enumerate(names)}
+    return graph(edges, max_visits)
+
+
+def test_a_loop_whose_states_explode_is_refused_quickly_with_the_numbers():
+    wf = big_loop(12, 3)  # ~1.8 million states: 40 s and a gigabyte to explore before the limit, 10^15 at 20 nodes
+    started = time.process_time()
+    for explore in (count_paths, lambda w: select_paths(w, cap=10), lambda w: next(iter_paths(w))):
+        with pytest.raises(PathSpaceTooLarge) as refused:
+            explore(wf)
+        assert f"more than {MAX_STATES:,} (node, visit count) states with max_visits=3" in str(refused.value)
+        assert "its largest loop has 12 nodes" in str(refused.value)
+    assert time.process_time() - started < 20.0
+    assert count_paths(big_loop(6, 3)) == len(brute_force(big_loop(6, 3))) == 31_434  # smaller loops still count exactly
+    with pytest.raises(PathSpaceTooLarge, match="largest loop has 6 nodes"):
+        count_paths(big_loop(6, 3), max_states=100)
+    with pytest.raises(PathSpaceTooLarge, match="it has 37 nodes and no loop; raise max_states"):
+        count_paths(layered(5, 7), max_states=20)
 
 
 def test_all_paths_when_under_the_cap():

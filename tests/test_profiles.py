@@ -15,6 +15,22 @@ def test_a_profile_is_valid_run_config_of_the_ladder_job(name):
     dg.validate_run_config(job, PROFILES[name].run_config())  # raises on an unknown or mistyped setting
 
 
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_subterra_ladder_adds_the_recompile_mode_to_a_profile(mode):
+    """`subterra ladder [--full]` runs a profile with the recompile mode of its two stages added,
+    the profile's own settings of those stages kept."""
+    from definitions import defs
+    from resources import RecompileResource
+    from subterra.cli import _with_recompile
+
+    config = _with_recompile(QUICK.run_config(), RecompileResource(mode=mode).run_config())
+    dg.validate_run_config(defs.resolve_job_def("ladder_workflow"), config)
+    assert config["ops"]["synthetic_corpus"]["config"] == {**QUICK.corpus, "recompile": mode}
+    assert config["ops"]["trained_weights"]["config"] == {**QUICK.training, "recompile": mode}
+    assert "recompile" not in config["ops"]["validated_dataset"]["config"]
+    assert QUICK.run_config()["ops"]["trained_weights"]["config"] == QUICK.training  # the profile itself untouched
+
+
 def test_quick_runs_every_route_on_smollm2_at_a_cpu_scale_and_full_at_the_published_one():
     for profile in (QUICK, FULL):
         assert profile.training["base_model"] == "smollm2-135m"

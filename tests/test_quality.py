@@ -7,7 +7,7 @@ import pytest
 
 from subterra.corpus import CorpusConfig, build_corpus
 from subterra.paths import select_paths
-from subterra.quality import COVERAGE, validate_corpus
+from subterra.quality import COVERAGE, REJECTED, screen_corpus, validate_corpus
 from subterra.teacher import TemplateTeacher
 from subterra.training import TrainConfig, measure_lengths
 from subterra.workflow import load_workflow
@@ -45,7 +45,7 @@ def first(corpus: pl.DataFrame, split: str) -> int:
 def test_good_corpus_passes_every_expectation(good, wf):
     result = validate_corpus(good, wf, MAX_LENGTH)
     assert result.success, result.markdown()
-    assert len(result.results) == 9
+    assert len(result.results) == 10
     assert result.results[-1] == {"expectation": COVERAGE, "success": True, "observed": f"all {len(wf.nodes) + len(wf.edges)} covered"}
 
 
@@ -108,3 +108,41 @@ def test_coverage_names_what_is_missing(good, wf):
     result = validate_corpus(good.filter(~((pl.col("split") == "train") & pl.col("nodes").list.contains("human"))), wf, MAX_LENGTH)
     assert result.results[-1]["observed"] == "missing node human, edge ask_count>human#2"
     assert "| every node and edge present in training | **NO** | missing node human" in result.markdown()
+
+
+def value_not_copied(messages):
+    """The first form with a slot keeps a value the user's message before it does not hold verbatim."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and json.loads(m["content"])["slots"]:
+            form = json.loads(m["content"])
+            slot = next(iter(form["slots"]))
+            form["slots"][slot] = form["slots"][slot].upper() + "X"
+            messages[i]["content"] = json.dumps(form)
+            return
+    raise AssertionError("no form with a slot")
+
+
+def test_a_value_not_copied_verbatim_is_a_bad_form(good, wf):
+    result = validate_corpus(edit_messages(good, first(good, "train"), value_not_copied), wf, MAX_LENGTH)
+    assert result.failed == ["every form parses, names a real node and copies its values verbatim"]
+
+
+def test_screening_rejects_malformed_conversations_and_the_gate_bounds_their_share(good, wf):
+    holdout = first(good, "holdout")
+    broken = edit_messages(good, holdout, value_not_copied)
+    errors = [None] * good.height
+    errors[holdout + 1] = "teacher output malformed: not JSON (Expecting value at line 1 column 1)"
+    broken = broken.with_columns(pl.Series("teacher_error", errors, dtype=pl.String))
+    accepted, rejected = screen_corpus(broken, wf)
+    assert accepted.height == good.height - 2 and accepted.columns == broken.columns
+    assert rejected.columns == ["workflow", "conversation_id", "split", "teacher", "reason"]
+    reasons = dict(zip(rejected["conversation_id"], rejected["reason"]))
+    ids = good["conversation_id"].to_list()
+    assert reasons == {ids[holdout]: "1 bad form(s) (unparseable, unknown node, empty say, or a value not copied verbatim)",
+                       ids[holdout + 1]: errors[holdout + 1]}
+    assert screen_corpus(good, wf)[1].height == 0 and screen_corpus(good, wf)[0].equals(good)
+    # 2 of 16 rejected is more than the gate allows; 0 of 16 is fine
+    assert good.height == 16
+    result = validate_corpus(accepted, wf, MAX_LENGTH, rejected=rejected.height)
+    assert result.failed == [REJECTED] and "2 of 16 rejected" in result.markdown()
+    assert validate_corpus(good, wf, MAX_LENGTH, rejected=0).success

@@ -1,24 +1,34 @@
-"""The workflow-files sensor on a new, an unchanged, a reformatted, a changed and an invalid file."""
+"""The workflow-files sensor on a new, an unchanged, a reformatted, a changed, an invalid file, and
+one still being written."""
 
 import dagster as dg
 import pytest
 
-from resources import SettingsResource
+from resources import RecompileResource, SettingsResource
 from sensors import workflow_files_sensor
-from subterra.workflow import load_workflow
+from subterra.workflow import load_workflow, parse_workflow_text
+
+
+def sensor_resources(settings, recompile: str = "") -> dict:
+    return {"settings": SettingsResource(data_dir=str(settings.data_dir)), "recompile": RecompileResource(mode=recompile)}
+
+
+def evaluate(settings, instance, cursor: str | None, recompile: str = "") -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(settings, recompile))
+    return workflow_files_sensor(context)
 
 
 @pytest.fixture
 def tick(settings, instance):
-    """Evaluate the sensor once, from ``cursor``, against the temporary data folder."""
+    """The sensor from ``cursor`` against the temporary data folder, over two ticks (a file counts
+    once its bytes are the same at two ticks): the first must start nothing; the second's result."""
 
-    def evaluate(cursor: str | None = None) -> dg.SensorResult:
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
-        )
-        return workflow_files_sensor(context)
+    def two_ticks(cursor: str | None = None, recompile: str = "") -> dg.SensorResult:
+        first = evaluate(settings, instance, cursor, recompile)
+        assert not first.run_requests
+        return evaluate(settings, instance, first.cursor, recompile)
 
-    return evaluate
+    return two_ticks
 
 
 @pytest.fixture
@@ -36,10 +46,9 @@ def added_partitions(result: dg.SensorResult) -> list[str]:
 
 
 def test_new_file_adds_its_partition_and_starts_a_run(settings, fresh_instance):
-    context = dg.build_sensor_context(
-        instance=fresh_instance, resources={"settings": SettingsResource(data_dir=str(settings.data_dir))}
-    )
-    result = workflow_files_sensor(context)
+    waiting = evaluate(settings, fresh_instance, None)
+    assert run_keys(waiting) == [] and "waiting for mini_booking.yaml to stop changing" in str(waiting.skip_reason)
+    result = evaluate(settings, fresh_instance, waiting.cursor)
     wf = load_workflow(settings.workflow_file("mini_booking"))
     assert run_keys(result) == [f"mini_booking:{wf.content_hash}"]
     assert result.run_requests[0].partition_key == "mini_booking"
@@ -72,6 +81,26 @@ def test_changed_file_recompiles_that_workflow_only(settings, tick):
     assert added_partitions(second) == []
 
 
+def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkeypatch):
+    first = tick()
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
+    monkeypatch.delenv("SUBTERRA_RECOMPILE", raising=False)
+    from definitions import build_definitions
+
+    job = build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow")
+    for chosen, expected in (("", "incremental"), ("full", "full")):
+        [request] = tick(first.cursor, recompile=chosen).run_requests
+        dg.validate_run_config(job, request.run_config)  # the job accepts it as it is
+        ops = request.run_config["ops"]
+        assert ops["synthetic_corpus"]["config"]["recompile"] == ops["trained_weights"]["config"]["recompile"] == expected
+        assert request.tags["subterra/recompile"] == expected
+    monkeypatch.setenv("SUBTERRA_RECOMPILE", "full")  # the deployment's default
+    assert tick(first.cursor).run_requests[0].tags["subterra/recompile"] == "full"
+    with pytest.raises(Exception, match="expected 'incremental' or 'full'"):
+        tick(first.cursor, recompile="partial")
+
+
 def test_invalid_file_starts_nothing_and_says_where(settings, tick):
     first = tick()
     path = settings.workflow_file("mini_booking")
@@ -95,3 +124,37 @@ def test_invalid_file_next_to_a_valid_one_still_starts_the_valid_one(settings, t
     assert "broken.yaml:3: YAML syntax error" in log
     assert "wrong_id.yaml:2: workflow id 'mini_booking' must equal the file name's stem" in log
     assert "binary.yaml" in log and "folder.yaml" in log
+
+
+def test_a_file_still_being_written_starts_no_run(settings, instance):
+    """What is written so far can be a valid workflow (here: all but the title, written last);
+    only the finished file, unchanged over two ticks, is compiled."""
+    path = settings.workflow_file("mini_booking")
+    full = path.read_text().replace("title: Mini booking\n", "") + "title: Mini booking\n"
+    partial = full[: full.rindex("title:")]
+    assert parse_workflow_text(full, str(path)).content_hash != (wf_partial := parse_workflow_text(partial, str(path))).content_hash
+    path.write_text(partial)
+    first = evaluate(settings, instance, None)
+    path.write_text(full)  # the writer goes on
+    second = evaluate(settings, instance, first.cursor)
+    third = evaluate(settings, instance, second.cursor)
+    assert run_keys(first) == run_keys(second) == [] and wf_partial.content_hash not in str(third.cursor)
+    assert run_keys(third) == [f"mini_booking:{load_workflow(path).content_hash}"]
+    assert run_keys(evaluate(settings, instance, third.cursor)) == []  # and once only
+
+
+def test_a_run_for_content_that_has_changed_since_is_refused(settings, store, resources, instance):
+    """A run carries the content hash the sensor saw; a file edited again before it started is not compiled."""
+    from assets.partitions import CONTENT_HASH_TAG
+    from assets.workflow_graph import workflow_graph
+
+    seen = load_workflow(settings.workflow_file("mini_booking")).short_hash
+    ok = dg.materialize([workflow_graph], partition_key="mini_booking", resources=resources, instance=instance,
+                        tags={CONTENT_HASH_TAG: seen})
+    assert ok.success
+    path = settings.workflow_file("mini_booking")
+    path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date."))
+    stale = dg.materialize([workflow_graph], partition_key="mini_booking", resources=resources, instance=instance,
+                           tags={CONTENT_HASH_TAG: seen}, raise_on_error=False)
+    assert not stale.success
+    assert store.read("workflow_definitions", "mini_booking")["content_hash"][0].startswith(seen)  # the snapshot stays

@@ -58,6 +58,19 @@ def test_refused_type_change_leaves_every_partition_whole(store):
     assert store.read("corpus", "b").height == 2
 
 
+def test_a_stage_writing_two_tables_changes_both_or_neither(store):
+    checks = pl.DataFrame({"expectation": ["length"], "success": [True]})
+    store.replace_partitions("a", {"corpus": frame("a", 3), "checks": checks})
+    store.replace_partition("checks", "b", checks.with_columns(pl.lit("b").alias("workflow")))
+    refused = pl.DataFrame({"expectation": ["length"], "success": [{"x": 1}]})  # b's booleans cannot become structs
+    with pytest.raises(duckdb.Error):
+        store.replace_partitions("a", {"corpus": frame("a", 1, offset=10), "checks": refused})
+    assert store.read("corpus", "a").sort("conversation_id").to_dicts() == frame("a", 3).to_dicts()  # not the new rows
+    assert store.read("checks", "a")["success"].to_list() == [True]
+    written = store.replace_partitions("a", {"corpus": frame("a", 1, offset=10), "checks": checks})
+    assert written == {"corpus": 1, "checks": 1} and store.read("corpus", "a")["conversation_id"].to_list() == ["a-10"]
+
+
 CRASHING_WRITER = """
 import sys, polars as pl
 from subterra.store import Store

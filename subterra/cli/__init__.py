@@ -35,14 +35,10 @@ def _settings():
     return Settings.from_env()
 
 
-def _materialize(file: str, assets_name: str, run_config: dict | None = None) -> tuple[int, str | None]:
-    """Copy the workflow file into the data folder if needed and materialize the named asset list
-    (``COMPILE_ASSETS`` or ``LADDER_ASSETS``) for its partition in-process; (exit status, workflow)."""
-    import os
-
-    import dagster as dg
-
-    import assets as asset_lists
+def _run(file: str, assets_name: str, run_config: dict | None = None, full: bool = False) -> tuple[int, str | None]:
+    """Materialize the named asset list (``COMPILE_ASSETS`` or ``LADDER_ASSETS``) for the workflow
+    in ``file``, under the workflow's compile lock; (exit status, workflow)."""
+    from subterra.locks import LockBusy, file_lock
     from subterra.workflow import WorkflowError, load_workflow
 
     settings = _settings()
@@ -52,35 +48,70 @@ def _materialize(file: str, assets_name: str, run_config: dict | None = None) ->
     except WorkflowError as exc:
         print(exc, file=sys.stderr)
         return 1, None
+    try:
+        with file_lock(settings.compile_lock(wf.id), wait=False):  # never two `subterra compile` of one workflow
+            return _materialize(settings, source, wf, assets_name, run_config, full=full), wf.id
+    except LockBusy:
+        print(f"{wf.id}: another `subterra compile` of this workflow is running; try again when it ends", file=sys.stderr)
+        return 1, wf.id
+
+
+_RUNNING = ("STARTING", "STARTED", "CANCELING")  # a run that is executing (queued ones wait for this one)
+_VIA_CLI = {"subterra/via": "cli"}  # runs of `subterra compile`: the lock covers them, and frees itself if one dies
+
+
+def _with_recompile(run_config: dict | None, recompile: dict) -> dict:
+    """``run_config`` (a profile's) with the recompile mode of the stages that honour it added."""
+    ops = {op: {"config": dict(value.get("config", {}))} for op, value in (run_config or {}).get("ops", {}).items()}
+    for op, value in recompile["ops"].items():
+        ops.setdefault(op, {"config": {}})["config"].update(value["config"])
+    return {**(run_config or {}), "ops": ops}
+
+
+def _materialize(settings, source: Path, wf, assets_name: str, run_config: dict | None = None, full: bool = False) -> int:
+    """Copy the workflow file into the data folder if needed and materialize the named asset list
+    for its partition in-process (refused while a sensor or UI run of the workflow executes)."""
+    import os
+
+    import dagster as dg
+
+    import assets as asset_lists
+    from subterra.atomic import atomic_path
+
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    running = [run for run in instance.get_runs(filters=dg.RunsFilter(
+        tags={"dagster/partition": wf.id}, statuses=[dg.DagsterRunStatus[s] for s in _RUNNING])) if not run.tags.get("subterra/via")]
+    if running:  # a run the sensor or the UI started (the run queue keeps those to one per workflow)
+        print(f"{wf.id}: run {running[0].run_id} of this workflow is {running[0].status.value.lower()}; "
+              f"try again when it ends", file=sys.stderr)
+        return 1
     target = settings.workflow_file(wf.id)
     if source.resolve() != target.resolve():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".yaml.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:  # the sensor never sees half a copy
+            shutil.copyfile(source, tmp)
         print(f"copied {source} to {target}")
     from definitions import build_definitions
 
-    defs = build_definitions(str(settings.data_dir))
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    defs = build_definitions(str(settings.data_dir), recompile="full" if full else "")
     instance.add_dynamic_partitions(asset_lists.workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
-    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir}")
+    mode = resources["recompile"].get()
+    print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir} ({mode})")
     result = dg.materialize(
-        getattr(asset_lists, assets_name), partition_key=wf.id, resources=resources, instance=instance,
-        run_config=run_config or {}, raise_on_error=False,
+        getattr(asset_lists, assets_name), partition_key=wf.id, resources=resources, instance=instance, tags=_VIA_CLI,
+        run_config=_with_recompile(run_config, resources["recompile"].run_config()), raise_on_error=False,
     )
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
                 print(event.message, file=sys.stderr)
         print(f"compile of {wf.id} failed; the last good model (if any) is untouched", file=sys.stderr)
-        return 1, wf.id
-    return 0, wf.id
+        return 1
+    return 0
 
 
 def cmd_compile(args) -> int:
-    status, workflow = _materialize(args.file, "COMPILE_ASSETS")
+    status, workflow = _run(args.file, "COMPILE_ASSETS", full=args.full)
     return status or cmd_report(argparse.Namespace(workflow=workflow))
 
 
@@ -92,7 +123,7 @@ def cmd_ladder(args) -> int:
     if not args.report_only:
         print(f"profile {profile.name}: {profile.description}")
         print("  " + ", ".join(f"{k}={v}" for k, v in profile.sizes().items()))
-        status, workflow = _materialize(args.file, "LADDER_ASSETS", profile.run_config())
+        status, workflow = _run(args.file, "LADDER_ASSETS", profile.run_config(), full=args.full)
         if status:
             return status
     else:
@@ -122,9 +153,9 @@ def print_ladder(workflow: str) -> int:
     print(f"training: {training['train_conversations']} conversations, {training['train_tokens']:,} tokens, "
           f"{training['steps']} steps, {training['train_seconds']:.0f} s ({training['tokens_per_second']:.0f} tokens/s, {training['device']})")
     print(format_ladder(table))
-    frontier = cost.filter(pl.col("route") == "frontier_in_context")
+    frontier = cost.filter(pl.col("route").is_in(["frontier_in_context", "frontier_measured"]))
     for r in frontier.iter_rows(named=True):
-        print(f"frontier_in_context on {r['holdout']}: ${r['usd_per_conversation']:.5f}/conversation "
+        print(f"{r['route']} on {r['holdout']}: ${r['usd_per_conversation']:.5f}/conversation "
               f"({r['tokens_in'] + r['tokens_out']:,.0f} tokens: {r['token_source']})")
     try:
         for r in store.read("promotions", workflow).sort("round").iter_rows(named=True):
@@ -165,27 +196,40 @@ def cmd_report(args) -> int:
     print("\n== cost_report (per conversation)")
     print(cost.select("route", "holdout", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)
+    compile_parts = (f" (training ${c['training_cost_usd']:.4f} + teacher ${c['teacher_cost_usd']:.4f})"
+                     if c.get("teacher_cost_usd") is not None else "")
     print(f"multiplier {c['multiplier']:.1f}x (price {c['price_factor']:.1f}x x volume {c['volume_factor']:.2f}x); "
-          f"compile ${c['compile_cost_usd']:.4f}; pays for itself after {c['breakeven_conversations']} conversations")
+          f"compile ${c['compile_cost_usd']:.4f}{compile_parts}; pays for itself after {c['breakeven_conversations']} conversations")
+    if c.get("pct_of_frontier_quality") is not None:
+        print(f"{c['pct_of_frontier_quality']:.1f}% of frontier quality (judged, holdout)")
+    if c.get("claude_parts"):
+        print("\n== Claude")
+        for part, what in json.loads(c["claude_parts"]).items():
+            print(f"{part}: {what}")
     return 0
 
 
 def cmd_chat(args) -> int:
+    from subterra.promotion import current_model
     from subterra.runtime import ChatSession
     from subterra.store import Store
     from subterra.workflow import Workflow
 
-    from subterra.promotion import current_model
-
     store = Store(_settings().db_path)
     try:
+        # the promoted model (a repair round's, or the compile's own) ...
         model_dir, why = current_model(store, args.workflow)
-        wf = Workflow.from_dict(json.loads(store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]))
+        # ... with the definition its compile was made from: repair rounds continue the compile's
+        # model, and a later compile that failed or was refused (its workflow_definitions row is
+        # newer) leaves the model and its definition as they were
+        trained = store.read("trained_weights", args.workflow).row(0, named=True)
+        definition = trained.get("definition") or store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]
+        wf = Workflow.from_dict(json.loads(definition))
     except (LookupError, FileNotFoundError) as exc:
         print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
         return 1
     session = ChatSession(model_dir, wf)
-    print(f"{wf.title or wf.id} (model {model_dir}: {why}); empty line to quit")
+    print(f"{wf.title or wf.id} (compiled model {model_dir}): {why}; empty line to quit")
     while not session.ended:
         try:
             text = input("you> ").strip()
@@ -214,11 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
     p.add_argument("file")
+    p.add_argument("--full", action="store_true",
+                   help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("ladder", help="compile, evaluate every route, repair, promote; print the ladder table")
     p.add_argument("file")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--report-only", action="store_true", help="only print the ladder already in DuckDB")
+    p.add_argument("--full", action="store_true",
+                   help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_ladder)
     p = sub.add_parser("chat", help="talk to a workflow's promoted model in the terminal")
     p.add_argument("workflow")

@@ -1,0 +1,162 @@
+"""Incremental recompiles: reuse everything a workflow change did not touch.
+
+A conversation is made from its path's nodes and texts and from nothing else of the workflow but
+its id, its one-line assistant text and its slot definitions (values are drawn for every slot).
+``path_hashes`` hashes exactly that, together with the generation settings (teacher, seed,
+off-script and random-value rates), so two compiles give a path the same hash if and only if the
+teacher would write it the same conversations. ``Reuse`` holds a previous corpus keyed by
+(path hash, conversation id): the corpus builder takes a conversation from it instead of asking
+the teacher again, and counts what it reused and what it generated.
+
+Training continues from the last good weights: ``training_mix`` gives every training
+conversation a weight — how many times it is in the continued run's data. Conversations of paths
+the previous model never saw (new or changed paths) are weighted up; a uniform sample of the
+unchanged ones is replayed beside them so the model does not forget the rest of the procedure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import polars as pl
+
+# bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see
+CORPUS_FORMAT = 3
+
+
+def generation_context(wf, teacher, config) -> dict:
+    """What every conversation of this workflow depends on besides its own path."""
+    definition = wf.to_dict()
+    return {
+        "format": CORPUS_FORMAT,
+        "workflow": wf.id,
+        "assistant": wf.assistant,
+        "slots": definition["slots"],
+        "teacher": [teacher.name, getattr(teacher, "seed", None)],
+        "seed": config.seed,
+        "offscript_rate": config.offscript_rate,
+        "train_offscript_rate": config.train_offscript_rate,
+        "random_value_rate": config.random_value_rate,
+    }
+
+
+def path_hashes(wf, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
+    """One 16-hex hash per path: its edges, the full definition (texts included) of every node
+    it visits, and the shared ``context``. A text edit changes the hash of exactly the paths
+    through the edited node (or edge: branch texts belong to their source node)."""
+    from subterra.paths import path_nodes
+
+    nodes = wf.to_dict()["nodes"]
+    shared = json.dumps(context, sort_keys=True, ensure_ascii=False)
+    out = []
+    for path in paths:
+        visited = dict.fromkeys(path_nodes(wf, path))
+        body = json.dumps([list(path), {n: nodes[n] for n in visited}], sort_keys=True, ensure_ascii=False)
+        out.append(hashlib.sha256(f"{shared}\n{body}".encode()).hexdigest()[:16])
+    return out
+
+
+@dataclass
+class Reuse:
+    """A previous corpus to take conversations from, and what was taken.
+
+    ``previous`` is a corpus table (any compile of the same workflow); rows without a
+    ``path_hash`` (a corpus from before incremental recompiles) are never reused.
+    """
+
+    previous: pl.DataFrame | None = None
+    reused: int = 0
+    generated: int = 0
+    _rows: dict[tuple[str, str], dict] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.previous is not None and "path_hash" in self.previous.columns:
+            for row in self.previous.filter(pl.col("path_hash").is_not_null()).iter_rows(named=True):
+                self._rows[(row["path_hash"], row["conversation_id"])] = row
+
+    def take(self, path_hash: str, conversation_id: str, refused: Iterable[str] = ()) -> dict | None:
+        """The previous row for this path hash and conversation id, unless its text is ``refused``."""
+        row = self._rows.get((path_hash, conversation_id))
+        if row is None or row["messages"] in refused:
+            return None
+        return row
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How a continued training run weights its data."""
+
+    changed_passes: float = 3.0  # times every new or changed conversation is seen
+    replay_ratio: float = 1.0  # unchanged conversations replayed per changed conversation seen
+    min_fraction: float = 0.1  # the mix is at least this share of the full training set
+    max_fraction: float = 0.5  # and at most this share (above it, a full retrain is as cheap)
+
+
+@dataclass
+class Mix:
+    weights: list[int]  # per training row: how many times it is in the continued run's data
+    changed: int  # rows of new or changed paths
+    unchanged: int
+
+    @property
+    def size(self) -> int:
+        return sum(self.weights)
+
+
+def training_mix(path_hashes_of_rows: Sequence[str], known: set[str], config: MixConfig = MixConfig(), seed: int = 0) -> Mix:
+    """Weights for continued training: rows whose path hash is not in ``known`` (the paths the
+    previous model was trained on) ``changed_passes`` times each; a seeded uniform sample of the
+    other rows replayed beside them, ``replay_ratio`` per changed row seen. The mix holds between
+    ``min_fraction`` and ``max_fraction`` of the rows' count (replay fills it up to the minimum,
+    the changed passes shrink to fit the maximum)."""
+    n = len(path_hashes_of_rows)
+    changed = [i for i, h in enumerate(path_hashes_of_rows) if h not in known]
+    unchanged = [i for i, h in enumerate(path_hashes_of_rows) if h in known]
+    weights = [0] * n
+    if not n:
+        return Mix(weights, 0, 0)
+    low, high = math.ceil(config.min_fraction * n), max(1, int(config.max_fraction * n))
+    seen = len(changed) * config.changed_passes
+    replay = min(len(unchanged), seen * config.replay_ratio)
+    if seen + replay > high:  # too much to be worth continuing: shrink both to fit
+        scale = high / (seen + replay)
+        seen, replay = seen * scale, replay * scale
+    seen = max(1, round(seen)) if changed else 0
+    replay = min(len(unchanged), max(round(replay), low - seen))
+    rng = random.Random(seed)
+    for k in range(seen):  # whole passes first, then a seeded share of the rows for the fraction left
+        offset = k % len(changed)
+        if offset == 0:
+            order = changed[:]
+            rng.shuffle(order)
+        weights[order[offset]] += 1
+    for i in rng.sample(unchanged, replay):
+        weights[i] += 1
+    return Mix(weights, len(changed), len(unchanged))
+
+
+ARCHITECTURE = ("base_model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")
+
+
+def continuable(previous: dict | None, config) -> str | None:
+    """The previous compile's model folder if ``config`` (a ``TrainConfig``) can continue from it:
+    the folder is still there, its row says which path hashes it learnt, and it was trained with
+    the same student architecture. None otherwise (then training starts from scratch)."""
+    from pathlib import Path
+
+    from subterra.training import TrainConfig
+
+    if not previous or previous.get("path_hashes") is None or not previous.get("model_dir"):
+        return None
+    folder = Path(previous["model_dir"])
+    if not (folder / "model.safetensors").exists() or not (folder / "train_config.json").exists():
+        return None
+    before = TrainConfig.from_json(folder / "train_config.json")
+    if any(getattr(before, name) != getattr(config, name) for name in ARCHITECTURE):
+        return None
+    return str(folder)

@@ -1,0 +1,176 @@
+"""Incremental recompiles: path hashes, the reused corpus, the training mix, continued training."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from subterra.corpus import CorpusConfig, build_corpus
+from subterra.incremental import MixConfig, Reuse, generation_context, path_hashes, training_mix
+from subterra.paths import path_nodes, select_paths
+from subterra.teacher import TemplateTeacher
+from subterra.workflow import Workflow, load_workflow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CONFIG = CorpusConfig(conversations_per_path=3, holdout_scenarios=10, offscript_rate=0.3)
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_workflow(FIXTURES / "mini_booking.yaml")
+
+
+def edited(wf: Workflow, node: str, say: str) -> Workflow:
+    """``wf`` with one node's say lines replaced: a one-node text edit."""
+    definition = wf.to_dict()
+    definition["nodes"][node]["say"] = [say]
+    return Workflow.from_dict(definition)
+
+
+def without_branch(wf: Workflow, node: str, index: int) -> Workflow:
+    definition = wf.to_dict()
+    del definition["nodes"][node]["branches"][index]
+    return Workflow.from_dict(definition)
+
+
+def corpus_of(wf, reuse=None, config=CONFIG):
+    paths = select_paths(wf, cap=1000).paths
+    return build_corpus(wf, paths, TemplateTeacher(), config, reuse=reuse)
+
+
+def test_a_text_edit_changes_the_hash_of_exactly_the_paths_through_the_node(mini):
+    paths = select_paths(mini, cap=1000).paths
+    after = edited(mini, "confirm", "Shall I book it?")
+    context = generation_context(mini, TemplateTeacher(), CONFIG)
+    before_hashes = path_hashes(mini, paths, context)
+    after_hashes = path_hashes(after, paths, generation_context(after, TemplateTeacher(), CONFIG))
+    through = ["confirm" in path_nodes(mini, p) for p in paths]
+    assert any(through) and not all(through)
+    assert [a != b for a, b in zip(before_hashes, after_hashes)] == through
+    # anything every conversation depends on changes every hash: slots, settings, the teacher
+    slot_edit = mini.to_dict()
+    slot_edit["slots"]["destination"]["values"].append("Dakar")
+    other = Workflow.from_dict(slot_edit)
+    assert set(path_hashes(other, paths, generation_context(other, TemplateTeacher(), CONFIG))).isdisjoint(before_hashes)
+    for changed in (generation_context(mini, TemplateTeacher(seed=1), CONFIG),
+                    generation_context(mini, TemplateTeacher(), CorpusConfig(**{**CONFIG.__dict__, "offscript_rate": 0.1}))):
+        assert set(path_hashes(mini, paths, changed)).isdisjoint(before_hashes)
+
+
+def test_incremental_corpus_keeps_unchanged_paths_and_regenerates_changed_ones(mini):
+    before = corpus_of(mini)
+    after_wf = edited(mini, "confirm", "Shall I book it?")
+    reuse = Reuse(before)
+    incremental = corpus_of(after_wf, reuse)
+    full = corpus_of(after_wf)
+    # the same corpus a full recompile writes, but only the changed part was written
+    assert incremental.equals(full)
+    changed = incremental.filter(pl.col("nodes").list.contains("confirm"))
+    kept = incremental.filter(~pl.col("nodes").list.contains("confirm"))
+    assert changed.height and kept.height
+    assert (reuse.generated, reuse.reused) == (changed.height, kept.height)
+    old = {row["conversation_id"]: row for row in before.iter_rows(named=True)}
+    for row in kept.iter_rows(named=True):  # unchanged paths: the previous rows, byte for byte
+        assert row == old[row["conversation_id"]]
+    for row in changed.filter(pl.col("split") == "train").iter_rows(named=True):
+        assert "Shall I book it?" in row["messages"] and row["messages"] != old[row["conversation_id"]]["messages"]
+        assert row["path_hash"] != old[row["conversation_id"]]["path_hash"]
+
+
+def test_reused_conversations_come_from_the_previous_corpus(mini):
+    """A kept conversation is the previous corpus's row, not the teacher's work: a marker put into
+    the previous rows comes back; put into a changed path's row it does not."""
+    before = corpus_of(mini)
+    through = before["nodes"].list.contains("confirm")
+    marked = before.with_columns(pl.col("messages").str.replace("\\]$", ', {"role": "user", "content": "MARK"}]'))
+    result = corpus_of(edited(mini, "confirm", "Shall I book it?"), Reuse(marked))
+    has_mark = result["messages"].str.contains("MARK")
+    assert (has_mark == ~through).all()
+
+
+def test_a_removed_branch_keeps_the_other_paths_conversations(mini):
+    """A structural edit: the paths through the edited node change or vanish, the other paths keep
+    their training conversations although the path list (and each path's place in it) moved."""
+    before = corpus_of(mini)
+    after_wf = without_branch(mini, "confirm", 1)  # confirm no longer offers to cancel
+    reuse = Reuse(before)
+    after = corpus_of(after_wf, reuse)
+    assert len(select_paths(after_wf, cap=1000).paths) < len(select_paths(mini, cap=1000).paths)
+    train_before, train_after = (c.filter(pl.col("split") == "train") for c in (before, after))
+    off_confirm = train_before.filter(~pl.col("nodes").list.contains("confirm"))
+    assert off_confirm.height
+    assert off_confirm.sort("conversation_id").equals(
+        train_after.filter(~pl.col("nodes").list.contains("confirm")).sort("conversation_id"))
+    assert reuse.reused >= off_confirm.height
+    assert after.equals(corpus_of(after_wf))
+
+
+def test_a_full_recompile_reuses_nothing_and_an_old_corpus_cannot_be_reused(mini):
+    before = corpus_of(mini)
+    assert Reuse(before.drop("path_hash")).take(before["path_hash"][0], before["conversation_id"][0]) is None
+    reuse = Reuse(before.drop("path_hash"))
+    corpus_of(mini, reuse)
+    assert reuse.reused == 0 and reuse.generated == before.height
+    same = Reuse(before)
+    assert corpus_of(mini, same).equals(before) and same.generated == 0
+
+
+def test_training_mix_weights_the_changed_rows_and_replays_the_rest():
+    hashes = [f"old{i % 20}" for i in range(180)] + [f"new{i}" for i in range(20)]
+    known = {f"old{i}" for i in range(20)}
+    mix = training_mix(hashes, known, MixConfig(changed_passes=2, replay_ratio=1.0, min_fraction=0.1, max_fraction=0.5))
+    assert (mix.changed, mix.unchanged) == (20, 180)
+    assert all(w == 2 for w in mix.weights[180:])  # two passes over every changed conversation
+    replayed = mix.weights[:180]
+    assert set(replayed) <= {0, 1} and sum(replayed) == 40  # one replayed per changed one seen
+    assert mix.size == 80
+    # too much changed: changed passes (450) and replay (all 50 unchanged) shrink together to the
+    # maximum share, 80 rows
+    many = training_mix([f"new{i}" for i in range(150)] + [f"old{i}" for i in range(50)], {f"old{i}" for i in range(50)},
+                        MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
+    assert many.size == 80 and sum(many.weights[:150]) == 72 and sum(many.weights[150:]) == 8
+    assert set(many.weights[:150]) == {0, 1}  # less than one pass: a sample of the changed rows
+    # little changed: replay fills up to the minimum share
+    few = training_mix(["new"] + [f"old{i}" for i in range(199)], {f"old{i}" for i in range(199)},
+                       MixConfig(changed_passes=3, replay_ratio=1.0, min_fraction=0.1))
+    assert few.weights[0] == 3 and few.size == 20
+    # the same inputs give the same mix
+    assert training_mix(hashes, known, seed=3).weights == training_mix(hashes, known, seed=3).weights
+
+
+def test_continued_training_starts_from_the_previous_weights(tmp_path, mini):
+    """A continued run loads the previous model (weights and tokenizer): at learning rate 0 its
+    weights come out equal to the previous ones, and a node id the previous tokenizer lacked
+    becomes one new token."""
+    import torch
+    from safetensors.torch import load_file
+
+    from subterra.tokenizer import workflow_atoms
+    from subterra.training import TrainConfig, TrainResult, train
+
+    corpus = corpus_of(mini)
+    corpus.write_parquet(tmp_path / "train.parquet")
+    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
+                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), logging_steps=1, save_steps=100)
+    first = train(TrainConfig(output_dir=str(tmp_path / "first"), workflow_atoms=workflow_atoms(mini), max_steps=3, **tiny))
+    first_train = corpus["split"].to_list().index("train")
+    weighted = corpus.with_columns(pl.Series("weight", [2 if i == first_train else 0 for i in range(corpus.height)]))
+    weighted.write_parquet(tmp_path / "train.parquet")
+    atoms = workflow_atoms(mini) + ["brand_new_step"]
+    frozen = train(TrainConfig(output_dir=str(tmp_path / "frozen"), workflow_atoms=atoms, max_steps=2,
+                               init_from=first.model_dir, learning_rate=0.0, **tiny))
+    assert frozen.continued_from == first.model_dir and frozen.train_conversations == 2  # the mix, by weight
+    before, after = load_file(Path(first.model_dir) / "model.safetensors"), load_file(Path(frozen.model_dir) / "model.safetensors")
+    for name, tensor in before.items():
+        if "embed" in name or "lm_head" in name:
+            assert torch.equal(after[name][: tensor.shape[0]], tensor) and after[name].shape[0] == tensor.shape[0] + 1
+        else:
+            assert torch.equal(after[name], tensor), name
+    from transformers import AutoTokenizer
+
+    old_tok, new_tok = AutoTokenizer.from_pretrained(first.model_dir), AutoTokenizer.from_pretrained(frozen.model_dir)
+    sample = json.loads(corpus["messages"][0])[1]["content"]
+    assert old_tok(sample)["input_ids"] == new_tok(sample)["input_ids"]  # the same tokenizer, plus one token
+    assert len(new_tok("brand_new_step", add_special_tokens=False)["input_ids"]) == 1
+    assert TrainResult.from_json(Path(frozen.model_dir) / "training_result.json").continued_from == first.model_dir

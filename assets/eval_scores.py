@@ -17,6 +17,7 @@ class EvalSettings(dg.Config):
     routes: list[str] = list(ROUTES)  # the base-model routes need a pretrained base model
     use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
     copy_runs: bool = True  # with the lexicon, a value is a whole run between procedure words
+    fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     torch_threads: int = 0  # CPU threads (0: every core)
 
     def eval_config(self):

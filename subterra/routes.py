@@ -62,6 +62,7 @@ class PlayConfig:
     max_form_tokens: int = 160  # free generation: the whole form
     use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
     copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
+    fresh_values: bool = True  # prefilled form: a value the conversation holds is not offered again beside another
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
 
 
@@ -107,13 +108,15 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
                          users: Users = SCRIPTED):
     """One scenario, start to end, as a lockstep program (after the shared system prompt).
 
-    ``turn_program(message, counter)`` is the route's way of filling one form. Tokens in per turn
+    ``turn_program(message, counter, held)`` is the route's way of filling one form (``held``: the
+    slot values the conversation's forms captured so far). Tokens in per turn
     are the whole context the model reads (system prompt included); tokens out are the model's own.
     ``users`` makes the scenario's user (scripted, or a model in the scenario's persona).
     """
     user = users.make(wf, episode.scenario)
     turn = user.opener()
     n_context = n_prefix
+    held: dict[str, str] = {}
     while len(out.turns) < episode.max_turns:
         message = codec.user(turn.text)
         yield from force(message)
@@ -121,7 +124,8 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         out.heard(turn)
         counter = TurnCounter()
         started = clock()
-        form, raw, valid = yield from turn_program(turn.text, counter)
+        form, raw, valid = yield from turn_program(turn.text, counter, held)
+        held.update(form.slots)
         record = TurnRecord(
             node=form.node, slots=form.slots, say=form.say, raw=raw, valid=valid and _parses(raw, wf),
             tokens_in=n_context + counter.forced, tokens_out=counter.chosen,
@@ -173,9 +177,9 @@ class LocalRoute:
         driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say, codec.masks)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
-        def turn_program(message: str, counter: TurnCounter):
+        def turn_program(message: str, counter: TurnCounter, held: dict[str, str]):
             if self.prefill:
-                return fill_form(codec, message, config.max_say_tokens, counter)
+                return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

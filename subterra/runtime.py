@@ -376,12 +376,35 @@ class TurnCounter:
         self.chosen = 0
 
 
-def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter):
+def fresh_values(candidates: tuple[dict, dict | None], held_value: str | None) -> tuple[dict, dict | None]:
+    """``candidates`` (values, counted) without ``held_value``, unless it is the only one."""
+    values, counted = candidates
+    if held_value is None or held_value not in values or len(values) == 1:
+        return candidates
+    keep = [v for v in values if v != held_value]
+    return {v: values[v] for v in keep}, ({v: counted[v] for v in keep} if counted is not None else None)
+
+
+def offered_values(codec: Codec, message: str, held: dict[str, str] | None = None) -> dict[str, tuple[dict, dict | None]]:
+    """Per slot the message can fill, its allowed values (and their counted tokens): a value its
+    type rejects is never a choice, a slot with none is not offered, and a value the conversation
+    holds for the slot is left out when the message offers another (``fresh_values``)."""
+    return {s: fresh_values(c, held.get(s)) if held else c for s in codec.wf.slots
+            if (c := codec.value_candidates(s, message))[0]}
+
+
+def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
+              held: dict[str, str] | None = None):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
     (with what follows it) are chosen among the allowed sequences, at most as many slots as one
     step of the workflow collects; ``say`` is free text up to its closing quote.
+
+    ``held``: the values the conversation holds so far (``fresh_values``). A value already held
+    for a slot is not offered for it again when the message offers another one: "Lisbon, not
+    Porto" with Porto held can only capture Lisbon. A message whose only candidate is the held
+    value (a step visited again, a value confirmed) still offers it.
     """
     raw: list[int] = []
 
@@ -397,8 +420,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     node = yield from chosen(codec.node_candidates)
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
-    # only slots the message can fill are offered: a value its type rejects is never a choice
-    available = {s: c for s in codec.wf.slots if (c := codec.value_candidates(s, last_user))[0]}
+    available = offered_values(codec, last_user, held)
     opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
     more = (yield from chosen(opening)) == "some"
     while more:
@@ -746,6 +768,7 @@ class ChatSession:
         self.free_penalty[[b for b in self.codec.banned_in_say if b < vocab]] = -np.inf
         self._buffer: list[int] = list(self.codec.system(wf.assistant))
         self.ended = False
+        self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -762,7 +785,7 @@ class ChatSession:
     def respond(self, text: str) -> Form:
         """The model's form after the user's message ``text``."""
         self._buffer.extend(self.codec.user(text))
-        program = fill_form(self.codec, text, self.max_say, TurnCounter())
+        program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held)
         value = None
         try:
             action = next(program)
@@ -787,6 +810,7 @@ class ChatSession:
                     action = next(program)
         except StopIteration as stop:
             form, _raw, _valid = stop.value
+        self.held.update(form.slots)
         node = self.wf.nodes.get(form.node)
         self.ended = bool(node and node.is_terminal)
         return form

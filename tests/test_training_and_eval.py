@@ -204,6 +204,25 @@ def test_only_slots_the_message_can_fill_are_offered(trained, mini_workflow):
     assert not offered & {"travellers", "date"}  # no integer, no date in the message
 
 
+def test_a_value_the_conversation_holds_is_not_offered_again_beside_another(trained, mini_workflow):
+    """A correction names the new value and the old one: with the old one held, only the new one
+    can be captured. A message whose only candidate is the held value still offers it."""
+    from subterra.runtime import offered_values
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, frozenset({"sorry", "i", "meant", "not", "it", "is"}))  # values: runs between these
+
+    def destinations(message: str, held: dict | None) -> set[str]:
+        return set(offered_values(codec, message, held)["destination"][0])
+
+    message = "Sorry, I meant Lisbon, not Porto."
+    assert destinations(message, None) == {"Lisbon", "Porto"}
+    assert destinations(message, {"destination": "Tokyo"}) == {"Lisbon", "Porto"}  # the held value is not in the message
+    assert destinations(message, {"destination": "Porto"}) == {"Lisbon"}
+    assert destinations("It is Porto.", {"destination": "Porto"}) == {"Porto"}  # the only one: still offered
+
+
 def replay_form(codec, message: str, natural: list[int]):
     """Drive the prefilled-form program along a form's natural tokens (what the tokenizer makes of
     the whole turn in training); returns the tokens the program fed and the form it read."""

@@ -50,14 +50,13 @@ class StateGraph:
         graph = nx.DiGraph()
         graph.add_nodes_from(wf.nodes)
         graph.add_edges_from((e.source, e.target) for e in wf.edges)
-        condensed = nx.condensation(graph)
-        rank = {c: i for i, c in enumerate(nx.topological_sort(condensed))}
-        self._rank: dict[str, int] = {n: rank[c] for n, c in condensed.graph["mapping"].items()}  # topological rank of the component
+        self._component: dict[str, int] = {}  # which strongly connected component the node is in
         self._members: dict[str, tuple[str, ...]] = {}  # the node's component if it lies on a cycle, else ()
-        for c in condensed.nodes:
-            members = tuple(sorted(condensed.nodes[c]["members"]))
+        for i, component in enumerate(nx.strongly_connected_components(graph)):
+            members = tuple(sorted(component))
             cyclic = len(members) > 1 or graph.has_edge(members[0], members[0])
             for n in members:
+                self._component[n] = i
                 self._members[n] = members if cyclic else ()
         self._terminal = {n for n, node in wf.nodes.items() if node.is_terminal}
         self._explore()
@@ -67,7 +66,7 @@ class StateGraph:
         """Every reachable state, breadth first, with its steps (edge id, next state). Stepping into
         a node on a cycle raises its visit count (counts restart on entering a new component) and
         is refused past ``max_visits``; a node on no cycle carries no counts."""
-        wf, rank, members_of = self.wf, self._rank, self._members
+        wf, component, members_of = self.wf, self._component, self._members
         limit = wf.max_visits
         start = (wf.start, tuple(1 if m == wf.start else 0 for m in members_of[wf.start]))
         self.states: list[tuple[str, tuple[int, ...]]] = [start]
@@ -82,7 +81,7 @@ class StateGraph:
                     target = e.target
                     members = members_of[target]
                     if members:
-                        before = visits if rank[node] == rank[target] else (0,) * len(members)
+                        before = visits if component[node] == component[target] else (0,) * len(members)
                         i = members.index(target)
                         if before[i] >= limit:
                             continue
@@ -99,8 +98,18 @@ class StateGraph:
                         self.out.append([])
                     row.append((e.id, t))
             s += 1
-        # every step raises (component rank, visits in the component): sorting is a topological order
-        self.order = sorted(range(len(self.states)), key=lambda s: (rank[self.states[s][0]], sum(self.states[s][1])))
+        # the state graph is acyclic (every step moves to a later component or raises the visit total
+        # in this one): a topological order of it, every state after all the states that step into it
+        indegree = [0] * len(self.states)
+        for row in self.out:
+            for _, t in row:
+                indegree[t] += 1
+        self.order = [0]  # the start state: nothing steps into it
+        for s in self.order:
+            for _, t in self.out[s]:
+                indegree[t] -= 1
+                if indegree[t] == 0:
+                    self.order.append(t)
 
     def _too_large(self) -> PathSpaceTooLarge:
         loops = sorted({m for m in self._members.values() if m}, key=len, reverse=True)

@@ -20,7 +20,7 @@ class TrainingSettings(dg.Config):
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1.5e-3
     warmup_ratio: float = 0.05
-    bf16: Optional[bool] = None  # None: bf16 on CUDA, fp32 on CPU
+    bf16: Optional[bool] = None  # None: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     torch_threads: int = 0  # 0: every core
     max_length: int = 4096
     seed: int = 0

@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0
     logging_steps: int = 10
     save_steps: int = 200
-    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
+    bf16: bool | None = None  # None: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
     torch_threads: int = 0  # 0: all cores
     init_from: str = ""  # a compiled model folder to continue training (its tokenizer and weights)
 
@@ -174,6 +174,17 @@ def _checkpoint_to_resume(folder: Path, fingerprint: str) -> str | None:
     return str(max(done, key=lambda p: int(steps[p]))) if done else None
 
 
+def cpu_has_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? There, bf16 autocast trains the
+    student about 1.5x faster than fp32 with the same loss curve (``make bench``; weights stay fp32)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train, save the model folder atomically, return (and write) the result."""
     import torch
@@ -193,7 +204,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
     else:
         tokenizer, model = load_student(spec, conversations)
     cuda = torch.cuda.is_available()
-    bf16 = cuda if config.bf16 is None else config.bf16
+    bf16 = (cuda or cpu_has_bf16()) if config.bf16 is None else config.bf16
     out = recover_dir(config.output_dir)
     ckpt_dir = Path(config.checkpoint_dir or f"{out}.checkpoints")
     resume = _checkpoint_to_resume(ckpt_dir, config.fingerprint())

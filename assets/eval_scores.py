@@ -4,7 +4,7 @@ from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.trained_weights import trained_weights
 from resources import ClaudeResource, SettingsResource, StoreResource
-from subterra.routes import ROUTES
+from subterra.routes import DEPLOYED
 
 
 class EvalSettings(dg.Config):
@@ -14,7 +14,9 @@ class EvalSettings(dg.Config):
     max_say_tokens: int = 64
     max_form_tokens: int = 160  # free-generation routes: the whole form
     extra_turns: int = 4
-    routes: list[str] = list(ROUTES)  # the base-model routes need a pretrained base model
+    # the deployed route only, so a recompile stays quick; list(ROUTES) adds free generation and the
+    # base-model routes (those need a pretrained base model), as the ladder profiles do
+    routes: list[str] = [DEPLOYED]
     use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
     copy_runs: bool = True  # with the lexicon, a value is a whole run between procedure words
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another

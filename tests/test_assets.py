@@ -26,7 +26,8 @@ TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_si
 def run_config(names: set[str], **ops) -> dg.RunConfig:
     """Small settings for the stages in ``names`` (a run's config may only name its own stages)."""
     defaults = {"synthetic_corpus": SMALL_CORPUS, "validated_dataset": TINY_TRAINING, "trained_weights": TINY_TRAINING,
-                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40)}
+                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40,
+                                             routes=["compiled", "compiled_prefill"])}
     return dg.RunConfig(ops={k: v for k, v in {**defaults, **ops}.items() if k in names})
 
 

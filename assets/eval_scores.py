@@ -11,7 +11,7 @@ class EvalSettings(dg.Config):
     scenarios: int = 200  # per holdout
     batch_size: int = 100  # rows per lockstep batch (fewer if the KV cache would pass max_cache_gb)
     max_cache_gb: float = 4.0
-    max_say_tokens: int = 64
+    max_say_tokens: int = 96  # the say of a prefilled form (travel_booking's longest in training: 70 tokens)
     max_form_tokens: int = 160  # free-generation routes: the whole form
     extra_turns: int = 4
     # the deployed route only, so a recompile stays quick; list(ROUTES) adds free generation and the

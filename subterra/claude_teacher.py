@@ -6,7 +6,9 @@ and the step the agent is at. Claude gets the procedure and a persona (the fixed
 the prompt) and that plan, and writes every user message and every agent reply of the
 conversation in one answer. Subterra then builds the same form as the offline teacher —
 ``{"node", "slots", "say"}`` with the node and slots from the script, the ``say`` from Claude —
-so the training data keeps its exact labels while the language is the model's.
+so the training data keeps its exact labels while the language is the model's. Claude writes the
+values into its replies; where one is a value the conversation holds, it becomes that slot's
+``{slot}`` placeholder (``phrasing.templatize``), as in every say the student learns.
 
 One request per conversation, so a whole corpus goes out as Message Batches (half price) or
 interactively with bounded concurrency; every answer is kept as it arrives (``claude_spool``).
@@ -23,6 +25,7 @@ from subterra.claude_client import Request, json_in
 from subterra.claude_spool import ClaudeAnswers
 from subterra.claude_user import intent
 from subterra.forms import Form, parse_form, render_form
+from subterra.phrasing import fill, templatize
 from subterra.procedure import render_procedure
 from subterra.scenario import Scenario
 from subterra.teacher import Conversation, Script, TemplateTeacher, script
@@ -58,7 +61,8 @@ def plan_of(wf, scenario: Scenario, plan: Script, example: Conversation) -> dict
     for i, step in enumerate(plan.steps):
         before = plan.steps[i - 1].values if i else dict(scenario.values)
         node = wf.nodes[step.node]
-        agent = {"step": step.node, "instruction": node.prompt, "example": parse_form(example.messages[2 * i + 2]["content"]).say}
+        said = parse_form(example.messages[2 * i + 2]["content"]).say
+        agent = {"step": step.node, "instruction": node.prompt, "example": fill(said, step.values)}
         if node.end:
             agent["ends"] = node.end
         turns.append({"turn": i + 1, "user": intent(wf, step.user, before), "agent": agent})
@@ -82,7 +86,10 @@ def assemble(wf, plan: Script, text: str) -> tuple[list[dict[str, str]], str | N
     messages = [{"role": "system", "content": wf.assistant}]
     for step, turn in zip(plan.steps, turns):
         messages.append({"role": "user", "content": turn["user"].strip()})
-        messages.append({"role": "assistant", "content": render_form(Form(step.node, dict(step.user.slots), turn["say"].strip()))})
+        # the values the conversation holds become {slot} placeholders, as in the template teacher's says
+        held = {s: step.values[s] for s in step.known if s in step.values}
+        say = templatize(turn["say"].strip(), held)
+        messages.append({"role": "assistant", "content": render_form(Form(step.node, dict(step.user.slots), say))})
     return messages, None
 
 

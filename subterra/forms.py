@@ -2,7 +2,8 @@
 
 The deployed model fills this form; the system around it reads where the conversation is
 (``node``), what the user's last message provided (``slots``, verbatim spans of that message)
-and what to show the user (``say``). Scoring compares forms, so it is objective.
+and what to show the user (``say``: a template whose ``{slot}`` placeholders the runtime fills from
+the values the conversation holds, ``shown_say``). Scoring compares forms, so it is objective.
 """
 
 from __future__ import annotations
@@ -11,6 +12,26 @@ import json
 from dataclasses import dataclass, field
 
 FORM_KEYS = ("node", "slots", "say")
+
+# The form's fixed structure, cut where every tokenizer cuts: each piece the runtime forces or
+# offers ends where a letter or digit meets punctuation, or before a space, so the pieces encode
+# to exactly the tokens the whole form encodes to in training (a byte-level BPE merges '",' or
+# '"},' into one token; the tiny tokenizer has each piece as one token of its own:
+# ``subterra.tokenizer``).
+FORM_HEAD = '{"node": "'
+NODE_END = '",'  # a node id is chosen with what closes it
+SLOTS_KEY = ' "slots":'
+NO_SLOTS = ' {},'
+FIRST_KEY = ' {"'
+NEXT_KEY = ' "'
+KEY_END = '":'
+VALUE_HEAD = ' "'
+VALUE_MORE = '",'  # a value is chosen with what follows it: another slot ...
+VALUE_LAST = '"},'  # ... or the end of the slots
+SAY_HEAD = ' "say": "'
+FORM_CLOSE = '"}'
+FORM_PIECES = (FORM_HEAD, NODE_END, SLOTS_KEY, NO_SLOTS, FIRST_KEY, NEXT_KEY, KEY_END, VALUE_HEAD, VALUE_MORE, VALUE_LAST,
+               SAY_HEAD, FORM_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -21,6 +42,15 @@ class Form:
 
     def to_json(self) -> str:
         return render_form(self)
+
+
+def shown_say(say: str, held: dict[str, str]) -> tuple[str, bool]:
+    """(the text the user reads, complete): ``say`` with every ``{slot}`` placeholder filled from
+    the values the conversation holds; not complete if a placeholder names no value held (it is
+    left as written, and the form is counted invalid)."""
+    from subterra.phrasing import fill, placeholders
+
+    return fill(say, held), all(p in held for p in placeholders(say))
 
 
 def render_form(form: Form) -> str:

@@ -78,6 +78,22 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(one, template)
 
 
+def templatize(text: str, values: dict[str, str]) -> str:
+    """``text`` with every whole-word occurrence of a value in ``values`` replaced by its
+    ``{slot}`` placeholder (longest values first; literal braces doubled), so that ``fill(result,
+    values)`` gives ``text`` back. How a say written with the values in it (Claude's) becomes the
+    template the student learns to write."""
+    text = text.replace("{", "{{").replace("}", "}}")
+    ordered = sorted(((v, s) for s, v in values.items() if v), key=lambda p: -len(p[0]))
+    if not ordered:
+        return text
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)" for v, _ in ordered))
+    slot_of = {}
+    for v, s in ordered:
+        slot_of.setdefault(v, s)
+    return pattern.sub(lambda m: "{%s}" % slot_of[m.group(0)], text)
+
+
 def placeholders(template: str) -> list[str]:
     """The slot names ``fill`` would look up, in order."""
     return [m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1)]

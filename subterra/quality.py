@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from subterra.forms import parse_form
+from subterra.forms import parse_form, shown_say
 
 PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
 SPLITS = ["train", "holdout", "holdout_unseen"]
@@ -58,6 +58,10 @@ def conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
     roles_ok = roles == expected and len(roles) >= 3 and roles[-1] == "assistant"
     texts = [str(m.get("content", "")) for m in messages]
     bad_forms = 0
+    # a user's or the system's text has no placeholder; an assistant's say is a template whose
+    # placeholders name only slots the conversation holds by then (the runtime fills those in)
+    unfilled = sum(1 for m, t in zip(messages, texts) if m.get("role") != "assistant" and PLACEHOLDER.search(t))
+    held: dict[str, str] = {}
     for before, m in zip([{}] + messages, messages):
         if m.get("role") != "assistant":
             continue
@@ -69,10 +73,12 @@ def conversation_facts(messages_json: str, node_ids: set[str]) -> dict:
         said = str(before.get("content", "")) if before.get("role") == "user" else ""
         if form.node not in node_ids or not form.say.strip() or not all(v and v in said for v in form.slots.values()):
             bad_forms += 1  # a slot value must be a verbatim span of the user's message before it
+        held.update(form.slots)
+        unfilled += int(not shown_say(form.say, held)[1])
     return {
         "roles_ok": roles_ok,
         "empty_texts": sum(1 for t in texts if not t.strip()),
-        "unfilled": sum(1 for t in texts if PLACEHOLDER.search(t)),
+        "unfilled": unfilled,
         "bad_forms": bad_forms,
     }
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from subterra.forms import shown_say
 from subterra.procedure import render_procedure
 from subterra.runtime import Codec, TurnCounter, TurnRecord, fill_form, force, free_form
 from subterra.scenario import Scenario
@@ -58,7 +59,7 @@ class PlayConfig:
 
     batch_size: int = 64
     max_cache_gb: float = 4.0  # fewer rows per batch if their KV cache would take more memory than this
-    max_say_tokens: int = 64  # prefilled form: the free ``say`` text
+    max_say_tokens: int = 96  # prefilled form: the free ``say`` text (travel_booking's longest in training: 70)
     max_form_tokens: int = 160  # free generation: the whole form
     use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
     copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
@@ -126,14 +127,15 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         started = clock()
         form, raw, valid = yield from turn_program(turn.text, counter, held)
         held.update(form.slots)
+        say, complete = shown_say(form.say, held)  # what the user reads: the template filled in
         record = TurnRecord(
-            node=form.node, slots=form.slots, say=form.say, raw=raw, valid=valid and _parses(raw, wf),
+            node=form.node, slots=form.slots, say=say, raw=raw, valid=valid and complete and _parses(raw, wf),
             tokens_in=n_context + counter.forced, tokens_out=counter.chosen,
             latency_s=clock() - started,
         )
         n_context += counter.forced + counter.chosen
         out.turns.append(record)
-        turn = user.reply(form.node, form.say)
+        turn = user.reply(form.node, say)
         out.user_fallbacks = getattr(user, "fallbacks", 0)
         if turn is None:
             out.ended = True

@@ -29,24 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Sequence
 
-from subterra.forms import Form, render_form
+from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
+    FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD,
+    VALUE_LAST, VALUE_MORE, Form, render_form, shown_say,
+)
 
-# The form's fixed structure, cut where every tokenizer cuts: each piece the runtime forces or
-# offers ends where a letter or digit meets punctuation, or before a space, so the pieces encode
-# to exactly the tokens the whole form encodes to in training (a byte-level BPE merges '",' or
-# '"},' into one token; the tiny tokenizer isolates every character).
-FORM_HEAD = '{"node": "'
-NODE_END = '",'  # a node id is chosen with what closes it
-SLOTS_KEY = ' "slots":'
-NO_SLOTS = ' {},'
-FIRST_KEY = ' {"'
-NEXT_KEY = ' "'
-KEY_END = '":'
-VALUE_HEAD = ' "'
-VALUE_MORE = '",'  # a value is chosen with what follows it: another slot ...
-VALUE_LAST = '"},'  # ... or the end of the slots
-SAY_HEAD = ' "say": "'
-FORM_CLOSE = '"}'
 END = "<|im_end|>"
 WORD = re.compile(r"\w")
 TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
@@ -783,7 +770,7 @@ class ChatSession:
         self._buffer = []
 
     def respond(self, text: str) -> Form:
-        """The model's form after the user's message ``text``."""
+        """The model's form after the user's message ``text``, its ``say`` filled in as the user reads it."""
         self._buffer.extend(self.codec.user(text))
         program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held)
         value = None
@@ -813,4 +800,4 @@ class ChatSession:
         self.held.update(form.slots)
         node = self.wf.nodes.get(form.node)
         self.ended = bool(node and node.is_terminal)
-        return form
+        return Form(form.node, form.slots, shown_say(form.say, self.held)[0])

@@ -4,6 +4,12 @@
 ``say`` lines (or its prompt), acknowledges captured values, re-asks after an unclear or off-topic
 message and confirms corrections; the user side is the ``ScriptedUser`` of the scenario. Seeded:
 the same workflow, scenario and seed give the same conversation, byte for byte.
+
+The agent's ``say`` is a *template*: a value the conversation holds appears as its ``{slot}``
+placeholder ("Where will you fly to {destination} from?"), and the runtime fills it in before the
+user reads it (``subterra.forms.shown_say``). The student learns what to say, never to retype a
+value from turns ago (which a small model gets wrong: "flying to Athens" for Buenos Aires), and
+its own earlier turns hold no misspelt values to mislead it.
 """
 
 from __future__ import annotations
@@ -86,13 +92,14 @@ def script(wf, scenario: Scenario) -> Script:
             offscript.append(turn.kind)
 
 
-def agent_line(wf, node_id: str, values: dict[str, str], known: set[str], rng: random.Random) -> str:
-    """One of the node's say lines whose placeholders are all known; the prompt if there is none."""
+def agent_line(wf, node_id: str, known: set[str], rng: random.Random) -> str:
+    """One of the node's say lines whose placeholders are all known, as written (a template: the
+    runtime fills ``{slot}`` from the values the conversation holds); the prompt if there is none."""
     node = wf.nodes[node_id]
     usable = [s for s in node.say if all(p in known for p in ph.placeholders(s))]
     if not usable:
-        return node.prompt
-    return ph.fill(rng.choice(usable), values)
+        return node.prompt.replace("{", "{{").replace("}", "}}")
+    return rng.choice(usable)
 
 
 class TemplateTeacher:
@@ -113,14 +120,14 @@ class TemplateTeacher:
         for step in plan.steps:
             turn = step.user
             messages.append({"role": "user", "content": turn.text})
-            say = agent_line(wf, step.node, step.values, set(step.known), rng)
+            say = agent_line(wf, step.node, set(step.known), rng)
             prefix = ""
             if turn.kind == "unclear":
                 prefix = rng.choice(ph.AGENT_UNCLEAR)
             elif turn.kind == "offtopic":
                 prefix = rng.choice(ph.AGENT_OFF_TOPIC)
             elif turn.kind == "correction":
-                prefix = ph.fill(rng.choice(ph.AGENT_CORRECTION), {"new": next(iter(turn.slots.values()))})
+                prefix = ph.fill(rng.choice(ph.AGENT_CORRECTION), {"new": "{%s}" % next(iter(turn.slots))})
             elif turn.slots:
                 prefix = rng.choice(ph.AGENT_ACKS)
             text = f"{prefix} {say}".strip()

@@ -5,7 +5,9 @@ whitespace, so a word is the same tokens wherever it stands — after a space in
 message or after a quote in the form — and copying a value is copying token ids. BPE (byte-level,
 so nothing is ever unknown) then learns the corpus's words; rare and unseen words split into
 small pieces. Node ids and slot names are single added tokens: a node id can never come out
-half-formed.
+half-formed. So is each piece of the form's fixed structure (``subterra.forms.FORM_PIECES``:
+``{"node": "``, ``",``, `` "slots":`` ...): a form's structure is a dozen tokens instead of ~35 single
+characters, which the model would only learn to copy, and the runtime forces a piece in one step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from subterra.forms import FORM_PIECES
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -51,6 +55,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, atomic: Iterable[str]
     )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in sorted(set(atomic))])
+    # matched longest first wherever they stand: '"},' before '"}', ' "slots":' before ' "'
+    tok.add_tokens([AddedToken(p, normalized=False) for p in sorted(set(FORM_PIECES))])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=None
     )

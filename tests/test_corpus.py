@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from subterra.corpus import CorpusConfig, CorpusTooLarge, build_corpus
-from subterra.forms import parse_form
+from subterra.forms import parse_form, shown_say
 from subterra.paths import edge_coverage, select_paths
 from subterra.slot_values import FREE_TYPES
 from subterra.teacher import TemplateTeacher
@@ -45,10 +45,12 @@ def test_splits_sizes_and_disjoint_texts(corpus):
 
 
 def test_every_assistant_turn_is_a_form_with_verbatim_values(mini_workflow, corpus):
+    templated = 0
     for messages in corpus["messages"]:
         messages = json.loads(messages)
         assert [m["role"] for m in messages[:2]] == ["system", "user"]
         assert messages[0]["content"] == mini_workflow.assistant
+        held = {}
         for prev, msg in zip(messages, messages[1:]):
             assert prev["role"] != msg["role"]
             if msg["role"] == "assistant":
@@ -56,7 +58,15 @@ def test_every_assistant_turn_is_a_form_with_verbatim_values(mini_workflow, corp
                 assert form.node in mini_workflow.nodes
                 for slot, value in form.slots.items():
                     assert value in prev["content"], (slot, value, prev["content"])
-            assert not re.search(r"\{[a-z_]+\}", msg["content"])
+                held.update(form.slots)
+                # the say is a template: a held value is its {slot}, and every placeholder names a held value
+                shown, complete = shown_say(form.say, held)
+                assert complete, (form.say, held)
+                assert not any(v in form.say for v in held.values() if len(v) > 3), (form.say, held)
+                templated += bool(re.search(r"\{[a-z_]+\}", form.say))
+            else:
+                assert not re.search(r"\{[a-z_]+\}", msg["content"])
+    assert templated  # the mini workflow's say lines name values
 
 
 def test_holdout_free_values_never_in_training(mini_workflow, corpus):
@@ -72,6 +82,21 @@ def test_holdout_free_values_never_in_training(mini_workflow, corpus):
     assert free
     for slot in free:
         assert not train[slot] & held[slot], slot
+
+
+def test_a_value_reserved_for_one_slot_is_reserved_for_every_slot_of_its_type():
+    """A holdout value of one slot is no training value of another slot of its type: a student
+    that saw "3" only as a bag count would book a holdout party of three as three bags."""
+    from subterra.slot_values import SlotValueSource
+
+    people = SlotValueSource("travellers", "integer", min=1, max=6)
+    bags = SlotValueSource("checked_bags", "integer", min=1, max=3)
+    (people_train, people_held), (bags_train, bags_held) = people.split_pool(), bags.split_pool()
+    assert people_held and bags_held and people_train and bags_train
+    assert not set(people_held) & set(bags_train) and not set(bags_held) & set(people_train)
+    origin = SlotValueSource("origin", "string", ("Lisbon", "Porto", "Tokyo", "Lima", "Oslo", "Quito", "Cairo", "Rome"))
+    destination = SlotValueSource("destination", "string", ("Lisbon", "Porto", "Tokyo", "Lima", "Oslo", "Quito", "Cairo", "Rome"))
+    assert origin.split_pool() == destination.split_pool()
 
 
 def test_offscript_behaviour_is_injected(corpus):

@@ -61,6 +61,11 @@ def unfilled_placeholder(messages):
     messages[1]["content"] = "I'd like to go to {destination}."
 
 
+def say_naming_a_value_not_held(messages):
+    form = json.loads(messages[2]["content"])  # the first assistant turn: nothing is held yet
+    messages[2]["content"] = json.dumps({**form, "slots": {}, "say": "So, {passenger_name}, where to?"})
+
+
 def form_naming_no_node(messages):
     form = json.loads(messages[2]["content"])
     messages[2]["content"] = json.dumps({**form, "node": "nowhere"})
@@ -72,6 +77,7 @@ def broken_copies(good: pl.DataFrame, wf):
     yield "roles alternate", edit_messages(good, train, ends_on_the_user)
     yield "no empty text", edit_messages(good, train, empty_user_text)
     yield "no unfilled {placeholder}", edit_messages(good, train, unfilled_placeholder)
+    yield "no unfilled {placeholder}", edit_messages(good, train, say_naming_a_value_not_held)
     yield "every form parses", edit_messages(good, train, form_naming_no_node)
     yield "length under", good.with_columns(
         pl.when(pl.int_range(pl.len()) == train).then(MAX_LENGTH + 1).otherwise(pl.col("n_tokens")).alias("n_tokens")

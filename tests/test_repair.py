@@ -74,7 +74,7 @@ def test_a_repair_round_writes_training_conversations_through_the_failing_cluste
         assert json.loads(row["scenario"])["offscript"] == {"ask_date#1": "unclear"}
     for text in repair["scenario"]:
         scenario = Scenario.from_json(text)
-        assert not any(is_reserved(slot, value) for slot, value in scenario.values.items()
+        assert not any(is_reserved(mini_workflow.slots[slot].type, value) for slot, value in scenario.values.items()
                        if mini_workflow.slots[slot].type not in ("enum", "boolean"))
     train = corpus.filter(pl.col("split") == "train")
     mixed = repair_training_set(train, repair, RepairConfig(replay_ratio=0.5))

@@ -177,3 +177,70 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(trai
         alone: list[int] = []
         driver.run([program(p, alone, k)], max_len=max_len)
         assert got == alone
+
+
+def test_templatize_gives_back_the_text_when_filled_and_leaves_literal_braces():
+    from subterra.phrasing import fill, placeholders, templatize
+
+    values = {"destination": "Cape Town", "origin": "Cape", "travellers": "2"}
+    text = "Flying from Cape to Cape Town, 2 of you {really}? Capetown stays."
+    template = templatize(text, values)
+    assert template == "Flying from {origin} to {destination}, {travellers} of you {{really}}? Capetown stays."
+    assert placeholders(template) == ["origin", "destination", "travellers"]
+    assert fill(template, values) == text
+
+
+def test_the_user_reads_the_say_filled_in_and_a_placeholder_of_nothing_held_is_an_invalid_form(mini_workflow):
+    """The runtime fills a say's {slot} placeholders from the values the conversation holds; a
+    placeholder naming a value nobody gave stays as written and makes the form invalid."""
+    from subterra.forms import Form, render_form, shown_say
+    from subterra.routes import Episode, Transcript, conversation_program
+    from subterra.runtime import Codec
+    from subterra.scenario import Scenario
+
+    assert shown_say("To {destination}, {{ok}}?", {"destination": "Oslo"}) == ("To Oslo, {ok}?", True)
+    assert shown_say("To {destination}?", {}) == ("To {destination}?", False)
+
+    class Chars:  # a tokenizer stand-in: one id per character (conversation_program only counts them)
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    forms = iter([Form("greet", {}, "Hi, where to?"), Form("ask_date", {"destination": "Oslo"}, "When to {destination}?"),
+                  Form("ask_count", {}, "How many for {date}?")])
+
+    def turn_program(message, counter, held):
+        form = next(forms)
+        return form, render_form(form), True
+        yield  # a generator, as a route's turn program is
+
+    class Heard:  # the user: records what it read, answers with the scenario's value
+        def __init__(self, wf, scenario):
+            self.read = []
+
+        def opener(self):
+            from subterra.simulator import UserTurn
+            return UserTurn("Hello", "opener")
+
+        def reply(self, node, say):
+            from subterra.simulator import UserTurn
+            self.read.append(say)
+            return UserTurn("Oslo." if node == "greet" else "Soon.", "answer") if len(self.read) < 3 else None
+
+    users, made = None, []
+
+    def make(wf, scenario):
+        made.append(Heard(wf, scenario))
+        return made[-1]
+
+    from subterra.simulator import Users
+
+    codec = Codec.__new__(Codec)
+    codec.tok = Chars()
+    out = Transcript("s")
+    episode = Episode(Scenario("s", "holdout", (), {}), [], 5)
+    program = conversation_program(codec, mini_workflow, episode, turn_program, 0, out, lambda: 0.0, Users("t", make))
+    for _ in program:
+        pass
+    assert made[0].read == ["Hi, where to?", "When to Oslo?", "How many for {date}?"]
+    assert [t.say for t in out.turns] == made[0].read
+    assert [t.valid for t in out.turns] == [True, True, False]

@@ -44,6 +44,26 @@ def test_node_ids_and_slot_names_are_single_tokens(trained, mini_workflow):
         assert len(tokenizer(atom, add_special_tokens=False)["input_ids"]) == 1, atom
 
 
+def test_the_forms_structure_is_a_dozen_single_tokens_the_runtime_forces_as_training_saw_them(trained, mini_workflow):
+    from transformers import AutoTokenizer
+
+    from subterra.forms import (FIRST_KEY, FORM_CLOSE, FORM_HEAD, FORM_PIECES, KEY_END, NODE_END, SAY_HEAD,
+                                SLOTS_KEY, VALUE_HEAD, VALUE_LAST, VALUE_MORE, Form, render_form)
+
+    tokenizer = AutoTokenizer.from_pretrained(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    for piece in FORM_PIECES:
+        assert len(codec.encode(piece)) == 1, piece
+    form = render_form(Form("ask_date", {"destination": "Cape Town", "travellers": "2"}, "Going to {destination}?"))
+    # the pieces in the order fill_form forces or chooses them
+    pieces = [FORM_HEAD, "ask_date", NODE_END, SLOTS_KEY, FIRST_KEY, "destination", KEY_END, VALUE_HEAD, "Cape Town",
+              VALUE_MORE, " \"", "travellers", KEY_END, VALUE_HEAD, "2", VALUE_LAST, SAY_HEAD, "Going to {destination}?",
+              FORM_CLOSE]
+    assert "".join(pieces) == form
+    assert sum((codec.encode(p) for p in pieces), []) == codec.encode(form)
+    assert len(codec.encode(form)) < 30  # against ~50 with every character of the structure a token
+
+
 def test_runtime_encoding_matches_training_encoding(trained, mini_workflow, corpus):
     from transformers import AutoTokenizer
 

@@ -23,7 +23,7 @@ import polars as pl
 from subterra.claude_client import Request, json_in
 from subterra.claude_spool import ClaudeAnswers
 from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, score, select_holdout
-from subterra.forms import Form
+from subterra.forms import Form, shown_say
 from subterra.procedure import render_procedure
 from subterra.runtime import TurnRecord
 from subterra.scenario import Scenario
@@ -69,6 +69,7 @@ def play(answers: ClaudeAnswers, wf, row: dict, config: EvalConfig, model: str, 
     user = users.make(wf, scenario)
     turn = user.opener()
     history: list[tuple[str, str]] = []
+    held: dict[str, str] = {}  # as for every route, a say's {slot} is filled from the values held
     usd = 0.0
     while len(transcript.turns) < max_turns:
         history.append(("user", turn.text))
@@ -76,9 +77,11 @@ def play(answers: ClaudeAnswers, wf, row: dict, config: EvalConfig, model: str, 
         reply = answers.one(frontier_request(wf, history, model, f"{scenario.id}#{len(transcript.turns) + 1}"))
         usd += reply.usd
         form = read_form(reply.text)
+        held.update(form.slots if form else {})
+        say, complete = shown_say(form.say, held) if form else (reply.text, False)
         transcript.turns.append(TurnRecord(
-            node=form.node if form else "", slots=dict(form.slots) if form else {}, say=form.say if form else reply.text,
-            raw=reply.text, valid=form is not None and form.node in wf.nodes,
+            node=form.node if form else "", slots=dict(form.slots) if form else {}, say=say,
+            raw=reply.text, valid=form is not None and form.node in wf.nodes and complete,
             tokens_in=reply.usage.tokens_in, tokens_out=reply.usage.output_tokens, latency_s=reply.seconds,
         ))
         history.append(("assistant", reply.text or "(no reply)"))

@@ -7,8 +7,8 @@ every slot of its type. Otherwise "3", reserved for ``travellers`` but trained a
 teaches the student that a 3 is a bag count, and a holdout party of three is booked as three bags
 (that was 88 of 128 holdout failures of one travel_booking compile).
 Training can also draw *random* values shaped like the pool's (vowels for vowels, consonants for
-consonants, digits for digits), so that a student must learn to copy a value from the user's
-message instead of memorising a small pool. Closed sets (enum, boolean) are not split.
+consonants, digits for digits; strings and integers), so that a student must learn to copy a value
+from the user's message instead of memorising a small pool. Closed sets (enum, boolean) are not split.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ import string
 from dataclasses import dataclass
 
 FREE_TYPES = frozenset({"string", "integer", "number", "date"})
+# pools that training widens with random values of the same shape (a number's digits, a name's
+# letters), which may lie outside a slot's declared range: "We are 8" teaches that a party size is
+# whatever number the user says, so a holdout's party of 2, a number training never used as any
+# slot's value, is not read as an unclear answer
+RANDOM_TYPES = frozenset({"string", "integer"})
 RESERVED_ONE_IN = 4
 DEFAULT_DATE_RANGE = ("2027-01-01", "2027-12-31")
 DEFAULT_INTEGER_RANGE = (1, 9)
@@ -117,7 +122,7 @@ class SlotValueSource:
         pool = self._pool()
         if pool is not None:
             train, held = self.split_pool()
-            if not holdout and self.type == "string" and random_rate > 0 and rng.random() < random_rate:
+            if not holdout and self.type in RANDOM_TYPES and random_rate > 0 and rng.random() < random_rate:
                 return self._random_like(rng, train or pool, held)
             return rng.choice(held if holdout else train)
         for _ in range(1000):
@@ -129,7 +134,7 @@ class SlotValueSource:
     def _random_like(self, rng: random.Random, pool: tuple[str, ...], held: tuple[str, ...]) -> str:
         for _ in range(100):
             value = reshape(rng.choice(pool), rng)
-            if value not in held and not is_reserved(self.type, value):
+            if value not in held and not is_reserved(self.type, value) and not (self.type == "integer" and value[0] == "0"):
                 return value
         return rng.choice(pool)
 

@@ -59,6 +59,7 @@ class CorpusConfig:
     holdout_scenarios: int = 200
     offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
     train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
+    train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
     random_value_rate: float = 0.5
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
@@ -159,7 +160,8 @@ def build_corpus(
             break
         scenarios = [
             replace(
-                make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate),
+                make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate,
+                              config.train_correction_share),
                 id=f"train-{path_id(paths[p])}-{k:03d}",
             )
             for p, k in todo

@@ -41,6 +41,7 @@ def generation_context(wf, teacher, config) -> dict:
         "seed": config.seed,
         "offscript_rate": config.offscript_rate,
         "train_offscript_rate": config.train_offscript_rate,
+        "train_correction_share": config.train_correction_share,
         "random_value_rate": config.random_value_rate,
     }
 

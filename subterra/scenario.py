@@ -104,8 +104,12 @@ def make_scenario(
     seed: int,
     offscript_rate: float,
     random_value_rate: float = 0.0,
+    correction_share: float | None = None,
 ) -> Scenario:
-    """A seeded scenario on ``path`` for ``split``; holdout splits draw reserved slot values only."""
+    """A seeded scenario on ``path`` for ``split``; holdout splits draw reserved slot values only.
+
+    An off-script turn is of each possible kind alike, or, with ``correction_share``, a correction
+    (where one is possible) that often and otherwise one of the others."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     scenario_seed = int.from_bytes(
@@ -126,7 +130,11 @@ def make_scenario(
         # a correction needs a slot the user already gave whose correction differs
         if "correction" in kinds and not any(corrections[s] != values[s] for s in slots_known):
             kinds.remove("correction")
-        offscript[key] = rng.choice(kinds)
+        if correction_share is not None and "correction" in kinds:
+            others = [k for k in kinds if k != "correction"]
+            offscript[key] = "correction" if rng.random() < correction_share or not others else rng.choice(others)
+        else:
+            offscript[key] = rng.choice(kinds)
     return Scenario(
         id=f"{split}-{index:05d}",
         split=split,

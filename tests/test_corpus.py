@@ -158,3 +158,25 @@ def test_a_correction_names_the_value_it_replaces_and_only_one_slot_held_it():
                     node = next(e.target for e in wf.out_edges(node) if e.id == turn.edge)
                 given.update(turn.slots)
     assert corrections > 100
+
+
+def test_training_can_see_corrections_more_often_than_other_off_script_turns(mini_workflow):
+    from collections import Counter
+
+    from subterra.scenario import make_scenario
+
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+
+    def kinds(share):
+        found = Counter()
+        for i in range(300):
+            scenario = make_scenario(mini_workflow, paths[i % len(paths)], "train", i, 0, 0.6, 0.5, share)
+            found.update(scenario.offscript.values())
+        return found
+
+    even, mostly = kinds(None), kinds(0.8)
+    assert even["correction"] < even["unclear"] + even["offtopic"]
+    # (where nothing is given yet, no correction is possible: those turns stay unclear or off-topic)
+    assert mostly["correction"] > 1.5 * even["correction"]
+    assert mostly["unclear"] + mostly["offtopic"] < even["unclear"] + even["offtopic"]
+    assert abs(sum(even.values()) - sum(mostly.values())) < 0.1 * sum(even.values())  # about as many, another mix

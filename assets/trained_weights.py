@@ -69,6 +69,10 @@ def trained_weights(
     mix = None
     if start is not None:
         mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
+        if mix.unchanged == 0:  # the last model learnt none of these conversations (a new corpus format, every path edited)
+            context.log.info(f"{wf.id}: the last model learnt none of this corpus's paths: training from scratch")
+            start, mix = None, None
+    if start is not None:
         train = train.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64))
         train_config.init_from = start
         train_config.epochs, train_config.max_steps, train_config.max_tokens = 1.0, -1, 0  # the mix is the budget

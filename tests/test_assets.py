@@ -420,3 +420,11 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     trained = store.read("trained_weights", KEY).row(0, named=True)
     assert (trained["recompile"], trained["continued_from"]) == ("full", None)
     assert "weight" not in pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet").columns
+
+    # a corpus none of whose paths the last model learnt (here every conversation's generation
+    # settings changed; so does a new corpus format) is no recompile to continue: training starts over
+    fresh = materialize(COMPILE_ASSETS[2:5], resources, instance,
+                        synthetic_corpus=CorpusSettings(**{**SMALL_CORPUS.model_dump(), "offscript_rate": 0.2}))
+    assert fresh.success and metadata(fresh, COMPILE_ASSETS[2])["conversations_reused"] == 0
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["recompile"], trained["continued_from"]) == ("full", None)

@@ -11,7 +11,9 @@ values only, and constrains three of them:
   yes/no for a boolean — the copy constraint: a value can be chosen but never misspelt.
 
 Decoding is greedy inside those constraints (a trie over the allowed token sequences; values are
-scored whole) and free for ``say``. The pieces are cut where any tokenizer cuts (a letter meeting
+scored whole) and free for ``say`` (a template: ``{slot}`` for a value the conversation holds,
+filled in by ``forms.shown_say``; its first token may be the opening quote merged with the say's start,
+as a byte-level BPE merges ' "{'). The pieces are cut where any tokenizer cuts (a letter meeting
 punctuation, before a space), so a pretrained byte-level BPE sees the very tokens it was trained
 on. ``free_form`` is the other way to fill a form: the model writes the whole turn itself.
 
@@ -84,7 +86,8 @@ class Codec:
         self.value_head = enc(VALUE_HEAD)
         self.value_more = enc(VALUE_MORE)
         self.value_last = enc(VALUE_LAST)
-        self.say_head = enc(SAY_HEAD)
+        head = enc(SAY_HEAD)
+        self.say_head = head[:-1]  # the say opens with the head's last token or a merge of it with the say's start
         # a form holds the slots one user message provides: at most what one step collects
         self.max_slots = max(
             [1] + [len(set(n.collect) | set(e.collect)) for n in wf.nodes.values() for e in wf.out_edges(n.id)]
@@ -108,6 +111,14 @@ class Codec:
                     self.say_ends[i] = (before, after)
                 else:
                     banned_say.add(i)
+        # a byte-level BPE merges the quote that opens ``say`` with what follows it (' "{' before
+        # "{destination} ..."): the say opens with one of the tokens that begin with the head's last
+        # token's text, its rest being the say's first characters
+        opening = texts[head[-1]]
+        self.say_openers = {
+            i: text[len(opening):] for i, text in enumerate(texts)
+            if text.startswith(opening) and i not in specials and not {'"', "\\"} & set(text[len(opening):])
+        }
         self.starts_word = [t[:1].isspace() for t in texts]
         self.banned_in_say = sorted(banned_say)
         self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
@@ -428,6 +439,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         if more:
             yield from forced(codec.next_key)
     yield from forced(codec.say_head)
+    if len(codec.say_openers) == 1:  # a tokenizer that never merges the opening quote (the tiny one)
+        [(opener, say_start)] = codec.say_openers.items()
+        yield from forced([opener])
+    else:
+        say_start = yield from chosen({text: [i] for i, text in codec.say_openers.items()})
     say_ids: list[int] = []
     say_tail = ""
     closed = False
@@ -446,7 +462,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     if not closed:  # ran out of room: the form is invalid; close it so the conversation goes on
         yield from forced(codec.encode(FORM_CLOSE))
     yield from forced(codec.end_of_turn)
-    say = codec.decode(say_ids) + say_tail
+    say = say_start + codec.decode(say_ids) + say_tail
     text = codec.decode(raw).split(END)[0]
     return Form(node, slots, say), text, closed
 

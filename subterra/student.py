@@ -95,16 +95,24 @@ def load_student(spec: StudentSpec, conversations: Sequence[list[dict]]):
 
 
 def continue_student(model_dir: str, atoms: Sequence[str] = ()):
-    """(tokenizer, model) of a compiled model folder, ready to train further: its own tokenizer,
-    with any node id or slot name it lacks added as a single token (its embedding row starts at
-    the mean of the others)."""
+    """(tokenizer, model) of a compiled model folder, ready to train further: its own tokenizer.
+
+    A tokenizer that holds node ids and slot names as tokens of their own (the from-config
+    student's) gets any it lacks (a node the edit added) as a single token, its embedding row
+    starting at the mean of the others. A tokenizer without them (a pretrained student, which
+    spells node ids with its own pieces) stays as it is: adding them now would change how every
+    node id the model learnt is tokenized, and point it at untrained rows."""
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     vocab = tokenizer.get_vocab()
-    missing = [a for a in dict.fromkeys(atoms) if a not in vocab]
+    added = tokenizer.get_added_vocab()
+    atoms = list(dict.fromkeys(atoms))
+    if not any(a in added for a in atoms):
+        return tokenizer, model
+    missing = [a for a in atoms if a not in vocab]
     if missing:
         tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in missing])
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

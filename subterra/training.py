@@ -63,7 +63,7 @@ class TrainConfig:
     bf16: bool | None = None  # None: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
     # recompute activations during backward: less memory for ~a third more compute. TRL turns it on by
     # default; these students fit in memory without it (an 8B model on a GPU may want it on)
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False
     torch_threads: int = 0  # 0: all cores
     init_from: str = ""  # a compiled model folder to continue training (its tokenizer and weights)
 
@@ -233,7 +233,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         report_to=[],
         seed=config.seed,
         bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.activation_checkpointing,  # TRL defaults it on
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=True,

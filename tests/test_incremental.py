@@ -174,3 +174,28 @@ def test_continued_training_starts_from_the_previous_weights(tmp_path, mini):
     assert old_tok(sample)["input_ids"] == new_tok(sample)["input_ids"]  # the same tokenizer, plus one token
     assert len(new_tok("brand_new_step", add_special_tokens=False)["input_ids"]) == 1
     assert TrainResult.from_json(Path(frozen.model_dir) / "training_result.json").continued_from == first.model_dir
+
+
+def test_continuing_a_student_whose_tokenizer_spells_node_ids_in_pieces_keeps_its_tokenizer(tmp_path, mini):
+    """A pretrained student keeps its own tokenizer at compile time (node ids in its own pieces);
+    continuing it (a repair round, an incremental recompile) must not turn node ids into new,
+    untrained tokens: the same tokens and the same embedding rows come back."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from subterra.student import continue_student
+    from subterra.tokenizer import train_tokenizer, workflow_atoms
+
+    corpus = corpus_of(mini)
+    texts = [m["content"] for c in corpus["messages"] for m in json.loads(c)]
+    tokenizer = train_tokenizer(texts, 400)  # no atoms: node ids are spelt with BPE pieces
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    tokenizer.save_pretrained(tmp_path / "pretrained-like")
+    model.save_pretrained(tmp_path / "pretrained-like")
+    atoms = workflow_atoms(mini)
+    assert any(len(tokenizer(a, add_special_tokens=False)["input_ids"]) > 1 for a in atoms)
+    again, continued = continue_student(str(tmp_path / "pretrained-like"), atoms)
+    assert len(again) == len(tokenizer)
+    assert continued.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings
+    for atom in atoms:
+        assert again(atom, add_special_tokens=False)["input_ids"] == tokenizer(atom, add_special_tokens=False)["input_ids"]

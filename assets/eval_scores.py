@@ -1,3 +1,5 @@
+from typing import Optional
+
 import dagster as dg
 
 from assets.loading import snapshot
@@ -18,7 +20,7 @@ class EvalSettings(dg.Config):
     # base-model routes (those need a pretrained base model), as the ladder profiles do
     routes: list[str] = [DEPLOYED]
     use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
-    copy_runs: bool = True  # with the lexicon, a value is a whole run between procedure words
+    copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     torch_threads: int = 0  # CPU threads (0: every core)
 

@@ -5,7 +5,7 @@ procedure's phrasing ("please", "ticket", "under"), not to a value. The runtime'
 constraint uses this lexicon to cut a message into runs of other words between such words and
 sentence breaks; a value is one whole run (``runtime.value_spans``). It is a compile artifact saved
 beside the weights (``value_lexicon.json``), measured on its own in the evaluation
-(``EvalConfig.use_lexicon``, ``copy_runs``); on phrasings training never saw it knows fewer words
+(``EvalConfig.use_lexicon``, ``copy_runs``: by default the model's own rule, ``whole_runs``); on phrasings training never saw it knows fewer words
 and the model decides more alone.
 """
 
@@ -46,8 +46,19 @@ def build_lexicon(conversations: Iterable[list[dict]], min_count: int = MIN_COUN
     return sorted(w for w, n in outside.items() if n >= min_count and w not in inside)
 
 
-def save_lexicon(folder: str | Path, lexicon: list[str]) -> None:
-    Path(folder, LEXICON_FILE).write_text(json.dumps({"procedure_words": lexicon}, indent=0))
+def save_lexicon(folder: str | Path, lexicon: list[str], whole_runs: bool = True) -> None:
+    """``whole_runs``: how the runtime reads a value for this model. A student trained from config
+    knows no words beyond its corpus and cannot tell where a value starts ("Starting in Zurich"),
+    so a value is a whole run of non-procedure words; a pretrained student picks the edges
+    itself among every span that does not start or end with a procedure word ("it should read
+    Ada Moreno": a whole run would be "read Ada Moreno")."""
+    Path(folder, LEXICON_FILE).write_text(json.dumps({"procedure_words": lexicon, "whole_runs": whole_runs}, indent=0))
+
+
+def whole_runs(folder: str | Path) -> bool:
+    """The model's own copy rule (``save_lexicon``); True for a folder saved before the rule existed."""
+    path = Path(folder, LEXICON_FILE)
+    return bool(json.loads(path.read_text()).get("whole_runs", True)) if path.exists() else True
 
 
 def load_lexicon(folder: str | Path) -> frozenset[str]:

@@ -62,7 +62,7 @@ class PlayConfig:
     max_say_tokens: int = 96  # prefilled form: the free ``say`` text (travel_booking's longest in training: 70)
     max_form_tokens: int = 160  # free generation: the whole form
     use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
-    copy_runs: bool = True  # with the lexicon: a value is a whole run of non-procedure words
+    copy_runs: bool | None = None  # with the lexicon, a value is a whole run of non-procedure words (None: the model's rule)
     fresh_values: bool = True  # prefilled form: a value the conversation holds is not offered again beside another
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
 
@@ -165,7 +165,7 @@ class LocalRoute:
 
     def play(self, wf, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
              progress: Callable[[int, int], None] | None = None, users: Users = SCRIPTED) -> list[Transcript]:
-        from subterra.lexicon import load_lexicon
+        from subterra.lexicon import load_lexicon, whole_runs
         from subterra.runtime import Lockstep
         from subterra.student import load_compiled
 
@@ -175,7 +175,8 @@ class LocalRoute:
             torch.set_num_threads(config.torch_threads)
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
-        codec = Codec(tokenizer, wf, lexicon, config.copy_runs)
+        runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
+        codec = Codec(tokenizer, wf, lexicon, runs)
         driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say, codec.masks)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 

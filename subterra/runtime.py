@@ -755,12 +755,12 @@ class ChatSession:
         import torch
         from transformers import DynamicCache
 
-        from subterra.lexicon import load_lexicon
+        from subterra.lexicon import load_lexicon, whole_runs
         from subterra.student import load_compiled
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir))
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir))
         self.wf = wf
         self.max_say = max_say_tokens
         self.cache = DynamicCache()

@@ -304,7 +304,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
     # the lexicon comes from the unweighted train rows (of ``lexicon_data`` when given: a repair
     # round learns it from the compile's conversations and its repair conversations together)
     lexicon_frame = pl.read_parquet(config.lexicon_data) if config.lexicon_data else frame
-    save_lexicon(staging, build_lexicon(train_conversations(lexicon_frame, weighted=False)))
+    save_lexicon(staging, build_lexicon(train_conversations(lexicon_frame, weighted=False)), whole_runs=spec.from_config)
     result.to_json(staging / RESULT_FILE)
     config.to_json(staging / "train_config.json")
     replace_dir(staging, out)  # the last good model stays whole until this one is

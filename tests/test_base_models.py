@@ -68,6 +68,7 @@ def test_smollm2_fine_tunes_and_plays_every_route(tmp_path):
 
     from subterra.corpus import CorpusConfig, build_corpus
     from subterra.evaluation import EvalConfig, evaluate
+    from subterra.lexicon import whole_runs
     from subterra.paths import select_paths
     from subterra.routes import ROUTES, local_routes
     from subterra.teacher import TemplateTeacher
@@ -81,6 +82,7 @@ def test_smollm2_fine_tunes_and_plays_every_route(tmp_path):
     result = train(TrainConfig(workflow=wf.id, train_data=str(tmp_path / "train.parquet"), output_dir=str(tmp_path / "model"),
                                base_model="smollm2-135m", max_steps=2, batch_size=2, learning_rate=3e-4, logging_steps=1))
     assert result.steps == 2 and result.params == 134_515_008 and result.tokens_per_second > 0
+    assert not whole_runs(result.model_dir)  # a pretrained student picks a value's edges itself
     routes = local_routes(ROUTES, resolve("smollm2-135m"), result.model_dir)
     scored = evaluate(routes, wf, corpus, EvalConfig(scenarios=1, holdouts=("holdout",), max_say_tokens=16,
                                                      max_form_tokens=48, extra_turns=0))

@@ -11,7 +11,7 @@ from subterra.evaluation import EvalConfig, evaluate
 from subterra.forms import parse_form
 from subterra.paths import select_paths
 from subterra.routes import local_routes
-from subterra.lexicon import LEXICON_FILE, build_lexicon, load_lexicon
+from subterra.lexicon import LEXICON_FILE, build_lexicon, load_lexicon, save_lexicon, whole_runs
 from subterra.runtime import ChatSession, Codec, fits_type, value_spans, word_spans
 from subterra.teacher import TemplateTeacher
 from subterra.tokenizer import workflow_atoms
@@ -118,6 +118,18 @@ def test_lexicon_holds_words_said_around_values_never_inside_them():
 def test_the_trained_model_carries_its_lexicon(trained):
     folder = Path(trained[1].model_dir)
     assert (folder / LEXICON_FILE).exists() and "please" in load_lexicon(folder)
+    assert whole_runs(folder)  # a student from config reads a value as a whole run
+
+
+def test_a_model_whose_rule_is_free_spans_picks_a_values_edges_itself(tmp_path):
+    """A pretrained student's lexicon says free spans: "it should read Ada Moreno" offers "Ada
+    Moreno" (a whole run would force "read Ada Moreno", a word the lexicon never saw)."""
+    lexicon = sorted(PROCEDURE | {"it", "should"})
+    save_lexicon(tmp_path, lexicon, whole_runs=False)
+    assert not whole_runs(tmp_path) and whole_runs(tmp_path / "elsewhere")  # no lexicon file: the old rule
+    message = "Um, it should read Ada Moreno."
+    assert value_spans(message, load_lexicon(tmp_path)) == ["read Ada Moreno"]
+    assert "Ada Moreno" in value_spans(message, load_lexicon(tmp_path), runs_only=whole_runs(tmp_path))
 
 
 def test_eval_of_the_trained_model(trained, mini_workflow, corpus):

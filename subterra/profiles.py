@@ -1,12 +1,13 @@
 """Profiles: the settings of every stage for a whole ladder run, at one scale.
 
 * ``quick`` — the whole comparison for ``travel_booking`` on a 2-core CPU in about an hour, with
-  SmolLM2-135M-Instruct. Sized from measurements on that machine: a travel conversation is ~730
-  tokens under SmolLM2's tokenizer, full fine-tuning runs at roughly 75-100 tokens/s, a lockstep
-  eval step costs ~3-5 ms per row. So: 2 training conversations per path (all 86 paths, ~125k
-  tokens, one epoch, ~25 minutes), 24 scenarios per holdout played by each of the four routes
-  (~15 minutes), and one repair round of at most 32 repair conversations plus 16 replayed ones
-  (~5 minutes of training, ~3 of re-evaluation).
+  SmolLM2-135M-Instruct. Measured on that machine (fresh clone, ``make ladder``, 57 minutes with the
+  venv): 3 training conversations per path, at most 400, one epoch capped at 200k tokens (258
+  conversations of ~760 tokens under SmolLM2's tokenizer, 60 steps of batch 4, ~21 minutes at ~155
+  tokens/s); 24 scenarios per holdout played by each of the four routes (~24 minutes: the
+  orchestrated routes carry the ~1,000-token procedure and run to the turn limit); one repair
+  round of at most 32 repair conversations plus 16 replayed ones (~3 minutes of training, ~5 of
+  re-evaluation).
 * ``full`` — the published scale, for a GPU: every path, 8 conversations per path, 200 scenarios
   per holdout, three epochs, three repair rounds.
 

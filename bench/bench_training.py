@@ -131,6 +131,24 @@ def run(model, batches, bf16: bool, tokens: int) -> tuple[float, int, int]:
     return time.perf_counter() - started, real, computed
 
 
+def measure(name: str, model, initial: dict, batches, bf16: bool, tokens: int, params: int) -> tuple[float, float]:
+    """Train ``model`` from ``initial`` on ``batches`` for ``tokens`` real tokens and print the
+    result against the matmul peak measured right beside it (on a shared machine both see the
+    same load); (tokens/s, peak FLOP/s)."""
+    import torch
+
+    model.load_state_dict(initial)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_flops(dtype)
+    seconds, real, computed = run(model, batches, bf16, tokens)
+    peak = max(peak, matmul_flops(dtype))
+    rate = real / seconds
+    print(f"{name}: {rate:,.0f} tokens/s, {6 * params * rate / 1e9:.1f} GFLOP/s by 6·N·T = "
+          f"{6 * params * rate / peak:.0%} of the {'bf16' if bf16 else 'fp32'} matmul peak measured beside it "
+          f"({peak / 1e9:.1f} GFLOP/s); padding {1 - real / computed:.0%} of the tokens computed", flush=True)
+    return rate, peak
+
+
 def trl_run(corpus, wf, steps: int) -> dict:
     from subterra.training import TrainConfig, train
 
@@ -172,17 +190,9 @@ def pretrained_run(conversations) -> list[tuple[str, float, float, float]] | Non
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     out = []
     for bf16 in (False, True):
-        model.load_state_dict(initial)
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        peak = matmul_flops(dtype)
-        seconds, real, computed = run(model, padded_batches(ids, PRETRAINED_BATCH, tokenizer.pad_token_id, random.Random(0)),
-                                      bf16, PRETRAINED_TOKENS)
-        peak = max(peak, matmul_flops(dtype))
-        rate = real / seconds
         name = f"{PRETRAINED} padded b{PRETRAINED_BATCH} {'bf16' if bf16 else 'fp32'}"
-        print(f"{name}: {rate:,.0f} tokens/s, {6 * params * rate / 1e9:.1f} GFLOP/s by 6·N·T = "
-              f"{6 * params * rate / peak:.0%} of the {'bf16' if bf16 else 'fp32'} matmul peak measured beside it "
-              f"({peak / 1e9:.1f} GFLOP/s); padding {1 - real / computed:.0%} of the tokens computed", flush=True)
+        batches = padded_batches(ids, PRETRAINED_BATCH, tokenizer.pad_token_id, random.Random(0))
+        rate, peak = measure(name, model, initial, batches, bf16, PRETRAINED_TOKENS, params)
         out.append((name, rate, 6 * params * rate, peak))
     return out
 
@@ -219,17 +229,8 @@ def main(pretrained: bool = True) -> None:
         ("packed 4096 fp32", lambda rng: packed_batches(ids, 4096, rng), False),
     ]
     for name, make, bf16 in variants:
-        model.load_state_dict(initial)
-        # the peak is measured again right beside each run: on a shared machine both see the same load
-        peak = matmul_flops(torch.bfloat16 if bf16 else torch.float32)
-        seconds, real, computed = run(model, make(random.Random(0)), bf16, TOKENS_PER_RUN)
-        peak = max(peak, matmul_flops(torch.bfloat16 if bf16 else torch.float32))
-        rate = real / seconds
-        results[name] = rate
-        results[name + " peak"] = peak
-        print(f"{name}: {rate:,.0f} tokens/s, {flops(rate) / 1e9:.1f} GFLOP/s by 6·N·T = "
-              f"{flops(rate) / peak:.0%} of the {'bf16' if bf16 else 'fp32'} matmul peak measured beside it "
-              f"({peak / 1e9:.1f} GFLOP/s); padding {1 - real / computed:.0%} of the tokens computed", flush=True)
+        results[name], results[name + " peak"] = measure(name, model, initial, make(random.Random(0)), bf16,
+                                                         TOKENS_PER_RUN, params)
     trl = trl_run(corpus, wf, steps=12)
     fp32_peak = max(fp32_peak, matmul_flops(torch.float32))
     results["trl"] = trl["tokens_per_second"]

@@ -2,7 +2,9 @@
 
 A step's (or branch's) user lines are split once: the last quarter (at least one line, when the
 step has two or more) is *held back* for the ``holdout_unseen`` split and never used in training.
-Generic lines (openers, off-script questions, acknowledgements) are split the same way.
+Our own generic lines (openers, off-script questions, acknowledgements, corrections) are ``Pool``s
+that name their held-back lines: the ones held back when the pools were first written, so growing
+the seen part for variety never changes what ``holdout_unseen`` measures.
 """
 
 from __future__ import annotations
@@ -12,33 +14,58 @@ from typing import Sequence
 
 SEEN, UNSEEN = "seen", "unseen"
 
-OPENERS = (
-    "Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
-    "Hi, I have a question.", "Good afternoon.", "Hello there, are you able to help?", "Hey.",
+
+class Pool(tuple):
+    """Lines of our own generic pools with the held-back ones named explicitly (``unseen``), so the
+    seen part can grow without moving a line from one side to the other: ``holdout_unseen`` keeps
+    measuring the same phrasings however many training lines are added."""
+
+    def __new__(cls, seen: Sequence[str], unseen: Sequence[str]):
+        pool = super().__new__(cls, tuple(seen) + tuple(unseen))
+        pool.seen, pool.unseen = tuple(seen), tuple(unseen)
+        return pool
+
+
+# The unseen lines are the ones held back since the first corpus format (the last quarter of the
+# original pools); the seen lines are the variety a teacher would write: short and long, polite and
+# curt, the old value named first or last.
+OPENERS = Pool(
+    seen=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
+          "Hi, I have a question.", "Good evening.", "Hiya.", "Hello, is this the right place?",
+          "Good afternoon.", "Morning!", "Hey there, I hope you can help.", "Hi, quick one.", "Greetings."),
+    unseen=("Hello there, are you able to help?", "Hey."),
 )
-ACKNOWLEDGEMENTS = (
-    "OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.",
-    "Yes.", "Go on.", "That works.",
+ACKNOWLEDGEMENTS = Pool(
+    seen=("OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.",
+          "Yes.", "Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
+    unseen=("Go on.", "That works."),
 )
-UNCLEAR = (
-    "Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
-    "I did not quite get that.", "Could you explain that differently?", "Not sure what you are asking.",
-    "Pardon?",
+UNCLEAR = Pool(
+    seen=("Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
+          "I did not quite get that.", "Could you explain that differently?", "Sorry?", "Huh?", "What?",
+          "Come again?", "I'm confused.", "What was the question?", "I don't follow.", "Can you repeat that?",
+          "Sorry, I missed that.", "Could you clarify?", "Eh?", "What do you need from me?"),
+    unseen=("Not sure what you are asking.", "Pardon?"),
 )
-OFF_TOPIC = (
-    "By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
-    "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
-    "Are you a real person?", "Where is your head office?", "Do you have a newsletter?",
+OFF_TOPIC = Pool(
+    seen=("By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
+          "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
+          "Are you a real person?", "Do you sell travel insurance?", "What is your phone number?",
+          "Can I get a discount?", "Is there free wifi?", "What time is it there?", "Do you have a loyalty app?"),
+    unseen=("Where is your head office?", "Do you have a newsletter?"),
 )
 # A correction always names the value it replaces: "it should be Zurich" alone does not say whether
 # the origin or the destination changed, so nobody (model or judge) could score it objectively.
-CORRECTIONS = (
-    "Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
-    "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
-    "Let me fix that: {old} should be {new}.",
+CORRECTIONS = Pool(
+    seen=("Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
+          "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
+          "Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
+          "I gave you {old} by mistake, it's {new}.", "Can you replace {old} with {new}?", "Scratch {old}, I want {new}.",
+          "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}."),
+    unseen=("Let me fix that: {old} should be {new}.",),
 )
-USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
-USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")
+USER_PREFIXES = ("", "", "", "", "", "Um, ", "Well, ", "Okay, ", "So, ", "Right, ", "Oh, ", "Hmm, ")
+USER_SUFFIXES = ("", "", "", "", "", " Thanks.", " Thank you!", " Cheers.", " Please.", " Thanks a lot.")
 
 AGENT_ACKS = ("", "", "Thanks.", "Great.", "Got it.", "Perfect.", "Thank you.")
 AGENT_UNCLEAR = ("No problem, let me put it another way.", "Sorry for being unclear.", "Let me rephrase.")
@@ -54,7 +81,10 @@ def held_back_count(n: int) -> int:
 
 
 def phrasing_pool(lines: Sequence[str], phrasing: str) -> tuple[str, ...]:
-    """The lines usable for ``phrasing`` (``seen`` or ``unseen``); falls back to all lines if none held back."""
+    """The lines usable for ``phrasing`` (``seen`` or ``unseen``): a ``Pool``'s named part; of a
+    workflow's own lines, the last quarter is unseen (all lines are usable if none is held back)."""
+    if isinstance(lines, Pool):
+        return lines.unseen if phrasing == UNSEEN else lines.seen
     lines = tuple(lines)
     k = held_back_count(len(lines))
     if k == 0:

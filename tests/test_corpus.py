@@ -180,3 +180,23 @@ def test_training_can_see_corrections_more_often_than_other_off_script_turns(min
     assert mostly["correction"] > 1.5 * even["correction"]
     assert mostly["unclear"] + mostly["offtopic"] < even["unclear"] + even["offtopic"]
     assert abs(sum(even.values()) - sum(mostly.values())) < 0.1 * sum(even.values())  # about as many, another mix
+
+
+def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_does(corpus):
+    """Our generic pools name their held-back lines; training never contains one (the seen part
+    grew for variety, the unseen part stayed the lines it always was)."""
+    from subterra import phrasing as ph
+
+    def user_lines(split):
+        return [m["content"] for msgs in corpus.filter(pl.col("split") == split)["messages"]
+                for m in json.loads(msgs) if m["role"] == "user"]
+
+    pools = (ph.OPENERS, ph.ACKNOWLEDGEMENTS, ph.UNCLEAR, ph.OFF_TOPIC, ph.CORRECTIONS)
+    for pool in pools:
+        assert pool.unseen and not set(pool.unseen) & set(pool.seen)
+        assert ph.phrasing_pool(pool, ph.UNSEEN) == pool.unseen and ph.phrasing_pool(pool, ph.SEEN) == pool.seen
+    held_back = [re.compile(re.escape(line).replace(r"\{old\}", ".+").replace(r"\{new\}", ".+") + "$")
+                 for pool in pools for line in pool.unseen]
+    assert not [line for line in user_lines("train") if any(p.fullmatch(line) for p in held_back)]
+    assert [line for line in user_lines("holdout_unseen") if any(p.fullmatch(line) for p in held_back)]
+    assert ph.phrasing_pool(("a", "b", "c", "d"), ph.UNSEEN) == ("d",)  # a workflow's own lines: the last quarter

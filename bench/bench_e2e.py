@@ -4,7 +4,13 @@ match on the holdouts). Long (tens of minutes on a 2-core CPU): ``make bench-e2e
 
 Each compile is the real pipeline (every asset, in-process Dagster, training through Pipes) into
 a temporary data folder (``--data-dir`` to keep it). Prints the wall time of each compile and of
-each stage, the incremental/full ratio, and both compiles' holdout scores side by side.
+each stage, the incremental/full ratio, both compiles' holdout scores side by side, and whether
+the edit was learnt (in how many held-out conversations the model finds the new say line more
+likely than the old one).
+
+``--seeds N`` repeats the three compiles with N training seeds (each seed its own data folder):
+one compile of the tiny student moves by several points of strict pass between seeds, so "as
+good as a full recompile" is the mean of the paired differences, printed with their spread.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ EDIT = ("Last step, {passenger_name}: card payment or miles?", "Final step, {pas
 EDITED_NODE = "payment"
 
 
-def compile_once(data_dir: Path, instance, mode: str) -> tuple[float, dict[str, float]]:
+def compile_once(data_dir: Path, instance, mode: str, seed: int = 0) -> tuple[float, dict[str, float]]:
     import dagster as dg
 
     from assets import COMPILE_ASSETS
     from definitions import build_definitions
 
     resources = dict(build_definitions(str(data_dir)).resources)
-    run_config = {"ops": {op: {"config": {"recompile": mode}} for op in ("synthetic_corpus", "trained_weights")}}
+    run_config = {"ops": {"synthetic_corpus": {"config": {"recompile": mode}},
+                          "trained_weights": {"config": {"recompile": mode, "seed": seed}}}}
     started = time.perf_counter()
     result = dg.materialize(COMPILE_ASSETS, partition_key=WORKFLOW, resources=resources, instance=instance,
                             run_config=run_config, raise_on_error=True)
@@ -61,27 +68,63 @@ def scores(data_dir: Path):
     return table, training.row(0, named=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="keep the compiles here (default: a temporary folder)")
-    args = parser.parse_args()
+def edit_preferred(data_dir: Path, limit: int = 40) -> tuple[int, int]:
+    """(held-out conversations at the edited say line, of which the deployed model gives the new
+    line a higher likelihood than the old one). Greedy decoding mostly speaks one favourite say of
+    a node, so the eval alone may never show the edited line; the likelihood of each version of
+    the same conversation (identical up to that line) says which one the model has learnt."""
+    import json
+
+    import polars as pl
+    import torch
+
+    from subterra.store import Store
+    from subterra.student import load_compiled
+
+    store = Store(data_dir / "subterra.duckdb")
+    tokenizer, model = load_compiled(store.read("trained_weights", WORKFLOW).row(0, named=True)["model_dir"])
+    old, new = EDIT
+    rows = (store.read("validated_dataset", WORKFLOW).filter(pl.col("split") != "train")
+            .filter(pl.col("messages").str.contains(old, literal=True) | pl.col("messages").str.contains(new, literal=True))
+            .sort("conversation_id").head(limit))
+
+    def likelihood(messages: list[dict]) -> float:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        return float(torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None]).sum())
+
+    preferred = 0
+    for (text,) in rows.select("messages").iter_rows():
+        messages = json.loads(text)
+        at = next(i for i, m in enumerate(messages) if m["role"] == "assistant" and (old in m["content"] or new in m["content"]))
+        head = messages[:at]
+        content = messages[at]["content"].replace(new, old)
+        preferred += likelihood(head + [{"role": "assistant", "content": content.replace(old, new)}]) > likelihood(
+            head + [{"role": "assistant", "content": content}])
+    return rows.height, preferred
+
+
+def one_seed(base: Path, seed: int) -> dict:
+    """The three compiles with training seed ``seed`` in their own data folder."""
     import dagster as dg
 
     from assets import workflows_partitions
     from subterra.paths import path_nodes, select_paths
     from subterra.workflow import load_workflow
 
-    header("end to end: full compile, incremental recompile after a one-node edit, full recompile")
-    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="subterra-e2e-")).resolve()
+    data_dir = base / f"seed-{seed}"
     (data_dir / "workflows").mkdir(parents=True, exist_ok=True)
     source = data_dir / "workflows" / f"{WORKFLOW}.yaml"
     shutil.copyfile(WORKFLOWS / f"{WORKFLOW}.yaml", source)
-    print(f"data folder: {data_dir}")
-    report = {}
+    print(f"\nseed {seed}: data folder {data_dir}", flush=True)
+    report, result = {}, {}
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(workflows_partitions.name, [WORKFLOW])
-        report["full"] = compile_once(data_dir, instance, "full")
-        before = scores(data_dir)
+        report["full"] = compile_once(data_dir, instance, "full", seed)
+        result["full"] = scores(data_dir)
+        learnt = {"full": edit_preferred(data_dir)}
         text = source.read_text()
         assert text.count(EDIT[0]) == 1, "the edited line is not in the workflow file"
         source.write_text(text.replace(*EDIT))
@@ -89,24 +132,58 @@ def main() -> None:
         paths = select_paths(wf).paths
         through = sum(EDITED_NODE in path_nodes(wf, p) for p in paths)
         print(f"edit: one say line of '{EDITED_NODE}' ({through}/{len(paths)} paths go through it)")
-        report["incremental"] = compile_once(data_dir, instance, "incremental")
-        incremental = scores(data_dir)
-        report["full (edited)"] = compile_once(data_dir, instance, "full")
-        full_edited = scores(data_dir)
+        report["incremental"] = compile_once(data_dir, instance, "incremental", seed)
+        result["incremental"] = scores(data_dir)
+        learnt["incremental"] = edit_preferred(data_dir)
+        report["full (edited)"] = compile_once(data_dir, instance, "full", seed)
+        result["full (edited)"] = scores(data_dir)
+        learnt["full (edited)"] = edit_preferred(data_dir)
     for name, (seconds, stages) in report.items():
         print(f"{name}: {seconds:.0f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
-    print(f"full compile of {WORKFLOW}: {report['full'][0] / 60:.1f} minutes (target: at most 10)")
-    ratio = report["incremental"][0] / report["full (edited)"][0]
-    ratio_line("recompile after the edit", "incremental", report["incremental"][0], "full", report["full (edited)"][0], "s",
-               higher_is_better=False)
-    print(f"incremental / full wall time: {ratio:.0%} (target: at most 25%)")
-    for name, (table, training) in (("first compile", before), ("incremental", incremental), ("full (edited)", full_edited)):
+    for name, (table, training) in result.items():
         print(f"\n{name}: training {training}")
         print(table)
-    inc, full = incremental[0], full_edited[0]
-    for a, b in zip(inc.iter_rows(named=True), full.iter_rows(named=True)):
-        print(f"{a['holdout']}: strict pass incremental {a['strict_pass']:.3f} vs full {b['strict_pass']:.3f} "
-              f"({(a['strict_pass'] - b['strict_pass']) * 100:+.1f} points; target: within 2)")
+    for name, (conversations, preferred) in learnt.items():
+        print(f"{name}: the edited say of '{EDITED_NODE}' in {conversations} held-out conversations: "
+              f"the new line more likely than the old one in {preferred}")
+    return {"seconds": {k: v[0] for k, v in report.items()},
+            "strict": {k: dict(v[0].select("holdout", "strict_pass").iter_rows()) for k, v in result.items()},
+            "learnt": learnt}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="keep the compiles here (default: a temporary folder)")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1, three compiles each")
+    args = parser.parse_args()
+    import statistics
+
+    header("end to end: full compile, incremental recompile after a one-node edit, full recompile")
+    base = Path(args.data_dir or tempfile.mkdtemp(prefix="subterra-e2e-")).resolve()
+    runs = [one_seed(base, seed) for seed in range(args.seeds)]
+
+    def spread(values: list[float]) -> str:
+        mean = statistics.fmean(values)
+        return f"{mean:.3f}" + (f" (sd {statistics.stdev(values):.3f}, n={len(values)})" if len(values) > 1 else "")
+
+    print(f"\n== over {len(runs)} seed(s) ==")
+    full = [r["seconds"]["full"] for r in runs]
+    print(f"full compile of {WORKFLOW}: {statistics.fmean(full) / 60:.1f} minutes, max {max(full) / 60:.1f} (target: at most 10)")
+    incremental = statistics.fmean(r["seconds"]["incremental"] for r in runs)
+    full_edited = statistics.fmean(r["seconds"]["full (edited)"] for r in runs)
+    ratio_line("recompile after the edit", "incremental", incremental, "full", full_edited, "s", higher_is_better=False)
+    ratios = [r["seconds"]["incremental"] / r["seconds"]["full (edited)"] for r in runs]
+    for name in runs[0]["learnt"]:
+        n = sum(r["learnt"][name][0] for r in runs)
+        print(f"edit learnt, {name}: the new line preferred in {sum(r['learnt'][name][1] for r in runs)}/{n} conversations")
+    print(f"incremental / full wall time: {statistics.fmean(ratios):.0%} per seed {[f'{x:.0%}' for x in ratios]} (target: at most 25%)")
+    for holdout in runs[0]["strict"]["full"]:
+        inc = [r["strict"]["incremental"][holdout] for r in runs]
+        ful = [r["strict"]["full (edited)"][holdout] for r in runs]
+        first = [r["strict"]["full"][holdout] for r in runs]
+        diff = [(a - b) * 100 for a, b in zip(inc, ful)]
+        print(f"{holdout}: strict pass incremental {spread(inc)} vs full {spread(ful)} (first compile {spread(first)}); "
+              f"paired difference {statistics.fmean(diff):+.1f} points per seed {[f'{d:+.1f}' for d in diff]} (target: within 2)")
 
 
 if __name__ == "__main__":

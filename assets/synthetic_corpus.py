@@ -19,6 +19,9 @@ class CorpusSettings(dg.Config):
     # value was in is the hardest off-script skill (most holdout failures of travel_booking)
     train_correction_share: float | None = 0.5
     random_value_rate: float = 0.5
+    # the user's generic lines (openers, unclear, off-topic, corrections): "core", the original pools, or
+    # "wide", more variety (a pretrained student generalizes from it; the tiny one does worse with it)
+    phrasings: Literal["core", "wide"] = "core"
     seed: int = 0
     max_conversations: int = 100_000
     # incremental: conversations of paths whose nodes and texts did not change are kept from the

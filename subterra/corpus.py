@@ -28,7 +28,7 @@ import polars as pl
 
 from subterra.incremental import Reuse, generation_context, path_hashes
 from subterra.paths import path_id
-from subterra.phrasing import UNSEEN
+from subterra.phrasing import PHRASINGS
 from subterra.scenario import Scenario, make_scenario
 from subterra.teacher import Conversation, Teacher
 
@@ -61,6 +61,7 @@ class CorpusConfig:
     train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
     random_value_rate: float = 0.5
+    phrasings: str = "core"  # the user's generic lines: "core" (the original pools) or "wide" (plus more variety)
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
 
@@ -120,14 +121,17 @@ def build_corpus(
         if progress is not None:
             progress(len(rows), total)
 
+    if config.phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, not {config.phrasings!r}")
+    spoken, unseen = PHRASINGS[config.phrasings]  # what train and holdout users speak; holdout_unseen's held-back lines
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
     held: list[tuple[Scenario, str]] = []  # (scenario, its path's hash)
     for i in range(config.holdout_scenarios):
         p = order[i % len(paths)]
-        scenario = make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate)
-        held += [(scenario, hashes[p]), (replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=UNSEEN), hashes[p])]
+        scenario = replace(make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate), phrasing=spoken)
+        held += [(scenario, hashes[p]), (replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=unseen), hashes[p])]
     held_rows: dict[int, dict] = {}
     todo = []
     for k, (scenario, h) in enumerate(held):
@@ -163,6 +167,7 @@ def build_corpus(
                 make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate,
                               config.train_correction_share),
                 id=f"train-{path_id(paths[p])}-{k:03d}",
+                phrasing=spoken,
             )
             for p, k in todo
         ]

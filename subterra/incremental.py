@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import polars as pl
 
 # bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see
-CORPUS_FORMAT = 5  # 5: wider seen pools of generic user lines; 4: a say is a template ({slot} placeholders for held values); values reserved per type
+CORPUS_FORMAT = 4  # 4: a say is a template ({slot} placeholders for held values); values reserved per type
 
 
 def generation_context(wf, teacher, config) -> dict:
@@ -43,6 +43,7 @@ def generation_context(wf, teacher, config) -> dict:
         "train_offscript_rate": config.train_offscript_rate,
         "train_correction_share": config.train_correction_share,
         "random_value_rate": config.random_value_rate,
+        **({"phrasings": config.phrasings} if config.phrasings != "core" else {}),  # core: the hashes of format 4
     }
 
 

@@ -3,8 +3,13 @@
 A step's (or branch's) user lines are split once: the last quarter (at least one line, when the
 step has two or more) is *held back* for the ``holdout_unseen`` split and never used in training.
 Our own generic lines (openers, off-script questions, acknowledgements, corrections) are ``Pool``s
-that name their held-back lines: the ones held back when the pools were first written, so growing
-the seen part for variety never changes what ``holdout_unseen`` measures.
+that name their held-back lines: the ones held back when the pools were first written, so adding
+training variety never changes what ``holdout_unseen`` measures. A corpus speaks the original
+lines (``phrasings: core``, the default) or those plus more variety (``wide``: openers 8 -> 15,
+unclear 6 -> 18, off-topic 6 -> 12, corrections 5 -> 14, more prefixes and suffixes). A pretrained
+student learns from the variety (SmolLM2 quick ladder: holdout_unseen 0.250 -> 0.333); the tiny
+from-scratch student on its token budget does worse with it (holdout 0.87 -> 0.55 in one e2e run),
+so the profiles choose.
 """
 
 from __future__ import annotations
@@ -12,60 +17,73 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-SEEN, UNSEEN = "seen", "unseen"
+SEEN, UNSEEN, WIDE, UNSEEN_WIDE = "seen", "unseen", "wide", "unseen_wide"
+# the corpus setting -> (the phrasing of its train and holdout scenarios, of its holdout_unseen ones).
+# WIDE: the seen lines and the extra variety; UNSEEN_WIDE: the held-back lines, in the wide decorations
+PHRASINGS = {"core": (SEEN, UNSEEN), "wide": (WIDE, UNSEEN_WIDE)}
 
 
 class Pool(tuple):
-    """Lines of our own generic pools with the held-back ones named explicitly (``unseen``), so the
-    seen part can grow without moving a line from one side to the other: ``holdout_unseen`` keeps
-    measuring the same phrasings however many training lines are added."""
+    """Lines of our own generic pools with the held-back ones named explicitly (``unseen``), so
+    lines can be added without moving one from one side to the other: ``holdout_unseen`` keeps
+    measuring the same phrasings whatever training speaks. ``seen`` are the original training
+    lines; ``extra`` the variety a corpus with ``phrasings: wide`` adds to them."""
 
-    def __new__(cls, seen: Sequence[str], unseen: Sequence[str]):
-        pool = super().__new__(cls, tuple(seen) + tuple(unseen))
-        pool.seen, pool.unseen = tuple(seen), tuple(unseen)
+    def __new__(cls, seen: Sequence[str], unseen: Sequence[str], extra: Sequence[str] = (), wide: Sequence[str] = ()):
+        pool = super().__new__(cls, tuple(seen) + tuple(extra) + tuple(unseen))
+        pool.seen, pool.unseen, pool.extra = tuple(seen), tuple(unseen), tuple(extra)
+        pool.wide = tuple(wide) or pool.seen + pool.extra  # the wide lines in the order a seeded draw indexes
+        assert sorted(pool.wide) == sorted(pool.seen + pool.extra)
         return pool
 
 
 # The unseen lines are the ones held back since the first corpus format (the last quarter of the
-# original pools); the seen lines are the variety a teacher would write: short and long, polite and
-# curt, the old value named first or last.
+# original pools, which are ``seen`` + ``unseen`` in their original order); ``extra`` is the
+# variety a teacher would add: short and long, polite and curt, the old value named first or last.
 OPENERS = Pool(
     seen=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
-          "Hi, I have a question.", "Good evening.", "Hiya.", "Hello, is this the right place?",
-          "Good afternoon.", "Morning!", "Hey there, I hope you can help.", "Hi, quick one.", "Greetings."),
+          "Hi, I have a question.", "Good afternoon."),
+    extra=("Good evening.", "Hiya.", "Hello, is this the right place?", "Morning!", "Hey there, I hope you can help.",
+           "Hi, quick one.", "Greetings."),
+    wide=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
+          "Hi, I have a question.", "Good evening.", "Hiya.", "Hello, is this the right place?", "Good afternoon.",
+          "Morning!", "Hey there, I hope you can help.", "Hi, quick one.", "Greetings."),  # as the measured ladder drew them
     unseen=("Hello there, are you able to help?", "Hey."),
 )
 ACKNOWLEDGEMENTS = Pool(
-    seen=("OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.",
-          "Yes.", "Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
+    seen=("OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.", "Yes."),
+    extra=("Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
     unseen=("Go on.", "That works."),
 )
 UNCLEAR = Pool(
     seen=("Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
-          "I did not quite get that.", "Could you explain that differently?", "Sorry?", "Huh?", "What?",
-          "Come again?", "I'm confused.", "What was the question?", "I don't follow.", "Can you repeat that?",
-          "Sorry, I missed that.", "Could you clarify?", "Eh?", "What do you need from me?"),
+          "I did not quite get that.", "Could you explain that differently?"),
+    extra=("Sorry?", "Huh?", "What?", "Come again?", "I'm confused.", "What was the question?", "I don't follow.",
+           "Can you repeat that?", "Sorry, I missed that.", "Could you clarify?", "Eh?", "What do you need from me?"),
     unseen=("Not sure what you are asking.", "Pardon?"),
 )
 OFF_TOPIC = Pool(
     seen=("By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
           "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
-          "Are you a real person?", "Do you sell travel insurance?", "What is your phone number?",
-          "Can I get a discount?", "Is there free wifi?", "What time is it there?", "Do you have a loyalty app?"),
+          "Are you a real person?"),
+    extra=("Do you sell travel insurance?", "What is your phone number?", "Can I get a discount?", "Is there free wifi?",
+           "What time is it there?", "Do you have a loyalty app?"),
     unseen=("Where is your head office?", "Do you have a newsletter?"),
 )
 # A correction always names the value it replaces: "it should be Zurich" alone does not say whether
 # the origin or the destination changed, so nobody (model or judge) could score it objectively.
 CORRECTIONS = Pool(
     seen=("Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
-          "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}.",
-          "Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
-          "I gave you {old} by mistake, it's {new}.", "Can you replace {old} with {new}?", "Scratch {old}, I want {new}.",
-          "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}."),
+          "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}."),
+    extra=("Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
+           "I gave you {old} by mistake, it's {new}.", "Can you replace {old} with {new}?", "Scratch {old}, I want {new}.",
+           "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}."),
     unseen=("Let me fix that: {old} should be {new}.",),
 )
-USER_PREFIXES = ("", "", "", "", "", "Um, ", "Well, ", "Okay, ", "So, ", "Right, ", "Oh, ", "Hmm, ")
-USER_SUFFIXES = ("", "", "", "", "", " Thanks.", " Thank you!", " Cheers.", " Please.", " Thanks a lot.")
+USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
+USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")
+WIDE_PREFIXES = ("", "", "", "", "", "Um, ", "Well, ", "Okay, ", "So, ", "Right, ", "Oh, ", "Hmm, ")
+WIDE_SUFFIXES = ("", "", "", "", "", " Thanks.", " Thank you!", " Cheers.", " Please.", " Thanks a lot.")
 
 AGENT_ACKS = ("", "", "Thanks.", "Great.", "Got it.", "Perfect.", "Thank you.")
 AGENT_UNCLEAR = ("No problem, let me put it another way.", "Sorry for being unclear.", "Let me rephrase.")
@@ -84,12 +102,17 @@ def phrasing_pool(lines: Sequence[str], phrasing: str) -> tuple[str, ...]:
     """The lines usable for ``phrasing`` (``seen`` or ``unseen``): a ``Pool``'s named part; of a
     workflow's own lines, the last quarter is unseen (all lines are usable if none is held back)."""
     if isinstance(lines, Pool):
-        return lines.unseen if phrasing == UNSEEN else lines.seen
+        return {UNSEEN: lines.unseen, UNSEEN_WIDE: lines.unseen, WIDE: lines.wide}.get(phrasing, lines.seen)
     lines = tuple(lines)
     k = held_back_count(len(lines))
     if k == 0:
         return lines
-    return lines[-k:] if phrasing == UNSEEN else lines[:-k]
+    return lines[-k:] if phrasing in (UNSEEN, UNSEEN_WIDE) else lines[:-k]
+
+
+def decorations(phrasing: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prefixes, suffixes) a user's answer is dressed in: the wider ones in a ``wide`` corpus."""
+    return (WIDE_PREFIXES, WIDE_SUFFIXES) if phrasing in (WIDE, UNSEEN_WIDE) else (USER_PREFIXES, USER_SUFFIXES)
 
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]*)\}")  # {{ and }} are literal braces, as the validator reads them

@@ -43,10 +43,11 @@ class ScriptedUser:
         return ph.phrasing_pool(lines, self.scenario.phrasing)
 
     def _decorate(self, text: str) -> str:
-        prefix = self.rng.choice(ph.USER_PREFIXES)
+        prefixes, suffixes = ph.decorations(self.scenario.phrasing)
+        prefix = self.rng.choice(prefixes)
         if prefix and text[:1].isupper() and not text.startswith(("I ", "I'")) and text[1:2].islower():
             text = text[0].lower() + text[1:]
-        return prefix + text + self.rng.choice(ph.USER_SUFFIXES)
+        return prefix + text + self.rng.choice(suffixes)
 
     def _turn(self, turn: UserTurn, node: str | None) -> UserTurn:
         self._last, self._last_node = turn, node

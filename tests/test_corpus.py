@@ -182,21 +182,45 @@ def test_training_can_see_corrections_more_often_than_other_off_script_turns(min
     assert abs(sum(even.values()) - sum(mostly.values())) < 0.1 * sum(even.values())  # about as many, another mix
 
 
-def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_does(corpus):
-    """Our generic pools name their held-back lines; training never contains one (the seen part
-    grew for variety, the unseen part stayed the lines it always was)."""
+@pytest.mark.parametrize("phrasings", ["core", "wide"])
+def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_does(mini_workflow, phrasings):
+    """Our generic pools name their held-back lines; training never contains one, in either corpus
+    variety; the wide corpus speaks lines the core one never does, the core one only the original lines."""
     from subterra import phrasing as ph
+
+    paths = select_paths(mini_workflow, cap=1000, seed=0).paths
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, phrasings=phrasings)
+    corpus = build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
 
     def user_lines(split):
         return [m["content"] for msgs in corpus.filter(pl.col("split") == split)["messages"]
                 for m in json.loads(msgs) if m["role"] == "user"]
 
+    def matcher(lines):
+        return [re.compile(re.escape(line).replace(r"\{old\}", ".+").replace(r"\{new\}", ".+")) for line in lines]
+
     pools = (ph.OPENERS, ph.ACKNOWLEDGEMENTS, ph.UNCLEAR, ph.OFF_TOPIC, ph.CORRECTIONS)
     for pool in pools:
-        assert pool.unseen and not set(pool.unseen) & set(pool.seen)
+        assert pool.unseen and not set(pool.unseen) & set(pool.wide) and set(pool.seen) <= set(pool.wide)
         assert ph.phrasing_pool(pool, ph.UNSEEN) == pool.unseen and ph.phrasing_pool(pool, ph.SEEN) == pool.seen
-    held_back = [re.compile(re.escape(line).replace(r"\{old\}", ".+").replace(r"\{new\}", ".+") + "$")
-                 for pool in pools for line in pool.unseen]
-    assert not [line for line in user_lines("train") if any(p.fullmatch(line) for p in held_back)]
+    held_back = matcher(line for pool in pools for line in pool.unseen)
+    extra = matcher(line for pool in pools for line in pool.extra)
+    train = user_lines("train")
+    assert not [line for line in train if any(p.fullmatch(line) for p in held_back)]
     assert [line for line in user_lines("holdout_unseen") if any(p.fullmatch(line) for p in held_back)]
+    spoke_extra = [line for line in train if any(p.fullmatch(line) for p in extra)]
+    assert bool(spoke_extra) == (phrasings == "wide")
     assert ph.phrasing_pool(("a", "b", "c", "d"), ph.UNSEEN) == ("d",)  # a workflow's own lines: the last quarter
+
+
+def test_the_core_corpus_is_the_one_every_earlier_compile_wrote():
+    """``phrasings: core`` (the default) writes the corpus of the original pools, byte for byte: the
+    tiny student's measured scores and the incremental path hashes of earlier compiles still hold."""
+    import hashlib
+
+    wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
+    config = CorpusConfig(conversations_per_path=1, max_train_conversations=800, holdout_scenarios=20, train_offscript_rate=0.3,
+                          train_correction_share=0.5)
+    corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), config)
+    digest = hashlib.sha256("\n".join(corpus["messages"]).encode()).hexdigest()[:16]
+    assert (corpus.height, digest) == (126, "744d26a6c208fde8")  # measured on 2595c59, before the pools had names

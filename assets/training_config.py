@@ -43,7 +43,7 @@ class TrainedWeightsSettings(TrainingSettings):
     (or no usable previous model) trains from scratch."""
 
     recompile: Literal["incremental", "full"] = "incremental"
-    changed_passes: float = 2.0  # passes over the conversations of new or changed paths
+    changed_passes: float = 3.0  # passes over the conversations of new or changed paths
     replay_ratio: float = 1.0  # unchanged conversations replayed per changed one seen
     min_fraction: float = 0.1  # the continued run's data: at least this share of the training set
     max_fraction: float = 0.35  # and at most this share

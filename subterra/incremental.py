@@ -93,7 +93,7 @@ class Reuse:
 class MixConfig:
     """How a continued training run weights its data."""
 
-    changed_passes: float = 2.0  # times every new or changed conversation is seen
+    changed_passes: float = 3.0  # times every new or changed conversation is seen
     replay_ratio: float = 1.0  # unchanged conversations replayed per changed conversation seen
     min_fraction: float = 0.1  # the mix is at least this share of the full training set
     max_fraction: float = 0.5  # and at most this share (above it, a full retrain is as cheap)

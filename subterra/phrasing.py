@@ -15,6 +15,7 @@ so the profiles choose.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 SEEN, UNSEEN, WIDE, UNSEEN_WIDE = "seen", "unseen", "wide", "unseen_wide"
@@ -23,42 +24,49 @@ SEEN, UNSEEN, WIDE, UNSEEN_WIDE = "seen", "unseen", "wide", "unseen_wide"
 PHRASINGS = {"core": (SEEN, UNSEEN), "wide": (WIDE, UNSEEN_WIDE)}
 
 
-class Pool(tuple):
+@dataclass(frozen=True)
+class Pool:
     """Lines of our own generic pools with the held-back ones named explicitly (``unseen``), so
     lines can be added without moving one from one side to the other: ``holdout_unseen`` keeps
     measuring the same phrasings whatever training speaks. ``seen`` are the original training
-    lines; ``extra`` the variety a corpus with ``phrasings: wide`` adds to them."""
+    lines; ``added`` the variety a corpus with ``phrasings: wide`` speaks besides them, or
+    ``wide_order`` all its lines in the order a seeded draw indexes (when not seen + added)."""
 
-    def __new__(cls, seen: Sequence[str], unseen: Sequence[str], extra: Sequence[str] = (), wide: Sequence[str] = ()):
-        pool = super().__new__(cls, tuple(seen) + tuple(extra) + tuple(unseen))
-        pool.seen, pool.unseen, pool.extra = tuple(seen), tuple(unseen), tuple(extra)
-        pool.wide = tuple(wide) or pool.seen + pool.extra  # the wide lines in the order a seeded draw indexes
-        assert sorted(pool.wide) == sorted(pool.seen + pool.extra)
-        return pool
+    seen: tuple[str, ...]
+    unseen: tuple[str, ...]
+    added: tuple[str, ...] = ()
+    wide_order: tuple[str, ...] = ()
+
+    @property
+    def wide(self) -> tuple[str, ...]:
+        return self.wide_order or self.seen + self.added
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        """The lines only a wide corpus speaks."""
+        return tuple(line for line in self.wide if line not in self.seen)
 
 
 # The unseen lines are the ones held back since the first corpus format (the last quarter of the
-# original pools, which are ``seen`` + ``unseen`` in their original order); ``extra`` is the
+# original pools, which are ``seen`` + ``unseen`` in their original order); ``added`` is the
 # variety a teacher would add: short and long, polite and curt, the old value named first or last.
 OPENERS = Pool(
     seen=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
           "Hi, I have a question.", "Good afternoon."),
-    extra=("Good evening.", "Hiya.", "Hello, is this the right place?", "Morning!", "Hey there, I hope you can help.",
-           "Hi, quick one.", "Greetings."),
-    wide=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
+    wide_order=("Hi.", "Hello!", "Hi there.", "Hello, I need some help.", "Good morning.", "Hey, can you help me?",
           "Hi, I have a question.", "Good evening.", "Hiya.", "Hello, is this the right place?", "Good afternoon.",
           "Morning!", "Hey there, I hope you can help.", "Hi, quick one.", "Greetings."),  # as the measured ladder drew them
     unseen=("Hello there, are you able to help?", "Hey."),
 )
 ACKNOWLEDGEMENTS = Pool(
     seen=("OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.", "Yes."),
-    extra=("Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
+    added=("Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
     unseen=("Go on.", "That works."),
 )
 UNCLEAR = Pool(
     seen=("Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
           "I did not quite get that.", "Could you explain that differently?"),
-    extra=("Sorry?", "Huh?", "What?", "Come again?", "I'm confused.", "What was the question?", "I don't follow.",
+    added=("Sorry?", "Huh?", "What?", "Come again?", "I'm confused.", "What was the question?", "I don't follow.",
            "Can you repeat that?", "Sorry, I missed that.", "Could you clarify?", "Eh?", "What do you need from me?"),
     unseen=("Not sure what you are asking.", "Pardon?"),
 )
@@ -66,7 +74,7 @@ OFF_TOPIC = Pool(
     seen=("By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
           "Is this chat recorded?", "Do you know if it will rain today?", "Can I pay with a gift card?",
           "Are you a real person?"),
-    extra=("Do you sell travel insurance?", "What is your phone number?", "Can I get a discount?", "Is there free wifi?",
+    added=("Do you sell travel insurance?", "What is your phone number?", "Can I get a discount?", "Is there free wifi?",
            "What time is it there?", "Do you have a loyalty app?"),
     unseen=("Where is your head office?", "Do you have a newsletter?"),
 )
@@ -75,7 +83,7 @@ OFF_TOPIC = Pool(
 CORRECTIONS = Pool(
     seen=("Sorry, I meant {new}, not {old}.", "Actually, make that {new} instead of {old}.",
           "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}."),
-    extra=("Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
+    added=("Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
            "I gave you {old} by mistake, it's {new}.", "Can you replace {old} with {new}?", "Scratch {old}, I want {new}.",
            "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}."),
     unseen=("Let me fix that: {old} should be {new}.",),

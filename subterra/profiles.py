@@ -2,9 +2,9 @@
 
 * ``quick`` — the whole comparison for ``travel_booking`` on a 2-core CPU in about an hour, with
   SmolLM2-135M-Instruct. Measured on that machine (fresh clone, ``make ladder``, 57 minutes with the
-  venv): 3 training conversations per path in the ``wide`` phrasings (holdout_unseen 0.250 -> 0.333), at most 400, one epoch capped at 200k tokens (258
-  conversations of ~760 tokens under SmolLM2's tokenizer, 60 steps of batch 4, ~21 minutes at ~155
-  tokens/s); 24 scenarios per holdout played by each of the four routes (~24 minutes: the
+  venv): 3 training conversations per path in the ``wide`` phrasings (holdout_unseen 0.250 ->
+  0.333), at most 400, one epoch capped at 200k tokens (258 conversations of ~760 tokens under
+  SmolLM2's tokenizer, 60 steps of batch 4, ~21 minutes at ~155 tokens/s); 24 scenarios per holdout played by each of the four routes (~24 minutes: the
   orchestrated routes carry the ~1,000-token procedure and run to the turn limit); one repair
   round of at most 32 repair conversations plus 16 replayed ones (~3 minutes of training, ~5 of
   re-evaluation).

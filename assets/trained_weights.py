@@ -37,14 +37,15 @@ def trained_weights(
     """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes.
 
     A recompile (``recompile: incremental``, the default) continues from the last good weights on
-    a mix weighted toward the conversations of new or changed paths; if no path changed, the last
-    weights are kept as they are."""
+    a mix weighted toward the conversations the last model was not trained on (by their text:
+    ``subterra.incremental.conversation_hashes``); if there are none, the last weights are kept
+    as they are."""
     import shutil
 
     import polars as pl
 
     from subterra.atomic import atomic_path, replace_dir, write_bytes
-    from subterra.incremental import continuable, training_mix
+    from subterra.incremental import continuable, conversation_hashes, training_mix
     from subterra.plots import loss_curve_png
     from subterra.tokenizer import workflow_atoms
     from subterra.training import RESULT_FILE, TrainResult
@@ -56,6 +57,7 @@ def trained_weights(
     if failed:  # the blocking check stops a run; this also stops a later run of this asset alone
         raise dg.Failure(f"{wf.id}: the corpus failed its quality gate ({'; '.join(failed)}); not training on it")
     train = db.read("validated_dataset", wf.id).filter(pl.col("split") == "train")
+    learnt = conversation_hashes(train["messages"])  # what this run's model will have been trained on
     run_dir = paths.run_dir(wf.id, wf.short_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_file = run_dir / "train.parquet"
@@ -68,29 +70,33 @@ def trained_weights(
     start = continuable(previous, train_config) if config.recompile == "incremental" else None
     mix = None
     if start is not None:
-        mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
-        if mix.unchanged == 0:  # the last model learnt none of these conversations (a new corpus format, every path edited)
-            context.log.info(f"{wf.id}: the last model learnt none of this corpus's paths: training from scratch")
+        if previous.get("conversation_hashes") is not None:  # what the last model learnt, conversation by conversation
+            mix = training_mix(learnt, set(previous["conversation_hashes"]), config.mix(), config.seed)
+        else:  # a model trained before those were recorded: by path
+            mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
+        if not mix.worth_continuing(config.mix()):  # a new corpus format, or a change most conversations speak
+            context.log.info(f"{wf.id}: {mix.changed} of {mix.changed + mix.unchanged} conversations are new to the "
+                             f"last model (at most {config.max_fraction:.0%} are worth continuing on): training from scratch")
             start, mix = None, None
     if start is not None:
         train = train.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64))
         train_config.init_from = start
         train_config.epochs, train_config.max_steps, train_config.max_tokens = 1.0, -1, 0  # the mix is the budget
         train_config.learning_rate = config.continue_learning_rate
-        context.log.info(f"{wf.id}: continuing from {start}: {mix.changed} conversations of new or changed paths, "
+        context.log.info(f"{wf.id}: continuing from {start}: {mix.changed} conversations it was not trained on, "
                          f"{mix.unchanged} unchanged; a mix of {mix.size}")
     with atomic_path(train_file) as tmp:  # a crash never leaves half a Parquet file for the next run to train on
         train.write_parquet(tmp)
     config_file = run_dir / "train_config.json"
     reported = None
-    if mix is not None and mix.changed == 0:  # nothing new to learn: the last weights stand
+    if mix is not None and mix.changed == 0:  # nothing new to learn (an edit no conversation speaks): the last weights stand
         train_config.to_json(config_file)
         if Path(start).resolve() != model_dir.resolve():
             staging = model_dir.with_name(model_dir.name + ".staging")
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(start, staging)
             replace_dir(staging, model_dir)  # whole or not at all, like a trained folder
-        context.log.info(f"{wf.id}: no path changed since {start}; its weights are kept")
+        context.log.info(f"{wf.id}: {start} was trained on every one of these conversations; its weights are kept")
         result = TrainResult.from_json(model_dir / RESULT_FILE)
     else:
         reported, result = launch_training(context, pipes_subprocess_client, train_config, config_file)
@@ -115,7 +121,8 @@ def trained_weights(
         "changed_conversations": mix.changed if mix else int(train.height),
     }
     frame = pl.DataFrame([row], schema_overrides={"continued_from": pl.String}).with_columns(
-        pl.Series("path_hashes", [sorted(set(train["path_hash"]))], dtype=pl.List(pl.String))
+        pl.Series("path_hashes", [sorted(set(train["path_hash"]))], dtype=pl.List(pl.String)),
+        pl.Series("conversation_hashes", [sorted(set(learnt))], dtype=pl.List(pl.String)),
     )
     db.replace_partition("trained_weights", wf.id, frame)
     plot = loss_curve_png(result.loss_curve, f"{wf.id}: training loss")
@@ -124,7 +131,7 @@ def trained_weights(
     return dg.MaterializeResult(
         metadata={
             **((reported.metadata or {}) if reported else {}),
-            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")},
+            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes", "conversation_hashes")},
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),

@@ -9,9 +9,13 @@ teacher would write it the same conversations. ``Reuse`` holds a previous corpus
 the teacher again, and counts what it reused and what it generated.
 
 Training continues from the last good weights: ``training_mix`` gives every training
-conversation a weight — how many times it is in the continued run's data. Conversations of paths
-the previous model never saw (new or changed paths) are weighted up; a uniform sample of the
-unchanged ones is replayed beside them so the model does not forget the rest of the procedure.
+conversation a weight — how many times it is in the continued run's data. Conversations the
+previous model never learnt are weighted up; a uniform sample of the others is replayed beside
+them so the model does not forget the rest of the procedure. What the previous model learnt is
+known by ``conversation_hashes`` (the exact text of each of its training conversations), not by
+path: an edit of one of a node's four say lines changes the hash of every path through the node,
+yet only the conversations that speak that line change (the teacher draws the same choices); the
+others are the very tokens the model was trained on, and weighting them up would dilute the edit.
 """
 
 from __future__ import annotations
@@ -63,6 +67,12 @@ def path_hashes(wf, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
     return out
 
 
+def conversation_hashes(messages: Iterable[str]) -> list[str]:
+    """One 16-hex hash per conversation (its ``messages`` JSON text, as the corpus stores it):
+    two rows have the same hash if and only if training sees the same tokens."""
+    return [hashlib.sha256(m.encode()).hexdigest()[:16] for m in messages]
+
+
 @dataclass
 class Reuse:
     """A previous corpus to take conversations from, and what was taken.
@@ -102,32 +112,42 @@ class MixConfig:
 @dataclass
 class Mix:
     weights: list[int]  # per training row: how many times it is in the continued run's data
-    changed: int  # rows of new or changed paths
+    changed: int  # rows the previous model was not trained on
     unchanged: int
 
     @property
     def size(self) -> int:
         return sum(self.weights)
 
+    def worth_continuing(self, config: "MixConfig") -> bool:
+        """Is continuing on this mix cheaper than training anew? Not when the previous model
+        learnt none of the rows (a new corpus format), nor when one pass over the changed rows is
+        more than ``max_fraction`` of the training set (a change most conversations speak)."""
+        total = self.changed + self.unchanged
+        return self.unchanged > 0 and self.changed <= max(1, int(config.max_fraction * total))
 
-def training_mix(path_hashes_of_rows: Sequence[str], known: set[str], config: MixConfig = MixConfig(), seed: int = 0) -> Mix:
-    """Weights for continued training: rows whose path hash is not in ``known`` (the paths the
-    previous model was trained on) ``changed_passes`` times each; a seeded uniform sample of the
+
+def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConfig = MixConfig(), seed: int = 0) -> Mix:
+    """Weights for continued training: rows whose hash (``conversation_hashes``, or for a model
+    trained before those were recorded ``path_hashes``) is not in ``known`` (what the previous
+    model was trained on) ``changed_passes`` times each; a seeded uniform sample of the
     other rows replayed beside them, ``replay_ratio`` per changed row seen. The mix holds between
-    ``min_fraction`` and ``max_fraction`` of the rows' count (replay fills it up to the minimum,
-    the changed passes shrink to fit the maximum)."""
-    n = len(path_hashes_of_rows)
-    changed = [i for i, h in enumerate(path_hashes_of_rows) if h not in known]
-    unchanged = [i for i, h in enumerate(path_hashes_of_rows) if h in known]
+    ``min_fraction`` and ``max_fraction`` of the rows' count: replay fills it up to the minimum;
+    above the maximum the passes and the replay shrink, the passes never below one (a mix that
+    cannot hold every changed row once is not worth continuing: ``Mix.worth_continuing``)."""
+    n = len(hashes_of_rows)
+    changed = [i for i, h in enumerate(hashes_of_rows) if h not in known]
+    unchanged = [i for i, h in enumerate(hashes_of_rows) if h in known]
     weights = [0] * n
     if not n:
         return Mix(weights, 0, 0)
     low, high = math.ceil(config.min_fraction * n), max(1, int(config.max_fraction * n))
     seen = len(changed) * config.changed_passes
     replay = min(len(unchanged), seen * config.replay_ratio)
-    if seen + replay > high:  # too much to be worth continuing: shrink both to fit
+    if seen + replay > high:  # more than a continued run is worth: shrink both to fit, never below one pass
         scale = high / (seen + replay)
-        seen, replay = seen * scale, replay * scale
+        seen = max(len(changed), seen * scale)
+        replay = max(0, high - seen)
     seen = max(1, round(seen)) if changed else 0
     replay = min(len(unchanged), max(round(replay), low - seen))
     rng = random.Random(seed)

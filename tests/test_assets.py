@@ -398,10 +398,16 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash)) != first_model
     assert (trained["recompile"], trained["continued_from"]) == ("incremental", first_model)
     assert TrainResult.from_json(settings.model_dir(KEY, wf.short_hash) / RESULT_FILE).continued_from == first_model
+    # what changed for training is the conversations that speak the edited line (a conversation
+    # through confirm that speaks its other say is one the last model learnt, token for token)
     mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")
-    weight_changed = mix.filter(pl.col("nodes").list.contains("confirm"))["weight"]
-    assert trained["changed_conversations"] == weight_changed.len() and weight_changed.min() == 3  # changed_passes
-    assert weight_changed.mean() > mix.filter(~pl.col("nodes").list.contains("confirm"))["weight"].mean()
+    speaks = pl.col("messages").str.contains("Is everything right?", literal=True)
+    learnt_before = set(first_corpus.filter(pl.col("split") == "train")["messages"])
+    assert set(mix.filter(~speaks)["messages"]) <= learnt_before
+    assert learnt_before.isdisjoint(mix.filter(speaks)["messages"])
+    weight_changed = mix.filter(speaks)["weight"]
+    assert trained["changed_conversations"] == weight_changed.len() > 0 and weight_changed.min() == 3  # changed_passes
+    assert mix.filter(~speaks)["weight"].max() <= 1  # the rest is replayed at most once
     assert metadata(result, COMPILE_ASSETS[5])  # the eval reran on the new weights
     assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
 
@@ -421,10 +427,11 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     assert (trained["recompile"], trained["continued_from"]) == ("full", None)
     assert "weight" not in pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet").columns
 
-    # a corpus none of whose paths the last model learnt (here every conversation's generation
-    # settings changed; so does a new corpus format) is no recompile to continue: training starts over
+    # a corpus whose conversations are mostly new to the last model (here another corpus seed; so
+    # does a new corpus format) is no recompile to continue: training starts over
     fresh = materialize(COMPILE_ASSETS[2:5], resources, instance,
-                        synthetic_corpus=CorpusSettings(**{**SMALL_CORPUS.model_dump(), "offscript_rate": 0.2}))
+                        synthetic_corpus=CorpusSettings(**{**SMALL_CORPUS.model_dump(), "seed": 1}))
     assert fresh.success and metadata(fresh, COMPILE_ASSETS[2])["conversations_reused"] == 0
+    assert [r for r in instance.all_logs(fresh.run_id) if "training from scratch" in r.user_message]
     trained = store.read("trained_weights", KEY).row(0, named=True)
     assert (trained["recompile"], trained["continued_from"]) == ("full", None)

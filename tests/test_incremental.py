@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from subterra.corpus import CorpusConfig, build_corpus
-from subterra.incremental import MixConfig, Reuse, generation_context, path_hashes, training_mix
+from subterra.incremental import MixConfig, Reuse, conversation_hashes, generation_context, path_hashes, training_mix
 from subterra.paths import path_nodes, select_paths
 from subterra.teacher import TemplateTeacher
 from subterra.workflow import Workflow, load_workflow
@@ -78,6 +78,26 @@ def test_incremental_corpus_keeps_unchanged_paths_and_regenerates_changed_ones(m
         assert row["path_hash"] != old[row["conversation_id"]]["path_hash"]
 
 
+def test_editing_one_of_a_nodes_says_changes_only_the_conversations_that_speak_it(mini):
+    """confirm has two say lines; editing one changes the hash of every path through confirm, yet
+    the conversations that speak the other line are the ones the last model learnt, token for
+    token: only those that speak the edited line are new to it (what a continued run weights up)."""
+    before = corpus_of(mini)
+    definition = mini.to_dict()
+    says = definition["nodes"]["confirm"]["say"]
+    assert len(says) == 2 and says[1] == "Ready to confirm?"
+    definition["nodes"]["confirm"]["say"] = [says[0], "Is everything right?"]
+    after = corpus_of(Workflow.from_dict(definition))
+    through = after["nodes"].list.contains("confirm")
+    speaks = after["messages"].str.contains("Is everything right?", literal=True)
+    assert speaks.sum() and (through & ~speaks).sum()  # both kinds of conversation through confirm
+    learnt = set(conversation_hashes(before["messages"]))
+    new = [h not in learnt for h in conversation_hashes(after["messages"])]
+    assert new == speaks.to_list()
+    mix = training_mix(conversation_hashes(after["messages"]), learnt, MixConfig(max_fraction=1.0))
+    assert mix.changed == speaks.sum() and mix.worth_continuing(MixConfig(max_fraction=1.0))
+
+
 def test_reused_conversations_come_from_the_previous_corpus(mini):
     """A kept conversation is the previous corpus's row, not the teacher's work: a marker put into
     the previous rows comes back; put into a changed path's row it does not."""
@@ -125,12 +145,17 @@ def test_training_mix_weights_the_changed_rows_and_replays_the_rest():
     replayed = mix.weights[:180]
     assert set(replayed) <= {0, 1} and sum(replayed) == 40  # one replayed per changed one seen
     assert mix.size == 80
-    # too much changed: changed passes (450) and replay (all 50 unchanged) shrink together to the
-    # maximum share, 80 rows
+    # more than the maximum share (80 rows): changed passes (180) and replay (140) shrink together,
+    # the passes never below one over every changed row
+    some = training_mix([f"new{i}" for i in range(60)] + [f"old{i}" for i in range(140)], {f"old{i}" for i in range(140)},
+                        MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
+    assert some.size == 80 and some.weights[:60] == [1] * 60 and sum(some.weights[60:]) == 20
+    assert some.worth_continuing(MixConfig(max_fraction=0.4))
+    # one pass over what changed is more than the maximum share: a full retrain is as cheap
     many = training_mix([f"new{i}" for i in range(150)] + [f"old{i}" for i in range(50)], {f"old{i}" for i in range(50)},
                         MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
-    assert many.size == 80 and sum(many.weights[:150]) == 72 and sum(many.weights[150:]) == 8
-    assert set(many.weights[:150]) == {0, 1}  # less than one pass: a sample of the changed rows
+    assert not many.worth_continuing(MixConfig(max_fraction=0.4)) and many.worth_continuing(MixConfig(max_fraction=0.75))
+    assert not training_mix(["new0", "new1"], set()).worth_continuing(MixConfig(max_fraction=1.0))  # nothing learnt before
     # little changed: replay fills up to the minimum share
     few = training_mix(["new"] + [f"old{i}" for i in range(199)], {f"old{i}" for i in range(199)},
                        MixConfig(changed_passes=3, replay_ratio=1.0, min_fraction=0.1))

@@ -195,6 +195,7 @@ class LocalRoute:
 
         per_row = kv_bytes_per_token(model) * cache_len(order) if order else 1
         batch_size = max(1, min(config.batch_size, int(config.max_cache_gb * 2**30 // per_row)))
+        batch_size = -(-len(order) // -(-len(order) // batch_size)) if order else 1  # as many batches, evened out
         done = 0
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]

@@ -59,7 +59,7 @@ def promoted_model(
     from subterra.evaluation import EvalConfig, evaluate
     from subterra.paths import paths_from_table
     from subterra.promotion import PROMOTIONS_SCHEMA, decide, initial_row, promotion_row
-    from subterra.repair import repair_conversations, repair_map as build_map, repair_training_set
+    from subterra.repair import repair_conversations, repair_map as build_map, repair_training_set, training_phrasing
     from subterra.routes import local_routes
     from subterra.simulator import SCRIPTED
     from subterra.training import TrainConfig
@@ -90,6 +90,7 @@ def promoted_model(
     corpus = db.read("validated_dataset", wf.id)
     train = corpus.filter(pl.col("split") == "train").drop("n_tokens")
     held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
+    spoken = training_phrasing(train)  # repair users speak the compile's phrasings (core or wide)
     workflow_paths = paths_from_table(db.read("workflow_paths", wf.id))
     compile_config = TrainConfig.from_json(Path(current_dir) / "train_config.json")
     for round_no in range(1, config.rounds + 1):
@@ -97,7 +98,8 @@ def promoted_model(
         if not clusters.height:
             context.log.info(f"round {round_no}: no held-out failure left on {route}; nothing to repair")
             break
-        repair = repair_conversations(wf, clusters, workflow_paths, teacher.get(), held_texts, round_no, config.repair_config())
+        repair = repair_conversations(wf, clusters, workflow_paths, teacher.get(), held_texts, round_no, config.repair_config(),
+                                      phrasing=spoken)
         tag = f"{wf.short_hash}-repair{round_no}"
         run_dir = paths.run_dir(wf.id, tag)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ off-topic, correction) and the slots that were wrong; with counts and a few exam
 ``repair_conversations`` writes extra training conversations through the failing clusters of one
 route: scenarios on training paths that take the cluster's edge (or visit its step), with the
 cluster's off-script behaviour placed at that step, slot values drawn from the training side of
-each slot's split and phrasings from the seen pool — so nothing of a holdout (its reserved values,
+each slot's split and phrasings from the pool training spoke (core or wide) — so nothing of a holdout (its reserved values,
 its unseen phrasings, its texts) ever enters training; only *where* the model fails is used. Each
 cluster gets ``per_failure`` conversations per failure (at most ``max_per_cluster``), and a replay
 sample of the original training conversations is mixed in so the round does not forget the rest.
@@ -23,7 +23,8 @@ from typing import Sequence
 
 import polars as pl
 
-from subterra.scenario import OFFSCRIPT_KINDS, make_scenario, path_visit_keys, visit_key
+from subterra.phrasing import SEEN
+from subterra.scenario import OFFSCRIPT_KINDS, Scenario, make_scenario, path_visit_keys, visit_key
 
 CLUSTER_KEYS = ("kind", "node", "edge", "offscript", "slot")
 MAP_SCHEMA = {
@@ -160,9 +161,12 @@ def repair_plan(wf, clusters: pl.DataFrame, paths: Sequence[Sequence[str]], roun
 
 
 def repair_conversations(
-    wf, clusters: pl.DataFrame, paths, teacher, held_texts: set[str], round_no: int, config: RepairConfig = RepairConfig()
+    wf, clusters: pl.DataFrame, paths, teacher, held_texts: set[str], round_no: int, config: RepairConfig = RepairConfig(),
+    phrasing: str = SEEN,
 ) -> pl.DataFrame:
-    """The round's repair conversations as corpus rows (split ``train``, ids ``repairN-00000``)."""
+    """The round's repair conversations as corpus rows (split ``train``, ids ``repairN-00000``).
+    ``phrasing``: the pool the compile's training users spoke (``training_phrasing``), so a
+    round's users speak like the ones the model was trained on, never a held-back line."""
     from subterra.corpus import CORPUS_SCHEMA, corpus_row, draw_unlike
 
     rows = []
@@ -176,11 +180,20 @@ def repair_conversations(
             offscript = dict(scenario.offscript)
             if site.get("offscript") and site.get("node"):
                 offscript[visit_key(site["node"], 1)] = site["offscript"]
-            return replace(scenario, id=f"repair{round_no}-{index:05d}", offscript=offscript)
+            return replace(scenario, id=f"repair{round_no}-{index:05d}", offscript=offscript, phrasing=phrasing)
 
         scenario, conv = draw_unlike(wf, teacher, held_texts, draw)
         rows.append(corpus_row(wf, scenario, conv, teacher.name))
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+
+
+def training_phrasing(train: pl.DataFrame) -> str:
+    """The phrasing pool the users of these training rows spoke (the compile's ``phrasings``
+    setting: ``SEEN`` for core, ``WIDE`` for wide)."""
+    spoken = {Scenario.from_json(text).phrasing for text in train["scenario"].unique()}
+    if len(spoken) != 1:
+        raise ValueError(f"the training conversations speak {sorted(spoken)}; expected one phrasing pool")
+    return spoken.pop()
 
 
 def repair_training_set(train: pl.DataFrame, repair: pl.DataFrame, config: RepairConfig = RepairConfig()) -> pl.DataFrame:

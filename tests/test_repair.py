@@ -6,7 +6,9 @@ import polars as pl
 import pytest
 
 from subterra.promotion import decide
-from subterra.repair import RepairConfig, cluster_name, failure_site, repair_conversations, repair_map, repair_training_set
+from subterra.repair import (
+    RepairConfig, cluster_name, failure_site, repair_conversations, repair_map, repair_training_set, training_phrasing,
+)
 from subterra.scenario import Scenario
 from subterra.slot_values import is_reserved
 from subterra.teacher import TemplateTeacher
@@ -80,6 +82,29 @@ def test_a_repair_round_writes_training_conversations_through_the_failing_cluste
     mixed = repair_training_set(train, repair, RepairConfig(replay_ratio=0.5))
     assert mixed.height == repair.height + round(0.5 * repair.height)
     assert set(mixed["conversation_id"]) >= set(repair["conversation_id"])
+
+
+def test_repair_users_speak_the_phrasings_the_compile_trained_on(mini_workflow):
+    """A compile with ``phrasings: wide`` trained on the wide pool: its repair round's users speak
+    that pool too (and still never a held-back line); a core compile's repair users speak core."""
+    from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.paths import select_paths
+    from subterra.phrasing import SEEN, WIDE
+
+    paths = select_paths(mini_workflow, cap=100, seed=0).paths
+    clusters = repair_map(EVAL).filter(pl.col("route") == "compiled_prefill")
+    config = RepairConfig(per_failure=3, max_per_cluster=5, offscript_rate=0.3, seed=0)
+    for setting, pool in (("core", SEEN), ("wide", WIDE)):
+        corpus = build_corpus(mini_workflow, paths, TemplateTeacher(),
+                              CorpusConfig(conversations_per_path=3, holdout_scenarios=6, phrasings=setting))
+        train = corpus.filter(pl.col("split") == "train")
+        assert training_phrasing(train) == pool
+        held = set(corpus.filter(pl.col("split") != "train")["messages"])
+        repair = repair_conversations(mini_workflow, clusters, paths, TemplateTeacher(), held, 1, config, phrasing=pool)
+        assert {Scenario.from_json(t).phrasing for t in repair["scenario"]} == {pool}
+        assert not set(repair["messages"]) & held
+    with pytest.raises(ValueError, match="one phrasing pool"):
+        training_phrasing(pl.concat([train, corpus.filter(pl.col("split") == "holdout_unseen")]))
 
 
 def gate(before_failures: dict[str, str], after_failures: dict[str, str], n=6) -> tuple:

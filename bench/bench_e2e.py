@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import WORKFLOWS, header, ratio_line
+from bench.common import WORKFLOWS, header, ratio_line, set_threads
 
 WORKFLOW = "travel_booking"
 EDIT = ("Last step, {passenger_name}: card payment or miles?", "Final step, {passenger_name}: card payment or miles?")
@@ -159,8 +159,17 @@ def main() -> None:
     import statistics
 
     header("end to end: full compile, incremental recompile after a one-node edit, full recompile")
+    # the wall-time targets are absolute; this machine's speed, before and after, says what they meant here
+    import torch
+
+    from bench.bench_training import matmul_flops
+
+    set_threads()
+    before = matmul_flops(torch.float32) / 1e9
+    print(f"fp32 matmul (2048x2048) before: {before:.0f} GFLOP/s", flush=True)
     base = Path(args.data_dir or tempfile.mkdtemp(prefix="subterra-e2e-")).resolve()
     runs = [one_seed(base, seed) for seed in range(args.seeds)]
+    print(f"\nfp32 matmul before and after: {before:.0f} and {matmul_flops(torch.float32) / 1e9:.0f} GFLOP/s")
 
     def spread(values: list[float]) -> str:
         mean = statistics.fmean(values)

@@ -28,8 +28,8 @@ from subterra.simulator import ScriptedUser
 from subterra.teacher import TemplateTeacher
 from subterra.workflow import load_workflow
 
-SCENARIOS = 25  # per holdout, batched
-SAMPLE_EVERY = 10  # the one-at-a-time baselines run every 10th of them
+SCENARIOS = 100  # per holdout, batched (a compile's eval plays 200 per holdout)
+SAMPLE_EVERY = 20  # the one-at-a-time baselines run every 20th of them
 
 
 def compiled_model(wf, corpus, folder: Path) -> tuple[str, str]:
@@ -81,7 +81,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         model_dir, source = compiled_model(wf, corpus, Path(folder))
         print(f"model: {model_dir} ({source})")
-        config = EvalConfig(scenarios=SCENARIOS, batch_size=100, max_say_tokens=64, routes=(DEPLOYED,))
+        from assets.eval_scores import EvalSettings
+
+        # the compile's eval settings: rows per batch as eval_scores plays them
+        config = EvalConfig(scenarios=SCENARIOS, batch_size=EvalSettings().batch_size, max_say_tokens=64, routes=(DEPLOYED,))
         started = time.perf_counter()
         deployed = local_routes([DEPLOYED], None, model_dir)  # the compiled model on the prefilled form
         batched = evaluate(deployed, wf, corpus, config)

@@ -25,14 +25,40 @@ class EvalSettings(dg.Config):
     copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     torch_threads: int = 0  # CPU threads (0: every core)
+    # the asset check on the deployed route (a warning: the run goes on, the UI shows it): strict
+    # pass on ``holdout`` at least this, and at most ``max_drop`` below the workflow's last eval
+    min_strict_pass: float = 0.5
+    max_drop: float = 0.1
 
     def eval_config(self):
         from subterra.evaluation import EvalConfig
 
-        return EvalConfig(**{**self.model_dump(), "routes": tuple(self.routes)})
+        gate = ("min_strict_pass", "max_drop")  # the asset check's, not the eval's
+        return EvalConfig(**{**{k: v for k, v in self.model_dump().items() if k not in gate}, "routes": tuple(self.routes)})
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"})
+CHECK = "deployed_route_holds"
+
+
+def holds(strict: float | None, previous: float | None, config: EvalSettings) -> tuple[bool, str]:
+    """Does the deployed route's holdout strict pass hold: above the floor, and not far below the
+    last eval of the same workflow? (passed, why)."""
+    if strict is None:
+        return False, f"the deployed route ({DEPLOYED}) has no holdout score"
+    faults = []
+    if strict < config.min_strict_pass:
+        faults.append(f"strict pass {strict:.3f} on holdout is below the floor {config.min_strict_pass:.3f}")
+    if previous is not None and strict < previous - config.max_drop:
+        faults.append(f"strict pass {strict:.3f} is {previous - strict:.3f} below the last eval's {previous:.3f} "
+                      f"(at most {config.max_drop:.3f} allowed)")
+    return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"},
+          check_specs=[dg.AssetCheckSpec(CHECK, asset="eval_scores", blocking=False,
+                                         description="the deployed route's holdout strict pass is above the floor and "
+                                                     "not far below the last eval (a warning: a compile that came "
+                                                     "out broken, one transition wrong everywhere, shows here)")])
 def eval_scores(
     context: dg.AssetExecutionContext,
     config: EvalSettings,
@@ -97,6 +123,7 @@ def eval_scores(
     from subterra.frontier import versus_frontier
 
     scores = versus_frontier(aggregate(scenarios))
+    previous = _deployed_strict(db, wf.id)  # the last eval's, before this one replaces it
     run = pl.DataFrame([{
         "workflow": wf.id, "config": eval_config.to_json(), "routes": played, "user_simulator": users.name,
         "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
@@ -116,4 +143,24 @@ def eval_scores(
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
         metadata["claude_answers_kept_from_before"] = dg.MetadataValue.json(dict(answers.reused))
-    return dg.MaterializeResult(metadata=metadata)
+    strict = next((r["strict_pass"] for r in scores.iter_rows(named=True) if r["route"] == DEPLOYED and r["holdout"] == "holdout"), None)
+    passed, why = holds(strict, previous, config)
+    if not passed:
+        context.log.warning(f"{wf.id}: {why}")
+    check = dg.AssetCheckResult(
+        check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"strict_pass": strict, "last_eval_strict_pass": previous, "floor": config.min_strict_pass,
+                  "max_drop": config.max_drop, "verdict": why},
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _deployed_strict(db, workflow: str) -> float | None:
+    """The deployed route's holdout strict pass in the workflow's current eval_scores, if any."""
+    import polars as pl
+
+    try:
+        rows = db.read("eval_scores", workflow).filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))
+    except (LookupError, FileNotFoundError):
+        return None
+    return float(rows["strict_pass"][0]) if rows.height else None

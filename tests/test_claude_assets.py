@@ -58,7 +58,7 @@ def test_the_claude_teacher_through_the_assets_never_shows_the_key(fake_claude, 
     assert rejected["conversation_id"].to_list() == ["holdout-00002"]
     assert "holdout-00002" not in store.read("validated_dataset", WORKFLOW)["conversation_id"].to_list()
     assert metadata(result, COMPILE_ASSETS[3])["rejected_conversations"] == 1
-    [check] = result.get_asset_check_evaluations()
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "corpus_quality_gate"]
     assert "teacher output rejected for at most 5% of conversations | **NO** | 1 of 16 rejected" in check.metadata["expectations"].value
 
     # the key: sent to the API in its header, and nowhere else

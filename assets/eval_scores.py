@@ -143,7 +143,7 @@ def eval_scores(
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
         metadata["claude_answers_kept_from_before"] = dg.MetadataValue.json(dict(answers.reused))
-    strict = next((r["strict_pass"] for r in scores.iter_rows(named=True) if r["route"] == DEPLOYED and r["holdout"] == "holdout"), None)
+    strict = deployed_strict(scores)
     passed, why = holds(strict, previous, config)
     if not passed:
         context.log.warning(f"{wf.id}: {why}")
@@ -155,12 +155,17 @@ def eval_scores(
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
-def _deployed_strict(db, workflow: str) -> float | None:
-    """The deployed route's holdout strict pass in the workflow's current eval_scores, if any."""
+def deployed_strict(scores) -> float | None:
+    """The deployed route's holdout strict pass in an eval_scores frame, if it has one."""
     import polars as pl
 
+    rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))
+    return float(rows["strict_pass"][0]) if rows.height else None
+
+
+def _deployed_strict(db, workflow: str) -> float | None:
+    """The deployed route's holdout strict pass in the workflow's last eval, if any."""
     try:
-        rows = db.read("eval_scores", workflow).filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))
+        return deployed_strict(db.read("eval_scores", workflow))
     except (LookupError, FileNotFoundError):
         return None
-    return float(rows["strict_pass"][0]) if rows.height else None

@@ -74,7 +74,7 @@ def trained_weights(
             mix = training_mix(learnt, set(previous["conversation_hashes"]), config.mix(), config.seed)
         else:  # a model trained before those were recorded: by path
             mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
-        if not mix.worth_continuing(config.mix()):  # a new corpus format, or a change most conversations speak
+        if not mix.worth_continuing:  # a new corpus format, or a change most conversations speak
             context.log.info(f"{wf.id}: {mix.changed} of {mix.changed + mix.unchanged} conversations are new to the "
                              f"last model (at most {config.max_fraction:.0%} are worth continuing on): training from scratch")
             start, mix = None, None
@@ -131,7 +131,7 @@ def trained_weights(
     return dg.MaterializeResult(
         metadata={
             **((reported.metadata or {}) if reported else {}),
-            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes", "conversation_hashes")},
+            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")},
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),

@@ -114,17 +114,18 @@ class Mix:
     weights: list[int]  # per training row: how many times it is in the continued run's data
     changed: int  # rows the previous model was not trained on
     unchanged: int
+    cap: int = 0  # the most rows a continued run is worth (``max_fraction`` of the rows)
 
     @property
     def size(self) -> int:
         return sum(self.weights)
 
-    def worth_continuing(self, config: "MixConfig") -> bool:
+    @property
+    def worth_continuing(self) -> bool:
         """Is continuing on this mix cheaper than training anew? Not when the previous model
         learnt none of the rows (a new corpus format), nor when one pass over the changed rows is
-        more than ``max_fraction`` of the training set (a change most conversations speak)."""
-        total = self.changed + self.unchanged
-        return self.unchanged > 0 and self.changed <= max(1, int(config.max_fraction * total))
+        more than the cap (a change most conversations speak)."""
+        return self.unchanged > 0 and self.changed <= self.cap
 
 
 def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConfig = MixConfig(), seed: int = 0) -> Mix:
@@ -159,7 +160,7 @@ def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConf
         weights[order[offset]] += 1
     for i in rng.sample(unchanged, replay):
         weights[i] += 1
-    return Mix(weights, len(changed), len(unchanged))
+    return Mix(weights, len(changed), len(unchanged), high)
 
 
 ARCHITECTURE = ("base_model", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")

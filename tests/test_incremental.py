@@ -95,7 +95,7 @@ def test_editing_one_of_a_nodes_says_changes_only_the_conversations_that_speak_i
     new = [h not in learnt for h in conversation_hashes(after["messages"])]
     assert new == speaks.to_list()
     mix = training_mix(conversation_hashes(after["messages"]), learnt, MixConfig(max_fraction=1.0))
-    assert mix.changed == speaks.sum() and mix.worth_continuing(MixConfig(max_fraction=1.0))
+    assert mix.changed == speaks.sum() and mix.worth_continuing
 
 
 def test_reused_conversations_come_from_the_previous_corpus(mini):
@@ -150,12 +150,14 @@ def test_training_mix_weights_the_changed_rows_and_replays_the_rest():
     some = training_mix([f"new{i}" for i in range(60)] + [f"old{i}" for i in range(140)], {f"old{i}" for i in range(140)},
                         MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
     assert some.size == 80 and some.weights[:60] == [1] * 60 and sum(some.weights[60:]) == 20
-    assert some.worth_continuing(MixConfig(max_fraction=0.4))
+    assert some.worth_continuing
     # one pass over what changed is more than the maximum share: a full retrain is as cheap
-    many = training_mix([f"new{i}" for i in range(150)] + [f"old{i}" for i in range(50)], {f"old{i}" for i in range(50)},
+    many_rows = [f"new{i}" for i in range(150)] + [f"old{i}" for i in range(50)]
+    many = training_mix(many_rows, {f"old{i}" for i in range(50)},
                         MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
-    assert not many.worth_continuing(MixConfig(max_fraction=0.4)) and many.worth_continuing(MixConfig(max_fraction=0.75))
-    assert not training_mix(["new0", "new1"], set()).worth_continuing(MixConfig(max_fraction=1.0))  # nothing learnt before
+    assert not many.worth_continuing
+    assert training_mix(many_rows, {f"old{i}" for i in range(50)}, MixConfig(max_fraction=0.75)).worth_continuing
+    assert not training_mix(["new0", "new1"], set(), MixConfig(max_fraction=1.0)).worth_continuing  # nothing learnt before
     # little changed: replay fills up to the minimum share
     few = training_mix(["new"] + [f"old{i}" for i in range(199)], {f"old{i}" for i in range(199)},
                        MixConfig(changed_passes=3, replay_ratio=1.0, min_fraction=0.1))

@@ -25,8 +25,10 @@ class EvalSettings(dg.Config):
     copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     torch_threads: int = 0  # CPU threads (0: every core)
-    # the asset check on the deployed route (a warning: the run goes on, the UI shows it): strict
-    # pass on ``holdout`` at least this, and at most ``max_drop`` below the workflow's last eval
+    # does the model hold (the asset check on the deployed route, a warning: the run goes on, the UI
+    # shows it)? strict pass on ``holdout`` at least this, and at most ``max_drop`` below the last
+    # good model's. A model that does not hold is not served and not continued from while an
+    # earlier one that held is there (subterra.serving)
     min_strict_pass: float = 0.5
     max_drop: float = 0.1
 
@@ -40,25 +42,12 @@ class EvalSettings(dg.Config):
 CHECK = "deployed_route_holds"
 
 
-def holds(strict: float | None, previous: float | None, config: EvalSettings) -> tuple[bool, str]:
-    """Does the deployed route's holdout strict pass hold: above the floor, and not far below the
-    last eval of the same workflow? (passed, why)."""
-    if strict is None:
-        return False, f"the deployed route ({DEPLOYED}) has no holdout score"
-    faults = []
-    if strict < config.min_strict_pass:
-        faults.append(f"strict pass {strict:.3f} on holdout is below the floor {config.min_strict_pass:.3f}")
-    if previous is not None and strict < previous - config.max_drop:
-        faults.append(f"strict pass {strict:.3f} is {previous - strict:.3f} below the last eval's {previous:.3f} "
-                      f"(at most {config.max_drop:.3f} allowed)")
-    return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
-
-
 @dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"},
           check_specs=[dg.AssetCheckSpec(CHECK, asset="eval_scores", blocking=False,
                                          description="the deployed route's holdout strict pass is above the floor and "
-                                                     "not far below the last eval (a warning: a compile that came "
-                                                     "out broken, one transition wrong everywhere, shows here)")])
+                                                     "not far below the last good model's (a warning: a compile "
+                                                     "that came out broken, one transition wrong everywhere, shows "
+                                                     "here, and the last good model goes on serving)")])
 def eval_scores(
     context: dg.AssetExecutionContext,
     config: EvalSettings,
@@ -72,11 +61,15 @@ def eval_scores(
     With Claude (the claude resource): Claude can play the user, the frontier route (Claude with
     the procedure in context) plays the same scenarios, and a judge scores every conversation on
     the five criteria; the route ``frontier`` rows and the ``judge_*`` columns sit beside the
-    objective scores, with each route's % of frontier quality."""
+    objective scores, with each route's % of frontier quality.
+
+    A model whose deployed route holds on the holdout becomes the workflow's last good model
+    (``good_models``); one that does not is kept out of service while a good one is there."""
     import polars as pl
 
     from subterra.evaluation import aggregate, evaluate, failure_summary
     from subterra.routes import local_routes
+    from subterra.serving import GOOD_MODELS, good_model_frame, holds, last_good_model, serving_model
     from subterra.simulator import SCRIPTED
     from subterra.student import base_model_dir
 
@@ -123,12 +116,20 @@ def eval_scores(
     from subterra.frontier import versus_frontier
 
     scores = versus_frontier(aggregate(scenarios))
-    previous = _deployed_strict(db, wf.id)  # the last eval's, before this one replaces it
+    good = last_good_model(db, wf.id)
+    last_good = good["strict_pass"] if good is not None and good["model_dir"] != trained["model_dir"] else None
+    strict = deployed_strict(scores)
+    passed, why = holds(strict, last_good, config.min_strict_pass, config.max_drop)
     run = pl.DataFrame([{
         "workflow": wf.id, "config": eval_config.to_json(), "routes": played, "user_simulator": users.name,
         "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
-    }], schema_overrides={"base_dir": pl.String})
-    db.replace_partitions(wf.id, {"eval_scenarios": scenarios, "eval_scores": scores, "eval_runs": run})
+        "strict_pass": strict, "holds": passed, "verdict": why,
+    }], schema_overrides={"base_dir": pl.String, "strict_pass": pl.Float64})
+    frames = {"eval_scenarios": scenarios, "eval_scores": scores, "eval_runs": run}
+    if passed:  # in the same transaction: a model is good exactly when its eval says it held
+        frames[GOOD_MODELS] = good_model_frame(trained, strict, why)
+    db.replace_partitions(wf.id, frames)
+    serving = serving_model(db, wf.id)
     failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
     metadata = {
         "scores": dg.MetadataValue.md(scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),
@@ -143,14 +144,14 @@ def eval_scores(
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
         metadata["claude_answers_kept_from_before"] = dg.MetadataValue.json(dict(answers.reused))
-    strict = deployed_strict(scores)
-    passed, why = holds(strict, previous, config)
+    metadata["serving"] = dg.MetadataValue.path(serving.model_dir)
+    metadata["serving_why"] = serving.why
     if not passed:
-        context.log.warning(f"{wf.id}: {why}")
+        context.log.warning(f"{wf.id}: {why}; serving {serving.model_dir}: {serving.why}")
     check = dg.AssetCheckResult(
         check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"strict_pass": strict, "last_eval_strict_pass": previous, "floor": config.min_strict_pass,
-                  "max_drop": config.max_drop, "verdict": why},
+        metadata={"strict_pass": strict, "last_good_strict_pass": last_good, "floor": config.min_strict_pass,
+                  "max_drop": config.max_drop, "verdict": why, "serving": serving.model_dir},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
@@ -161,11 +162,3 @@ def deployed_strict(scores) -> float | None:
 
     rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))
     return float(rows["strict_pass"][0]) if rows.height else None
-
-
-def _deployed_strict(db, workflow: str) -> float | None:
-    """The deployed route's holdout strict pass in the workflow's last eval, if any."""
-    try:
-        return deployed_strict(db.read("eval_scores", workflow))
-    except (LookupError, FileNotFoundError):
-        return None

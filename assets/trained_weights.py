@@ -36,10 +36,11 @@ def trained_weights(
 ) -> dg.MaterializeResult:
     """Full-parameter SFT of the student (TRL SFTTrainer), run as its own process through Dagster Pipes.
 
-    A recompile (``recompile: incremental``, the default) continues from the last good weights on
-    a mix weighted toward the conversations the last model was not trained on (by their text:
-    ``subterra.incremental.conversation_hashes``); if there are none, the last weights are kept
-    as they are."""
+    A recompile (``recompile: incremental``, the default) continues from the last good weights
+    (the last model whose evaluation held, not a compile that came out broken) on a mix weighted
+    toward the conversations that model was not trained on (by their text:
+    ``subterra.incremental.conversation_hashes``); if there are none, its weights are kept as
+    they are. With no good model yet, training starts from scratch."""
     import shutil
 
     import polars as pl
@@ -66,8 +67,8 @@ def trained_weights(
         workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf),
         data_dir=str(paths.data_dir),
     )
-    previous = _previous_training(db, wf.id)
-    start = continuable(previous, train_config) if config.recompile == "incremental" else None
+    previous = _previous_training(db, wf.id, context.log.info) if config.recompile == "incremental" else None
+    start = continuable(previous, train_config)
     mix = None
     if start is not None:
         if previous.get("conversation_hashes") is not None:  # what the last model learnt, conversation by conversation
@@ -140,9 +141,17 @@ def trained_weights(
     )
 
 
-def _previous_training(db, workflow: str) -> dict | None:
-    """The trained_weights row of this workflow's last good model, if there is one."""
-    try:
-        return db.read("trained_weights", workflow).row(0, named=True)
-    except (LookupError, FileNotFoundError):
-        return None
+def _previous_training(db, workflow: str, log) -> dict | None:
+    """The trained_weights row of this workflow's last good model (the last one whose evaluation
+    held: ``subterra.serving``), if there is one: a compile that came out broken is not continued."""
+    from subterra.serving import last_good_model
+
+    good = last_good_model(db, workflow)
+    if good is None:
+        try:
+            last = db.read("trained_weights", workflow).row(0, named=True)
+        except (LookupError, FileNotFoundError):
+            return None
+        log(f"{workflow}: no model of this workflow has held on its holdout yet (the last one, {last['model_dir']}, "
+            f"did not, or was not evaluated): nothing to continue from, training from scratch")
+    return good

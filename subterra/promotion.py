@@ -6,8 +6,7 @@ map grows (by more than ``tolerance`` failures; a cluster that did not exist bef
 zero). Otherwise the last promoted model stays, and the refusal says which condition failed.
 
 Every decision is a row of the ``promotions`` table (round 0 is the compile's own model, promoted
-by default); ``current_model`` reads the latest promoted one, which is what ``subterra chat``
-talks to.
+by default); ``subterra.serving`` reads the latest promoted one to decide which model serves.
 """
 
 from __future__ import annotations
@@ -116,18 +115,3 @@ def initial_row(workflow: str, model_dir: str, route: str, scenarios: pl.DataFra
     decision = Decision(True, f"promoted: the compile's model (holdout strict pass {s:.3f} on {n} scenarios, {route})",
                         s, s, n, pl.DataFrame())
     return promotion_row(workflow, 0, model_dir, model_dir, route, decision)
-
-
-def current_model(store, workflow: str) -> tuple[str, str]:
-    """(model folder, why) of the model that serves ``workflow``: the latest promoted one; the
-    compile's model if no promotion was recorded since it was trained."""
-    trained = store.read("trained_weights", workflow).row(0, named=True)
-    try:
-        rows = store.read("promotions", workflow).sort("round")
-    except LookupError:
-        rows = pl.DataFrame()
-    if rows.height:
-        first, last = rows.row(0, named=True), rows.row(rows.height - 1, named=True)
-        if first["candidate_dir"] == trained["model_dir"] and first["decided_at"] >= trained["trained_at"]:
-            return last["model_dir"], last["reason"]
-    return trained["model_dir"], "the compile's model (no promotion decided since it was trained)"

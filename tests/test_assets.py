@@ -9,7 +9,7 @@ import pytest
 from assets import COMPILE_ASSETS, LADDER_ASSETS
 from assets.eval_scores import EvalSettings
 from assets.synthetic_corpus import CorpusSettings
-from assets.training_config import TrainingSettings
+from assets.training_config import TrainedWeightsSettings, TrainingSettings
 from assets.workflow_graph import workflow_graph
 from assets.workflow_paths import PathsConfig, workflow_paths
 from conftest import MINI
@@ -23,11 +23,17 @@ TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_si
                                  batch_size=4, max_steps=4, logging_steps=2, save_steps=2)
 
 
+SMALL_EVAL = EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40,
+                          routes=["compiled", "compiled_prefill"])
+# four training steps make no working model: with no floor, such a model holds (it becomes the last good model)
+HOLDS_ANY = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 0.0, "max_drop": 1.0})
+HOLDS_NONE = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 1.01})
+
+
 def run_config(names: set[str], **ops) -> dg.RunConfig:
     """Small settings for the stages in ``names`` (a run's config may only name its own stages)."""
     defaults = {"synthetic_corpus": SMALL_CORPUS, "validated_dataset": TINY_TRAINING, "trained_weights": TINY_TRAINING,
-                "eval_scores": EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40,
-                                             routes=["compiled", "compiled_prefill"])}
+                "eval_scores": SMALL_EVAL}
     return dg.RunConfig(ops={k: v for k, v in {**defaults, **ops}.items() if k in names})
 
 
@@ -245,7 +251,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     compile's model stays promoted, and the ladder has no promoted row. Chat serves whichever model
     is promoted, with the definition its compile was made from."""
     from assets.promoted_model import RepairSettings
-    from subterra.promotion import current_model
+    from subterra.serving import serving_model
     from subterra.training import RESULT_FILE, TrainResult
 
     repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5,
@@ -270,7 +276,8 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     assert candidate.continued_from == compiled and candidate.base_model == TINY_TRAINING.base_model
     changes = store.read("repair_changes", KEY)
     assert set(changes["cluster"]) >= set(clusters.filter(pl.col("route") == "compiled_prefill")["cluster"])
-    assert current_model(store, KEY) == (compiled, second["reason"])
+    serving = serving_model(store, KEY)  # the compile's model (it did not hold, but no earlier one did)
+    assert serving.model_dir == compiled and serving.why.startswith(second["reason"])
     meta = metadata(result, LADDER_ASSETS[-2])
     assert meta["reason"] == second["reason"] and meta["promoted_round"] == 0
     ladder = store.read("ladder", KEY)
@@ -292,7 +299,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     newer = store.read("workflow_definitions", KEY).with_columns(
         pl.col("definition").str.replace("Mini booking", "Mini booking v2"))
     store.replace_partition("workflow_definitions", KEY, newer)
-    assert current_model(store, KEY) == (second["candidate_dir"], "promoted: by hand")
+    assert (serving_model(store, KEY).model_dir, serving_model(store, KEY).why) == (second["candidate_dir"], "promoted: by hand")
     monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\n\n"))
     capsys.readouterr()
@@ -378,7 +385,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     from assets.training_config import TrainedWeightsSettings
     from subterra.training import RESULT_FILE, TrainResult
 
-    assert materialize(COMPILE_ASSETS, resources, instance).success
+    assert materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_ANY).success  # a good model to continue
     first_corpus = store.read("synthetic_corpus", KEY)
     first_model = store.read("trained_weights", KEY).row(0, named=True)["model_dir"]
     path = settings.workflow_file(KEY)
@@ -388,7 +395,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     # the default (incremental) recompile, its mix uncapped here (the tiny corpus is smaller than
     # three passes over its changed part), so every changed conversation is in it three times
     uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
-    result = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped)
+    result = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped, eval_scores=HOLDS_ANY)
     assert result.success
     corpus = store.read("synthetic_corpus", KEY)
     changed = corpus["nodes"].list.contains("confirm")
@@ -441,13 +448,72 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     assert (trained["recompile"], trained["continued_from"]) == ("full", None)
 
 
-def test_the_eval_check_holds_above_the_floor_and_near_the_last_eval():
-    from assets.eval_scores import holds
+def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_not_continued(
+        settings, store, resources, instance, monkeypatch, capsys):
+    """A first compile that does not hold is served (there is nothing else) but not continued: the
+    recompile trains from scratch. Once a model holds, a later compile that does not hold (here:
+    a floor no model reaches) is evaluated and recorded, yet the last good model goes on serving,
+    chat talks to it with the definition it was compiled from, and the next recompile continues
+    from it, not from the compile that did not hold."""
+    import io
 
-    config = EvalSettings(min_strict_pass=0.5, max_drop=0.1)
-    assert holds(0.87, None, config)[0] and holds(0.78, 0.87, config)[0]  # a first compile; a drop within 0.1
-    passed, why = holds(0.045, None, config)  # a compile that came out broken (one transition wrong everywhere)
+    from subterra.cli import main
+    from subterra.serving import serving_model
+
+    path = settings.workflow_file(KEY)
+
+    def edit(old: str, new: str) -> str:
+        path.write_text(path.read_text().replace(old, new))
+        return str(settings.model_dir(KEY, load_workflow(path).short_hash))
+
+    def log_lines(result, text: str) -> list[str]:
+        return [r.user_message for r in instance.all_logs(result.run_id) if text in r.user_message]
+
+    v0 = str(settings.model_dir(KEY, load_workflow(path).short_hash))
+    assert materialize(COMPILE_ASSETS, resources, instance).success  # the default floor: 4 steps do not hold
+    assert not store.read("eval_runs", KEY)["holds"][0] and "good_models" not in store.tables()
+    assert serving_model(store, KEY).model_dir == v0 and "no earlier model held" in serving_model(store, KEY).why
+
+    v1 = edit('"Ready to confirm?"', '"Is everything right?"')
+    result = materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_ANY)
+    assert result.success and log_lines(result, "no model of this workflow has held on its holdout yet")
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["model_dir"], trained["recompile"], trained["continued_from"]) == (v1, "full", None)
+    good = store.read("good_models", KEY).row(0, named=True)
+    assert good["model_dir"] == v1 and good["conversation_hashes"] == trained["conversation_hashes"]
+    assert serving_model(store, KEY).model_dir == v1
+
+    edit("title: Mini booking", "title: Mini booking v2")  # the model that serves keeps its own definition
+    v2 = edit('"Is everything right?"', '"Shall I book it?"')
+    result = materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_NONE)
+    assert result.success  # the check is a warning: the run goes on
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}["deployed_route_holds"]
+    assert not check.passed and check.metadata["serving"].value == v1
+    assert store.read("trained_weights", KEY)["model_dir"][0] == v2 and store.read("good_models", KEY)["model_dir"][0] == v1
+    serving = serving_model(store, KEY)
+    assert serving.model_dir == v1 and f"the compile of {v2} did not hold" in serving.why
+    assert serving.definition["title"] == "Mini booking"
+    assert metadata(result, COMPILE_ASSETS[5])["serving"] == v1
+    monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\n\n"))
+    capsys.readouterr()
+    assert main(["chat", KEY]) == 0
+    assert capsys.readouterr().out.startswith(f"Mini booking (compiled model {v1}): the last good model")
+
+    v3 = edit('"Shall I book it?"', '"Book it now?"')
+    uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
+    assert materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped, eval_scores=HOLDS_ANY).success
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["model_dir"], trained["recompile"], trained["continued_from"]) == (v3, "incremental", v1)
+    assert serving_model(store, KEY).model_dir == store.read("good_models", KEY)["model_dir"][0] == v3
+
+
+def test_a_model_holds_above_the_floor_and_near_the_last_good_one():
+    from subterra.serving import holds
+
+    assert holds(0.87, None, 0.5, 0.1)[0] and holds(0.78, 0.87, 0.5, 0.1)[0]  # a first compile; a drop within 0.1
+    passed, why = holds(0.045, None, 0.5, 0.1)  # a compile that came out broken (one transition wrong everywhere)
     assert not passed and "below the floor 0.500" in why
-    passed, why = holds(0.6, 0.87, config)
-    assert not passed and "0.270 below the last eval's 0.870" in why
-    assert not holds(None, 0.87, config)[0]
+    passed, why = holds(0.6, 0.87, 0.5, 0.1)
+    assert not passed and "0.270 below the last good model's 0.870" in why
+    assert not holds(None, 0.87, 0.5, 0.1)[0]

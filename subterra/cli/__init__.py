@@ -210,24 +210,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from subterra.promotion import current_model
     from subterra.runtime import ChatSession
+    from subterra.serving import serving_model
     from subterra.store import Store
     from subterra.workflow import Workflow
 
     store = Store(_settings().db_path)
     try:
-        # the promoted model (a repair round's, or the compile's own) ...
-        model_dir, why = current_model(store, args.workflow)
-        # ... with the definition its compile was made from: repair rounds continue the compile's
-        # model, and a later compile that failed or was refused (its workflow_definitions row is
-        # newer) leaves the model and its definition as they were
-        trained = store.read("trained_weights", args.workflow).row(0, named=True)
-        definition = trained.get("definition") or store.read("workflow_definitions", args.workflow).row(0, named=True)["definition"]
-        wf = Workflow.from_dict(json.loads(definition))
+        # the model that serves (a repair round's promoted one, the compile's own, or the last good
+        # one when the last compile did not hold), with the definition it was compiled from: a later
+        # compile that failed, was refused or did not hold leaves the model and its definition as they were
+        serving = serving_model(store, args.workflow)
     except (LookupError, FileNotFoundError) as exc:
         print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
         return 1
+    model_dir, why, wf = serving.model_dir, serving.why, Workflow.from_dict(serving.definition)
     session = ChatSession(model_dir, wf)
     print(f"{wf.title or wf.id} (compiled model {model_dir}): {why}; empty line to quit")
     while not session.ended:

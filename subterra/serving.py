@@ -1,0 +1,110 @@
+"""Which weights serve a workflow, and why: the last good model.
+
+A compile's model is *good* once its evaluation holds: the deployed route's strict pass on
+``holdout`` is at least a floor and not far below the last good model's (``holds``; the
+``deployed_route_holds`` check of ``eval_scores``). Its ``trained_weights`` row is then kept, with
+the strict pass it held at, as the workflow's row of ``good_models``.
+
+A compile that comes out broken (a from-scratch tiny student can land where one transition is
+wrong in nearly every conversation) is stored and evaluated like any other, but it does not take
+the last good model down: that one goes on serving (``serving_model``, what ``subterra chat``
+talks to), and the next incremental recompile continues from it, not from the broken weights
+(``last_good_model``). A repair round that promoted new weights after the compile
+(``subterra.promotion``) serves those: its gate compared them with the compile's own model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+GOOD_MODELS = "good_models"
+
+
+def holds(strict: float | None, last_good: float | None, min_strict_pass: float, max_drop: float) -> tuple[bool, str]:
+    """Does a model hold: its deployed route's holdout strict pass at least ``min_strict_pass``,
+    and at most ``max_drop`` below the last good model's? (held, why)."""
+    if strict is None:
+        return False, "the deployed route has no holdout score"
+    faults = []
+    if strict < min_strict_pass:
+        faults.append(f"strict pass {strict:.3f} on holdout is below the floor {min_strict_pass:.3f}")
+    if last_good is not None and strict < last_good - max_drop:
+        faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below the last good model's "
+                      f"{last_good:.3f} (at most {max_drop:.3f} allowed)")
+    return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
+
+
+def good_model_frame(trained: dict, strict: float, verdict: str) -> pl.DataFrame:
+    """The ``good_models`` row of a model that held: its ``trained_weights`` row (what it learnt,
+    the definition it was compiled from), the strict pass it held at, and when."""
+    row = {**trained, "strict_pass": strict, "verdict": verdict,
+           "held_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    lists = {k: v for k, v in row.items() if isinstance(v, list)}
+    frame = pl.DataFrame([{k: v for k, v in row.items() if k not in lists}], infer_schema_length=None,
+                         schema_overrides={"continued_from": pl.String})
+    return frame.with_columns(*(pl.Series(k, [v], dtype=pl.List(pl.String)) for k, v in lists.items()))
+
+
+def last_good_model(store, workflow: str) -> dict | None:
+    """The ``good_models`` row of the workflow's last model that held, if its folder is still there."""
+    try:
+        row = store.read(GOOD_MODELS, workflow).row(0, named=True)
+    except (LookupError, FileNotFoundError):
+        return None
+    return row if (Path(row["model_dir"]) / "model.safetensors").exists() else None
+
+
+def evaluation_of(store, workflow: str, model_dir: str) -> dict | None:
+    """The workflow's last ``eval_runs`` row if it evaluated ``model_dir`` (with whether it held)."""
+    try:
+        run = store.read("eval_runs", workflow).row(0, named=True)
+    except (LookupError, FileNotFoundError):
+        return None
+    return run if run.get("compiled_dir") == model_dir and run.get("holds") is not None else None
+
+
+@dataclass(frozen=True)
+class Serving:
+    model_dir: str
+    why: str
+    definition: dict  # the workflow the model was compiled from (a newer, failed compile's is not it)
+
+
+def serving_model(store, workflow: str) -> Serving:
+    """The model that serves ``workflow``, why, and the definition it was compiled from:
+    a repair round's promoted weights if one was promoted since the last compile; else the
+    compile's own model if it held (or there is no good model to fall back on); else the last
+    good model. ``LookupError`` if the workflow was never compiled."""
+    trained = store.read("trained_weights", workflow).row(0, named=True)
+    definition = json.loads(trained.get("definition") or store.read("workflow_definitions", workflow)["definition"][0])
+    promoted = _promoted_since(store, workflow, trained)
+    if promoted is not None and promoted["model_dir"] != trained["model_dir"]:
+        return Serving(promoted["model_dir"], promoted["reason"], definition)
+    run = evaluation_of(store, workflow, trained["model_dir"])
+    good = last_good_model(store, workflow)
+    if run is not None and run["holds"]:
+        return Serving(trained["model_dir"], promoted["reason"] if promoted else f"the compile's model: {run['verdict']}", definition)
+    if good is None or good["model_dir"] == trained["model_dir"]:
+        state = f"it did not hold ({run['verdict']})" if run is not None else "not evaluated yet"
+        why = promoted["reason"] if promoted else "the compile's model"
+        return Serving(trained["model_dir"], f"{why}; {state}, and no earlier model held", definition)
+    state = f"did not hold ({run['verdict']})" if run is not None else "is not evaluated yet"
+    return Serving(good["model_dir"], f"the last good model (strict pass {good['strict_pass']:.3f} on holdout): "
+                                      f"the compile of {trained['model_dir']} {state}", json.loads(good["definition"]))
+
+
+def _promoted_since(store, workflow: str, trained: dict) -> dict | None:
+    """The last promotion decision of the repair loop run on this compile's model, if any."""
+    try:
+        rows = store.read("promotions", workflow).sort("round")
+    except (LookupError, FileNotFoundError):
+        return None
+    first, last = rows.row(0, named=True), rows.row(rows.height - 1, named=True)
+    if first["candidate_dir"] == trained["model_dir"] and first["decided_at"] >= trained["trained_at"]:
+        return last
+    return None

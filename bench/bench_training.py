@@ -7,9 +7,11 @@ tokens/s, counting real tokens only (padding is work the machine does for nothin
 FLOPs that 6·N·T leaves out are estimated beside it.
 
 * ``trl``: the compile's own trainer (TRL ``SFTTrainer``, ``subterra.training.train``) for a few
-  steps, tokens/s as it reports them;
+  steps, tokens/s in the steady state; beside it TRL as it comes (the padding mask kept, TRL's
+  tiled LM head), the baseline of the compile's two changes;
 * ``padded bN``: a plain PyTorch loop over the same model, random batches of N conversations
-  padded to the longest (what the trainer does), fp32 and bf16 autocast;
+  padded to the longest (what the trainer does), fp32 and bf16 autocast; ``causal``: without the
+  padding mask (right padding under causal attention: no real token sees a pad);
 * ``packed W``: the same conversations packed end to end into rows of W tokens, with positions
   restarting at each conversation (transformers then masks attention block-diagonally, but as a
   dense W x W mask: attention costs the whole row's square, not each conversation's).
@@ -38,6 +40,7 @@ from subterra.workflow import load_workflow
 STUDENT = dict(vocab_size=3000, hidden_size=192, intermediate_size=512, num_layers=4, num_heads=6, max_length=4096)
 BATCH = 2
 TOKENS_PER_RUN = 16_000  # real tokens each variant trains on (after a warm-up step)
+TRL_STEPS = 40
 
 
 def matmul_flops(dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -81,6 +84,15 @@ def padded_batches(ids, batch: int, pad: int, rng):
                 mask[r, : len(row)] = 1
             labels = input_ids.masked_fill(mask == 0, -100)
             yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}, int(mask.sum()), batch * width
+
+
+def unmasked(batches):
+    """The same batches without the padding mask where it changes no real token (``causal_only``:
+    right padding under causal attention), as the compile's trainer feeds them."""
+    from subterra.training import causal_only
+
+    for batch, real, computed in batches:
+        yield causal_only(batch), real, computed
 
 
 def packed_batches(ids, width: int, rng):
@@ -149,16 +161,32 @@ def measure(name: str, model, initial: dict, batches, bf16: bool, tokens: int, p
     return rate, peak
 
 
-def trl_run(corpus, wf, steps: int) -> dict:
+def trl_run(corpus, wf, steps: int, as_it_comes: bool = False) -> dict:
+    """The compile's trainer for ``steps`` steps; tokens/s in the steady state (from the first
+    logged step to the last: start-up and tokenization left out). ``as_it_comes``: TRL's
+    ``SFTTrainer`` without the compile's two changes (the padding mask kept, TRL's tiled LM head)."""
+    import subterra.training as training
     from subterra.training import TrainConfig, train
 
-    with tempfile.TemporaryDirectory() as folder:
-        corpus.write_parquet(Path(folder) / "train.parquet")
-        config = TrainConfig(workflow=wf.id, train_data=str(Path(folder) / "train.parquet"), output_dir=str(Path(folder) / "m"),
-                             workflow_atoms=workflow_atoms(wf), batch_size=BATCH, max_steps=steps, learning_rate=1.5e-3,
-                             logging_steps=steps, save_steps=10_000, **STUDENT)
-        result = train(config)
-    return {"tokens_per_second": result.tokens_per_second, "seconds": result.train_seconds, "params": result.params}
+    logged = []
+    keep = training.causal_only
+    if as_it_comes:
+        training.causal_only = lambda inputs: inputs  # the mask stays (benchmark only)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            corpus.write_parquet(Path(folder) / "train.parquet")
+            config = TrainConfig(workflow=wf.id, train_data=str(Path(folder) / "train.parquet"), output_dir=str(Path(folder) / "m"),
+                                 workflow_atoms=workflow_atoms(wf), batch_size=BATCH, max_steps=steps, learning_rate=1.5e-3,
+                                 logging_steps=steps // 4, save_steps=10_000, full_logits_loss=False if as_it_comes else None,
+                                 **STUDENT)
+            result = train(config, on_log=logged.append)
+    finally:
+        training.causal_only = keep
+    first, last = logged[0], logged[-1]
+    per_step = result.train_tokens / result.steps
+    rate = per_step * (last["step"] - first["step"]) / (last["elapsed_s"] - first["elapsed_s"])
+    return {"tokens_per_second": rate, "seconds_per_step": (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"]),
+            "dtype": result.dtype, "params": result.params}
 
 
 PRETRAINED = "smollm2-135m"
@@ -223,6 +251,7 @@ def main(pretrained: bool = True) -> None:
     variants = [
         ("padded b2 fp32", lambda rng: padded_batches(ids, BATCH, pad, rng), False),
         ("padded b2 bf16", lambda rng: padded_batches(ids, BATCH, pad, rng), True),
+        ("padded b2 bf16 causal", lambda rng: unmasked(padded_batches(ids, BATCH, pad, rng)), True),
         ("padded b16 fp32", lambda rng: padded_batches(ids, 16, pad, rng), False),
         ("packed 2048 fp32", lambda rng: packed_batches(ids, 2048, rng), False),
         ("packed 2048 bf16", lambda rng: packed_batches(ids, 2048, rng), True),
@@ -231,11 +260,17 @@ def main(pretrained: bool = True) -> None:
     for name, make, bf16 in variants:
         results[name], results[name + " peak"] = measure(name, model, initial, make(random.Random(0)), bf16,
                                                          TOKENS_PER_RUN, params)
-    trl = trl_run(corpus, wf, steps=12)
-    fp32_peak = max(fp32_peak, matmul_flops(torch.float32))
-    results["trl"] = trl["tokens_per_second"]
-    print(f"trl (the compile's trainer, batch {BATCH}, fp32, 12 steps incl. its start-up): {trl['tokens_per_second']:,.0f} tokens/s, "
-          f"{flops(trl['tokens_per_second']) / 1e9:.1f} GFLOP/s = {flops(trl['tokens_per_second']) / fp32_peak:.0%} of the fp32 peak")
+    trl = trl_run(corpus, wf, steps=TRL_STEPS)
+    as_it_comes = trl_run(corpus, wf, steps=TRL_STEPS, as_it_comes=True)
+    peaks = {"fp32": max(fp32_peak, matmul_flops(torch.float32)), "bf16": max(bf16_peak, matmul_flops(torch.bfloat16))}
+    for name, run in (("trl, as the compile runs it", trl), ("trl as it comes", as_it_comes)):
+        print(f"{name} (batch {BATCH}, {run['dtype']}, {TRL_STEPS} steps, steady state): {run['tokens_per_second']:,.0f} tokens/s, "
+              f"{run['seconds_per_step']:.3f} s/step, {flops(run['tokens_per_second']) / 1e9:.1f} GFLOP/s = "
+              f"{flops(run['tokens_per_second']) / peaks[run['dtype']]:.0%} of the {run['dtype']} peak")
+    ratio_line("the compile's trainer vs TRL as it comes (no padding mask, full-logits loss)", "compile's",
+               trl["tokens_per_second"], "as it comes", as_it_comes["tokens_per_second"], "tokens/s")
+    ratio_line("attention without the padding mask (padded b2, bf16)", "causal only", results["padded b2 bf16 causal"],
+               "masked", results["padded b2 bf16"], "tokens/s")
     ratio_line("achieved vs peak (padded b2, fp32)", "training", flops(results["padded b2 fp32"]) / 1e9, "matmul",
                results["padded b2 fp32 peak"] / 1e9, "GFLOP/s")
     ratio_line("packing vs padding (fp32)", "packed 2048", results["packed 2048 fp32"], "padded b2", results["padded b2 fp32"], "tokens/s")

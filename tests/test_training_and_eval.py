@@ -36,6 +36,47 @@ def test_training_writes_a_standard_model_folder(trained):
     assert not Path(str(folder) + ".checkpoints").exists()
 
 
+def test_dropping_the_mask_of_a_right_padded_batch_changes_no_real_tokens_output(trained):
+    """``causal_only``: under causal attention a right-padded row's real tokens never see a pad, so
+    the batch trains without its padding mask (PyTorch's faster causal kernel) and every real
+    token's logits are the ones the mask gives; a left-padded batch keeps its mask."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from subterra.training import causal_only
+
+    model = AutoModelForCausalLM.from_pretrained(trained[1].model_dir).eval()
+    ids = torch.randint(5, 300, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    causal = causal_only(batch)
+    assert "attention_mask" not in causal and causal["position_ids"].tolist() == [list(range(12))] * 3
+    with torch.no_grad():
+        masked = model(input_ids=ids, attention_mask=mask).logits
+        unmasked = model(input_ids=ids, position_ids=causal["position_ids"]).logits
+    real = mask.bool()
+    assert torch.allclose(masked[real], unmasked[real], atol=1e-5)
+    assert not torch.allclose(masked[~real], unmasked[~real], atol=1e-5)  # only the pads' own outputs differ
+    left = torch.ones(3, 12, dtype=torch.long)
+    left[1, :4] = 0
+    assert causal_only({"input_ids": ids, "attention_mask": left}) == {"input_ids": ids, "attention_mask": left}
+
+
+def test_the_full_logits_loss_and_trls_tiled_head_train_alike(tmp_path, mini_workflow, corpus):
+    """The tiny student trains with transformers' loss over the full logits (faster on a CPU);
+    a large vocabulary with TRL's tiled head (no logits held). Same data, same seed: the same loss."""
+    corpus.write_parquet(tmp_path / "train.parquet")
+    losses = {}
+    for full in (True, False):
+        config = TrainConfig(workflow=mini_workflow.id, train_data=str(tmp_path / "train.parquet"),
+                             output_dir=str(tmp_path / f"model-{full}"), workflow_atoms=workflow_atoms(mini_workflow),
+                             max_steps=2, logging_steps=1, save_steps=10, full_logits_loss=full, **TINY)
+        losses[full] = [loss for _, loss in train(config).loss_curve]
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def test_node_ids_and_slot_names_are_single_tokens(trained, mini_workflow):
     from transformers import AutoTokenizer
 

@@ -86,6 +86,7 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     assert main(["report", WORKFLOW]) == 0
     out = capsys.readouterr().out
     assert "== Claude" in out and "% of frontier quality (judged, holdout)" in out and "teacher: claude-sonnet-5-5: 16" in out
+    assert "\nserving: " in out  # which model answers, and why
 
     # a repair round: its candidate is played by the same Claude user as the compile's evaluation
     from assets import REPAIR_ASSETS

@@ -65,8 +65,8 @@ def test_dropping_the_mask_of_a_right_padded_batch_changes_no_real_tokens_output
 
 
 def test_the_full_logits_loss_and_trls_tiled_head_train_alike(tmp_path, mini_workflow, corpus):
-    """The tiny student trains with transformers' loss over the full logits (faster on a CPU);
-    a large vocabulary with TRL's tiled head (no logits held). Same data, same seed: the same loss."""
+    """On a CPU the student trains with transformers' loss over the full logits (faster there); on
+    a GPU with TRL's tiled head (no logits held). Same data, same seed: the same loss."""
     corpus.write_parquet(tmp_path / "train.parquet")
     losses = {}
     for full in (True, False):

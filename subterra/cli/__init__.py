@@ -191,6 +191,10 @@ def cmd_report(args) -> int:
     t = training.row(0, named=True)
     print(f"\n== {args.workflow}: model {t['model_dir']} ({t['params']:,} params, {t['steps']} steps, "
           f"{t['train_seconds']:.0f} s, {t['tokens_per_second']:.0f} tokens/s)")
+    from subterra.serving import serving_model
+
+    serving = serving_model(store, args.workflow)
+    print(f"serving: {serving.model_dir}: {serving.why}")
     print("\n== eval_scores")
     print(scores.drop("workflow"))
     print("\n== cost_report (per conversation)")

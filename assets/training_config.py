@@ -15,7 +15,7 @@ class TrainingSettings(dg.Config):
     num_heads: int = 6
     epochs: float = 3.0
     max_steps: int = -1
-    max_tokens: int = 1_800_000  # compute budget of the quick CPU profile (~9 minutes here); 0 = no cap
+    max_tokens: int = 1_800_000  # compute budget of the quick CPU profile (7-9 minutes of training here); 0 = no cap
     batch_size: int = 2
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1.5e-3

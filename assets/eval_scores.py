@@ -75,7 +75,8 @@ def eval_scores(
 
     db = store.get()
     wf = snapshot(db, context.partition_key)
-    trained = db.read("trained_weights", wf.id).row(0, named=True)
+    trained_rows = db.read("trained_weights", wf.id)
+    trained = trained_rows.row(0, named=True)
     base_dir = base_model_dir(trained["base_model"], str(settings.get().data_dir))
     routes = local_routes(config.routes, base_dir, trained["model_dir"])
     skipped = [r for r in config.routes if r not in {route.name for route in routes}]
@@ -127,7 +128,7 @@ def eval_scores(
     }], schema_overrides={"base_dir": pl.String, "strict_pass": pl.Float64})
     frames = {"eval_scenarios": scenarios, "eval_scores": scores, "eval_runs": run}
     if passed:  # in the same transaction: a model is good exactly when its eval says it held
-        frames[GOOD_MODELS] = good_model_frame(trained, strict, why)
+        frames[GOOD_MODELS] = good_model_frame(trained_rows, strict, why)
     db.replace_partitions(wf.id, frames)
     serving = serving_model(db, wf.id)
     failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))

@@ -39,15 +39,12 @@ def holds(strict: float | None, last_good: float | None, min_strict_pass: float,
     return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
 
 
-def good_model_frame(trained: dict, strict: float, verdict: str) -> pl.DataFrame:
+def good_model_frame(trained: pl.DataFrame, strict: float, verdict: str) -> pl.DataFrame:
     """The ``good_models`` row of a model that held: its ``trained_weights`` row (what it learnt,
     the definition it was compiled from), the strict pass it held at, and when."""
-    row = {**trained, "strict_pass": strict, "verdict": verdict,
-           "held_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    lists = {k: v for k, v in row.items() if isinstance(v, list)}
-    frame = pl.DataFrame([{k: v for k, v in row.items() if k not in lists}], infer_schema_length=None,
-                         schema_overrides={"continued_from": pl.String})
-    return frame.with_columns(*(pl.Series(k, [v], dtype=pl.List(pl.String)) for k, v in lists.items()))
+    held_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return trained.with_columns(pl.lit(strict, dtype=pl.Float64).alias("strict_pass"),
+                                pl.lit(verdict).alias("verdict"), pl.lit(held_at).alias("held_at"))
 
 
 def last_good_model(store, workflow: str) -> dict | None:
@@ -86,9 +83,9 @@ def serving_model(store, workflow: str) -> Serving:
     if promoted is not None and promoted["model_dir"] != trained["model_dir"]:
         return Serving(promoted["model_dir"], promoted["reason"], definition)
     run = evaluation_of(store, workflow, trained["model_dir"])
-    good = last_good_model(store, workflow)
     if run is not None and run["holds"]:
         return Serving(trained["model_dir"], promoted["reason"] if promoted else f"the compile's model: {run['verdict']}", definition)
+    good = last_good_model(store, workflow)
     if good is None or good["model_dir"] == trained["model_dir"]:
         state = f"it did not hold ({run['verdict']})" if run is not None else "not evaluated yet"
         why = promoted["reason"] if promoted else "the compile's model"

@@ -205,12 +205,13 @@ def causal_only(inputs: dict) -> dict:
     return {**{k: v for k, v in inputs.items() if k != "attention_mask"}, "position_ids": positions}
 
 
-def _student_trainer(sft_trainer):
+def _student_trainer():
     """TRL's ``SFTTrainer`` with the padding mask dropped where it changes nothing
     (``causal_only``) and, when asked, transformers' full-logits loss instead of TRL's tiled head."""
     from transformers import Trainer
+    from trl import SFTTrainer
 
-    class StudentTrainer(sft_trainer):
+    class StudentTrainer(SFTTrainer):
         def __init__(self, *args, full_logits_loss: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
             self.full_logits_loss = full_logits_loss
@@ -241,7 +242,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     if config.torch_threads or not torch.cuda.is_available():
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
@@ -314,7 +315,7 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
                     )
 
     full_logits = not cuda if config.full_logits_loss is None else config.full_logits_loss
-    trainer = _student_trainer(SFTTrainer)(
+    trainer = _student_trainer()(
         full_logits_loss=full_logits,
         model=model,
         args=args,

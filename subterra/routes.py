@@ -17,9 +17,9 @@ to spans of the user's message, so the two ``*_prefill`` rows differ from each o
 weights and prompt. The copy constraint's lexicon is a compile artifact: it comes with the
 fine-tuned weights, the base model has none.
 
-A local route plays its scenarios in lockstep batches (``runtime.Lockstep``): KV-cached, one
-token per row per step; its system prompt (for ``orchestrated*`` the whole procedure, ~1,000
-tokens) is encoded once per evaluation and copied into every row's cache, never re-encoded. A
+A local route plays its scenarios in batches (``runtime.Lockstep``): KV-cached, each row's
+choice or forced stretch fed in one forward; its system prompt (for ``orchestrated*`` the whole
+procedure, ~1,000 tokens) is encoded once per evaluation and shared by every row, never re-encoded. A
 route that generates forms some other way (a hosted model) implements the same ``play``.
 """
 

@@ -17,10 +17,10 @@ as a byte-level BPE merges ' "{'). The pieces are cut where any tokenizer cuts (
 punctuation, before a space), so a pretrained byte-level BPE sees the very tokens it was trained
 on. ``free_form`` is the other way to fill a form: the model writes the whole turn itself.
 
-Many conversations run at once, in lockstep: every row feeds exactly one token per step (forced
-structure, a user's message, or its own choice), so one batched forward with a KV cache serves
-them all, with no padding; a context every row shares (the system prompt) is encoded once and
-copied into every row's cache.
+Many conversations run at once (``Lockstep``): every step, each row feeds its own choice (one
+token) or a forced stretch whole (the form's structure, a user's message), all rows packed into
+one KV-cached forward with no padding; a context every row shares (the system prompt) is encoded
+once and every row attends to that one copy.
 """
 
 from __future__ import annotations
@@ -326,7 +326,6 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
     never copied per candidate.
     """
     import torch
-    from transformers import StaticCache
 
     keys = list(candidates)
     seqs = [candidates[k] for k in keys]
@@ -343,13 +342,11 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
             inputs[row, : len(fed)] = torch.tensor(fed, dtype=torch.long)
         positions = torch.arange(position, position + width)
         device = next(model.parameters()).device
-        with torch.inference_mode(), shared_context(model, context, width):
+        with torch.inference_mode(), shared_context(model, context):
             out = model(
                 input_ids=inputs.to(device),
-                past_key_values=StaticCache(config=model.config, max_cache_len=width),
                 position_ids=positions.unsqueeze(0).expand(k, -1).to(device),
-                cache_position=positions.to(device),
-                use_cache=True,
+                use_cache=False,
             )
         logp = torch.log_softmax(out.logits.float().cpu(), -1)
         for c, s in enumerate(seqs):
@@ -536,68 +533,188 @@ def _tracked(program, raw: list[int], counter: TurnCounter):
 
 
 SHARED_ATTENTION = "subterra_shared_context"
-_SHARED: dict = {"segments": [], "visible": 0}  # what the current forward's attention reads besides its own cache
+# what the current forward's attention reads besides the tokens it is given: ``segments`` every
+# row shares, and ``step`` (a ``RowStep``) when the rows' own tokens live in a ``RowCache``
+_SHARED: dict = {"segments": [], "step": None}
+
+
+class RowCache:
+    """Every row's own keys and values, per layer, preallocated: keys [rows, kv_heads, head_dim,
+    capacity] (transposed), values [rows, kv_heads, capacity, head_dim].
+
+    Rows do not advance together: a forward feeds each row its own run of tokens (a user's message
+    in one go, one chosen token), written at that row's ``fill``. Only a row's first ``fill``
+    positions are ever read for it; what lies beyond (a shorter run's padding) is overwritten later.
+    """
+
+    def __init__(self, model, rows: int, capacity: int):
+        import torch
+
+        c = model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        param = next(model.parameters())
+        layers, kind = range(c.num_hidden_layers), dict(dtype=param.dtype, device=param.device)
+        # keys transposed: a query times them is a plain matrix product over the filled part
+        self.keys = [torch.zeros((rows, kv_heads, head_dim, capacity), **kind) for _ in layers]
+        self.values = [torch.zeros((rows, kv_heads, capacity, head_dim), **kind) for _ in layers]
+        self.group = c.num_attention_heads // kv_heads
+
+    def keep(self, index) -> None:
+        """Only the rows ``index`` (a tensor of row numbers) go on."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+    def row(self, i: int, length: int) -> list[tuple]:
+        """Row ``i``'s first ``length`` positions, per layer (batch 1): a context segment."""
+        return [(k[i : i + 1, :, :, :length].transpose(2, 3), v[i : i + 1, :, :length]) for k, v in zip(self.keys, self.values)]
+
+
+@dataclass
+class RowStep:
+    """One forward over a ``RowCache``, its rows' tokens packed into one sequence (no padding).
+
+    Row r feeds ``ready[r]`` tokens, written at positions ``fill[r]`` on; each sees its row's
+    positions up to its own. Attention runs in two parts, so that its cost follows the tokens fed,
+    not rows x longest run: every row's *last* token (the one whose prediction is read) as one
+    batched decode over all rows' caches, and the rest of the longer runs (``extra``) over the
+    caches of those rows only.
+    """
+
+    cache: RowCache
+    token_rows: object  # [T] the row of each packed token
+    token_positions: object  # [T] where it is written
+    last: object  # [rows] the packed index of each row's last token (0 for a row feeding none)
+    fed: object  # [rows] bool: the row feeds tokens this step
+    main_allowed: object  # [rows, 1, 1, width]
+    width: int
+    extra_rows: object = None  # [s] rows feeding more than one token
+    extra_index: object = None  # [s, E] packed index of each of their other tokens (padded)
+    extra_valid: object = None  # [s, E] bool
+    extra_allowed: object = None  # [s, 1, group * E, extra_width]
+    extra_width: int = 0
+
+    @classmethod
+    def of(cls, cache: RowCache, fill, ready) -> "RowStep":
+        import numpy as np
+        import torch
+
+        fill, ready = np.asarray(fill, dtype=np.int64), np.asarray(ready, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(ready)[:-1]])
+        token_rows = np.repeat(np.arange(len(ready)), ready)
+        token_positions = np.concatenate([fill[r] + np.arange(k) for r, k in enumerate(ready)]) if ready.sum() else np.zeros(0, np.int64)
+        fed = ready > 0
+        last = np.where(fed, starts + ready - 1, 0)
+        last_pos = np.where(fed, fill + ready - 1, 0)
+        width = int(last_pos.max()) + 1
+        main_allowed = np.arange(width)[None, :] <= last_pos[:, None]
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        step = cls(cache, t(token_rows), t(token_positions), t(last), t(fed), t(main_allowed[:, None, None, :]), width)
+        extra = np.flatnonzero(ready > 1)
+        if len(extra):
+            e = int(ready[extra].max()) - 1
+            j = np.arange(e)[None, :]
+            valid = j < (ready[extra] - 1)[:, None]
+            index = np.where(valid, starts[extra][:, None] + j, starts[extra][:, None])
+            positions = np.where(valid, fill[extra][:, None] + j, fill[extra][:, None])
+            extra_width = int(positions.max()) + 1
+            allowed = np.arange(extra_width)[None, None, :] <= positions[:, :, None]  # [s, E, width]
+            allowed = np.tile(allowed[:, None], (1, 1, cache.group, 1))  # query (g, j) at g * E + j
+            step.extra_rows, step.extra_index, step.extra_valid = t(extra), t(index), t(valid)
+            step.extra_allowed, step.extra_width = t(allowed), extra_width
+        return step
+
+
+def _attend(q, own_kt, own_v, allowed, layer: int, scale: float):
+    """Attention of ``q`` [b, kv_heads, m, dim] over the shared segments, then its own keys
+    (transposed, [b, kv_heads, dim, n]) and values [b, kv_heads, n, dim] where ``allowed``
+    (broadcast to [b, kv_heads, m, n], or None)."""
+    import torch
+
+    b, kv_heads, m, dim = q.shape
+    flat = q.transpose(0, 1).reshape(kv_heads, b * m, dim)
+    scores = []
+    for segment in _SHARED["segments"]:
+        seg_k, _ = segment[layer]
+        part = torch.bmm(flat, seg_k[0].transpose(1, 2))  # [kv_heads, b*m, P]
+        scores.append(part.reshape(kv_heads, b, m, -1).transpose(0, 1))
+    own = torch.matmul(q, own_kt)
+    if allowed is not None:
+        own = own.masked_fill(~allowed, float("-inf"))
+    scores.append(own)
+    weights = torch.softmax((torch.cat(scores, dim=-1) if len(scores) > 1 else own).float() * scale, dim=-1).to(q.dtype)
+    parts = torch.split(weights, [s.shape[-1] for s in scores], dim=-1)
+    out = torch.matmul(parts[-1], own_v)
+    for segment, w in zip(_SHARED["segments"], parts[:-1]):
+        _, seg_v = segment[layer]
+        flat_w = w.transpose(0, 1).reshape(kv_heads, b * m, -1)
+        out = out + torch.bmm(flat_w, seg_v[0]).reshape(kv_heads, b, m, dim).transpose(0, 1)
+    return out
 
 
 def _shared_context_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Attention over a context every row shares, then each row's own cache.
+    """Attention over a context every row shares, then each row's own tokens.
 
-    ``query`` is [rows, heads, L, dim], the last L of each row's ``visible`` own positions (causal
-    among them); ``key``/``value`` the rows' preallocated own cache, of which only the filled part
-    is read. The shared segments (batch 1: a route's system prompt, or the context a set of
-    candidates continues) are read once per layer as one matrix product for all rows, never copied
-    per row: that is what keeps a 1,200-token procedure prompt cheap across a batch.
+    ``query``/``key``/``value`` are this forward's [batch, heads, L, dim] (after RoPE). The shared
+    segments (batch 1: a route's system prompt, or the context a set of candidates continues) are
+    read once per layer as one matrix product for all rows, never copied per row: that is what
+    keeps a 1,200-token procedure prompt cheap across a batch. Without a ``RowStep``, each row's own
+    tokens are this forward's (causal among them). Under a ``RowStep`` the batch is one packed
+    sequence of every row's tokens: their keys and values are written to the ``RowCache`` first,
+    and each token sees its row's positions up to its own.
     """
     import torch
 
-    n = _SHARED["visible"]
-    rows, heads, length, dim = query.shape
+    batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
-    q = query.reshape(rows, kv_heads, group * length, dim)
-    flat = q.transpose(0, 1).reshape(kv_heads, rows * group * length, dim)
-    own_k, own_v = key[:, :, :n], value[:, :, :n]
-    scores = []
-    for segment in _SHARED["segments"]:
-        seg_k, _ = segment[module.layer_idx]
-        part = torch.bmm(flat, seg_k[0].transpose(1, 2))  # [kv_heads, rows*group*L, P]
-        scores.append(part.reshape(kv_heads, rows, group * length, -1).transpose(0, 1))
-    own = torch.matmul(q, own_k.transpose(2, 3))
-    if length > 1:
-        allowed = torch.arange(n, device=query.device)[None, :] <= torch.arange(n - length, n, device=query.device)[:, None]
-        own = own.masked_fill(~allowed.repeat(group, 1), float("-inf"))
-    scores.append(own)
-    weights = torch.softmax(torch.cat(scores, dim=-1).float() * scale, dim=-1).to(query.dtype)
-    sizes = [s.shape[-1] for s in scores]
-    parts = torch.split(weights, sizes, dim=-1)
-    out = torch.matmul(parts[-1], own_v)
-    for segment, w in zip(_SHARED["segments"], parts[:-1]):
-        _, seg_v = segment[module.layer_idx]
-        flat_w = w.transpose(0, 1).reshape(kv_heads, rows * group * length, -1)
-        out = out + torch.bmm(flat_w, seg_v[0]).reshape(kv_heads, rows, group * length, dim).transpose(0, 1)
-    out = out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous()
-    return out, None
+    layer = module.layer_idx
+    step: RowStep | None = _SHARED["step"]
+    if step is None:
+        allowed = None
+        if length > 1:
+            allowed = torch.ones(length, length, dtype=torch.bool, device=query.device).tril().repeat(group, 1)
+        q = query.reshape(batch, kv_heads, group * length, dim)
+        out = _attend(q, key.transpose(2, 3), value, allowed, layer, scale)
+        return out.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+    keys, values = step.cache.keys[layer], step.cache.values[layer]
+    keys[step.token_rows, :, :, step.token_positions] = key[0].transpose(0, 1)
+    values[step.token_rows, :, step.token_positions] = value[0].transpose(0, 1)
+    q = query[0]  # [heads, T, dim]
+    out = torch.zeros(length, heads, dim, dtype=query.dtype, device=query.device)
+    rows = step.last.shape[0]
+    main = q[:, step.last].transpose(0, 1).reshape(rows, kv_heads, group, dim)
+    main = _attend(main, keys[..., : step.width], values[:, :, : step.width], step.main_allowed, layer, scale)
+    out[step.last[step.fed]] = main.reshape(rows, heads, dim)[step.fed]
+    if step.extra_rows is not None:
+        s, e = step.extra_index.shape
+        extra = q[:, step.extra_index].transpose(0, 1).reshape(s, kv_heads, group * e, dim)
+        ek = keys[..., : step.extra_width].index_select(0, step.extra_rows)  # only the filled part is copied
+        ev = values[:, :, : step.extra_width].index_select(0, step.extra_rows)
+        extra = _attend(extra, ek, ev, step.extra_allowed, layer, scale).reshape(s, heads, e, dim).transpose(1, 2)
+        out[step.extra_index[step.extra_valid]] = extra[step.extra_valid]
+    return out[None], None
 
 
 class shared_context:
     """Within it, ``model``'s forward attends to ``segments`` (per-layer key/value lists, batch 1)
-    before each row's own cache, of which ``visible`` positions are filled."""
+    before each row's own tokens (``step``: see ``_shared_context_attention``)."""
 
-    def __init__(self, model, segments: list[list[tuple]], visible: int):
+    def __init__(self, model, segments: list[list[tuple]]):
         from transformers import AttentionInterface
 
         AttentionInterface.register(SHARED_ATTENTION, _shared_context_attention)
-        self.config, self.segments, self.visible = model.config, segments, visible
+        self.config, self.segments = model.config, segments
 
     def __enter__(self):
         self.saved = (dict(_SHARED), self.config._attn_implementation)
-        _SHARED.update(segments=self.segments, visible=self.visible)
+        _SHARED.update(segments=self.segments, step=None)
         self.config._attn_implementation = SHARED_ATTENTION
         return self
 
-    def set_visible(self, visible: int) -> None:
-        _SHARED["visible"] = visible
+    def set_step(self, step: RowStep | None) -> None:
+        _SHARED["step"] = step
 
     def __exit__(self, *exc):
         saved, self.config._attn_implementation = self.saved
@@ -616,26 +733,38 @@ class Prefix:
     logits: object  # numpy array (vocab,)
 
 
-class Lockstep:
-    """Drives many row programs one token per step through one batched, KV-cached forward.
+MAX_RUN = 64  # a row feeds at most this many tokens in one forward
 
-    All rows advance together, so there is no padding and one position per step; each row's own
-    tokens go to a preallocated ``StaticCache`` (appending to a dynamic cache copies it every step).
+
+class Lockstep:
+    """Drives many row programs through one batched, KV-cached forward per step.
+
+    Every step feeds every running row the tokens it has ready: its own choice (one token, decoded
+    greedily from the last forward's prediction), or a forced stretch (a user's message, the form's
+    fixed structure) whole, up to ``max_run`` tokens. So a 30-token user message takes one forward,
+    not thirty, while the other rows decode: a compile's eval runs about half the forwards it would
+    one token per row per step. The rows' tokens go through the model packed into one sequence (no
+    padding); each row's own keys and values go to a preallocated ``RowCache`` at its own fill.
+
     Rows may share a ``Prefix``: it is computed once (``encode_prefix``) and every row attends to
     that one copy (``shared_context``): it is never re-encoded, nor copied per row. A row still
-    running when the cache is full is cut off (``truncated``). When half the rows are done, the
+    running when its room is full is cut off (``truncated``). When half the rows are done, the
     batch goes on with the others only, so a few long conversations do not keep paying for the
     finished ones. ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans
     ``masks[NAME]``.
     """
 
-    def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None):
+    def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None,
+                 max_run: int = MAX_RUN):
         import numpy as np
 
         self.model = model
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
         self.pad_id = pad_id
+        self.max_run = max_run
         self.device = next(model.parameters()).device
-        vocab = model.get_output_embeddings().weight.shape[0]
+        vocab = self.head.weight.shape[0]
         self.penalties: dict[str | None, object] = {}
         for name, banned in {None: banned_free, **(masks or {})}.items():
             penalty = np.zeros(vocab, dtype=np.float32)
@@ -664,7 +793,6 @@ class Lockstep:
         forward's compute time, ``on_score`` (row, seconds) each row's own candidate scoring."""
         import numpy as np
         import torch
-        from transformers import StaticCache
 
         n = len(programs)
         alive = [True] * n
@@ -672,66 +800,75 @@ class Lockstep:
         rows = list(range(n))  # the original row of each batch position (finished rows are dropped)
         cut = [False] * n
         first = len(prefix.ids) if prefix is not None else 0
+        room = max(1, max_len - first)  # own tokens a row may feed
         segments = [prefix.layers] if prefix is not None else []
-        cache = StaticCache(config=self.model.config, max_cache_len=max(1, max_len - first))
+        cache = RowCache(self.model, n, room)
+        fill = np.zeros(n, dtype=np.int64)  # own tokens fed so far, per row
+        queued: list[list[int]] = [[] for _ in range(n)]  # tokens ready to feed, per row
         logits = np.repeat(prefix.logits[None, :], n, axis=0) if prefix is not None else None
-        tokens = np.full(n, self.pad_id, dtype=np.int64)
-        with torch.inference_mode(), shared_context(self.model, segments, 0) as attention:
-            for step in range(first, max_len):
-                if not any(alive):
-                    break
+
+        def finish(i: int) -> None:  # a program ended: were its last tokens still to fit?
+            cut[rows[i]] = bool(fill[i] + len(queued[i]) > room)
+            queued[i] = []
+
+        with torch.inference_mode(), shared_context(self.model, segments) as attention:
+            while any(alive):
                 if 2 * sum(alive) <= n and n > 1:  # most rows are done: go on with the others only
                     keep = [i for i in range(n) if alive[i]]
-                    index = torch.tensor(keep, device=self.device)
-                    for layer in cache.layers:
-                        if getattr(layer, "is_initialized", False):
-                            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-                            layer.batch_size = len(keep)
+                    cache.keep(torch.tensor(keep, device=self.device))
                     programs, pending, rows = [programs[i] for i in keep], [pending[i] for i in keep], [rows[i] for i in keep]
-                    logits, tokens = (logits[keep] if logits is not None else None), tokens[keep]
+                    queued, fill = [queued[i] for i in keep], fill[keep]
+                    logits = logits[keep] if logits is not None else None
                     n, alive = len(keep), [True] * len(keep)
-                own = step - first  # this row's own positions before this step
-                sent: list[int | None] = [None] * n
                 for i in range(n):
                     if not alive[i]:
                         continue
-                    while isinstance(pending[i], Score):
-                        mine = [(layer.keys[i : i + 1, :, :own], layer.values[i : i + 1, :, :own]) for layer in cache.layers] if own else None
-                        context = segments + ([mine] if mine else [])
-                        scoring = time.perf_counter()
-                        key = score_candidates(self.model, context, step, logits[i], pending[i].candidates, pending[i].counted)
-                        if on_score is not None:
-                            on_score(rows[i], time.perf_counter() - scoring)
-                        pending[i] = self._advance(programs[i], key, i, alive)
-                    action = pending[i]
-                    if isinstance(action, Choice):
-                        row = logits[i]
-                        if action.allowed is None:
-                            token = int(np.argmax(row + self.penalties[action.mask]))
-                        else:
-                            allowed = action.allowed
-                            token = allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
-                        tokens[i] = sent[i] = token
-                    elif action is not None:
-                        tokens[i] = action[1]
-                attention.set_visible(own + 1)
+                    if not queued[i]:  # the last forward predicted after this row's last token
+                        while isinstance(pending[i], Score):
+                            context = segments + ([cache.row(i, int(fill[i]))] if fill[i] else [])
+                            scoring = time.perf_counter()
+                            key = score_candidates(self.model, context, first + int(fill[i]), logits[i],
+                                                   pending[i].candidates, pending[i].counted)
+                            if on_score is not None:
+                                on_score(rows[i], time.perf_counter() - scoring)
+                            pending[i] = self._advance(programs[i], key, i, alive)
+                        action = pending[i]
+                        if isinstance(action, Choice):
+                            row = logits[i]
+                            if action.allowed is None:
+                                token = int(np.argmax(row + self.penalties[action.mask]))
+                            else:
+                                allowed = action.allowed
+                                token = allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+                            queued[i].append(token)
+                            pending[i] = self._advance(programs[i], token, i, alive)
+                    while alive[i] and isinstance(pending[i], tuple) and len(queued[i]) < self.max_run:
+                        queued[i].append(pending[i][1])
+                        pending[i] = self._advance(programs[i], None, i, alive)
+                    if not alive[i]:
+                        finish(i)
+                    elif fill[i] >= room:  # no room left for what it still has to say
+                        cut[rows[i]], alive[i], queued[i] = True, False, []
+                ready = [min(len(queued[i]), self.max_run, room - int(fill[i])) for i in range(n)]
+                if not any(ready):
+                    break
+                tokens: list[int] = []
+                for i, k in enumerate(ready):
+                    tokens += queued[i][:k]
+                    queued[i] = queued[i][k:]
+                step = RowStep.of(cache, fill, ready)
+                attention.set_step(step)
                 started = time.perf_counter()
-                out = self.model(
-                    input_ids=torch.from_numpy(tokens).to(self.device).unsqueeze(1),
-                    past_key_values=cache,
-                    use_cache=True,
-                    position_ids=torch.full((n, 1), step, device=self.device),  # the cache holds own tokens only
-                )
-                logits = out.logits[:, -1, :].float().cpu().numpy()
+                hidden = self.decoder(
+                    input_ids=torch.tensor([tokens], device=self.device),
+                    position_ids=(step.token_positions + first)[None].to(self.device),
+                    use_cache=False,
+                ).last_hidden_state
+                new = self.head(hidden[0, step.last]).float().cpu().numpy()
+                logits = new if logits is None else np.where(np.asarray(ready)[:, None] > 0, new, logits)
                 if on_step is not None:
                     on_step(time.perf_counter() - started)
-                for i in range(n):
-                    if alive[i]:
-                        pending[i] = self._advance(programs[i], sent[i], i, alive)
-                    else:
-                        tokens[i] = self.pad_id
-        for i in range(n):
-            cut[rows[i]] = alive[i]
+                fill += np.asarray(ready, dtype=np.int64)
         return cut
 
     @staticmethod

@@ -199,8 +199,8 @@ def test_chat_session_answers_with_forms(trained, mini_workflow):
 
 
 def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
-    """Batched lockstep stepping (preallocated cache, attention over its filled part only) picks
-    the same tokens as transformers' own greedy generation, row by row."""
+    """Batched lockstep stepping (preallocated cache, each row's forced stretch fed whole, rows
+    packed into one sequence) picks the same tokens as transformers' own greedy generation, row by row."""
     import torch
 
     from subterra.runtime import Choice, Lockstep
@@ -223,9 +223,12 @@ def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
         for _ in range(n):
             out.append((yield Choice(None)))
 
-    Lockstep(model, tokenizer.pad_token_id, banned).run(
-        [program(p, o) for p, o in zip(prompts, outputs)], max_len=max(map(len, prompts)) + 8
-    )
+    forwards: list[float] = []
+    driver = Lockstep(model, tokenizer.pad_token_id, banned)
+    driver.run([program(p, o) for p, o in zip(prompts, outputs)], max_len=max(map(len, prompts)) + 8, on_step=forwards.append)
+    # a forced prompt goes in whole (up to max_run tokens a forward), then one forward per choice
+    # but the last (nothing reads its prediction)
+    assert len(forwards) == -(-max(map(len, prompts)) // driver.max_run) + 5
     for prompt, got in zip(prompts, outputs):
         with torch.inference_mode():
             expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,

@@ -1,13 +1,13 @@
 """Profiles: the settings of every stage for a whole ladder run, at one scale.
 
 * ``quick`` — the whole comparison for ``travel_booking`` on a 2-core CPU in about an hour, with
-  SmolLM2-135M-Instruct. Measured on that machine (fresh clone, ``make ladder``, 57 minutes with the
-  venv): 3 training conversations per path in the ``wide`` phrasings (holdout_unseen 0.250 ->
-  0.333), at most 400, one epoch capped at 200k tokens (258 conversations of ~760 tokens under
-  SmolLM2's tokenizer, 60 steps of batch 4, ~21 minutes at ~155 tokens/s); 24 scenarios per holdout played by each of the four routes (~24 minutes: the
-  orchestrated routes carry the ~1,000-token procedure and run to the turn limit); one repair
-  round of at most 32 repair conversations plus 16 replayed ones (~3 minutes of training, ~5 of
-  re-evaluation).
+  SmolLM2-135M-Instruct: 4 training conversations per path in the ``wide`` phrasings, at most
+  400, one epoch capped at 300k tokens (~760 tokens a conversation under SmolLM2's tokenizer);
+  24 scenarios per holdout played by each of the four routes (the orchestrated routes carry the
+  ~1,000-token procedure and run to the turn limit); one repair round of at most 32 repair
+  conversations plus 16 replayed ones. Sized for SmolLM2 training at ~240 tokens/s with the
+  full-logits loss. Before that (155 tokens/s), 3 conversations per path and 200k tokens took 57
+  minutes in all with the venv (training ~21, the routes' eval ~24, the repair round ~8).
 * ``full`` — the published scale, for a GPU: every path, 8 conversations per path, 200 scenarios
   per holdout, three epochs, three repair rounds.
 
@@ -63,8 +63,8 @@ REPAIR = {"epochs": 1.0, "learning_rate": 1e-4}
 QUICK = Profile(
     name="quick",
     description="travel_booking on a 2-core CPU in about an hour (SmolLM2-135M, smaller corpus and holdout)",
-    corpus={"conversations_per_path": 3, "max_train_conversations": 400, "holdout_scenarios": 24, "phrasings": "wide"},
-    training={**SMOLLM2, "epochs": 1.0, "max_tokens": 200_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
+    corpus={"conversations_per_path": 4, "max_train_conversations": 400, "holdout_scenarios": 24, "phrasings": "wide"},
+    training={**SMOLLM2, "epochs": 1.0, "max_tokens": 300_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
     eval={"scenarios": 24, "batch_size": 24, "max_say_tokens": 64, "max_form_tokens": 112, "routes": list(ROUTES)},
     repair={**REPAIR, "rounds": 1, "per_failure": 2, "max_per_cluster": 8, "max_conversations": 32, "replay_ratio": 0.5},
 )

@@ -177,7 +177,7 @@ class LocalRoute:
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
         codec = Codec(tokenizer, wf, lexicon, runs)
-        driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say, codec.masks)
+        driver = Lockstep(model, codec.banned_in_say, codec.masks)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
         def turn_program(message: str, counter: TurnCounter, held: dict[str, str]):

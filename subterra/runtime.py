@@ -544,7 +544,7 @@ class RowCache:
 
     Rows do not advance together: a forward feeds each row its own run of tokens (a user's message
     in one go, one chosen token), written at that row's ``fill``. Only a row's first ``fill``
-    positions are ever read for it; what lies beyond (a shorter run's padding) is overwritten later.
+    positions are ever read for it.
     """
 
     def __init__(self, model, rows: int, capacity: int):
@@ -754,14 +754,13 @@ class Lockstep:
     ``masks[NAME]``.
     """
 
-    def __init__(self, model, pad_id: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None,
+    def __init__(self, model, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None,
                  max_run: int = MAX_RUN):
         import numpy as np
 
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
-        self.pad_id = pad_id
         self.max_run = max_run
         self.device = next(model.parameters()).device
         vocab = self.head.weight.shape[0]

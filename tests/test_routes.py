@@ -97,7 +97,7 @@ def test_a_shared_prefix_is_encoded_once_and_changes_nothing(trained, mini_workf
         for _ in range(n):
             out.append((yield Choice(None)))
 
-    driver = Lockstep(model, tokenizer.pad_token_id, codec.banned_in_say)
+    driver = Lockstep(model, codec.banned_in_say)
     together = [[] for _ in messages]
     driver.run([program(prefix + m, o) for m, o in zip(messages, together)], max_len=len(prefix) + 64)
     shared = [[] for _ in messages]
@@ -168,7 +168,7 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(trai
         for _ in range(k):
             out.append((yield Choice(None)))
 
-    driver = Lockstep(model, tokenizer.pad_token_id, list(tokenizer.all_special_ids))
+    driver = Lockstep(model, list(tokenizer.all_special_ids))
     together = [[] for _ in prompts]
     max_len = max(map(len, prompts)) + 20
     cut = driver.run([program(p, o, k) for p, o, k in zip(prompts, together, lengths)], max_len=max_len)

@@ -224,7 +224,7 @@ def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
             out.append((yield Choice(None)))
 
     forwards: list[float] = []
-    driver = Lockstep(model, tokenizer.pad_token_id, banned)
+    driver = Lockstep(model, banned)
     driver.run([program(p, o) for p, o in zip(prompts, outputs)], max_len=max(map(len, prompts)) + 8, on_step=forwards.append)
     # a forced prompt goes in whole (up to max_run tokens a forward), then one forward per choice
     # but the last (nothing reads its prediction)

@@ -6,7 +6,7 @@ Our own generic lines (openers, off-script questions, acknowledgements, correcti
 that name their held-back lines: the ones held back when the pools were first written, so adding
 training variety never changes what ``holdout_unseen`` measures. A corpus speaks the original
 lines (``phrasings: core``, the default) or those plus more variety (``wide``: openers 8 -> 15,
-unclear 6 -> 18, off-topic 6 -> 12, corrections 5 -> 14, more prefixes and suffixes). A pretrained
+unclear 6 -> 18, off-topic 6 -> 12, corrections 5 -> 30, more prefixes and suffixes). A pretrained
 student learns from the variety (SmolLM2 quick ladder: holdout_unseen 0.250 -> 0.333); the tiny
 from-scratch student on its token budget does worse with it (holdout 0.87 -> 0.55 in one e2e run),
 so the profiles choose.
@@ -85,7 +85,14 @@ CORRECTIONS = Pool(
           "Wait, not {old}, it should be {new}.", "Correction: {new}, not {old}.", "Oops, I said {old} but I meant {new}."),
     added=("Hold on, {old} is wrong, it is {new}.", "Change {old} to {new}, please.", "No wait, {new}. Not {old}.",
            "I gave you {old} by mistake, it's {new}.", "Can you replace {old} with {new}?", "Scratch {old}, I want {new}.",
-           "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}."),
+           "My mistake: {new} rather than {old}.", "{old} was a typo, I meant {new}.", "Not {old}. {new}.",
+           # more of a teacher's variety (written without the held-back line's wording)
+           "Please update {old} to {new}.", "I typed {old}, but it is {new}.", "Make it {new} rather than {old}, sorry.",
+           "Not {old} after all. {new}, please.", "{new}, sorry, not {old}.", "Ah, {old} was wrong. Use {new}.",
+           "Instead of {old}, put {new}.", "Swap {old} for {new}, please.", "One correction, {old} is now {new}.",
+           "It's {new}, I wrongly said {old}.", "Wrong one: {old}. Right one: {new}.", "Sorry, my error, {old} needs to be {new}.",
+           "Update: {new} instead of {old}.", "Replace {old} by {new}.", "I got that wrong, {new} and not {old}.",
+           "Can you change it from {old} to {new}?"),
     unseen=("Let me fix that: {old} should be {new}.",),
 )
 USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")

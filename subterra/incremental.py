@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 
 import polars as pl
 
+from subterra.phrasing import lines_digest
+
 # bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see
 CORPUS_FORMAT = 4  # 4: a say is a template ({slot} placeholders for held values); values reserved per type
 
@@ -47,7 +49,8 @@ def generation_context(wf, teacher, config) -> dict:
         "train_offscript_rate": config.train_offscript_rate,
         "train_correction_share": config.train_correction_share,
         "random_value_rate": config.random_value_rate,
-        **({"phrasings": config.phrasings} if config.phrasings != "core" else {}),  # core: the hashes of format 4
+        # core: the hashes of format 4 (its lines never change); another setting: its lines, which may grow
+        **({"phrasings": config.phrasings, "lines": lines_digest(config.phrasings)} if config.phrasings != "core" else {}),
     }
 
 

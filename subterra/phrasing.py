@@ -130,6 +130,19 @@ def decorations(phrasing: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (WIDE_PREFIXES, WIDE_SUFFIXES) if phrasing in (WIDE, UNSEEN_WIDE) else (USER_PREFIXES, USER_SUFFIXES)
 
 
+def lines_digest(setting: str) -> str:
+    """A 16-hex digest of every generic line and decoration a corpus with ``phrasings: setting``
+    speaks (both of its phrasings), so a recompile's path hashes see a pool that gained lines."""
+    import hashlib
+    import json
+
+    spoken = []
+    for phrasing in PHRASINGS[setting]:
+        pools = (OPENERS, ACKNOWLEDGEMENTS, UNCLEAR, OFF_TOPIC, CORRECTIONS)
+        spoken.append([list(phrasing_pool(pool, phrasing)) for pool in pools] + [list(d) for d in decorations(phrasing)])
+    return hashlib.sha256(json.dumps(spoken).encode()).hexdigest()[:16]
+
+
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]*)\}")  # {{ and }} are literal braces, as the validator reads them
 
 

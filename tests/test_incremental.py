@@ -226,3 +226,19 @@ def test_continuing_a_student_whose_tokenizer_spells_node_ids_in_pieces_keeps_it
     assert continued.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings
     for atom in atoms:
         assert again(atom, add_special_tokens=False)["input_ids"] == tokenizer(atom, add_special_tokens=False)["input_ids"]
+
+
+def test_a_wide_pool_that_gains_a_line_changes_every_wide_hash_and_no_core_one(mini, monkeypatch):
+    """The wide pools grow (a teacher's variety); a recompile must not reuse conversations drawn
+    from the old pools. The core pools never change, and their hashes are the ones of format 4."""
+    from dataclasses import replace
+
+    from subterra import phrasing as ph
+
+    paths = select_paths(mini, cap=1000).paths
+    core, wide = CONFIG, CorpusConfig(**{**CONFIG.__dict__, "phrasings": "wide"})
+    before = {c.phrasings: path_hashes(mini, paths, generation_context(mini, TemplateTeacher(), c)) for c in (core, wide)}
+    monkeypatch.setattr(ph, "CORRECTIONS", replace(ph.CORRECTIONS, added=ph.CORRECTIONS.added + ("{new}! Not {old}!",)))
+    after = {c.phrasings: path_hashes(mini, paths, generation_context(mini, TemplateTeacher(), c)) for c in (core, wide)}
+    assert after["core"] == before["core"]
+    assert set(after["wide"]).isdisjoint(before["wide"])

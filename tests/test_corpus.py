@@ -99,6 +99,23 @@ def test_a_value_reserved_for_one_slot_is_reserved_for_every_slot_of_its_type():
     assert origin.split_pool() == destination.split_pool()
 
 
+def test_training_integers_have_every_digit_in_every_position_and_never_a_reserved_value():
+    """Random training integers have 1 to 3 digits: each digit the holdouts reserve as a whole
+    value ("2" travellers) still appears in the slot's training values, inside longer numbers."""
+    import random
+
+    from subterra.slot_values import SlotValueSource, is_reserved
+
+    people = SlotValueSource("travellers", "integer", min=1, max=6)
+    train, held = people.split_pool()
+    rng = random.Random(0)
+    drawn = [people.draw(rng, "train", random_rate=1.0) for _ in range(600)]
+    assert {len(v) for v in drawn} == {1, 2, 3} and not any(v.startswith("0") for v in drawn)
+    assert not [v for v in drawn if v in held or is_reserved("integer", v)]
+    for digit in held:
+        assert any(digit in v and v != digit for v in drawn), digit
+    assert {people.draw(rng, "holdout") for _ in range(50)} <= set(held)
+
 def test_offscript_behaviour_is_injected(corpus):
     kinds = {k for ks in corpus["offscript"] for k in ks}
     assert kinds == {"unclear", "offtopic", "correction"}
@@ -213,9 +230,10 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
     assert ph.phrasing_pool(("a", "b", "c", "d"), ph.UNSEEN) == ("d",)  # a workflow's own lines: the last quarter
 
 
-def test_the_core_corpus_is_the_one_every_earlier_compile_wrote():
-    """``phrasings: core`` (the default) writes the corpus of the original pools, byte for byte: the
-    tiny student's measured scores and the incremental path hashes of earlier compiles still hold."""
+def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
+    """``phrasings: core`` (the default) writes the corpus of the original pools, byte for byte, as
+    the tiny student's measured compiles did (corpus format 5: training integers of 1 to 3 digits;
+    a change of it bumps ``CORPUS_FORMAT``, so no recompile reuses a conversation of the old one)."""
     import hashlib
 
     wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
@@ -223,4 +241,4 @@ def test_the_core_corpus_is_the_one_every_earlier_compile_wrote():
                           train_correction_share=0.5)
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), config)
     digest = hashlib.sha256("\n".join(corpus["messages"]).encode()).hexdigest()[:16]
-    assert (corpus.height, digest) == (126, "744d26a6c208fde8")  # measured on 2595c59, before the pools had names
+    assert (corpus.height, digest) == (126, "90a523d61f13f962")  # format 5: random integers of 1 to 3 digits

@@ -74,7 +74,7 @@ def test_the_full_logits_loss_and_trls_tiled_head_train_alike(tmp_path, mini_wor
                              output_dir=str(tmp_path / f"model-{full}"), workflow_atoms=workflow_atoms(mini_workflow),
                              max_steps=2, logging_steps=1, save_steps=10, full_logits_loss=full, **TINY)
         losses[full] = [loss for _, loss in train(config).loss_curve]
-    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-3)
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-3), losses
 
 
 def test_node_ids_and_slot_names_are_single_tokens(trained, mini_workflow):
@@ -323,18 +323,28 @@ def replay_form(codec, message: str, natural: list[int]):
 
 
 def assert_runtime_pieces_are_training_tokens(tokenizer, wf, conversations):
+    """Every training form is what the runtime builds, token for token; except a form holding a
+    random training integer beyond its slot's declared range (``slot_values``: 1 to 3 digits, to
+    teach copying any number), which the runtime never offers: those are counted, and few."""
+    from subterra.runtime import fits_type
+
     codec = Codec(tokenizer, wf)
-    turns = 0
+    turns = beyond = 0
     for messages in conversations:
         for user, reply in zip(messages, messages[1:]):
             if user["role"] != "user" or reply["role"] != "assistant":
+                continue
+            slots = parse_form(reply["content"]).slots
+            if not all(fits_type(wf.slots[s], v) for s, v in slots.items()):
+                assert all(wf.slots[s].type == "integer" and v.isdigit() for s, v in slots.items() if not fits_type(wf.slots[s], v))
+                beyond += 1
                 continue
             natural = codec.encode(reply["content"]) + codec.encode("<|im_end|>\n")
             fed, form = replay_form(codec, user["content"], natural)
             assert fed == natural, (reply["content"], [tokenizer.decode([t]) for t in fed])
             assert form == parse_form(reply["content"])
             turns += 1
-    assert turns > 10
+    assert turns > 10 and beyond < turns / 5
 
 
 def test_runtime_pieces_are_the_training_tokens(trained, mini_workflow, corpus):

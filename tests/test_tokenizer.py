@@ -1,0 +1,34 @@
+"""The tiny student's tokenizer: unseen words split into pieces that are no words of the corpus."""
+
+from subterra.tokenizer import CONTINUES, train_tokenizer
+
+TEXTS = [
+    "I don't want it, cancel the booking on Monday.",
+    "We fly on the 3rd, from Lisbon to Oslo.",
+    "Don't book it, I am done.",
+] * 20
+
+
+def test_an_unseen_word_never_spells_itself_with_the_tokens_of_words():
+    """A holdout city training never saw ("London") splits into pieces; only its first piece may be
+    a word's token, the rest continue it (``##on``, ``##don``): never the "on" and the "don" of
+    "don't" the student learnt to read as a cancellation."""
+    tok = train_tokenizer(TEXTS, 300)
+    words = {tok.convert_ids_to_tokens(tok(w, add_special_tokens=False)["input_ids"])[0]
+             for w in ("don", "on", "Oslo", "done", "I")}
+    pieces = tok.convert_ids_to_tokens(tok("London", add_special_tokens=False)["input_ids"])
+    assert len(pieces) > 1 and all(p.startswith(CONTINUES) for p in pieces[1:])
+    assert not set(pieces[1:]) & words
+    # a word is the same tokens wherever it stands: copying a value is copying token ids
+    alone = tok("London", add_special_tokens=False)["input_ids"]
+    inside = tok('I fly from London, "London".', add_special_tokens=False)["input_ids"]
+    assert [inside[i:i + len(alone)] == alone for i in range(len(inside))].count(True) == 2
+
+
+def test_any_text_comes_back_unchanged_whatever_bytes_continue_its_words():
+    """Byte-level: nothing is unknown, also inside a word whose bytes training never saw there."""
+    tok = train_tokenizer(TEXTS, 300)
+    for text in ("Zürich, naïve Œuvre", "a😀b  \n\n tabs\tand ## hashes #x", "São Paulo — 東京", '{"say": "Hi {origin}"}'):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+        assert tok.unk_token_id is None or tok.unk_token_id not in ids

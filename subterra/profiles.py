@@ -4,13 +4,15 @@
   SmolLM2-135M-Instruct: 4 training conversations per path in the ``wide`` phrasings, at most
   400, one epoch capped at 300k tokens (~760 tokens a conversation under SmolLM2's tokenizer);
   24 scenarios per holdout played by each of the four routes (the orchestrated routes carry the
-  ~1,000-token procedure and run to the turn limit); two repair rounds of at most 32 repair
-  conversations plus 16 replayed ones each (a refused round leaves the next one the same map to
-  try again, with other conversations). Sized for SmolLM2 training at ~240 tokens/s with the
-  full-logits loss. Measured (fresh clone, ``make ladder``): training 86 steps in ~21 minutes, the
-  four routes' eval ~27 minutes; compiled_prefill strict pass 1.000 on holdout and 0.542 on
-  holdout_unseen (3 conversations per path and 200k tokens at 155 tokens/s gave 0.792 and 0.333,
-  57 minutes in all).
+  ~1,000-token procedure and run to the turn limit); one repair round of at most 32 repair
+  conversations plus 16 replayed ones. Sized for SmolLM2 training at ~240 tokens/s with the
+  full-logits loss. Measured (fresh clone, ``make ladder`` at 3153d60, two repair rounds, niced jobs beside it):
+  training 86 steps in 18 minutes (260 tokens/s), the four routes' eval 32 minutes (orchestrated 8,
+  orchestrated_prefill 16, compiled 4, compiled_prefill 3), each repair round 6; 63 minutes in all.
+  compiled_prefill strict pass 0.917 on holdout and 0.625 on holdout_unseen (8 of its 9 unseen
+  failures: "The front of the plane, please." not read as business). Both repair rounds were
+  refused (0.771 -> 0.771 and -> 0.708 pooled), so the profile runs one. The run before, with 14
+  correction phrasings instead of 30: 1.000 and 0.542.
 * ``full`` — the published scale, for a GPU: every path, 8 conversations per path, 200 scenarios
   per holdout, three epochs, three repair rounds.
 
@@ -69,7 +71,7 @@ QUICK = Profile(
     corpus={"conversations_per_path": 4, "max_train_conversations": 400, "holdout_scenarios": 24, "phrasings": "wide"},
     training={**SMOLLM2, "epochs": 1.0, "max_tokens": 300_000, "batch_size": 4, "logging_steps": 5, "save_steps": 20},
     eval={"scenarios": 24, "batch_size": 24, "max_say_tokens": 64, "max_form_tokens": 112, "routes": list(ROUTES)},
-    repair={**REPAIR, "rounds": 2, "per_failure": 2, "max_per_cluster": 8, "max_conversations": 32, "replay_ratio": 0.5},
+    repair={**REPAIR, "rounds": 1, "per_failure": 2, "max_per_cluster": 8, "max_conversations": 32, "replay_ratio": 0.5},
 )
 
 FULL = Profile(

@@ -6,7 +6,8 @@ import dagster as dg
 
 from assets import LADDER_ASSETS
 from jobs import compile_workflow, ladder_workflow
-from resources import ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource
+from resources import (ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource,
+                       training_process_client)
 from sensors import workflow_files_sensor
 
 
@@ -26,7 +27,7 @@ def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = ""
             "teacher": TeacherResource(),
             "claude": ClaudeResource(),
             "recompile": RecompileResource(mode=recompile),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "pipes_subprocess_client": training_process_client(),
         },
     )
 

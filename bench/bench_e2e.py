@@ -155,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="keep the compiles here (default: a temporary folder)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1, three compiles each")
+    parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (K..K+N-1): resume a run's other seeds")
     args = parser.parse_args()
     import statistics
 
@@ -168,7 +169,7 @@ def main() -> None:
     before = matmul_flops(torch.float32) / 1e9
     print(f"fp32 matmul (2048x2048) before: {before:.0f} GFLOP/s", flush=True)
     base = Path(args.data_dir or tempfile.mkdtemp(prefix="subterra-e2e-")).resolve()
-    runs = [one_seed(base, seed) for seed in range(args.seeds)]
+    runs = [one_seed(base, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     print(f"\nfp32 matmul before and after: {before:.0f} and {matmul_flops(torch.float32) / 1e9:.0f} GFLOP/s")
 
     def spread(values: list[float]) -> str:

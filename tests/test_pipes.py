@@ -12,7 +12,7 @@ from definitions import build_definitions
 from resources.pipes import WholeLineTempFileMessageReader, whole_lines
 
 # writes one message in two halves with a pause between them, as a slow write can look to a
-# reader; Dagster's own reader parsed the first half and its thread died
+# reader; Dagster's own reader parses the first half, and its thread dies
 HALVES = """
 import sys, time
 path, message = sys.argv[1], sys.argv[2]

@@ -31,9 +31,10 @@ import polars as pl
 
 from subterra.phrasing import lines_digest
 
-# bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see
-CORPUS_FORMAT = 5  # 4: a say is a template ({slot} placeholders for held values); values reserved per type
+# bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see:
+# 4: a say is a template ({slot} placeholders for held values); values reserved per type
 # 5: training's random integers have 1 to 3 digits
+CORPUS_FORMAT = 5
 
 
 def generation_context(wf, teacher, config) -> dict:

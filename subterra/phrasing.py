@@ -14,6 +14,8 @@ so the profiles choose.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -133,13 +135,9 @@ def decorations(phrasing: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def lines_digest(setting: str) -> str:
     """A 16-hex digest of every generic line and decoration a corpus with ``phrasings: setting``
     speaks (both of its phrasings), so a recompile's path hashes see a pool that gained lines."""
-    import hashlib
-    import json
-
-    spoken = []
-    for phrasing in PHRASINGS[setting]:
-        pools = (OPENERS, ACKNOWLEDGEMENTS, UNCLEAR, OFF_TOPIC, CORRECTIONS)
-        spoken.append([list(phrasing_pool(pool, phrasing)) for pool in pools] + [list(d) for d in decorations(phrasing)])
+    pools = (OPENERS, ACKNOWLEDGEMENTS, UNCLEAR, OFF_TOPIC, CORRECTIONS)
+    spoken = [[list(phrasing_pool(pool, phrasing)) for pool in pools] + [list(d) for d in decorations(phrasing)]
+              for phrasing in PHRASINGS[setting]]
     return hashlib.sha256(json.dumps(spoken).encode()).hexdigest()[:16]
 
 

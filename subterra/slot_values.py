@@ -134,7 +134,7 @@ class SlotValueSource:
     def _random_like(self, rng: random.Random, pool: tuple[str, ...], held: tuple[str, ...]) -> str:
         for _ in range(100):
             value = self._random_integer(rng) if self.type == "integer" else reshape(rng.choice(pool), rng)
-            if value not in held and not is_reserved(self.type, value) and not (self.type == "integer" and value[0] == "0"):
+            if value not in held and not is_reserved(self.type, value):
                 return value
         return rng.choice(pool)
 

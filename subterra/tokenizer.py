@@ -7,8 +7,8 @@ so nothing is ever unknown) then learns the corpus's words; rare and unseen word
 small pieces, and a piece inside a word is a token of its own (``##don``), never the word it
 spells: a holdout's "London" was ``L on don``, the last two the words "on" and the "don" of
 "don't", and a from-scratch student read "I'll be leaving from London" as a cancellation (30 of
-68 holdout failures of one compile). Node ids and slot names are single added tokens: a node id can never come out
-half-formed. So is each piece of the form's fixed structure (``subterra.forms.FORM_PIECES``:
+68 holdout failures of one compile). Node ids and slot names are single added tokens: a node id
+can never come out half-formed. So is each piece of the form's fixed structure (``subterra.forms.FORM_PIECES``:
 ``{"node": "``, ``",``, `` "slots":`` ...): a form's structure is a dozen tokens instead of ~35 single
 characters, which the model would only learn to copy, and the runtime forces a piece in one step.
 """

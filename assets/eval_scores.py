@@ -24,6 +24,7 @@ class EvalSettings(dg.Config):
     use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
     copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
+    corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
     torch_threads: int = 0  # CPU threads (0: every core)
     # does the model hold (the asset check on the deployed route, a warning: the run goes on, the UI
     # shows it)? strict pass on ``holdout`` at least this, and at most ``max_drop`` below the last

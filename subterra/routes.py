@@ -64,6 +64,7 @@ class PlayConfig:
     use_lexicon: bool = True  # the compile's lexicon of procedure words narrows the copy constraint
     copy_runs: bool | None = None  # with the lexicon, a value is a whole run of non-procedure words (None: the model's rule)
     fresh_values: bool = True  # prefilled form: a value the conversation holds is not offered again beside another
+    corrections_named: bool = True  # prefilled form: a correction refills the held slot whose value it names (offered_keys)
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
 
 
@@ -182,7 +183,8 @@ class LocalRoute:
 
         def turn_program(message: str, counter: TurnCounter, held: dict[str, str]):
             if self.prefill:
-                return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None)
+                return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
+                                 config.corrections_named)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

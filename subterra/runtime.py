@@ -388,8 +388,38 @@ def offered_values(codec: Codec, message: str, held: dict[str, str] | None = Non
             if (c := codec.value_candidates(s, message))[0]}
 
 
+COPY_TYPES_EXCLUDED = ("enum", "boolean")  # chosen among declared values, never copied from the message
+
+
+def named_held(codec: Codec, message: str, held: dict[str, str]) -> set[str]:
+    """The copy slots whose held value ``message`` names: the value is one of the spans the copy
+    constraint would offer for that slot ("Sorry, I meant Paris, not Zurich" with origin Zurich)."""
+    return {s for s, v in held.items()
+            if s in codec.wf.slots and codec.wf.slots[s].type not in COPY_TYPES_EXCLUDED
+            and v in codec.value_candidates(s, message)[0]}
+
+
+def offered_keys(codec: Codec, available: Sequence[str], message: str, held: dict[str, str] | None) -> list[str]:
+    """The slot names a form may fill after ``message`` (of the ``available`` ones): a correction
+    names the value it replaces, so when the message names the held value of a slot, another held
+    slot of the same type whose value it does not name is not offered. "Sorry, I meant Paris, not
+    Zurich" with origin Zurich and destination Lima held can refill origin, never destination;
+    a slot not yet held, a slot of another type, and every slot when the message names no held
+    value (a step visited again) are offered as before. What it costs: "keep Zurich, the
+    destination is Paris now" can only be read as a change of origin."""
+    if not held:
+        return list(available)
+    named = named_held(codec, message, held)
+    if not named:
+        return list(available)
+    kinds = {codec.wf.slots[s].type for s in named}
+    return [s for s in available
+            if s not in held or s in named or codec.wf.slots[s].type not in kinds
+            or codec.wf.slots[s].type in COPY_TYPES_EXCLUDED]
+
+
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
-              held: dict[str, str] | None = None):
+              held: dict[str, str] | None = None, corrections_named: bool = True):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -399,7 +429,9 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     ``held``: the values the conversation holds so far (``fresh_values``). A value already held
     for a slot is not offered for it again when the message offers another one: "Lisbon, not
     Porto" with Porto held can only capture Lisbon. A message whose only candidate is the held
-    value (a step visited again, a value confirmed) still offers it.
+    value (a step visited again, a value confirmed) still offers it. With ``corrections_named``,
+    the slot names are narrowed the same way (``offered_keys``): a correction refills the slot
+    whose value it names, not another one of the same type.
     """
     raw: list[int] = []
 
@@ -416,10 +448,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     available = offered_values(codec, last_user, held)
+    keys = offered_keys(codec, list(available), last_user, held) if corrections_named else list(available)
     opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
     more = (yield from chosen(opening)) == "some"
     while more:
-        unused = [s for s in available if s not in slots]
+        unused = [s for s in keys if s not in slots]
         key = yield from chosen({s: codec.key_candidates[s] for s in unused})
         yield from forced(codec.value_head)
         values, counted = available[key]

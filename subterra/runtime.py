@@ -40,6 +40,7 @@ END = "<|im_end|>"
 WORD = re.compile(r"\w")
 TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
 SENTENCE_BREAK = ",.;:!?"  # a word ending in one of these ends a value
+CHOSEN_TYPES = ("enum", "boolean")  # slot types chosen among declared values, never copied from the message
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Codec:
         that starts a word (go on or stop); the rest of a word follows from the message.
         """
         spec = self.wf.slots[slot]
-        if spec.type in ("enum", "boolean"):
+        if spec.type in CHOSEN_TYPES:
             values = spec.values if spec.type == "enum" else ("yes", "no")
             return {v: self.encode(v) for v in values}, None
         candidates, counted = {}, {}
@@ -388,14 +389,11 @@ def offered_values(codec: Codec, message: str, held: dict[str, str] | None = Non
             if (c := codec.value_candidates(s, message))[0]}
 
 
-COPY_TYPES_EXCLUDED = ("enum", "boolean")  # chosen among declared values, never copied from the message
-
-
 def named_held(codec: Codec, message: str, held: dict[str, str]) -> set[str]:
     """The copy slots whose held value ``message`` names: the value is one of the spans the copy
     constraint would offer for that slot ("Sorry, I meant Paris, not Zurich" with origin Zurich)."""
     return {s for s, v in held.items()
-            if s in codec.wf.slots and codec.wf.slots[s].type not in COPY_TYPES_EXCLUDED
+            if s in codec.wf.slots and codec.wf.slots[s].type not in CHOSEN_TYPES
             and v in codec.value_candidates(s, message)[0]}
 
 
@@ -412,10 +410,8 @@ def offered_keys(codec: Codec, available: Sequence[str], message: str, held: dic
     named = named_held(codec, message, held)
     if not named:
         return list(available)
-    kinds = {codec.wf.slots[s].type for s in named}
-    return [s for s in available
-            if s not in held or s in named or codec.wf.slots[s].type not in kinds
-            or codec.wf.slots[s].type in COPY_TYPES_EXCLUDED]
+    kinds = {codec.wf.slots[s].type for s in named}  # never an enum's: those are not named (named_held)
+    return [s for s in available if s not in held or s in named or codec.wf.slots[s].type not in kinds]
 
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,

@@ -44,22 +44,26 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, atomic: Iterable[str]
     """Train the BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast`` with the chat template."""
     from transformers import PreTrainedTokenizerFast
 
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # Every byte may continue a word ("Zürich" in a holdout, its bytes unseen inside a word in
+    # training), so every continuing byte is in the vocabulary, or BPE would drop such a byte
+    # without a word. They are given to the trainer up front, in a fixed order, as special tokens
+    # of the throwaway ``trained`` tokenizer: the trainer would otherwise create each one it sees
+    # in hash-map order, a different id per run, and its ties between merges of equal count are
+    # broken by those ids, so the same corpus gave a different vocabulary every run
+    # (huggingface/tokenizers#1794) and the same seed a different model.
+    continuing = [CONTINUES + char for char in alphabet]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size + len(continuing),  # as many merges as a vocabulary without them
+        special_tokens=list(SPECIAL_TOKENS) + continuing,
+        initial_alphabet=alphabet,
         continuing_subword_prefix=CONTINUES,
         show_progress=False,
     )
     trained = _shaped(Tokenizer(models.BPE(continuing_subword_prefix=CONTINUES)))
     trained.train_from_iterator(texts, trainer=trainer)
-    # every byte may continue a word ("Zürich" in a holdout, its bytes unseen inside a word in
-    # training): the trainer only keeps the continuing pieces it saw, so add the rest, or BPE
-    # would drop such a byte without a word
     model = json.loads(trained.to_str())["model"]
     vocab = dict(model["vocab"])
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab.setdefault(CONTINUES + char, len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = _shaped(Tokenizer(models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix=CONTINUES)))
     tok.add_special_tokens(list(SPECIAL_TOKENS))

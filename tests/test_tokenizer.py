@@ -32,3 +32,25 @@ def test_any_text_comes_back_unchanged_whatever_bytes_continue_its_words():
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == text
         assert tok.unk_token_id is None or tok.unk_token_id not in ids
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, itertools
+from subterra.tokenizer import train_tokenizer
+cities = ["Lisbon", "Oslo", "Lima", "Quito", "Seoul", "Hanoi", "Perth", "Madrid", "Vienna", "Tokyo", "Nairobi", "Bogota"]
+texts = [f"From {a} to {b}, please." for a, b in itertools.permutations(cities, 2)]
+tok = train_tokenizer(texts, 400)
+print(hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest())
+"""
+
+
+def test_the_same_texts_train_the_same_tokenizer_in_every_process():
+    """The trainer created the continuing pieces in hash-map order, a different id per process,
+    and broke ties between merges by those ids: the same corpus gave another vocabulary (and the
+    same seed another model) every run. Two fresh processes now train the same tokenizer."""
+    import subprocess
+    import sys
+
+    runs = {subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(3)}
+    assert len(runs) == 1

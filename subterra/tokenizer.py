@@ -54,7 +54,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, atomic: Iterable[str]
     # (huggingface/tokenizers#1794) and the same seed a different model.
     continuing = [CONTINUES + char for char in alphabet]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size + len(continuing),  # as many merges as a vocabulary without them
+        vocab_size=vocab_size + len(continuing),  # the continuing pieces take no room from the merges
         special_tokens=list(SPECIAL_TOKENS) + continuing,
         initial_alphabet=alphabet,
         continuing_subword_prefix=CONTINUES,

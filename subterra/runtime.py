@@ -397,7 +397,7 @@ def named_held(codec: Codec, message: str, held: dict[str, str]) -> set[str]:
             and v in codec.value_candidates(s, message)[0]}
 
 
-def offered_keys(codec: Codec, available: Sequence[str], message: str, held: dict[str, str] | None) -> list[str]:
+def offered_keys(codec: Codec, available: Iterable[str], message: str, held: dict[str, str] | None) -> list[str]:
     """The slot names a form may fill after ``message`` (of the ``available`` ones): a correction
     names the value it replaces, so when the message names the held value of a slot, another held
     slot of the same type whose value it does not name is not offered. "Sorry, I meant Paris, not
@@ -405,12 +405,9 @@ def offered_keys(codec: Codec, available: Sequence[str], message: str, held: dic
     a slot not yet held, a slot of another type, and every slot when the message names no held
     value (a step visited again) are offered as before. What it costs: "keep Zurich, the
     destination is Paris now" can only be read as a change of origin."""
-    if not held:
-        return list(available)
+    held = held or {}
     named = named_held(codec, message, held)
-    if not named:
-        return list(available)
-    kinds = {codec.wf.slots[s].type for s in named}  # never an enum's: those are not named (named_held)
+    kinds = {codec.wf.slots[s].type for s in named}  # none when nothing is named; never an enum's (named_held)
     return [s for s in available if s not in held or s in named or codec.wf.slots[s].type not in kinds]
 
 
@@ -444,7 +441,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     available = offered_values(codec, last_user, held)
-    keys = offered_keys(codec, list(available), last_user, held) if corrections_named else list(available)
+    keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
     more = (yield from chosen(opening)) == "some"
     while more:

@@ -327,7 +327,7 @@ def test_a_correction_refills_the_held_slot_whose_value_it_names(trained):
     held = {"origin": "Zurich", "destination": "Lima", "travellers": "2", "bags": "1", "cabin": "economy"}
 
     def keys(message: str, held: dict | None) -> set[str]:
-        return set(offered_keys(codec, list(offered_values(codec, message, held)), message, held))
+        return set(offered_keys(codec, offered_values(codec, message, held), message, held))
 
     message = "Sorry, I meant Paris, not Zurich."
     assert {"origin", "destination"} <= keys(message, None)  # nothing held: both cities, as before

@@ -47,7 +47,7 @@ class TrainedWeightsSettings(TrainingSettings):
 
     recompile: Literal["incremental", "full"] = "incremental"
     changed_passes: float = 3.0  # passes over the conversations of new or changed paths
-    replay_ratio: float = 1.0  # unchanged conversations replayed per changed one seen
+    replay_ratio: float = 2.0  # unchanged conversations replayed per changed one seen (kept when the mix is capped)
     min_fraction: float = 0.1  # the continued run's data: at least this share of the training set
     max_fraction: float = 0.35  # and at most this share
     continue_learning_rate: float = 5e-4

@@ -145,12 +145,18 @@ def test_training_mix_weights_the_changed_rows_and_replays_the_rest():
     replayed = mix.weights[:180]
     assert set(replayed) <= {0, 1} and sum(replayed) == 40  # one replayed per changed one seen
     assert mix.size == 80
-    # more than the maximum share (80 rows): changed passes (180) and replay (140) shrink together,
-    # the passes never below one over every changed row
+    # more than the maximum share (80 rows): changed passes (180) and replay (180) shrink together in
+    # their ratio, one replayed per changed one seen: 40 of the 60 changed rows once, 40 replayed
     some = training_mix([f"new{i}" for i in range(60)] + [f"old{i}" for i in range(140)], {f"old{i}" for i in range(140)},
                         MixConfig(changed_passes=3, replay_ratio=1.0, max_fraction=0.4))
-    assert some.size == 80 and some.weights[:60] == [1] * 60 and sum(some.weights[60:]) == 20
+    assert some.size == 80 and set(some.weights[:60]) == {0, 1} and sum(some.weights[:60]) == 40
+    assert set(some.weights[60:]) == {0, 1} and sum(some.weights[60:]) == 40
     assert some.worth_continuing
+    # the default ratio, two replayed rows per changed one seen, under trained_weights' cap (35%), as
+    # for bench-e2e's edit (145 of 688 conversations new to the model)
+    edit = training_mix([f"new{i}" for i in range(145)] + [f"old{i}" for i in range(543)], {f"old{i}" for i in range(543)},
+                        MixConfig(max_fraction=0.35))
+    assert (edit.size, sum(edit.weights[:145]), sum(edit.weights[145:])) == (240, 80, 160)
     # one pass over what changed is more than the maximum share: a full retrain is as cheap
     many_rows = [f"new{i}" for i in range(150)] + [f"old{i}" for i in range(50)]
     many = training_mix(many_rows, {f"old{i}" for i in range(50)},

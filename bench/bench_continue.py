@@ -11,7 +11,11 @@ it on the seed's holdouts like ``eval_scores`` (the deployed route). The baselin
 compile itself, evaluated on the same scenarios: a continued run's own change is its strict pass
 minus its base's, paired per seed. The full recompile's score is printed beside it.
 
-    python -m bench.bench_continue --data-dir /tmp/e2e-data --mix 3:1:0.35 --mix 3:2:0.35
+    python -m bench.bench_continue --data-dir /tmp/e2e-data --mix 3:0.655:0.35 --mix 3:2:0.35
+
+(for bench-e2e's edit, 145 of 688 conversations new to the model, ``3:0.655:0.35`` is the mix
+before replay kept its ratio under the cap: 145 changed beside 95 replayed; ``3:2:0.35``, the
+default, 80 beside 160).
 
 About 2.5 minutes per seed and mix (120 steps and 400 scenarios for the default cap).
 """

@@ -159,7 +159,6 @@ def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConf
     if seen + replay > high:  # more than a continued run is worth: both shrink to fit, in the same ratio
         seen = high / (1 + config.replay_ratio)
         replay = high - seen
-    replay = min(len(unchanged), replay)
     seen = max(1, round(seen)) if changed else 0
     replay = min(len(unchanged), max(round(replay), low - seen))
     rng = random.Random(seed)

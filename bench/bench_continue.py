@@ -26,47 +26,66 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bench_e2e import EDIT, WORKFLOW
 from bench.common import header, set_threads
 
 
-def compiles(seed_dir: Path) -> tuple[Path, Path, Path]:
-    """(first compile's model folder, its train.parquet, the edited workflow's train.parquet)."""
-    import polars as pl
+@dataclass
+class SeedCompiles:
+    """What one seed folder of a bench-e2e run holds, read once: the first compile's model folder
+    and the texts it was trained on, the edited workflow's corpus, its holdout rows and workflow,
+    and the last compile's (the full recompile's) holdout strict pass."""
 
-    first = edited = None
-    for run in sorted((seed_dir / "runs" / WORKFLOW).iterdir()):
-        data = pl.read_parquet(run / "train.parquet")
-        if "weight" in data.columns:  # an incremental run's mix (bench-e2e's full recompile overwrites it)
-            continue
-        if data["messages"].str.contains(EDIT[0], literal=True).any():
-            first = run
-        elif data["messages"].str.contains(EDIT[1], literal=True).any():
-            edited = run
-    if first is None or edited is None:
-        raise SystemExit(f"{seed_dir}: no first compile and edited corpus of a bench-e2e run")
-    return seed_dir / "models" / WORKFLOW / first.name, first / "train.parquet", edited / "train.parquet"
+    folder: Path
+    model: Path
+    known: set[str]
+    edited: object  # polars DataFrame: the edited workflow's train rows
+    rows: object  # polars DataFrame: the validated dataset the holdouts come from
+    wf: object
+    full: float | None
+
+    @classmethod
+    def read(cls, seed_dir: Path) -> "SeedCompiles":
+        import polars as pl
+
+        from subterra.incremental import conversation_hashes
+        from subterra.routes import DEPLOYED
+        from subterra.store import Store
+        from subterra.workflow import Workflow
+
+        first = edited = None
+        for run in sorted((seed_dir / "runs" / WORKFLOW).iterdir()):
+            data = pl.read_parquet(run / "train.parquet")
+            if "weight" in data.columns:  # an incremental run's mix (bench-e2e's full recompile overwrites it)
+                continue
+            if data["messages"].str.contains(EDIT[0], literal=True).any():
+                first = (run, data)
+            elif data["messages"].str.contains(EDIT[1], literal=True).any():
+                edited = data
+        if first is None or edited is None:
+            raise SystemExit(f"{seed_dir}: no first compile and edited corpus of a bench-e2e run")
+        store = Store(seed_dir / "subterra.duckdb")
+        wf = Workflow.from_dict(json.loads(store.read("trained_weights", WORKFLOW)["definition"][0]))
+        last = store.read("eval_scores", WORKFLOW)
+        full = last.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))["strict_pass"]
+        return cls(seed_dir, seed_dir / "models" / WORKFLOW / first[0].name, set(conversation_hashes(first[1]["messages"])),
+                   edited, store.read("validated_dataset", WORKFLOW), wf, full[0] if full.len() else None)
+
+    def evaluate(self, model_dir: str) -> dict[str, float]:
+        """Strict pass per holdout of the deployed route, on the seed's holdout scenarios."""
+        import polars as pl
+
+        from subterra.evaluation import EvalConfig, evaluate
+        from subterra.routes import DEPLOYED, local_routes
+
+        result = evaluate(local_routes([DEPLOYED], None, model_dir), self.wf, self.rows, EvalConfig(routes=(DEPLOYED,)))
+        return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("holdout", "strict_pass").iter_rows())
 
 
-def evaluate_model(model_dir: str, seed_dir: Path) -> dict[str, float]:
-    """Strict pass per holdout of the deployed route, on the seed's holdout scenarios."""
-    import polars as pl
-
-    from subterra.evaluation import EvalConfig, evaluate
-    from subterra.routes import DEPLOYED, local_routes
-    from subterra.store import Store
-    from subterra.workflow import Workflow
-
-    store = Store(seed_dir / "subterra.duckdb")
-    rows = store.read("validated_dataset", WORKFLOW)
-    wf = Workflow.from_dict(json.loads(store.read("trained_weights", WORKFLOW)["definition"][0]))
-    result = evaluate(local_routes([DEPLOYED], None, model_dir), wf, rows, EvalConfig(routes=(DEPLOYED,)))
-    return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("holdout", "strict_pass").iter_rows())
-
-
-def continued(seed_dir: Path, mix_spec: str, out: Path) -> tuple[dict[str, float], int, int]:
+def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, float], int, int]:
     """Continue the seed's first compile on the edit's mix; (scores, steps, changed rows seen)."""
     import polars as pl
 
@@ -74,21 +93,19 @@ def continued(seed_dir: Path, mix_spec: str, out: Path) -> tuple[dict[str, float
     from subterra.incremental import MixConfig, conversation_hashes, training_mix
     from subterra.training import TrainConfig, train
 
-    model, first_data, edited_data = compiles(seed_dir)
     passes, replay, cap = (float(x) for x in mix_spec.split(":"))
-    before = TrainConfig.from_json(model / "train_config.json")
-    edited = pl.read_parquet(edited_data)
-    known = set(conversation_hashes(pl.read_parquet(first_data)["messages"]))
-    hashes = conversation_hashes(edited["messages"])
-    mix = training_mix(hashes, known, MixConfig(passes, replay, TrainedWeightsSettings().min_fraction, cap), before.seed)
+    settings = TrainedWeightsSettings()
+    before = TrainConfig.from_json(seed.model / "train_config.json")
+    hashes = conversation_hashes(seed.edited["messages"])
+    mix = training_mix(hashes, seed.known, MixConfig(passes, replay, settings.min_fraction, cap), before.seed)
     data = out / "train.parquet"
-    edited.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64)).write_parquet(data)
+    seed.edited.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64)).write_parquet(data)
     before.train_data, before.output_dir, before.checkpoint_dir = str(data), str(out / "model"), ""
-    before.init_from, before.epochs, before.max_steps, before.max_tokens = str(model), 1.0, -1, 0
-    before.learning_rate = TrainedWeightsSettings().continue_learning_rate
+    before.init_from, before.epochs, before.max_steps, before.max_tokens = str(seed.model), 1.0, -1, 0
+    before.learning_rate = settings.continue_learning_rate
     result = train(before)
-    seen = sum(w for w, h in zip(mix.weights, hashes) if h not in known)
-    return evaluate_model(str(out / "model"), seed_dir), result.steps, seen
+    seen = sum(w for w, h in zip(mix.weights, hashes) if h not in seed.known)
+    return seed.evaluate(str(out / "model")), result.steps, seen
 
 
 def main() -> None:
@@ -96,11 +113,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="a bench-e2e --data-dir folder")
     parser.add_argument("--mix", action="append", help="PASSES:REPLAY:CAP (repeatable; default: trained_weights' settings)")
     args = parser.parse_args()
-    import polars as pl
-
     from assets.training_config import TrainedWeightsSettings
-    from subterra.routes import DEPLOYED
-    from subterra.store import Store
 
     defaults = TrainedWeightsSettings()
     mixes = args.mix or [f"{defaults.changed_passes}:{defaults.replay_ratio}:{defaults.max_fraction}"]
@@ -109,16 +122,13 @@ def main() -> None:
     seeds = sorted(p for p in Path(args.data_dir).glob("seed-*") if p.is_dir())
     own: dict[str, list[float]] = {m: [] for m in mixes}
     for seed_dir in seeds:
-        model, _, _ = compiles(seed_dir)
-        base = evaluate_model(str(model), seed_dir)["holdout"]
-        last = Store(seed_dir / "subterra.duckdb").read("eval_scores", WORKFLOW)
-        full = last.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))["strict_pass"]
-        full = full[0] if full.len() else None
+        seed = SeedCompiles.read(seed_dir)
+        base = seed.evaluate(str(seed.model))["holdout"]
         print(f"\n{seed_dir.name}: first compile holdout strict pass {base:.3f}"
-              + (f"; last compile in the folder (bench-e2e: the full recompile) {full:.3f}" if full is not None else ""), flush=True)
+              + (f"; last compile in the folder (bench-e2e: the full recompile) {seed.full:.3f}" if seed.full is not None else ""), flush=True)
         for spec in mixes:
             with tempfile.TemporaryDirectory() as folder:
-                scores, steps, seen = continued(seed_dir, spec, Path(folder))
+                scores, steps, seen = continued(seed, spec, Path(folder))
             change = (scores["holdout"] - base) * 100
             own[spec].append(change)
             print(f"  mix {spec}: {steps} steps, changed rows seen {seen}: holdout {scores['holdout']:.3f} "

@@ -9,7 +9,9 @@ the model it continues?
 at ``continue_learning_rate``, the first compile's own training settings and seed), and evaluates
 it on the seed's holdouts like ``eval_scores`` (the deployed route). The baseline is the first
 compile itself, evaluated on the same scenarios: a continued run's own change is its strict pass
-minus its base's, paired per seed. The full recompile's score is printed beside it.
+minus its base's, paired per seed. The full recompile's score is printed beside it, and whether
+the edit was learnt (``bench_e2e.edit_preferred``: in how many held-out conversations the
+continued model finds the new say line more likely than the old one).
 
     python -m bench.bench_continue --data-dir /tmp/e2e-data --mix 3:0.655:0.35 --mix 3:2:0.35
 
@@ -29,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_e2e import EDIT, WORKFLOW
+from bench.bench_e2e import EDIT, WORKFLOW, edit_preferred
 from bench.common import header, set_threads
 
 
@@ -85,8 +87,9 @@ class SeedCompiles:
         return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("holdout", "strict_pass").iter_rows())
 
 
-def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, float], int, int]:
-    """Continue the seed's first compile on the edit's mix; (scores, steps, changed rows seen)."""
+def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, float], int, int, tuple[int, int]]:
+    """Continue the seed's first compile on the edit's mix; (scores, steps, changed rows seen,
+    (held-out conversations at the edited line, of which the new line is the more likely))."""
     import polars as pl
 
     from assets.training_config import TrainedWeightsSettings
@@ -105,7 +108,7 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
     before.learning_rate = settings.continue_learning_rate
     result = train(before)
     seen = sum(w for w, h in zip(mix.weights, hashes) if h not in seed.known)
-    return seed.evaluate(str(out / "model")), result.steps, seen
+    return seed.evaluate(str(out / "model")), result.steps, seen, edit_preferred(seed.folder, model_dir=str(out / "model"))
 
 
 def main() -> None:
@@ -121,6 +124,7 @@ def main() -> None:
     header("continued training on bench-e2e's edit: each mix against the model it continues")
     seeds = sorted(p for p in Path(args.data_dir).glob("seed-*") if p.is_dir())
     own: dict[str, list[float]] = {m: [] for m in mixes}
+    learnt: dict[str, list[tuple[int, int]]] = {m: [] for m in mixes}
     for seed_dir in seeds:
         seed = SeedCompiles.read(seed_dir)
         base = seed.evaluate(str(seed.model))["holdout"]
@@ -128,16 +132,18 @@ def main() -> None:
               + (f"; last compile in the folder (bench-e2e: the full recompile) {seed.full:.3f}" if seed.full is not None else ""), flush=True)
         for spec in mixes:
             with tempfile.TemporaryDirectory() as folder:
-                scores, steps, seen = continued(seed, spec, Path(folder))
+                scores, steps, seen, (at_edit, preferred) = continued(seed, spec, Path(folder))
             change = (scores["holdout"] - base) * 100
             own[spec].append(change)
+            learnt[spec].append((at_edit, preferred))
             print(f"  mix {spec}: {steps} steps, changed rows seen {seen}: holdout {scores['holdout']:.3f} "
-                  f"({change:+.1f} points against its base)", flush=True)
+                  f"({change:+.1f} points against its base); the edited line learnt in {preferred}/{at_edit}", flush=True)
     print("\n== over the seeds ==")
     for spec, changes in own.items():
         sd = f", sd {statistics.stdev(changes):.1f}" if len(changes) > 1 else ""
         print(f"mix {spec}: the continued run's own change {statistics.fmean(changes):+.1f} points{sd}, "
-              f"per seed {[f'{c:+.1f}' for c in changes]}")
+              f"per seed {[f'{c:+.1f}' for c in changes]}; the edited line learnt in "
+              f"{sum(p for _, p in learnt[spec])}/{sum(n for n, _ in learnt[spec])} held-out conversations")
 
 
 if __name__ == "__main__":

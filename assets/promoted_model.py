@@ -100,7 +100,7 @@ def promoted_model(
             break
         repair = repair_conversations(wf, clusters, workflow_paths, teacher.get(), held_texts, round_no, config.repair_config(),
                                       phrasing=spoken)
-        tag = f"{wf.short_hash}-repair{round_no}"
+        tag = f"{Path(trained['model_dir']).name}-repair{round_no}"  # the rounds of this compile's model
         run_dir = paths.run_dir(wf.id, tag)
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / "train.parquet") as tmp:

@@ -62,10 +62,8 @@ def trained_weights(
     run_dir = paths.run_dir(wf.id, wf.short_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_file = run_dir / "train.parquet"
-    model_dir = paths.model_dir(wf.id, wf.short_hash)
     train_config = config.train_config(
-        workflow=wf.id, train_data=str(train_file), output_dir=str(model_dir), workflow_atoms=workflow_atoms(wf),
-        data_dir=str(paths.data_dir),
+        workflow=wf.id, train_data=str(train_file), workflow_atoms=workflow_atoms(wf), data_dir=str(paths.data_dir),
     )
     previous = _previous_training(db, wf.id, context.log.info) if config.recompile == "incremental" else None
     start = continuable(previous, train_config)
@@ -88,6 +86,12 @@ def trained_weights(
                          f"{mix.unchanged} unchanged; a mix of {mix.size}")
     with atomic_path(train_file) as tmp:  # a crash never leaves half a Parquet file for the next run to train on
         train.write_parquet(tmp)
+    # one folder per training (its settings, starting weights and data), not per definition: a
+    # retrain of the same definition (another seed, a full recompile, a revert) never overwrites
+    # the model that serves it; the same training again (a rerun after a crash) finds its folder
+    # and checkpoints
+    model_dir = paths.model_dir(wf.id, f"{wf.short_hash}-{train_config.fingerprint()[:8]}")
+    train_config.output_dir = str(model_dir)
     config_file = run_dir / "train_config.json"
     reported = None
     if mix is not None and mix.changed == 0:  # nothing new to learn (an edit no conversation speaks): the last weights stand

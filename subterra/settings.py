@@ -15,7 +15,8 @@ from pathlib import Path
 
 from subterra.workflow import ID
 
-HASH = re.compile(r"[0-9a-f]{1,64}(-repair[1-9][0-9]{0,3})?")  # a content hash, or a repair round's tag of one
+# a content hash; a training of that content (its fingerprint's first 8 digits); a repair round of either
+HASH = re.compile(r"[0-9a-f]{1,64}(-[0-9a-f]{8})?(-repair[1-9][0-9]{0,3})?")
 
 
 def checked_id(workflow: str) -> str:
@@ -27,7 +28,7 @@ def checked_id(workflow: str) -> str:
 
 def _checked_hash(short_hash: str) -> str:
     if not isinstance(short_hash, str) or not HASH.fullmatch(short_hash):
-        raise ValueError(f"{short_hash!r} is not a content hash (hex, or HASH-repairN); no folder is named after it")
+        raise ValueError(f"{short_hash!r} is not a content hash (hex, HASH-TRAINING, or either -repairN); no folder is named after it")
     return short_hash
 
 

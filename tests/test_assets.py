@@ -1,6 +1,9 @@
 """The assets, materialized for the mini workflow's partition into a temporary DuckDB file."""
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -40,6 +43,13 @@ def run_config(names: set[str], **ops) -> dg.RunConfig:
 def materialize(selection, resources, instance, **config) -> dg.ExecuteInProcessResult:
     return dg.materialize(selection, partition_key=KEY, resources=resources, instance=instance,
                           run_config=run_config({a.op.name for a in selection}, **config), raise_on_error=False)
+
+
+def trained_folder(settings, store, wf: Workflow) -> str:
+    """The folder of the last trained model: one per training of a definition, named after both."""
+    folder = Path(store.read("trained_weights", wf.id)["model_dir"][0])
+    assert folder.parent == settings.models_dir / wf.id and re.fullmatch(f"{wf.short_hash}-[0-9a-f]{{8}}", folder.name)
+    return str(folder)
 
 
 def metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
@@ -217,8 +227,8 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     validated = store.read("validated_dataset", KEY)
     assert validated.drop("n_tokens").sort("conversation_id").equals(corpus.sort("conversation_id"))
     trained = store.read("trained_weights", KEY).row(0, named=True)
-    assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash))
-    assert (settings.model_dir(KEY, wf.short_hash) / "model.safetensors").exists()
+    assert trained["model_dir"] == trained_folder(settings, store, wf)
+    assert (Path(trained["model_dir"]) / "model.safetensors").exists()
     assert (settings.run_dir(KEY, wf.short_hash) / "train.parquet").exists()
     assert trained["steps"] == 4 and trained["content_hash"] == wf.content_hash
     training_meta = metadata(result, COMPILE_ASSETS[4])
@@ -259,7 +269,8 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     result = materialize(LADDER_ASSETS, resources, instance, promoted_model=repair)
     assert result.success, failure_text(result)
     wf = load_workflow(settings.workflow_file(KEY))
-    compiled = str(settings.model_dir(KEY, wf.short_hash))
+    compiled = trained_folder(settings, store, wf)
+    repair1 = f"{Path(compiled).name}-repair1"  # the compile's model's first round
     clusters = store.read("repair_map", KEY)
     failures = store.read("eval_scenarios", KEY).filter(~pl.col("strict_pass"))
     assert clusters["failures"].sum() == failures.height > 0
@@ -267,12 +278,12 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     assert decisions["round"].to_list() == [0, 1]
     first, second = decisions.rows(named=True)
     assert first["promoted"] and first["model_dir"] == compiled
-    assert second["candidate_dir"] == str(settings.model_dir(KEY, f"{wf.short_hash}-repair1"))
+    assert second["candidate_dir"] == str(settings.model_dir(KEY, repair1))
     assert not second["promoted"] and second["model_dir"] == compiled
     assert second["reason"].startswith("refused") and second["strict_after"] <= second["strict_before"]
-    assert (settings.run_dir(KEY, f"{wf.short_hash}-repair1") / "train.parquet").exists()
+    assert (settings.run_dir(KEY, repair1) / "train.parquet").exists()
     # the round continued training from the compile's weights (and its tokenizer), like an incremental recompile
-    candidate = TrainResult.from_json(settings.model_dir(KEY, f"{wf.short_hash}-repair1") / RESULT_FILE)
+    candidate = TrainResult.from_json(settings.model_dir(KEY, repair1) / RESULT_FILE)
     assert candidate.continued_from == compiled and candidate.base_model == TINY_TRAINING.base_model
     changes = store.read("repair_changes", KEY)
     assert set(changes["cluster"]) >= set(clusters.filter(pl.col("route") == "compiled_prefill")["cluster"])
@@ -318,7 +329,7 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
 
     assert materialize(COMPILE_ASSETS[:5], resources, instance).success
     good = store.read("trained_weights", KEY).row(0, named=True)
-    model = settings.model_dir(KEY, load_workflow(MINI).short_hash)
+    model = Path(good["model_dir"])
 
     def files() -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
@@ -406,9 +417,9 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     made = metadata(result, COMPILE_ASSETS[2])
     assert (made["conversations_reused"], made["conversations_generated"]) == (int((~changed).sum()), int(changed.sum()))
     trained = store.read("trained_weights", KEY).row(0, named=True)
-    assert trained["model_dir"] == str(settings.model_dir(KEY, wf.short_hash)) != first_model
+    assert trained["model_dir"] == trained_folder(settings, store, wf) != first_model
     assert (trained["recompile"], trained["continued_from"]) == ("incremental", first_model)
-    assert TrainResult.from_json(settings.model_dir(KEY, wf.short_hash) / RESULT_FILE).continued_from == first_model
+    assert TrainResult.from_json(Path(trained["model_dir"]) / RESULT_FILE).continued_from == first_model
     # what changed for training is the conversations that speak the edited line (a conversation
     # through confirm that speaks its other say is one the last model learnt, token for token)
     mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")
@@ -454,7 +465,8 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
     recompile trains from scratch. Once a model holds, a later compile that does not hold (here:
     a floor no model reaches) is evaluated and recorded, yet the last good model goes on serving,
     chat talks to it with the definition it was compiled from, and the next recompile continues
-    from it, not from the compile that did not hold."""
+    from it, not from the compile that did not hold. A retrain of the very definition that holds
+    (a full recompile, another seed) writes a folder of its own: the good model's files stay."""
     import io
 
     from subterra.cli import main
@@ -462,31 +474,47 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
 
     path = settings.workflow_file(KEY)
 
-    def edit(old: str, new: str) -> str:
+    def edit(old: str, new: str) -> None:
         path.write_text(path.read_text().replace(old, new))
-        return str(settings.model_dir(KEY, load_workflow(path).short_hash))
+
+    def trained() -> str:
+        return trained_folder(settings, store, load_workflow(path))
+
+    def files(folder: str) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
 
     def log_lines(result, text: str) -> list[str]:
         return [r.user_message for r in instance.all_logs(result.run_id) if text in r.user_message]
 
-    v0 = str(settings.model_dir(KEY, load_workflow(path).short_hash))
     assert materialize(COMPILE_ASSETS, resources, instance).success  # the default floor: 4 steps do not hold
+    v0 = trained()
     assert not store.read("eval_runs", KEY)["holds"][0] and "good_models" not in store.tables()
     assert serving_model(store, KEY).model_dir == v0 and "no earlier model held" in serving_model(store, KEY).why
 
-    v1 = edit('"Ready to confirm?"', '"Is everything right?"')
+    edit('"Ready to confirm?"', '"Is everything right?"')
     result = materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_ANY)
     assert result.success and log_lines(result, "no model of this workflow has held on its holdout yet")
-    trained = store.read("trained_weights", KEY).row(0, named=True)
-    assert (trained["model_dir"], trained["recompile"], trained["continued_from"]) == (v1, "full", None)
+    v1 = trained()
+    row = store.read("trained_weights", KEY).row(0, named=True)
+    assert (row["recompile"], row["continued_from"]) == ("full", None)
     good = store.read("good_models", KEY).row(0, named=True)
-    assert good["model_dir"] == v1 and good["conversation_hashes"] == trained["conversation_hashes"]
+    assert good["model_dir"] == v1 and good["conversation_hashes"] == row["conversation_hashes"]
     assert serving_model(store, KEY).model_dir == v1
 
+    # the same definition trained again, from scratch with another seed, and it does not hold
+    held_files = files(v1)
+    reseeded = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "recompile": "full", "seed": 1})
+    assert materialize(COMPILE_ASSETS, resources, instance, trained_weights=reseeded, eval_scores=HOLDS_NONE).success
+    retrained = trained()
+    assert retrained != v1 and Path(retrained).name.split("-")[0] == Path(v1).name.split("-")[0]
+    assert files(v1) == held_files and files(retrained) != held_files
+    assert store.read("good_models", KEY)["model_dir"][0] == serving_model(store, KEY).model_dir == v1
+
     edit("title: Mini booking", "title: Mini booking v2")  # the model that serves keeps its own definition
-    v2 = edit('"Is everything right?"', '"Shall I book it?"')
+    edit('"Is everything right?"', '"Shall I book it?"')
     result = materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_NONE)
     assert result.success  # the check is a warning: the run goes on
+    v2 = trained()
     check = {c.check_name: c for c in result.get_asset_check_evaluations()}["deployed_route_holds"]
     assert not check.passed and check.metadata["serving"].value == v1
     assert store.read("trained_weights", KEY)["model_dir"][0] == v2 and store.read("good_models", KEY)["model_dir"][0] == v1
@@ -500,11 +528,12 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
     assert main(["chat", KEY]) == 0
     assert capsys.readouterr().out.startswith(f"Mini booking (compiled model {v1}): the last good model")
 
-    v3 = edit('"Shall I book it?"', '"Book it now?"')
+    edit('"Shall I book it?"', '"Book it now?"')
     uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})
     assert materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped, eval_scores=HOLDS_ANY).success
-    trained = store.read("trained_weights", KEY).row(0, named=True)
-    assert (trained["model_dir"], trained["recompile"], trained["continued_from"]) == (v3, "incremental", v1)
+    v3 = trained()
+    row = store.read("trained_weights", KEY).row(0, named=True)
+    assert (row["recompile"], row["continued_from"]) == ("incremental", v1)
     assert serving_model(store, KEY).model_dir == store.read("good_models", KEY)["model_dir"][0] == v3
 
 

@@ -32,10 +32,13 @@ def test_a_name_that_is_not_a_workflow_id_names_no_file(name, tmp_path):
         paths.model_dir("mini_booking", "../..")
 
 
-def test_a_repair_rounds_folder_is_a_content_hash_with_its_round_and_nothing_else(tmp_path):
+def test_a_model_folder_is_a_content_hash_with_its_training_and_repair_round_and_nothing_else(tmp_path):
     paths = Settings(tmp_path / "data")
-    assert paths.model_dir("mini_booking", "0123abcd-repair2") == paths.models_dir / "mini_booking" / "0123abcd-repair2"
-    for bad in ("0123abcd-repair", "0123abcd-repair0", "0123abcd-repair1/../..", "-repair1", "0123abcd-repairs1"):
+    for good in ("0123abcd", "0123abcd-repair2", "0123abcd-89abcdef", "0123abcd-89abcdef-repair12"):
+        assert paths.model_dir("mini_booking", good) == paths.models_dir / "mini_booking" / good
+    for bad in ("0123abcd-repair", "0123abcd-repair0", "0123abcd-repair1/../..", "-repair1", "0123abcd-repairs1",
+                "0123abcd-89abcde", "0123abcd-89abcdef0", "0123abcd-89ABCDEF", "0123abcd-repair1-89abcdef",
+                "0123abcd--repair1", "0123abcd-89abcdef/.."):
         with pytest.raises(ValueError, match="is not a content hash"):
             paths.model_dir("mini_booking", bad)
 

@@ -4,8 +4,8 @@ the model it continues?
 ``bench-e2e --data-dir D`` leaves, per seed, the first compile (model folder and its
 ``train.parquet``) and the edited workflow's corpus (the full recompile's ``train.parquet``) in
 ``D/seed-N``. This script continues each first compile on the edit's mix, once per mix given
-(``--mix PASSES:REPLAY:CAP``, the ``trained_weights`` settings ``changed_passes``,
-``replay_ratio``, ``max_fraction``), the way ``trained_weights`` does (``training_mix``, one epoch
+(``--mix PASSES:REPLAY:CAP[:LEARNING_RATE]``, the ``trained_weights`` settings ``changed_passes``,
+``replay_ratio``, ``max_fraction`` and ``continue_learning_rate``), the way ``trained_weights`` does (``training_mix``, one epoch
 at ``continue_learning_rate``, the first compile's own training settings and seed), and evaluates
 it on the seed's holdouts like ``eval_scores`` (the deployed route). The baseline is the first
 compile itself, evaluated on the same scenarios: a continued run's own change is its strict pass
@@ -73,7 +73,12 @@ class SeedCompiles:
         wf = Workflow.from_dict(json.loads(store.read("trained_weights", WORKFLOW)["definition"][0]))
         last = store.read("eval_scores", WORKFLOW)
         full = last.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))["strict_pass"]
-        return cls(seed_dir, seed_dir / "models" / WORKFLOW / first[0].name, set(conversation_hashes(first[1]["messages"])),
+        # the first compile's model: its definition's folder (HASH-TRAINING; HASH before there was one per training)
+        models = [p for p in (seed_dir / "models" / WORKFLOW).glob(f"{first[0].name}*")
+                  if (p / "model.safetensors").exists() and "repair" not in p.name]
+        if len(models) != 1:
+            raise SystemExit(f"{seed_dir}: {len(models)} models of the first compile's definition; expected one")
+        return cls(seed_dir, models[0], set(conversation_hashes(first[1]["messages"])),
                    edited, store.read("validated_dataset", WORKFLOW), wf, full[0] if full.len() else None)
 
     def evaluate(self, model_dir: str) -> dict[str, float]:
@@ -96,8 +101,8 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
     from subterra.incremental import MixConfig, conversation_hashes, training_mix
     from subterra.training import TrainConfig, train
 
-    passes, replay, cap = (float(x) for x in mix_spec.split(":"))
     settings = TrainedWeightsSettings()
+    passes, replay, cap, rate = ([float(x) for x in mix_spec.split(":")] + [settings.continue_learning_rate])[:4]
     before = TrainConfig.from_json(seed.model / "train_config.json")
     hashes = conversation_hashes(seed.edited["messages"])
     mix = training_mix(hashes, seed.known, MixConfig(passes, replay, settings.min_fraction, cap), before.seed)
@@ -105,7 +110,7 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
     seed.edited.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64)).write_parquet(data)
     before.train_data, before.output_dir, before.checkpoint_dir = str(data), str(out / "model"), ""
     before.init_from, before.epochs, before.max_steps, before.max_tokens = str(seed.model), 1.0, -1, 0
-    before.learning_rate = settings.continue_learning_rate
+    before.learning_rate = rate
     result = train(before)
     seen = sum(w for w, h in zip(mix.weights, hashes) if h not in seed.known)
     return seed.evaluate(str(out / "model")), result.steps, seen, edit_preferred(seed.folder, model_dir=str(out / "model"))
@@ -114,7 +119,8 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="a bench-e2e --data-dir folder")
-    parser.add_argument("--mix", action="append", help="PASSES:REPLAY:CAP (repeatable; default: trained_weights' settings)")
+    parser.add_argument("--mix", action="append",
+                        help="PASSES:REPLAY:CAP[:LEARNING_RATE] (repeatable; default: trained_weights' settings)")
     args = parser.parse_args()
     from assets.training_config import TrainedWeightsSettings
 

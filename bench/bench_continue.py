@@ -10,7 +10,7 @@ at ``continue_learning_rate``, the first compile's own training settings and see
 it on the seed's holdouts like ``eval_scores`` (the deployed route). The baseline is the first
 compile itself, evaluated on the same scenarios: a continued run's own change is its strict pass
 minus its base's, paired per seed. The full recompile's score is printed beside it, and whether
-the edit was learnt (``bench_e2e.edit_preferred``: in how many held-out conversations the
+the edit was learnt (``bench_e2e.edit_preferred_by``: in how many held-out conversations the
 continued model finds the new say line more likely than the old one).
 
     python -m bench.bench_continue --data-dir /tmp/e2e-data --mix 3:0.655:0.35 --mix 3:2:0.35
@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_e2e import EDIT, WORKFLOW, edit_preferred
+from bench.bench_e2e import EDIT, WORKFLOW, edit_preferred_by
 from bench.common import header, set_threads
 
 
@@ -113,7 +113,7 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
     before.learning_rate = rate
     result = train(before)
     seen = sum(w for w, h in zip(mix.weights, hashes) if h not in seed.known)
-    return seed.evaluate(str(out / "model")), result.steps, seen, edit_preferred(seed.folder, model_dir=str(out / "model"))
+    return seed.evaluate(str(out / "model")), result.steps, seen, edit_preferred_by(str(out / "model"), seed.rows)
 
 
 def main() -> None:

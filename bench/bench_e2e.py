@@ -68,23 +68,31 @@ def scores(data_dir: Path):
     return table, training.row(0, named=True)
 
 
-def edit_preferred(data_dir: Path, limit: int = 40, model_dir: str | None = None) -> tuple[int, int]:
-    """(held-out conversations at the edited say line, of which the model (``model_dir``, default:
-    the compile's last one) gives the new line a higher likelihood than the old one). Greedy decoding mostly speaks one favourite say of
-    a node, so the eval alone may never show the edited line; the likelihood of each version of
-    the same conversation (identical up to that line) says which one the model has learnt."""
+def edit_preferred(data_dir: Path, limit: int = 40) -> tuple[int, int]:
+    """``edit_preferred_by`` the compile's last model, on its folder's held-out conversations."""
+    from subterra.store import Store
+
+    store = Store(data_dir / "subterra.duckdb")
+    model_dir = store.read("trained_weights", WORKFLOW).row(0, named=True)["model_dir"]
+    return edit_preferred_by(model_dir, store.read("validated_dataset", WORKFLOW), limit)
+
+
+def edit_preferred_by(model_dir: str, dataset, limit: int = 40) -> tuple[int, int]:
+    """(held-out conversations of ``dataset`` (validated_dataset rows) at the edited say line, of
+    which the model in ``model_dir`` gives the new line a higher likelihood than the old one).
+    Greedy decoding mostly speaks one favourite say of a node, so the eval alone may never show
+    the edited line; the likelihood of each version of the same conversation (identical up to
+    that line) says which one the model has learnt."""
     import json
 
     import polars as pl
     import torch
 
-    from subterra.store import Store
     from subterra.student import load_compiled
 
-    store = Store(data_dir / "subterra.duckdb")
-    tokenizer, model = load_compiled(model_dir or store.read("trained_weights", WORKFLOW).row(0, named=True)["model_dir"])
+    tokenizer, model = load_compiled(model_dir)
     old, new = EDIT
-    rows = (store.read("validated_dataset", WORKFLOW).filter(pl.col("split") != "train")
+    rows = (dataset.filter(pl.col("split") != "train")
             .filter(pl.col("messages").str.contains(old, literal=True) | pl.col("messages").str.contains(new, literal=True))
             .sort("conversation_id").head(limit))
 

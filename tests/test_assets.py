@@ -52,6 +52,11 @@ def trained_folder(settings, store, wf: Workflow) -> str:
     return str(folder)
 
 
+def file_digests(folder) -> dict[str, str]:
+    """Each file of a model folder by the hash of its bytes."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
 def metadata(result: dg.ExecuteInProcessResult, asset) -> dict:
     [event] = result.asset_materializations_for_node(asset.op.name)
     return {k: v.value for k, v in event.metadata.items()}
@@ -322,7 +327,6 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
                                                                                  monkeypatch, capsys):
     """v1 compiles; v2 (renamed node, new title) is refused by the gate, then fails in training:
     the model, its row and the definition it was compiled from stay, and `subterra chat` uses them."""
-    import hashlib
     import io
 
     from subterra.cli import main
@@ -330,11 +334,7 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
     assert materialize(COMPILE_ASSETS[:5], resources, instance).success
     good = store.read("trained_weights", KEY).row(0, named=True)
     model = Path(good["model_dir"])
-
-    def files() -> dict[str, str]:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
-
-    before = files()
+    before = file_digests(model)
     path = settings.workflow_file(KEY)
     path.write_text(path.read_text().replace("title: Mini booking", "title: Mini booking v2").replace("human", "agent"))
     cramped = TrainingSettings(**{**TINY_TRAINING.model_dump(), "max_length": 16})
@@ -343,7 +343,7 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
     broken = TrainingSettings(**{**TINY_TRAINING.model_dump(), "base_model": str(tmp_path / "no_such_model")})
     failed = materialize(COMPILE_ASSETS[:5], resources, instance, trained_weights=broken)
     assert not failed.success and "trained_weights" in {e.step_key for e in failed.all_events if e.is_step_failure}
-    assert store.read("trained_weights", KEY).row(0, named=True) == good and files() == before
+    assert store.read("trained_weights", KEY).row(0, named=True) == good and file_digests(model) == before
     assert "agent" in json.loads(store.read("workflow_definitions", KEY)["definition"][0])["nodes"]  # v2 got that far
     monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello!\nI want a human.\n\n"))
@@ -480,9 +480,6 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
     def trained() -> str:
         return trained_folder(settings, store, load_workflow(path))
 
-    def files(folder: str) -> dict[str, str]:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
-
     def log_lines(result, text: str) -> list[str]:
         return [r.user_message for r in instance.all_logs(result.run_id) if text in r.user_message]
 
@@ -502,12 +499,12 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
     assert serving_model(store, KEY).model_dir == v1
 
     # the same definition trained again, from scratch with another seed, and it does not hold
-    held_files = files(v1)
+    held_files = file_digests(v1)
     reseeded = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "recompile": "full", "seed": 1})
     assert materialize(COMPILE_ASSETS, resources, instance, trained_weights=reseeded, eval_scores=HOLDS_NONE).success
     retrained = trained()
     assert retrained != v1 and Path(retrained).name.split("-")[0] == Path(v1).name.split("-")[0]
-    assert files(v1) == held_files and files(retrained) != held_files
+    assert file_digests(v1) == held_files and file_digests(retrained) != held_files
     assert store.read("good_models", KEY)["model_dir"][0] == serving_model(store, KEY).model_dir == v1
 
     edit("title: Mini booking", "title: Mini booking v2")  # the model that serves keeps its own definition

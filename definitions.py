@@ -8,7 +8,7 @@ from assets import LADDER_ASSETS
 from jobs import compile_workflow, ladder_workflow
 from resources import (ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource,
                        training_process_client)
-from sensors import workflow_files_sensor
+from sensors import incremental_fallback_sensor, workflow_files_sensor
 
 
 def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = "") -> dg.Definitions:
@@ -20,7 +20,7 @@ def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = ""
     return dg.Definitions(
         assets=LADDER_ASSETS,
         jobs=[compile_workflow, ladder_workflow],
-        sensors=[workflow_files_sensor],
+        sensors=[workflow_files_sensor, incremental_fallback_sensor],
         resources={
             "settings": SettingsResource(data_dir=data_dir),
             "store": StoreResource(db_path=db_path),

@@ -32,11 +32,16 @@ class EvalSettings(dg.Config):
     # earlier one that held is there (subterra.serving)
     min_strict_pass: float = 0.5
     max_drop: float = 0.1
+    # an incremental recompile (training continued from the last good model) promises a full
+    # recompile's quality: it holds only this close to the model it continues. One that falls
+    # further is not served, and a full recompile of the same definition follows (the sensor
+    # ``incremental_fallback``, ``subterra compile``)
+    incremental_max_drop: float = 0.02
 
     def eval_config(self):
         from subterra.evaluation import EvalConfig
 
-        gate = ("min_strict_pass", "max_drop")  # the asset check's, not the eval's
+        gate = ("min_strict_pass", "max_drop", "incremental_max_drop")  # the asset check's, not the eval's
         return EvalConfig(**{**{k: v for k, v in self.model_dump().items() if k not in gate}, "routes": tuple(self.routes)})
 
 
@@ -48,7 +53,10 @@ CHECK = "deployed_route_holds"
                                          description="the deployed route's holdout strict pass is above the floor and "
                                                      "not far below the last good model's (a warning: a compile "
                                                      "that came out broken, one transition wrong everywhere, shows "
-                                                     "here, and the last good model goes on serving)")])
+                                                     "here, and the last good model goes on serving; an "
+                                                     "incremental recompile holds only within "
+                                                     "incremental_max_drop of the model it continues, else a "
+                                                     "full recompile follows)")])
 def eval_scores(
     context: dg.AssetExecutionContext,
     config: EvalSettings,
@@ -121,7 +129,9 @@ def eval_scores(
     good = last_good_model(db, wf.id)
     last_good = good["strict_pass"] if good is not None and good["model_dir"] != trained["model_dir"] else None
     strict = deployed_strict(scores)
-    passed, why = holds(strict, last_good, config.min_strict_pass, config.max_drop)
+    continued = trained.get("recompile") == "incremental" and bool(trained.get("continued_from"))
+    max_drop = min(config.max_drop, config.incremental_max_drop) if continued else config.max_drop
+    passed, why = holds(strict, last_good, config.min_strict_pass, max_drop, continued=continued)
     run = pl.DataFrame([{
         "workflow": wf.id, "config": eval_config.to_json(), "routes": played, "user_simulator": users.name,
         "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
@@ -149,11 +159,13 @@ def eval_scores(
     metadata["serving"] = dg.MetadataValue.path(serving.model_dir)
     metadata["serving_why"] = serving.why
     if not passed:
-        context.log.warning(f"{wf.id}: {why}; serving {serving.model_dir}: {serving.why}")
+        context.log.warning(f"{wf.id}: {why}; serving {serving.model_dir}: {serving.why}"
+                            + ("; a full recompile is due" if continued else ""))
     check = dg.AssetCheckResult(
         check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN,
         metadata={"strict_pass": strict, "last_good_strict_pass": last_good, "floor": config.min_strict_pass,
-                  "max_drop": config.max_drop, "verdict": why, "serving": serving.model_dir},
+                  "max_drop": max_drop, "recompile": trained.get("recompile") or "full", "verdict": why,
+                  "serving": serving.model_dir},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 

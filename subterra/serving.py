@@ -25,18 +25,39 @@ import polars as pl
 GOOD_MODELS = "good_models"
 
 
-def holds(strict: float | None, last_good: float | None, min_strict_pass: float, max_drop: float) -> tuple[bool, str]:
+def holds(strict: float | None, last_good: float | None, min_strict_pass: float, max_drop: float,
+          continued: bool = False) -> tuple[bool, str]:
     """Does a model hold: its deployed route's holdout strict pass at least ``min_strict_pass``,
-    and at most ``max_drop`` below the last good model's? (held, why)."""
+    and at most ``max_drop`` below the last good model's? (held, why). ``continued``: the model is
+    an incremental recompile of the last good one (``max_drop`` is then the incremental gate)."""
     if strict is None:
         return False, "the deployed route has no holdout score"
     faults = []
     if strict < min_strict_pass:
         faults.append(f"strict pass {strict:.3f} on holdout is below the floor {min_strict_pass:.3f}")
     if last_good is not None and strict < last_good - max_drop:
-        faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below the last good model's "
+        what = "the model this incremental recompile continues" if continued else "the last good model"
+        faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below {what}'s "
                       f"{last_good:.3f} (at most {max_drop:.3f} allowed)")
     return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
+
+
+def full_recompile_due(store, workflow: str) -> str | None:
+    """Why the workflow's last compile should be done again in full, or None: it was an
+    incremental recompile (training continued from the last good model) and its evaluation did not
+    hold. A full recompile of the same definition is the answer: an incremental one promises the
+    quality of a full one and did not keep it (or came out broken). A full compile that does not
+    hold is not retried (its verdict stands, the last good model serves)."""
+    try:
+        trained = store.read("trained_weights", workflow).row(0, named=True)
+    except (LookupError, FileNotFoundError):
+        return None
+    if trained.get("recompile") != "incremental" or not trained.get("continued_from"):
+        return None
+    run = evaluation_of(store, workflow, trained["model_dir"])
+    if run is None or run["holds"]:
+        return None
+    return f"the incremental recompile of {workflow} ({trained['model_dir']}) did not hold: {run['verdict']}"
 
 
 def good_model_frame(trained: pl.DataFrame, strict: float, verdict: str) -> pl.DataFrame:

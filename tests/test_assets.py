@@ -29,7 +29,7 @@ TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_si
 SMALL_EVAL = EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40,
                           routes=["compiled", "compiled_prefill"])
 # four training steps make no working model: with no floor, such a model holds (it becomes the last good model)
-HOLDS_ANY = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 0.0, "max_drop": 1.0})
+HOLDS_ANY = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 0.0, "max_drop": 1.0, "incremental_max_drop": 1.0})
 HOLDS_NONE = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 1.01})
 
 
@@ -543,3 +543,7 @@ def test_a_model_holds_above_the_floor_and_near_the_last_good_one():
     passed, why = holds(0.6, 0.87, 0.5, 0.1)
     assert not passed and "0.270 below the last good model's 0.870" in why
     assert not holds(None, 0.87, 0.5, 0.1)[0]
+    # an incremental recompile is held to its own gate against the model it continues
+    assert holds(0.86, 0.87, 0.5, 0.02, continued=True)[0]
+    passed, why = holds(0.83, 0.87, 0.5, 0.02, continued=True)
+    assert not passed and "0.040 below the model this incremental recompile continues's 0.870 (at most 0.020" in why

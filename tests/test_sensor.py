@@ -158,3 +158,73 @@ def test_a_run_for_content_that_has_changed_since_is_refused(settings, store, re
                            tags={CONTENT_HASH_TAG: seen}, raise_on_error=False)
     assert not stale.success
     assert store.read("workflow_definitions", "mini_booking")["content_hash"][0].startswith(seen)  # the snapshot stays
+
+
+def fallback(run_result: dg.ExecuteInProcessResult, instance, resources: dict):
+    """The incremental-fallback sensor on a finished run (what the daemon hands it)."""
+    from sensors import incremental_fallback_sensor
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name=incremental_fallback_sensor.name, dagster_instance=instance,
+        dagster_run=run_result.dagster_run, dagster_event=run_result.get_run_success_event(),
+        resources={k: resources[k] for k in ("store", "recompile")})
+    return incremental_fallback_sensor(context)
+
+
+def test_an_incremental_recompile_that_does_not_hold_is_followed_by_a_full_one(settings, store, resources, instance):
+    """A compile, an edit, an incremental recompile that does not hold (held to
+    ``incremental_max_drop`` against the model it continues; here a floor no model reaches): the
+    last good model goes on serving, and the sensor asks for a full recompile of that definition,
+    once; the full recompile's run, held or not, asks for nothing more."""
+    from test_assets import HOLDS_ANY, HOLDS_NONE, KEY, TINY_TRAINING, materialize, metadata, run_config
+
+    from assets import COMPILE_ASSETS
+    from assets.eval_scores import EvalSettings
+    from assets.training_config import TrainedWeightsSettings
+    from subterra.serving import full_recompile_due, serving_model
+
+    from subterra.routes import DEPLOYED
+
+    holds_any, holds_none = (EvalSettings(**{**gate.model_dump(), "routes": [DEPLOYED]}) for gate in (HOLDS_ANY, HOLDS_NONE))
+    first = materialize(COMPILE_ASSETS, resources, instance, eval_scores=holds_any)
+    assert first.success and fallback(first, instance, resources).skip_message  # a first compile: nothing to do
+    good = store.read("good_models", KEY)["model_dir"][0]
+    path = settings.workflow_file(KEY)
+    path.write_text(path.read_text().replace('"Ready to confirm?"', '"Is everything right?"'))
+    wf = load_workflow(path)
+
+    uncapped = TrainedWeightsSettings(**{**TINY_TRAINING.model_dump(), "max_fraction": 100.0})  # the tiny corpus: 3 of 8 changed
+    incremental = materialize(COMPILE_ASSETS, resources, instance, trained_weights=uncapped, eval_scores=holds_none)
+    assert incremental.success
+    trained = store.read("trained_weights", KEY).row(0, named=True)
+    assert (trained["recompile"], trained["continued_from"]) == ("incremental", good)
+    check = {c.check_name: c for c in incremental.get_asset_check_evaluations()}["deployed_route_holds"]
+    assert not check.passed and check.metadata["max_drop"].value == 0.02  # the incremental gate, not max_drop
+    assert check.metadata["recompile"].value == "incremental"
+    assert serving_model(store, KEY).model_dir == good != trained["model_dir"]
+    assert "the incremental recompile of mini_booking" in full_recompile_due(store, KEY)
+
+    request = fallback(incremental, instance, resources)
+    assert isinstance(request, dg.RunRequest)
+    assert (request.partition_key, request.run_key) == (KEY, f"{KEY}:{wf.content_hash}:full")
+    assert request.tags["subterra/recompile"] == "full" and request.tags["subterra/content_hash"] == wf.short_hash
+    assert request.tags["subterra/full_after"] == incremental.dagster_run.run_id
+    ops = request.run_config["ops"]
+    assert ops["synthetic_corpus"]["config"]["recompile"] == ops["trained_weights"]["config"]["recompile"] == "full"
+    from definitions import build_definitions
+
+    dg.validate_run_config(build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow"), request.run_config)
+
+    # the full recompile the request asks for (with the tests' small settings), under the same gate
+    small = run_config({a.op.name for a in COMPILE_ASSETS}, eval_scores=holds_none).to_config_dict()["ops"]
+    for op, value in request.run_config["ops"].items():
+        small[op]["config"].update(value["config"])
+    full = dg.materialize(COMPILE_ASSETS, partition_key=KEY, resources=resources, instance=instance,
+                          run_config={"ops": small}, tags=request.tags)
+    assert full.success and metadata(full, COMPILE_ASSETS[2])["conversations_reused"] == 0
+    assert store.read("trained_weights", KEY)["recompile"][0] == "full"
+    assert full_recompile_due(store, KEY) is None and "held or was a full one" in fallback(full, instance, resources).skip_message
+    assert serving_model(store, KEY).model_dir == good  # it did not hold either: the last good model serves
+
+    off = {**resources, "recompile": RecompileResource(fall_back_to_full=False)}
+    assert "off" in fallback(incremental, instance, off).skip_message

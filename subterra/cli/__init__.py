@@ -50,10 +50,27 @@ def _run(file: str, assets_name: str, run_config: dict | None = None, full: bool
         return 1, None
     try:
         with file_lock(settings.compile_lock(wf.id), wait=False):  # never two `subterra compile` of one workflow
-            return _materialize(settings, source, wf, assets_name, run_config, full=full), wf.id
+            status = _materialize(settings, source, wf, assets_name, run_config, full=full)
+            why = None if status or full else _full_recompile_due(settings, wf.id)
+            if why:  # what the incremental_fallback sensor does for the sensor's and the UI's runs
+                print(f"{why}; recompiling {wf.id} in full")
+                status = _materialize(settings, settings.workflow_file(wf.id), wf, assets_name, run_config, full=True)
+            return status, wf.id
     except LockBusy:
         print(f"{wf.id}: another `subterra compile` of this workflow is running; try again when it ends", file=sys.stderr)
         return 1, wf.id
+
+
+def _full_recompile_due(settings, workflow: str) -> str | None:
+    """Why the compile just made should be done again in full (an incremental recompile that did
+    not hold), unless falling back is off (``SUBTERRA_RECOMPILE_FALLBACK=0``)."""
+    from resources import RecompileResource
+    from subterra.serving import full_recompile_due
+    from subterra.store import Store
+
+    if not RecompileResource().falls_back():
+        return None
+    return full_recompile_due(Store(settings.db_path), workflow)
 
 
 _RUNNING = ("STARTING", "STARTED", "CANCELING")  # a run that is executing (queued ones wait for this one)

@@ -36,9 +36,9 @@ def holds(strict: float | None, last_good: float | None, min_strict_pass: float,
     if strict < min_strict_pass:
         faults.append(f"strict pass {strict:.3f} on holdout is below the floor {min_strict_pass:.3f}")
     if last_good is not None and strict < last_good - max_drop:
-        what = "the model this incremental recompile continues" if continued else "the last good model"
-        faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below {what}'s "
-                      f"{last_good:.3f} (at most {max_drop:.3f} allowed)")
+        below = (f"the {last_good:.3f} of the model this incremental recompile continues" if continued
+                 else f"the last good model's {last_good:.3f}")
+        faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below {below} (at most {max_drop:.3f} allowed)")
     return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
 
 
@@ -47,7 +47,8 @@ def full_recompile_due(store, workflow: str) -> str | None:
     incremental recompile (training continued from the last good model) and its evaluation did not
     hold. A full recompile of the same definition is the answer: an incremental one promises the
     quality of a full one and did not keep it (or came out broken). A full compile that does not
-    hold is not retried (its verdict stands, the last good model serves)."""
+    hold is not retried (its verdict stands, the last good model serves), nor is one whose repair
+    round promoted weights of its own (they passed their own gate against the compile's model)."""
     try:
         trained = store.read("trained_weights", workflow).row(0, named=True)
     except (LookupError, FileNotFoundError):
@@ -57,6 +58,9 @@ def full_recompile_due(store, workflow: str) -> str | None:
     run = evaluation_of(store, workflow, trained["model_dir"])
     if run is None or run["holds"]:
         return None
+    promoted = _promoted_since(store, workflow, trained)
+    if promoted is not None and promoted["model_dir"] != trained["model_dir"]:
+        return None  # a repair round (the ladder) made the weights that serve it
     return f"the incremental recompile of {workflow} ({trained['model_dir']}) did not hold: {run['verdict']}"
 
 

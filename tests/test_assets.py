@@ -546,4 +546,4 @@ def test_a_model_holds_above_the_floor_and_near_the_last_good_one():
     # an incremental recompile is held to its own gate against the model it continues
     assert holds(0.86, 0.87, 0.5, 0.02, continued=True)[0]
     passed, why = holds(0.83, 0.87, 0.5, 0.02, continued=True)
-    assert not passed and "0.040 below the model this incremental recompile continues's 0.870 (at most 0.020" in why
+    assert not passed and "0.040 below the 0.870 of the model this incremental recompile continues (at most 0.020" in why

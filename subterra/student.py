@@ -101,7 +101,8 @@ def continue_student(model_dir: str, atoms: Sequence[str] = ()):
     student's) gets any it lacks (a node the edit added) as a single token, its embedding row
     starting at the mean of the others. A tokenizer without them (a pretrained student, which
     spells node ids with its own pieces) stays as it is: adding them now would change how every
-    node id the model learnt is tokenized, and point it at untrained rows."""
+    node id the model learnt is tokenized, and point it at untrained rows. So does a tokenizer
+    from before slot placeholders were tokens: it gets a new slot's name, not placeholders."""
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,7 +113,10 @@ def continue_student(model_dir: str, atoms: Sequence[str] = ()):
     atoms = list(dict.fromkeys(atoms))
     if not any(a in added for a in atoms):
         return tokenizer, model
-    missing = [a for a in atoms if a not in vocab]
+    # a tokenizer from before slot placeholders (``{slot}``) were tokens of their own keeps writing
+    # them as it learnt to (adding them now would change every say line it was trained on)
+    placeholders = any(a.startswith("{") and a in added for a in atoms)
+    missing = [a for a in atoms if a not in vocab and (placeholders or not a.startswith("{"))]
     if missing:
         tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in missing])
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

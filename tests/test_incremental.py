@@ -248,3 +248,31 @@ def test_a_wide_pool_that_gains_a_line_changes_every_wide_hash_and_no_core_one(m
     after = {c.phrasings: path_hashes(mini, paths, generation_context(mini, TemplateTeacher(), c)) for c in (core, wide)}
     assert after["core"] == before["core"]
     assert set(after["wide"]).isdisjoint(before["wide"])
+
+
+
+def test_a_slot_placeholder_is_added_on_continuing_only_to_a_tokenizer_that_has_them(tmp_path, mini):
+    """Continuing a student adds the tokens it lacks: a new slot's name and its ``{slot}``
+    placeholder. A student from before placeholders were tokens of their own (it writes
+    ``{`` + name + ``}``) keeps writing them that way: adding them would change every say line
+    it learnt; it gets the new slot's name only."""
+    from subterra.student import continue_student
+    from subterra.tokenizer import placeholder, workflow_atoms
+    from subterra.training import TrainConfig, train
+
+    corpus_of(mini).write_parquet(tmp_path / "train.parquet")
+    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
+                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), max_steps=1, save_steps=100)
+    atoms = workflow_atoms(mini)
+    names_only = [a for a in atoms if not a.startswith("{")]
+    grown = atoms + ["pet", placeholder("pet")]
+    for name, given, added in (("now", atoms, ["pet", "{pet}"]), ("before", names_only, ["pet"])):
+        model_dir = train(TrainConfig(output_dir=str(tmp_path / name), workflow_atoms=given, **tiny)).model_dir
+        tok, model = continue_student(model_dir, grown)
+        old = continue_student(model_dir)[0]
+        assert sorted(set(tok.get_vocab()) - set(old.get_vocab())) == added
+        assert model.get_input_embeddings().num_embeddings == len(tok)
+        slot = next(iter(mini.slots))
+        say = "Flying to %s, right?" % placeholder(slot)
+        assert tok(say)["input_ids"] == old(say)["input_ids"]  # what it learnt reads the same
+        assert (len(old(placeholder(slot), add_special_tokens=False)["input_ids"]) == 1) == (name == "now")

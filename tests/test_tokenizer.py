@@ -54,3 +54,18 @@ def test_the_same_texts_train_the_same_tokenizer_in_every_process():
     runs = {subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS], capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(3)}
     assert len(runs) == 1
+
+
+def test_a_slot_placeholder_is_a_token_of_its_own_not_the_slot_name_that_picks_a_slot(mini_workflow):
+    """In a form, ``"destination"`` (the slot a value goes to) and a say line's ``{destination}``
+    are different tokens: training new words beside the placeholder never moves the row that
+    chooses the slot. Both come back as the text they were."""
+    from subterra.tokenizer import placeholder, workflow_atoms
+
+    slot = next(iter(mini_workflow.slots))
+    tok = train_tokenizer(TEXTS, 300, workflow_atoms(mini_workflow))
+    form = '{"node": "a", "slots": {"%s": "Oslo"}, "say": "Flying to %s, right?"}' % (slot, placeholder(slot))
+    ids = tok(form, add_special_tokens=False)["input_ids"]
+    name, mark = tok.convert_tokens_to_ids([slot, placeholder(slot)])
+    assert ids.count(name) == 1 and ids.count(mark) == 1 and name != mark
+    assert tok.decode(ids) == form

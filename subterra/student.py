@@ -106,6 +106,8 @@ def continue_student(model_dir: str, atoms: Sequence[str] = ()):
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from subterra.tokenizer import is_placeholder
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     vocab = tokenizer.get_vocab()
@@ -115,8 +117,8 @@ def continue_student(model_dir: str, atoms: Sequence[str] = ()):
         return tokenizer, model
     # a tokenizer from before slot placeholders (``{slot}``) were tokens of their own keeps writing
     # them as it learnt to (adding them now would change every say line it was trained on)
-    placeholders = any(a.startswith("{") and a in added for a in atoms)
-    missing = [a for a in atoms if a not in vocab and (placeholders or not a.startswith("{"))]
+    placeholders = any(is_placeholder(a) and a in added for a in atoms)
+    missing = [a for a in atoms if a not in vocab and (placeholders or not is_placeholder(a))]
     if missing:
         tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in missing])
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

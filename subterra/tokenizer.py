@@ -106,3 +106,8 @@ def workflow_atoms(wf) -> list[str]:
 def placeholder(slot: str) -> str:
     """How a say line names a slot's value: ``{slot}``."""
     return "{" + slot + "}"
+
+
+def is_placeholder(atom: str) -> bool:
+    """Is ``atom`` (one of ``workflow_atoms``) a slot's placeholder?"""
+    return atom.startswith("{") and atom.endswith("}")

@@ -26,6 +26,9 @@ class EvalSettings(dg.Config):
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
     torch_threads: int = 0  # CPU threads (0: every core)
+    # say tokens fed per forward as a draft from the say lines known at the node (speculative
+    # decoding: what is generated is the same; 0 decodes a say one token per forward)
+    draft_tokens: int = 48
     # does the model hold (the asset check on the deployed route, a warning: the run goes on, the UI
     # shows it)? strict pass on ``holdout`` at least this, and at most ``max_drop`` below the last
     # good model's. A model that does not hold is not served and not continued from while an

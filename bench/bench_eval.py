@@ -4,8 +4,10 @@ The model is travel_booking's compiled model from ``data/`` if a compile left on
 in ``SUBTERRA_BENCH_MODEL``); otherwise a quick one is trained here first (a few hundred steps:
 its conversations derail more, so they run longer, which the figures per token account for).
 Batched: the eval's ``Lockstep`` driver, every scenario of a batch one row of one forward per
-step. Baselines, on a sample of the same scenarios: the same runtime with a batch of one, and
-``ChatSession`` (the chat runtime: one conversation, each forced stretch in one forward).
+step, say lines drafted from the known ones (speculative decoding, ``subterra.drafts``).
+Baselines: the same batches decoding every say token in a forward of its own (``draft_tokens=0``:
+the same conversations, checked), and, on a sample of the scenarios, the same runtime with a batch
+of one, and ``ChatSession`` (the chat runtime: one conversation, each forced stretch in one forward).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -104,6 +107,13 @@ def main() -> None:
         chat_seconds, chat_turns = one_at_a_time_chat(model_dir, wf, list(sample.iter_rows(named=True)), 64)
         print(f"one at a time (ChatSession, each forced stretch in one forward): {m} scenarios, {chat_turns} turns in "
               f"{chat_seconds:.1f} s = {m / chat_seconds:.2f} scenarios/s, {chat_turns / chat_seconds:.2f} turns/s")
+        started = time.perf_counter()
+        plain = evaluate(deployed, wf, corpus, replace(config, draft_tokens=0))
+        plain_seconds = time.perf_counter() - started
+        same = [c for c in frame.columns if "latenc" not in c]
+        print(f"batched, no drafts (every say token a forward): {plain_seconds:.1f} s, the same conversations: "
+              f"{plain.scenarios.select(same).equals(frame.select(same))}")
+        ratio_line("throughput", "batched", turns / batched_seconds, "batched without drafts", turns / plain_seconds, "turns/s")
         ratio_line("throughput", "batched", turns / batched_seconds, "one at a time (batch 1)", single_turns / single_seconds, "turns/s")
         ratio_line("throughput", "batched", turns / batched_seconds, "one at a time (ChatSession)", chat_turns / chat_seconds, "turns/s")
 

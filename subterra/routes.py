@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence
 
 from subterra.forms import shown_say
 from subterra.procedure import render_procedure
-from subterra.runtime import Codec, TurnCounter, TurnRecord, fill_form, force, free_form
+from subterra.runtime import MAX_DRAFT, Codec, TurnCounter, TurnRecord, fill_form, force, free_form
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
@@ -66,6 +66,7 @@ class PlayConfig:
     fresh_values: bool = True  # prefilled form: a value the conversation holds is not offered again beside another
     corrections_named: bool = True  # prefilled form: a correction refills the held slot whose value it names (offered_keys)
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
+    draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class LocalRoute:
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
         codec = Codec(tokenizer, wf, lexicon, runs)
-        driver = Lockstep(model, codec.banned_in_say, codec.masks)
+        driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
         def turn_program(message: str, counter: TurnCounter, held: dict[str, str]):

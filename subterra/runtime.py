@@ -25,12 +25,14 @@ once and every row attends to that one copy.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Sequence
 
+from subterra.drafts import SayDrafts
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD,
     VALUE_LAST, VALUE_MORE, Form, render_form, shown_say,
@@ -58,10 +60,13 @@ class TurnRecord:
 @dataclass
 class Choice:
     """Ask the driver for one token among ``allowed``; ``None``: any token but those the named
-    ``mask`` bans (``None``: the driver's default, every special token)."""
+    ``mask`` bans (``None``: the driver's default, every special token). ``follow(token, limit)``:
+    up to ``limit`` tokens likely to come after the chosen one (a draft the driver may verify in
+    the same forward; what is generated stays the greedy choice, token by token)."""
 
     allowed: list[int] | None
     mask: str | None = None
+    follow: Callable[[int, int], list[int]] | None = None
 
 
 Program = Generator[object, int | None, None]
@@ -123,9 +128,16 @@ class Codec:
         self.starts_word = [t[:1].isspace() for t in texts]
         self.banned_in_say = sorted(banned_say)
         self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
+        self.drafts = SayDrafts.of_workflow(self)  # say lines to draft from (subterra.drafts)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return list(self._encoded(text))
+
+    @functools.cached_property
+    def _encoded(self) -> Callable[[str], tuple[int, ...]]:
+        """The tokenizer, remembering: the rows of a batch encode the same spans over and over."""
+        tok = self.tok
+        return functools.lru_cache(maxsize=1 << 16)(lambda text: tuple(tok(text, add_special_tokens=False)["input_ids"]))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids))
@@ -160,6 +172,7 @@ class Codec:
         return candidates, counted
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
 def fits_type(spec, value: str) -> bool:
     """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
     number and date slots take only what reads as one; a string slot whose declared values hold
@@ -467,14 +480,19 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         yield from forced([opener])
     else:
         say_start = yield from chosen({text: [i] for i, text in codec.say_openers.items()})
+    written = [raw[-1]]  # the say's tokens, its opener first: where it stands among known lines
+    place = codec.drafts.step(codec.drafts.start(node), raw[-1])
     say_ids: list[int] = []
     say_tail = ""
     closed = False
     for _ in range(max_say_tokens):
-        token = yield Choice(None)
+        token = yield Choice(None, follow=functools.partial(codec.drafts.after, place) if place is not None else None)
         counter.chosen += 1
         raw.append(token)
+        written.append(token)
+        place = codec.drafts.step(place, token)
         if token in codec.say_ends:
+            codec.drafts.add(node, written)
             say_tail, after = codec.say_ends[token]
             rest = FORM_CLOSE[1 + len(after):]
             if rest:
@@ -760,6 +778,7 @@ class Prefix:
 
 
 MAX_RUN = 64  # a row feeds at most this many tokens in one forward
+MAX_DRAFT = 48  # drafted tokens a row feeds after its choice (``Choice.follow``)
 
 
 class Lockstep:
@@ -778,16 +797,24 @@ class Lockstep:
     batch goes on with the others only, so a few long conversations do not keep paying for the
     finished ones. ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans
     ``masks[NAME]``.
+
+    Speculative decoding: a choice that offers a draft (``Choice.follow``: a say line the model is
+    likely writing, ``subterra.drafts``) feeds the chosen token and up to ``max_draft`` drafted
+    ones in the same forward. The row keeps the drafted tokens greedy decoding picks, read from
+    that forward's predictions in order, up to the first it would not: that is where the next
+    choice is made, from the prediction already there. A row thus writes a known say line in one or
+    two forwards instead of one per token; what it writes is what it would write without drafts.
     """
 
     def __init__(self, model, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None,
-                 max_run: int = MAX_RUN):
+                 max_run: int = MAX_RUN, max_draft: int = MAX_DRAFT):
         import numpy as np
 
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.max_run = max_run
+        self.max_draft = max_draft
         self.device = next(model.parameters()).device
         vocab = self.head.weight.shape[0]
         self.penalties: dict[str | None, object] = {}
@@ -838,6 +865,7 @@ class Lockstep:
 
         with torch.inference_mode(), shared_context(self.model, segments) as attention:
             while any(alive):
+                drafts: dict[int, list[int]] = {}  # row: the drafted tokens it feeds this step
                 if 2 * sum(alive) <= n and n > 1:  # most rows are done: go on with the others only
                     keep = [i for i in range(n) if alive[i]]
                     cache.keep(torch.tensor(keep, device=self.device))
@@ -859,14 +887,18 @@ class Lockstep:
                             pending[i] = self._advance(programs[i], key, i, alive)
                         action = pending[i]
                         if isinstance(action, Choice):
-                            row = logits[i]
-                            if action.allowed is None:
-                                token = int(np.argmax(row + self.penalties[action.mask]))
-                            else:
-                                allowed = action.allowed
-                                token = allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+                            token = self._greedy(action, logits[i])
                             queued[i].append(token)
+                            room_left = min(self.max_run, room - int(fill[i])) - 1
+                            if action.follow is not None and self.max_draft and room_left > 0:
+                                draft = action.follow(token, min(self.max_draft, room_left))
+                                if draft:
+                                    drafts[i] = draft
                             pending[i] = self._advance(programs[i], token, i, alive)
+                            if i in drafts and alive[i] and isinstance(pending[i], Choice):
+                                queued[i] += drafts[i]  # fed now, kept after the forward as far as they hold
+                            else:
+                                drafts.pop(i, None)
                     while alive[i] and isinstance(pending[i], tuple) and len(queued[i]) < self.max_run:
                         queued[i].append(pending[i][1])
                         pending[i] = self._advance(programs[i], None, i, alive)
@@ -891,10 +923,49 @@ class Lockstep:
                 ).last_hidden_state
                 new = self.head(hidden[0, step.last]).float().cpu().numpy()
                 logits = new if logits is None else np.where(np.asarray(ready)[:, None] > 0, new, logits)
+                if drafts:
+                    self._verify(drafts, hidden[0], step, logits, programs, pending, alive, fill, ready)
                 if on_step is not None:
                     on_step(time.perf_counter() - started)
                 fill += np.asarray(ready, dtype=np.int64)
+                for i in drafts:
+                    if not alive[i]:
+                        finish(i)
         return cut
+
+    def _greedy(self, action: Choice, row) -> int:
+        """The token ``action`` takes after the prediction ``row``: the likeliest allowed one."""
+        import numpy as np
+
+        if action.allowed is None:
+            return int(np.argmax(row + self.penalties[action.mask]))
+        allowed = action.allowed
+        return allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+
+    def _verify(self, drafts: dict[int, list[int]], hidden, step: "RowStep", logits, programs, pending, alive,
+                fill, ready) -> None:
+        """Keep of each row's draft the tokens greedy decoding picks, in order, up to the first it
+        does not: the program gets those, ``ready`` counts only them (the rest of the row's cache
+        is written over later), and the row's prediction is the one after its last kept token."""
+        import torch
+
+        rows = sorted(drafts)
+        # each drafting row fed [choice, d1 .. dk]: the predictions after choice .. d(k-1) decide d1 .. dk
+        index = torch.cat([torch.arange(int(step.last[i]) - len(drafts[i]), int(step.last[i])) for i in rows])
+        predicted = self.head(hidden[index]).float().cpu().numpy()
+        at = 0
+        for i in rows:
+            draft = drafts[i]
+            kept = 0
+            for j, token in enumerate(draft):
+                if not (alive[i] and isinstance(pending[i], Choice)) or self._greedy(pending[i], predicted[at + j]) != token:
+                    break
+                pending[i] = self._advance(programs[i], token, i, alive)
+                kept += 1
+            if kept < len(draft):  # the prediction after the last kept token
+                logits[i] = predicted[at + kept]
+            ready[i] -= len(draft) - kept
+            at += len(draft)
 
     @staticmethod
     def _advance(prog: Program, value, i: int, alive: list[bool]):

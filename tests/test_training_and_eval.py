@@ -198,23 +198,31 @@ def test_chat_session_answers_with_forms(trained, mini_workflow):
     parse_form(json.dumps({"node": form.node, "slots": form.slots, "say": form.say}))
 
 
+def _sharp_model_and_prompts(trained, corpus):
+    """The trained tiny model with sharp random weights (every position of the context changes the
+    choice), the ids a free choice may not take, and three conversations' opening prompts."""
+    import torch
+
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    prompts = [tokenizer.apply_chat_template(json.loads(m)[:2], tokenize=True, add_generation_prompt=True)
+               for m in corpus["messages"][:3]]
+    return tokenizer, model, list(tokenizer.all_special_ids), [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+
+
 def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
     """Batched lockstep stepping (preallocated cache, each row's forced stretch fed whole, rows
     packed into one sequence) picks the same tokens as transformers' own greedy generation, row by row."""
     import torch
 
     from subterra.runtime import Choice, Lockstep
-    from subterra.student import load_compiled
 
-    tokenizer, model = load_compiled(trained[1].model_dir)
-    torch.manual_seed(0)
-    with torch.no_grad():  # sharp random weights: every position of the context changes the choice
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    banned = list(tokenizer.all_special_ids)
-    prompts = [tokenizer.apply_chat_template(json.loads(m)[:2], tokenize=True, add_generation_prompt=True)
-               for m in corpus["messages"][:3]]
-    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    tokenizer, model, banned, prompts = _sharp_model_and_prompts(trained, corpus)
     outputs: list[list[int]] = [[] for _ in prompts]
 
     def program(prompt, out, n=6):
@@ -234,6 +242,92 @@ def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
             expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
                                       suppress_tokens=banned, min_new_tokens=6)[0, len(prompt):].tolist()
         assert got == expected
+
+
+def test_drafted_tokens_are_kept_only_where_greedy_decoding_picks_them(trained, corpus):
+    """Speculative decoding: a choice's draft (``Choice.follow``) is fed in the same forward and
+    kept up to the first token greedy decoding would not pick; a right draft saves forwards, a
+    wrong one (partly or wholly) changes nothing that is generated."""
+    import torch
+
+    from subterra.runtime import Choice, Lockstep
+
+    tokenizer, model, banned, prompts = _sharp_model_and_prompts(trained, corpus)
+    n = 8
+    with torch.inference_mode():
+        expected = [model.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False, suppress_tokens=banned,
+                                   min_new_tokens=n)[0, len(p):].tolist() for p in prompts]
+    wrong = lambda t: (t + 1) % len(tokenizer)  # noqa: E731  a token greedy decoding does not pick there
+
+    def program(prompt, out, draft_of):
+        for t in prompt:
+            yield ("force", t)
+        for _ in range(n):
+            k = len(out)
+            out.append((yield Choice(None, follow=lambda token, limit, k=k: draft_of(k, token)[:limit])))
+
+    drafts = {
+        "right": lambda row: lambda k, token: expected[row][k + 1 :],
+        "right, then wrong": lambda row: lambda k, token: expected[row][k + 1 : k + 3] + [wrong(t) for t in expected[row][k + 3 :]],
+        "wrong": lambda row: lambda k, token: [wrong(t) for t in expected[row][k + 1 :]],
+        "none": lambda row: lambda k, token: [],
+    }
+    forwards: dict[str, int] = {}
+    for kind, make in drafts.items():
+        outputs: list[list[int]] = [[] for _ in prompts]
+        steps: list[float] = []
+        driver = Lockstep(model, banned)
+        driver.run([program(p, o, make(r)) for r, (p, o) in enumerate(zip(prompts, outputs))],
+                   max_len=max(map(len, prompts)) + n + 2, on_step=steps.append)
+        assert outputs == expected, kind
+        forwards[kind] = len(steps)
+    prompt_forwards = -(-max(map(len, prompts)) // driver.max_run)
+    # right: the first choice and its draft in one forward, all kept; right for two tokens: three
+    # tokens a forward; none and wrong: one a choice (the last choice is never fed)
+    assert forwards == {"right": prompt_forwards + 1, "right, then wrong": prompt_forwards + -(-n // 3),
+                        "wrong": prompt_forwards + n - 1, "none": prompt_forwards + n - 1}
+    # a draft is cut where the row's room ends
+    outputs = [[] for _ in prompts]
+    Lockstep(model, banned, max_draft=2).run([program(p, o, drafts["right"](r)) for r, (p, o) in enumerate(zip(prompts, outputs))],
+                                             max_len=max(map(len, prompts)) + n + 2)
+    assert outputs == expected
+
+
+def test_say_drafts_continue_the_nodes_known_say_lines(trained, mini_workflow):
+    """The workflow's say lines, tokenized as a form holds them, are drafts from their first token
+    on; a line the model writes is added; a say that never closed is not."""
+    from subterra.drafts import SayDrafts
+    from subterra.forms import SAY_HEAD
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    node = next(n for n in mini_workflow.nodes.values() if n.say)
+    line = codec.encode(SAY_HEAD + node.say[0] + '"}')[len(codec.say_head):]
+    closing = next(j for j, t in enumerate(line) if t in codec.say_ends)
+    line = line[: closing + 1]
+    drafts = codec.drafts
+    place = drafts.step(drafts.start(node.id), line[0])
+    assert drafts.after(place, line[1], 100) == line[2:]
+    assert drafts.after(place, line[1], 3) == line[2:5]
+    assert drafts.after(drafts.step(place, line[1]), line[2], 100) == line[3:]
+    other = next(n for n in mini_workflow.nodes if n != node.id and not set(mini_workflow.nodes[n].say) & set(node.say))
+    assert drafts.after(drafts.step(drafts.start(other), line[0]), line[1], 100) != line[2:]
+    written = line[:2] + [codec.encode(" zebra")[0]] + line[2:]
+    fresh = SayDrafts(codec.say_ends)
+    fresh.add(node.id, written[:-1])  # cut off before it closed: nothing to draft from
+    assert fresh.after(fresh.step(fresh.start(node.id), written[0]), written[1], 100) == []
+    fresh.add(node.id, written + [7, 7])  # kept up to the token closing it
+    assert fresh.after(fresh.step(fresh.start(node.id), written[0]), written[1], 100) == written[2:]
+    assert SayDrafts.of_workflow(codec).after(place, line[1], 100) == line[2:]
+
+
+def test_an_eval_with_drafted_says_plays_the_very_same_conversations(trained, mini_workflow, corpus):
+    routes = local_routes(["compiled_prefill"], None, trained[1].model_dir)
+    plain, drafted = (evaluate(routes, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12,
+                                                                         draft_tokens=k)) for k in (0, 48))
+    same = [c for c in plain.scenarios.columns if "latenc" not in c]
+    assert plain.scenarios.select(same).equals(drafted.scenarios.select(same))
 
 
 def test_a_value_must_fit_its_slot_type():

@@ -244,6 +244,36 @@ def test_lockstep_decoding_equals_plain_greedy_generation(trained, corpus):
         assert got == expected
 
 
+def test_a_packed_step_attends_as_each_rows_own_forward(trained, corpus):
+    """Rows feeding runs of different lengths (none, one token, several) after a shared prefix,
+    packed into one sequence over a RowCache: each token's hidden state is the one a plain forward
+    of its row alone gives (last tokens and the rest of the runs attend apart)."""
+    import torch
+
+    from subterra.runtime import RowCache, RowStep, shared_context
+
+    _, model, _, prompts = _sharp_model_and_prompts(trained, corpus)
+    prefix, rows = prompts[0][:5], [p[5:] for p in prompts]
+    decoder = model.get_decoder()
+    with torch.inference_mode():
+        shared = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        segments = [[(layer.keys, layer.values) for layer in shared.layers]]
+        cache, fill = RowCache(model, len(rows), 64), [0] * len(rows)
+        for ready in ([4, 1, 6], [3, 0, 1], [1, 5, 2]):
+            step = RowStep.of(cache, fill, ready)
+            tokens = [t for r, k in enumerate(ready) for t in rows[r][fill[r] : fill[r] + k]]
+            with shared_context(model, segments) as attention:
+                attention.set_step(step)
+                packed = decoder(input_ids=torch.tensor([tokens]), position_ids=(step.token_positions + len(prefix))[None],
+                                 use_cache=False).last_hidden_state[0]
+            at = 0
+            for r, k in enumerate(ready):
+                fill[r] += k
+                alone = decoder(input_ids=torch.tensor([prefix + rows[r][: fill[r]]])).last_hidden_state[0, len(prefix):]
+                torch.testing.assert_close(packed[at : at + k], alone[fill[r] - k : fill[r]], atol=1e-4, rtol=1e-4)
+                at += k
+
+
 def test_drafted_tokens_are_kept_only_where_greedy_decoding_picks_them(trained, corpus):
     """Speculative decoding: a choice's draft (``Choice.follow``) is fed in the same forward and
     kept up to the first token greedy decoding would not pick; a right draft saves forwards, a

@@ -680,6 +680,17 @@ class RowStep:
         return step
 
 
+def greedy(action: Choice, row, penalties: dict) -> int:
+    """The token ``action`` takes after the prediction ``row``: the likeliest allowed one (a free
+    choice: the likeliest its mask's ``penalties`` leave)."""
+    import numpy as np
+
+    if action.allowed is None:
+        return int(np.argmax(row + penalties[action.mask]))
+    allowed = action.allowed
+    return allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+
+
 def _attend(q, own_kt, own_v, allowed, layer: int, scale: float):
     """Attention of ``q`` [b, kv_heads, m, dim] over the shared segments, then its own keys
     (transposed, [b, kv_heads, dim, n]) and values [b, kv_heads, n, dim] where ``allowed``
@@ -945,13 +956,7 @@ class Lockstep:
         return cut
 
     def _greedy(self, action: Choice, row) -> int:
-        """The token ``action`` takes after the prediction ``row``: the likeliest allowed one."""
-        import numpy as np
-
-        if action.allowed is None:
-            return int(np.argmax(row + self.penalties[action.mask]))
-        allowed = action.allowed
-        return allowed[int(np.argmax(row[allowed]))] if len(allowed) > 1 else allowed[0]
+        return greedy(action, row, self.penalties)
 
     def _verify(self, drafts: dict[int, list[int]], hidden, step: "RowStep", logits, programs, pending, alive,
                 fill, ready) -> None:
@@ -991,10 +996,12 @@ class ChatSession:
     """One live conversation with a compiled model (``subterra chat``): the runtime for one user.
 
     Forced tokens (the user's message, the form's structure) go through the model in one forward
-    each; only the model's own choices are decoded token by token.
+    each; only the model's own choices are decoded token by token, a say line with its draft
+    (``Lockstep``: the chosen token and up to ``max_draft`` drafted ones in one forward, kept up to
+    the first greedy decoding would not pick; the cache is cut back to what was kept).
     """
 
-    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96):
+    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT):
         import numpy as np
         import torch
         from transformers import DynamicCache
@@ -1011,23 +1018,55 @@ class ChatSession:
         self.position = 0
         self.logits = None
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        self.free_penalty = np.zeros(vocab, dtype=np.float32)
-        self.free_penalty[[b for b in self.codec.banned_in_say if b < vocab]] = -np.inf
+        self.max_draft = max_draft
+        self.forwards = 0  # the model's forwards so far (candidate scoring aside)
+        self.penalties: dict[str | None, object] = {}
+        for name, banned in {None: self.codec.banned_in_say, **self.codec.masks}.items():
+            self.penalties[name] = np.zeros(vocab, dtype=np.float32)
+            self.penalties[name][[b for b in banned if b < vocab]] = -np.inf
         self._buffer: list[int] = list(self.codec.system(wf.assistant))
         self.ended = False
         self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
 
-    def _flush(self) -> None:
+    @property
+    def length(self) -> int:
+        """The conversation's tokens so far, the system prompt's included (fed or still to feed)."""
+        return self.position + len(self._buffer)
+
+    def _flush(self, predictions: int = 1):
+        """Feed the buffered tokens; the predictions after the last ``predictions`` of them."""
         if not self._buffer:
-            return
+            return None
         torch = self.torch
         ids = torch.tensor([self._buffer], device=self.model.device)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=predictions)
+        self.forwards += 1
         self.cache = out.past_key_values
-        self.logits = out.logits[0, -1, :].float().cpu().numpy()
+        rows = out.logits[0, -predictions:, :].float().cpu().numpy()
+        self.logits = rows[-1]
         self.position += len(self._buffer)
         self._buffer = []
+        return rows
+
+    def _drafted(self, token: int, draft: list[int], program, action):
+        """Feed ``token`` (chosen, already sent) and ``draft`` in one forward; send the program the
+        drafted tokens greedy decoding picks, in order; cut the cache back after the last kept.
+        Returns the program's next action."""
+        start = self.position + len(self._buffer)
+        self._buffer += [token, *draft]
+        predicted = self._flush(predictions=len(draft) + 1)  # after token, d1 .. dk
+        kept = 0
+        try:
+            for j, drafted in enumerate(draft):
+                if not isinstance(action, Choice) or greedy(action, predicted[j], self.penalties) != drafted:
+                    break
+                kept += 1
+                action = program.send(drafted)
+        finally:  # the program may end on a kept token: the cache holds what was kept, whatever happens
+            self.cache.crop(-(len(draft) - kept))  # transformers 5: a negative count removes that many tokens
+            self.position, self.logits = start + 1 + kept, predicted[kept]
+        return action
 
     def respond(self, text: str) -> Form:
         """The model's form after the user's message ``text``, its ``say`` filled in as the user reads it."""
@@ -1045,13 +1084,13 @@ class ChatSession:
                     continue
                 if isinstance(action, Choice):
                     self._flush()
-                    row = self.logits
-                    if action.allowed is None:
-                        value = int(self.np.argmax(row + self.free_penalty))
-                    else:
-                        value = action.allowed[int(self.np.argmax(row[action.allowed]))]
-                    self._buffer.append(value)
+                    value = greedy(action, self.logits, self.penalties)
+                    draft = action.follow(value, self.max_draft) if action.follow is not None and self.max_draft else []
                     action = program.send(value)
+                    if draft and isinstance(action, Choice):
+                        action = self._drafted(value, draft, program, action)
+                    else:
+                        self._buffer.append(value)
                 else:
                     self._buffer.append(action[1])
                     action = next(program)

@@ -680,6 +680,18 @@ class RowStep:
         return step
 
 
+def penalties(vocab: int, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None) -> dict:
+    """Per mask name (None: a free choice's default, ``banned_free``), what each token's
+    prediction gets added before ``greedy`` picks: -inf for the banned ones."""
+    import numpy as np
+
+    out: dict[str | None, object] = {}
+    for name, banned in {None: banned_free, **(masks or {})}.items():
+        out[name] = np.zeros(vocab, dtype=np.float32)
+        out[name][[b for b in banned if b < vocab]] = -np.inf
+    return out
+
+
 def greedy(action: Choice, row, penalties: dict) -> int:
     """The token ``action`` takes after the prediction ``row``: the likeliest allowed one (a free
     choice: the likeliest its mask's ``penalties`` leave)."""
@@ -830,20 +842,13 @@ class Lockstep:
 
     def __init__(self, model, banned_free: Sequence[int], masks: dict[str, Sequence[int]] | None = None,
                  max_run: int = MAX_RUN, max_draft: int = MAX_DRAFT):
-        import numpy as np
-
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.max_run = max_run
         self.max_draft = max_draft
         self.device = next(model.parameters()).device
-        vocab = self.head.weight.shape[0]
-        self.penalties: dict[str | None, object] = {}
-        for name, banned in {None: banned_free, **(masks or {})}.items():
-            penalty = np.zeros(vocab, dtype=np.float32)
-            penalty[[b for b in banned if b < vocab]] = -np.inf
-            self.penalties[name] = penalty
+        self.penalties = penalties(self.head.weight.shape[0], banned_free, masks)
 
     def encode_prefix(self, ids: Sequence[int]) -> Prefix:
         """Run the shared context once (batch 1) and keep its cache and last prediction."""
@@ -1020,10 +1025,7 @@ class ChatSession:
         vocab = self.model.get_output_embeddings().weight.shape[0]
         self.max_draft = max_draft
         self.forwards = 0  # the model's forwards so far (candidate scoring aside)
-        self.penalties: dict[str | None, object] = {}
-        for name, banned in {None: self.codec.banned_in_say, **self.codec.masks}.items():
-            self.penalties[name] = np.zeros(vocab, dtype=np.float32)
-            self.penalties[name][[b for b in banned if b < vocab]] = -np.inf
+        self.penalties = penalties(vocab, self.codec.banned_in_say, self.codec.masks)
         self._buffer: list[int] = list(self.codec.system(wf.assistant))
         self.ended = False
         self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
@@ -1053,7 +1055,7 @@ class ChatSession:
         """Feed ``token`` (chosen, already sent) and ``draft`` in one forward; send the program the
         drafted tokens greedy decoding picks, in order; cut the cache back after the last kept.
         Returns the program's next action."""
-        start = self.position + len(self._buffer)
+        start = self.length
         self._buffer += [token, *draft]
         predicted = self._flush(predictions=len(draft) + 1)  # after token, d1 .. dk
         kept = 0

@@ -137,6 +137,7 @@ def trained_weights(
         metadata={
             **((reported.metadata or {}) if reported else {}),
             **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")},
+            "optimizer_resumed": result.optimizer_resumed,  # parameters whose Adam state came from the model continued
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(plot).decode()})"),

@@ -26,6 +26,9 @@ class TrainingSettings(dg.Config):
     # transformers' loss over the full logits instead of TRL's tiled LM head (None: on a CPU, where
     # it is 1.2-2x faster; on a GPU the tiled head, which never holds a large vocabulary's logits)
     full_logits_loss: Optional[bool] = None
+    # the model folder keeps Adam's state (twice the weights' size) and a continued run (incremental
+    # recompile, repair round) resumes it: off for a model whose optimizer state is too big to keep
+    optimizer_state: bool = True
     max_length: int = 4096
     seed: int = 0
     logging_steps: int = 20

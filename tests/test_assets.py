@@ -290,6 +290,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     # the round continued training from the compile's weights (and its tokenizer), like an incremental recompile
     candidate = TrainResult.from_json(settings.model_dir(KEY, repair1) / RESULT_FILE)
     assert candidate.continued_from == compiled and candidate.base_model == TINY_TRAINING.base_model
+    assert candidate.optimizer_resumed > 0  # from the optimizer state the compile's training ended with
     changes = store.read("repair_changes", KEY)
     assert set(changes["cluster"]) >= set(clusters.filter(pl.col("route") == "compiled_prefill")["cluster"])
     serving = serving_model(store, KEY)  # the compile's model (it did not hold, but no earlier one did)
@@ -419,7 +420,9 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     trained = store.read("trained_weights", KEY).row(0, named=True)
     assert trained["model_dir"] == trained_folder(settings, store, wf) != first_model
     assert (trained["recompile"], trained["continued_from"]) == ("incremental", first_model)
-    assert TrainResult.from_json(Path(trained["model_dir"]) / RESULT_FILE).continued_from == first_model
+    continued = TrainResult.from_json(Path(trained["model_dir"]) / RESULT_FILE)
+    assert continued.continued_from == first_model
+    assert continued.optimizer_resumed == metadata(result, COMPILE_ASSETS[4])["optimizer_resumed"] > 0  # Adam goes on
     # what changed for training is the conversations that speak the edited line (a conversation
     # through confirm that speaks its other say is one the last model learnt, token for token)
     mix = pl.read_parquet(settings.run_dir(KEY, wf.short_hash) / "train.parquet")

@@ -276,3 +276,39 @@ def test_a_slot_placeholder_is_added_on_continuing_only_to_a_tokenizer_that_has_
         say = "Flying to %s, right?" % placeholder(slot)
         assert tok(say)["input_ids"] == old(say)["input_ids"]  # what it learnt reads the same
         assert (len(old(placeholder(slot), add_special_tokens=False)["input_ids"]) == 1) == (name == "now")
+
+
+def test_a_continued_run_resumes_the_optimizer_state_the_training_it_continues_ended_with(tmp_path, mini):
+    """A model folder keeps its optimizer's state; a run continuing it starts from that state (Adam's
+    step count goes on from the first run's, its moments are the first run's), also for an embedding
+    that grew by a token; with ``optimizer_state`` off neither is done."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from subterra.tokenizer import workflow_atoms
+    from subterra.training import OPTIMIZER_FILE, TrainConfig, train
+
+    corpus_of(mini).write_parquet(tmp_path / "train.parquet")
+    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
+                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), logging_steps=1, save_steps=100)
+    first = train(TrainConfig(output_dir=str(tmp_path / "first"), workflow_atoms=workflow_atoms(mini), max_steps=3, **tiny))
+    saved = torch.load(Path(first.model_dir) / OPTIMIZER_FILE, weights_only=True)["state"]
+    assert len(saved) == len(list(AutoModelForCausalLM.from_pretrained(first.model_dir).parameters()))
+    assert {float(s["step"]) for s in saved.values()} == {3.0}
+    atoms = workflow_atoms(mini) + ["brand_new_step"]  # the embedding gets one more row
+    continued = train(TrainConfig(output_dir=str(tmp_path / "continued"), workflow_atoms=atoms, max_steps=2,
+                                  init_from=first.model_dir, **tiny))
+    assert continued.optimizer_resumed == len(saved)
+    after = torch.load(Path(continued.model_dir) / OPTIMIZER_FILE, weights_only=True)["state"]
+    assert {float(s["step"]) for s in after.values()} == {5.0}
+    grown = [i for i, s in after.items() if s["exp_avg_sq"].shape != saved[i]["exp_avg_sq"].shape]
+    assert len(grown) == 1 and after[grown[0]]["exp_avg_sq"].shape[0] == saved[grown[0]]["exp_avg_sq"].shape[0] + 1
+
+    fresh = train(TrainConfig(output_dir=str(tmp_path / "fresh"), workflow_atoms=atoms, max_steps=2,
+                              init_from=first.model_dir, optimizer_state=False, **tiny))
+    assert fresh.optimizer_resumed == 0 and not (Path(fresh.model_dir) / OPTIMIZER_FILE).exists()
+    stateless = train(TrainConfig(output_dir=str(tmp_path / "stateless"), workflow_atoms=atoms, max_steps=2,
+                                  init_from=fresh.model_dir, **tiny))  # continuing a folder without a state: a fresh Adam
+    assert stateless.optimizer_resumed == 0
+    steps = torch.load(Path(stateless.model_dir) / OPTIMIZER_FILE, weights_only=True)["state"].values()
+    assert {float(s["step"]) for s in steps} == {2.0}

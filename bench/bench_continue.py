@@ -11,9 +11,12 @@ it on the seed's holdouts like ``eval_scores`` (the deployed route). The baselin
 compile itself, evaluated on the same scenarios: a continued run's own change is its strict pass
 minus its base's, paired per seed. The full recompile's score is printed beside it, and whether
 the edit was learnt (``bench_e2e.edit_preferred_by``: in how many held-out conversations the
-continued model finds the new say line more likely than the old one).
+continued model finds the new say line more likely than the old one). ``--optimizer fresh``
+continues with a fresh Adam instead of the one the first compile's folder kept (``optimizer.pt``,
+what ``trained_weights`` resumes); give both to compare them on the same bases.
 
     python -m bench.bench_continue --data-dir /tmp/e2e-data --mix 3:0.655:0.35 --mix 3:2:0.35
+    python -m bench.bench_continue --data-dir /tmp/e2e-data --optimizer resumed --optimizer fresh
 
 (for bench-e2e's edit, 145 of 688 conversations new to the model, ``3:0.655:0.35`` is the mix
 before replay kept its ratio under the cap: 145 changed beside 95 replayed; ``3:2:0.35``, the
@@ -92,9 +95,10 @@ class SeedCompiles:
         return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("holdout", "strict_pass").iter_rows())
 
 
-def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, float], int, int, tuple[int, int]]:
-    """Continue the seed's first compile on the edit's mix; (scores, steps, changed rows seen,
-    (held-out conversations at the edited line, of which the new line is the more likely))."""
+def continued(seed: SeedCompiles, mix_spec: str, out: Path, optimizer: str = "resumed") -> tuple[dict[str, float], int, int, tuple[int, int]]:
+    """Continue the seed's first compile on the edit's mix, with the optimizer state its folder
+    kept (``resumed``; a fresh Adam where it kept none) or a ``fresh`` Adam; (scores, steps, changed
+    rows seen, (held-out conversations at the edited line, of which the new line is the more likely))."""
     import polars as pl
 
     from assets.training_config import TrainedWeightsSettings
@@ -110,7 +114,7 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path) -> tuple[dict[str, f
     seed.edited.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64)).write_parquet(data)
     before.train_data, before.output_dir, before.checkpoint_dir = str(data), str(out / "model"), ""
     before.init_from, before.epochs, before.max_steps, before.max_tokens = str(seed.model), 1.0, -1, 0
-    before.learning_rate = rate
+    before.learning_rate, before.optimizer_state = rate, optimizer == "resumed"
     result = train(before)
     seen = sum(w for w, h in zip(mix.weights, hashes) if h not in seed.known)
     return seed.evaluate(str(out / "model")), result.steps, seen, edit_preferred_by(str(out / "model"), seed.rows)
@@ -121,35 +125,38 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="a bench-e2e --data-dir folder")
     parser.add_argument("--mix", action="append",
                         help="PASSES:REPLAY:CAP[:LEARNING_RATE] (repeatable; default: trained_weights' settings)")
+    parser.add_argument("--optimizer", action="append", choices=["resumed", "fresh"],
+                        help="the first compile's optimizer state resumed, or a fresh Adam (repeatable; default: resumed)")
     args = parser.parse_args()
     from assets.training_config import TrainedWeightsSettings
 
     defaults = TrainedWeightsSettings()
-    mixes = args.mix or [f"{defaults.changed_passes}:{defaults.replay_ratio}:{defaults.max_fraction}"]
+    mixes = [(spec, optimizer) for spec in args.mix or [f"{defaults.changed_passes}:{defaults.replay_ratio}:{defaults.max_fraction}"]
+             for optimizer in args.optimizer or ["resumed"]]
     set_threads()
     header("continued training on bench-e2e's edit: each mix against the model it continues")
     seeds = sorted(p for p in Path(args.data_dir).glob("seed-*") if p.is_dir())
-    own: dict[str, list[float]] = {m: [] for m in mixes}
-    learnt: dict[str, list[tuple[int, int]]] = {m: [] for m in mixes}
+    own: dict[tuple[str, str], list[float]] = {m: [] for m in mixes}
+    learnt: dict[tuple[str, str], list[tuple[int, int]]] = {m: [] for m in mixes}
     for seed_dir in seeds:
         seed = SeedCompiles.read(seed_dir)
         base = seed.evaluate(str(seed.model))["holdout"]
         print(f"\n{seed_dir.name}: first compile holdout strict pass {base:.3f}"
               + (f"; last compile in the folder (bench-e2e: the full recompile) {seed.full:.3f}" if seed.full is not None else ""), flush=True)
-        for spec in mixes:
+        for spec, optimizer in mixes:
             with tempfile.TemporaryDirectory() as folder:
-                scores, steps, seen, (at_edit, preferred) = continued(seed, spec, Path(folder))
+                scores, steps, seen, (at_edit, preferred) = continued(seed, spec, Path(folder), optimizer)
             change = (scores["holdout"] - base) * 100
-            own[spec].append(change)
-            learnt[spec].append((at_edit, preferred))
-            print(f"  mix {spec}: {steps} steps, changed rows seen {seen}: holdout {scores['holdout']:.3f} "
+            own[spec, optimizer].append(change)
+            learnt[spec, optimizer].append((at_edit, preferred))
+            print(f"  mix {spec}, {optimizer} Adam: {steps} steps, changed rows seen {seen}: holdout {scores['holdout']:.3f} "
                   f"({change:+.1f} points against its base); the edited line learnt in {preferred}/{at_edit}", flush=True)
     print("\n== over the seeds ==")
-    for spec, changes in own.items():
+    for (spec, optimizer), changes in own.items():
         sd = f", sd {statistics.stdev(changes):.1f}" if len(changes) > 1 else ""
-        print(f"mix {spec}: the continued run's own change {statistics.fmean(changes):+.1f} points{sd}, "
+        print(f"mix {spec}, {optimizer} Adam: the continued run's own change {statistics.fmean(changes):+.1f} points{sd}, "
               f"per seed {[f'{c:+.1f}' for c in changes]}; the edited line learnt in "
-              f"{sum(p for _, p in learnt[spec])}/{sum(n for n, _ in learnt[spec])} held-out conversations")
+              f"{sum(p for _, p in learnt[spec, optimizer])}/{sum(n for n, _ in learnt[spec, optimizer])} held-out conversations")
 
 
 if __name__ == "__main__":

@@ -279,9 +279,9 @@ def test_a_slot_placeholder_is_added_on_continuing_only_to_a_tokenizer_that_has_
 
 
 def test_a_continued_run_resumes_the_optimizer_state_the_training_it_continues_ended_with(tmp_path, mini):
-    """A model folder keeps its optimizer's state; a run continuing it starts from that state (Adam's
-    step count goes on from the first run's, its moments are the first run's), also for an embedding
-    that grew by a token; with ``optimizer_state`` off neither is done."""
+    """A model folder keeps its optimizer's state; a run continuing it starts from that state (every
+    parameter's Adam step count goes on from the first run's), also for an embedding that grew by a
+    token (one more row of moments); with ``optimizer_state`` off neither is done."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -362,10 +362,10 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
                     )
 
     full_logits = not cuda if config.full_logits_loss is None else config.full_logits_loss
-    resume_state = Path(config.init_from) / OPTIMIZER_FILE if config.init_from else None
+    resume_state = Path(config.init_from) / OPTIMIZER_FILE if config.init_from and config.optimizer_state else None
     trainer = _student_trainer()(
         full_logits_loss=full_logits,
-        optimizer_state=str(resume_state) if config.optimizer_state and resume_state and resume_state.exists() else None,
+        optimizer_state=str(resume_state) if resume_state and resume_state.exists() else None,
         model=model,
         args=args,
         train_dataset=Dataset.from_list([{"messages": m} for m in conversations]),

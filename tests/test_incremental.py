@@ -39,6 +39,12 @@ def corpus_of(wf, reuse=None, config=CONFIG):
     return build_corpus(wf, paths, TemplateTeacher(), config, reuse=reuse)
 
 
+def tiny_training(wf, data: Path, **settings) -> dict:
+    """TrainConfig settings of a student small enough to train in seconds on ``data``."""
+    return dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
+                workflow=wf.id, train_data=str(data), save_steps=100, **settings)
+
+
 def test_a_text_edit_changes_the_hash_of_exactly_the_paths_through_the_node(mini):
     paths = select_paths(mini, cap=1000).paths
     after = edited(mini, "confirm", "Shall I book it?")
@@ -184,8 +190,7 @@ def test_continued_training_starts_from_the_previous_weights(tmp_path, mini):
 
     corpus = corpus_of(mini)
     corpus.write_parquet(tmp_path / "train.parquet")
-    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
-                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), logging_steps=1, save_steps=100)
+    tiny = tiny_training(mini, tmp_path / "train.parquet", logging_steps=1)
     first = train(TrainConfig(output_dir=str(tmp_path / "first"), workflow_atoms=workflow_atoms(mini), max_steps=3, **tiny))
     first_train = corpus["split"].to_list().index("train")
     weighted = corpus.with_columns(pl.Series("weight", [2 if i == first_train else 0 for i in range(corpus.height)]))
@@ -261,8 +266,7 @@ def test_a_slot_placeholder_is_added_on_continuing_only_to_a_tokenizer_that_has_
     from subterra.training import TrainConfig, train
 
     corpus_of(mini).write_parquet(tmp_path / "train.parquet")
-    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
-                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), max_steps=1, save_steps=100)
+    tiny = tiny_training(mini, tmp_path / "train.parquet", max_steps=1)
     atoms = workflow_atoms(mini)
     names_only = [a for a in atoms if not a.startswith("{")]
     grown = atoms + ["pet", placeholder("pet")]
@@ -289,8 +293,7 @@ def test_a_continued_run_resumes_the_optimizer_state_the_training_it_continues_e
     from subterra.training import OPTIMIZER_FILE, TrainConfig, train
 
     corpus_of(mini).write_parquet(tmp_path / "train.parquet")
-    tiny = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4,
-                workflow=mini.id, train_data=str(tmp_path / "train.parquet"), logging_steps=1, save_steps=100)
+    tiny = tiny_training(mini, tmp_path / "train.parquet", logging_steps=1)
     first = train(TrainConfig(output_dir=str(tmp_path / "first"), workflow_atoms=workflow_atoms(mini), max_steps=3, **tiny))
     saved = torch.load(Path(first.model_dir) / OPTIMIZER_FILE, weights_only=True)["state"]
     assert len(saved) == len(list(AutoModelForCausalLM.from_pretrained(first.model_dir).parameters()))

@@ -153,9 +153,9 @@ def eval_scores(
         "claude": dg.MetadataValue.json(setup.status()),
     }
     for row in scores.iter_rows(named=True):
-        metadata[f"{row['route']}_{row['holdout']}_strict_pass"] = row["strict_pass"]
+        metadata[f"{row['route']}_{row['set']}_strict_pass"] = row["strict_pass"]
         if row.get("pct_of_frontier_quality") is not None and row["route"] != "frontier":
-            metadata[f"{row['route']}_{row['holdout']}_pct_of_frontier_quality"] = row["pct_of_frontier_quality"]
+            metadata[f"{row['route']}_{row['set']}_pct_of_frontier_quality"] = row["pct_of_frontier_quality"]
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
         metadata["claude_answers_kept_from_before"] = dg.MetadataValue.json(dict(answers.reused))
@@ -177,5 +177,5 @@ def deployed_strict(scores) -> float | None:
     """The deployed route's holdout strict pass in an eval_scores frame, if it has one."""
     import polars as pl
 
-    rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))
+    rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("set") == "holdout"))
     return float(rows["strict_pass"][0]) if rows.height else None

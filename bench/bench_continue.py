@@ -75,7 +75,7 @@ class SeedCompiles:
         store = Store(seed_dir / "subterra.duckdb")
         wf = Workflow.from_dict(json.loads(store.read("trained_weights", WORKFLOW)["definition"][0]))
         last = store.read("eval_scores", WORKFLOW)
-        full = last.filter((pl.col("route") == DEPLOYED) & (pl.col("holdout") == "holdout"))["strict_pass"]
+        full = last.filter((pl.col("route") == DEPLOYED) & (pl.col("set") == "holdout"))["strict_pass"]
         # the first compile's model: its definition's folder (HASH-TRAINING; HASH before there was one per training)
         models = [p for p in (seed_dir / "models" / WORKFLOW).glob(f"{first[0].name}*")
                   if (p / "model.safetensors").exists() and "repair" not in p.name]
@@ -92,7 +92,7 @@ class SeedCompiles:
         from subterra.routes import DEPLOYED, local_routes
 
         result = evaluate(local_routes([DEPLOYED], None, model_dir), self.wf, self.rows, EvalConfig(routes=(DEPLOYED,)))
-        return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("holdout", "strict_pass").iter_rows())
+        return dict(result.scores.filter(pl.col("route") == DEPLOYED).select("set", "strict_pass").iter_rows())
 
 
 def continued(seed: SeedCompiles, mix_spec: str, out: Path, optimizer: str = "resumed") -> tuple[dict[str, float], int, int, tuple[int, int]]:

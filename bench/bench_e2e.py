@@ -66,7 +66,7 @@ def scores(data_dir: Path):
 
     store = Store(data_dir / "subterra.duckdb")
     table = (store.read("eval_scores", WORKFLOW).filter(pl.col("route") == DEPLOYED)
-             .select("holdout", "strict_pass", "partial_credit", "slot_accuracy").sort("holdout"))
+             .select("set", "strict_pass", "partial_credit", "slot_accuracy").sort("set"))
     training = store.read("trained_weights", WORKFLOW).select("recompile", "steps", "train_seconds", "changed_conversations")
     verdict = store.read("eval_runs", WORKFLOW).select("holds", "verdict")
     return table, {**training.row(0, named=True), **verdict.row(0, named=True)}
@@ -159,7 +159,7 @@ def one_seed(base: Path, seed: int) -> dict:
         print(f"{name}: the edited say of '{EDITED_NODE}' in {conversations} held-out conversations: "
               f"the new line more likely than the old one in {preferred}")
     return {"seconds": {k: v[0] for k, v in report.items()},
-            "strict": {k: dict(v[0].select("holdout", "strict_pass").iter_rows()) for k, v in result.items()},
+            "strict": {k: dict(v[0].select("set", "strict_pass").iter_rows()) for k, v in result.items()},
             "learnt": learnt, "held": result["incremental"][1]["holds"]}
 
 

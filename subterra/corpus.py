@@ -3,12 +3,14 @@
 * ``train`` — ``conversations_per_path`` scenarios on every selected path (so every path and every
   edge is covered), slot values from the training side of each slot's split (plus random values
   shaped like the pool's, at ``random_value_rate``), phrasings from the seen pool.
+* ``validation`` — ``validation_scenarios`` scenarios spread over the paths, with the validation
+  slot values and phrasings (neither in training nor in a test set): every choice is made on it.
 * ``holdout`` — ``holdout_scenarios`` scenarios spread over the paths, with reserved slot values
-  training never contains, phrasings from the same pool as training.
-* ``holdout_unseen`` — the same scenarios spoken with the held-back phrasings training never saw.
+  training never contains, phrasings from the same pool as training (a test set: "seen phrasings").
+* ``test_unseen`` — the same scenarios spoken with the held-back phrasings training never saw.
 
-A holdout conversation never appears in training: a training conversation whose text equals a
-holdout one is dropped and redrawn.
+A held-out conversation never appears in training: a training conversation whose text equals a
+held-out one is dropped and redrawn.
 
 Every row carries its path's hash (``subterra.incremental.path_hashes``: the path's nodes and
 texts plus the generation settings). A training scenario is seeded by its path and its number on
@@ -57,6 +59,7 @@ class CorpusConfig:
     conversations_per_path: int = 4
     max_train_conversations: int = 6000  # caps conversations_per_path x paths (every path keeps one)
     holdout_scenarios: int = 200
+    validation_scenarios: int | None = None  # None: as many as holdout_scenarios
     offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
     train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
@@ -77,9 +80,14 @@ def planned_sizes(n_paths: int, config: CorpusConfig) -> dict[str, int]:
     return {
         "per_path": per_path,
         "train": n_paths * per_path,
+        "validation": validation_size(config),
         "holdout": config.holdout_scenarios,
-        "holdout_unseen": config.holdout_scenarios,
+        "test_unseen": config.holdout_scenarios,
     }
+
+
+def validation_size(config: CorpusConfig) -> int:
+    return config.holdout_scenarios if config.validation_scenarios is None else config.validation_scenarios
 
 
 def build_corpus(
@@ -99,11 +107,11 @@ def build_corpus(
     if not paths:
         raise ValueError(f"{wf.id}: no paths to render")
     sizes = planned_sizes(len(paths), config)
-    total = sizes["train"] + sizes["holdout"] + sizes["holdout_unseen"]
+    total = sizes["train"] + sizes["validation"] + sizes["holdout"] + sizes["test_unseen"]
     if total > config.max_conversations:
         raise CorpusTooLarge(
             f"{wf.id}: corpus of {total:,} conversations ({len(paths):,} paths x {sizes['per_path']} + "
-            f"2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
+            f"{sizes['validation']} validation + 2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
     reuse = reuse if reuse is not None else Reuse()
     hashes = path_hashes(wf, paths, generation_context(wf, teacher, config))
@@ -123,7 +131,7 @@ def build_corpus(
 
     if config.phrasings not in PHRASINGS:
         raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, not {config.phrasings!r}")
-    spoken, unseen = PHRASINGS[config.phrasings]  # what train and holdout users speak; holdout_unseen's held-back lines
+    spoken, validation, unseen = PHRASINGS[config.phrasings]  # train and holdout; validation's and test_unseen's held-back lines
     # holdouts first: their texts are what training must never contain
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
@@ -131,7 +139,13 @@ def build_corpus(
     for i in range(config.holdout_scenarios):
         p = order[i % len(paths)]
         scenario = replace(make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate), phrasing=spoken)
-        held += [(scenario, hashes[p]), (replace(scenario, id=f"holdout_unseen-{i:05d}", split="holdout_unseen", phrasing=unseen), hashes[p])]
+        held += [(scenario, hashes[p]), (replace(scenario, id=f"test_unseen-{i:05d}", split="test_unseen", phrasing=unseen), hashes[p])]
+    order = list(range(len(paths)))
+    random.Random(config.seed + 1).shuffle(order)
+    for i in range(sizes["validation"]):
+        p = order[i % len(paths)]
+        scenario = replace(make_scenario(wf, paths[p], "validation", i, config.seed, config.offscript_rate), phrasing=validation)
+        held.append((scenario, hashes[p]))
     held_rows: dict[int, dict] = {}
     todo = []
     for k, (scenario, h) in enumerate(held):

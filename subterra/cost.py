@@ -88,7 +88,7 @@ def _row(wf, route: str, holdout: str, tokens_in: float, tokens_out: float, sour
     return {
         "workflow": wf.id,
         "route": route,
-        "holdout": holdout,
+        "set": holdout,
         "tokens_in": float(tokens_in),
         "tokens_out": float(tokens_out),
         "usd_per_conversation": cost,
@@ -104,7 +104,7 @@ def claude_parts(spend: TeacherSpend, scores: pl.DataFrame) -> dict[str, str]:
     user = compiled["user_simulator"][0] if "user_simulator" in compiled.columns else "scripted"
     judge = compiled["judge_model"][0] if "judge_model" in compiled.columns else None
     second = compiled["judge2_model"][0] if "judge2_model" in compiled.columns else None
-    frontier = scores.filter((pl.col("route") == FRONTIER_ROUTE) & (pl.col("holdout") == "holdout"))
+    frontier = scores.filter((pl.col("route") == FRONTIER_ROUTE) & (pl.col("set") == "holdout"))
     return {
         "teacher": (f"{spend.teacher.removeprefix('claude:')}: {spend.conversations:,} conversations, "
                     f"{spend.tokens_in:,} tokens in, {spend.tokens_out:,} out, ${spend.usd:.4f}")
@@ -136,8 +136,8 @@ def build_cost_report(
     the baseline with the deployed route (``compiled_prefill``, else ``compiled``) on ``holdout``.
     ``training`` is the ``trained_weights`` row (its ``train_seconds`` price the compute),
     ``spend`` what the teacher's answers cost: together the one-time compile cost."""
-    measured = {(r["route"], r["holdout"]): r for r in scores.iter_rows(named=True)}
-    holdouts = list(dict.fromkeys(r["holdout"] for r in scores.iter_rows(named=True)))
+    measured = {(r["route"], r["set"]): r for r in scores.iter_rows(named=True)}
+    holdouts = list(dict.fromkeys(r["set"] for r in scores.iter_rows(named=True)))
     rows = []
     for holdout in holdouts:
         if ("orchestrated", holdout) in measured:
@@ -159,7 +159,7 @@ def build_cost_report(
         if route != FRONTIER_ROUTE:
             rows.append(_row(wf, route, holdout, r["tokens_in"], r["tokens_out"], f"measured in eval, {SELF_HOSTED}", prices))
     table = pl.DataFrame(rows)
-    by = {(r["route"], r["holdout"]): r for r in rows}
+    by = {(r["route"], r["set"]): r for r in rows}
     deployed = next((route for route in ("compiled_prefill", "compiled") if (route, "holdout") in by), None)
     baseline = next((route for route in (MEASURED, FRONTIER) if (route, "holdout") in by), None)
     if deployed is None or baseline is None:
@@ -216,7 +216,7 @@ def _markdown(wf, table: pl.DataFrame, summary: dict) -> str:
     ]
     for r in table.iter_rows(named=True):
         lines.append(
-            f"| {r['route']} | {r['holdout']} | {r['tokens_in']:,.0f} | {r['tokens_out']:,.0f} | {r['usd_per_conversation']:.6f} | "
+            f"| {r['route']} | {r['set']} | {r['tokens_in']:,.0f} | {r['tokens_out']:,.0f} | {r['usd_per_conversation']:.6f} | "
             f"{r['usd_per_million_tokens']:.3f} | {r['token_source']} |"
         )
     quality = summary["pct_of_frontier_quality"]
@@ -254,7 +254,7 @@ def cost_chart(table: pl.DataFrame, deployed: str, baseline: str, compile_cost: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    held = table.filter(pl.col("holdout") == "holdout")
+    held = table.filter(pl.col("set") == "holdout")
     per = dict(zip(held["route"].to_list(), held["usd_per_conversation"].to_list()))
     fig, (bars, running) = plt.subplots(1, 2, figsize=(9, 2.8), dpi=100)
     bars.barh(list(per), list(per.values()), color=[COLORS.get(r, "#4f81bd") for r in per])

@@ -31,7 +31,7 @@ from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
 ROUTE = DEPLOYED  # the route a transcript is scored as unless told
-HOLDOUTS = ("holdout", "holdout_unseen")
+HOLDOUTS = ("holdout", "test_unseen")
 __all__ = ["EvalConfig", "EvalResult", "Transcript", "aggregate", "evaluate", "score", "select_holdout"]
 
 
@@ -113,7 +113,7 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript,
     return {
         "workflow": wf.id,
         "route": route,
-        "holdout": scenario.split,
+        "set": scenario.split,
         "scenario_id": scenario.id,
         "path_id": None,
         "truncated": transcript.truncated,
@@ -154,7 +154,7 @@ def _error_kind(e, g) -> str:
 
 def aggregate(rows: pl.DataFrame) -> pl.DataFrame:
     out = []
-    for (workflow, route, holdout), part in rows.group_by(["workflow", "route", "holdout"], maintain_order=True):
+    for (workflow, route, holdout), part in rows.group_by(["workflow", "route", "set"], maintain_order=True):
         latencies = [x for lst in part["latencies_ms"] for x in lst]
         slot_total = int(part["slot_total"].sum())
         off_total = int(part["offscript_total"].sum())
@@ -162,7 +162,7 @@ def aggregate(rows: pl.DataFrame) -> pl.DataFrame:
             {
                 "workflow": workflow,
                 "route": route,
-                "holdout": holdout,
+                "set": holdout,
                 "scenarios": part.height,
                 "strict_pass": float(part["strict_pass"].mean()),
                 "partial_credit": float(part["partial_credit"].mean()),
@@ -222,17 +222,17 @@ def evaluate(
             scored["path_id"] = pid
             scored["user_simulator"] = users.name
             results.append(scored)
-    frame = pl.DataFrame(results).sort(["route", "holdout", "scenario_id"])
+    frame = pl.DataFrame(results).sort(["route", "set", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 
 def failure_summary(scenarios: pl.DataFrame) -> pl.DataFrame:
     """Where the failed scenarios first went wrong: route x holdout x kind x step, with counts."""
     rows = []
-    for route, holdout, first_error in scenarios.filter(~pl.col("strict_pass")).select("route", "holdout", "first_error").iter_rows():
+    for route, holdout, first_error in scenarios.filter(~pl.col("strict_pass")).select("route", "set", "first_error").iter_rows():
         error = json.loads(first_error) if first_error else {"kind": "unknown", "expected_node": None}
-        rows.append({"route": route, "holdout": holdout, "kind": error["kind"], "step": error.get("expected_node") or error.get("got_node")})
+        rows.append({"route": route, "set": holdout, "kind": error["kind"], "step": error.get("expected_node") or error.get("got_node")})
     if not rows:
-        return pl.DataFrame(schema={"route": pl.String, "holdout": pl.String, "kind": pl.String, "step": pl.String, "count": pl.UInt32})
-    keys = ["route", "holdout", "kind", "step"]
-    return pl.DataFrame(rows).group_by(keys).len("count").sort(["route", "holdout", "count"], descending=[False, False, True])
+        return pl.DataFrame(schema={"route": pl.String, "set": pl.String, "kind": pl.String, "step": pl.String, "count": pl.UInt32})
+    keys = ["route", "set", "kind", "step"]
+    return pl.DataFrame(rows).group_by(keys).len("count").sort(["route", "set", "count"], descending=[False, False, True])

@@ -113,16 +113,16 @@ def evaluate_frontier(
             results.append(scored)
             if progress is not None:
                 progress(len(results), len(selected))
-    frame = pl.DataFrame(results).sort(["holdout", "scenario_id"])
+    frame = pl.DataFrame(results).sort(["set", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 
 def versus_frontier(scores: pl.DataFrame) -> pl.DataFrame:
     """``eval_scores`` with each row's share (%) of the frontier route's quality on the same holdout."""
-    frontier = {r["holdout"]: r for r in scores.filter(pl.col("route") == ROUTE).iter_rows(named=True)}
+    frontier = {r["set"]: r for r in scores.filter(pl.col("route") == ROUTE).iter_rows(named=True)}
 
     def share(row: dict, column: str) -> float | None:
-        base = frontier.get(row["holdout"], {}).get(column)
+        base = frontier.get(row["set"], {}).get(column)
         value = row.get(column)
         return 100.0 * value / base if value is not None and base else None
 

@@ -34,7 +34,8 @@ from subterra.phrasing import lines_digest
 # bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see:
 # 4: a say is a template ({slot} placeholders for held values); values reserved per type
 # 5: training's random integers have 1 to 3 digits
-CORPUS_FORMAT = 5
+# 6: a validation split (its own lines and values); integers in their range; short integer ranges closed
+CORPUS_FORMAT = 6
 
 
 def generation_context(wf, teacher, config) -> dict:

@@ -15,7 +15,7 @@ from subterra.cost import FRONTIER_ROUTE, MEASURED
 from subterra.routes import ROUTES
 
 COLUMNS = [
-    "workflow", "route", "holdout", "model", "scenarios", "strict_pass", "partial_credit", "slot_accuracy",
+    "workflow", "route", "set", "model", "scenarios", "strict_pass", "partial_credit", "slot_accuracy",
     "form_validity", "failure_rate", "tokens_in", "tokens_out", "tokens_per_conversation", "latency_p50_ms",
     "usd_per_conversation",
 ]
@@ -41,7 +41,7 @@ def _order(route: str) -> tuple:
 def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFrame | None = None,
                  repair_scores: pl.DataFrame | None = None) -> pl.DataFrame:
     """The ladder table (``COLUMNS``), routes in ladder order within each holdout."""
-    price = {(r["route"], r["holdout"]): r for r in cost.iter_rows(named=True)}
+    price = {(r["route"], r["set"]): r for r in cost.iter_rows(named=True)}
     rows = []
 
     def add(r: dict, route: str, model: str, usd: float | None) -> None:
@@ -57,30 +57,30 @@ def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFr
 
     for r in scores.iter_rows(named=True):
         if r["route"] == FRONTIER_ROUTE:
-            found, model = price.get((MEASURED, r["holdout"])), "frontier (Claude, procedure in context)"
+            found, model = price.get((MEASURED, r["set"])), "frontier (Claude, procedure in context)"
         else:
-            found = price.get((r["route"], r["holdout"]))
+            found = price.get((r["route"], r["set"]))
             model = "base" if r["route"].startswith("orchestrated") else "compiled"
         add(r, r["route"], model, found["usd_per_conversation"] if found else None)
     if promotions is not None and repair_scores is not None and promotions.height:
         last = promotions.sort("round").row(promotions.height - 1, named=True)
         promoted = repair_scores.filter(pl.col("model_dir") == last["model_dir"])
         for r in promoted.iter_rows(named=True):
-            deployed = price.get((r["route"], r["holdout"]))
+            deployed = price.get((r["route"], r["set"]))
             usd = None
             if deployed:  # same self-hosted prices per token as the route it replaces
                 per_token = deployed["usd_per_conversation"] / max(1e-9, deployed["tokens_in"] + deployed["tokens_out"])
                 usd = per_token * (float(r["tokens_in"]) + float(r["tokens_out"]))
             add(r, f"{r['route']}@round{r['round']}", f"promoted (repair round {r['round']})", usd)
     frame = pl.DataFrame(rows).select([c for c in COLUMNS if c in {k for row in rows for k in row}])
-    keys = sorted(range(frame.height), key=lambda i: (frame["holdout"][i], _order(frame["route"][i])))
+    keys = sorted(range(frame.height), key=lambda i: (frame["set"][i], _order(frame["route"][i])))
     return frame[keys]
 
 
 def format_ladder(ladder: pl.DataFrame) -> str:
     """The ladder as text, one block per holdout."""
     out = []
-    for (holdout,), part in ladder.group_by("holdout", maintain_order=True):
+    for (holdout,), part in ladder.group_by("set", maintain_order=True):
         n = int(part["scenarios"].max())
         out.append(f"-- {holdout} ({n} scenarios per route)")
         shown = part.select([pl.col(c).alias(name) for c, name in SHOWN.items()])

@@ -1,13 +1,16 @@
-"""Lines the scripted user and the template agent draw from, and the seen/unseen phrasing split.
+"""Lines the scripted user and the template agent draw from, and the seen/validation/unseen split.
 
 A step's (or branch's) user lines are split once: the last quarter (at least one line, when the
-step has two or more) is *held back* for the ``holdout_unseen`` split and never used in training.
+step has two or more) is *held back* for the ``test_unseen`` split and never used in training;
+where at least three training lines are left, the line before them is held back for
+``validation`` (the set every choice is made on), else validation speaks the training lines.
 Our own generic lines (openers, off-script questions, acknowledgements, corrections) are ``Pool``s
-that name their held-back lines: the ones held back when the pools were first written, so adding
-training variety never changes what ``holdout_unseen`` measures. A corpus speaks the original
+that name their held-back lines: the test ones held back when the pools were first written, so
+adding training variety never changes what ``test_unseen`` measures, and validation lines of
+their own. A corpus speaks the original
 lines (``phrasings: core``, the default) or those plus more variety (``wide``: openers 8 -> 15,
 unclear 6 -> 18, off-topic 6 -> 12, corrections 5 -> 30, more prefixes and suffixes). A pretrained
-student learns from the variety (SmolLM2 quick ladder: holdout_unseen 0.250 -> 0.333); the tiny
+student learns from the variety (SmolLM2 quick ladder: test_unseen 0.250 -> 0.333); the tiny
 from-scratch student on its token budget does worse with it (holdout 0.87 -> 0.55 in one e2e run),
 so the profiles choose.
 """
@@ -21,15 +24,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 SEEN, UNSEEN, WIDE, UNSEEN_WIDE = "seen", "unseen", "wide", "unseen_wide"
-# the corpus setting -> (the phrasing of its train and holdout scenarios, of its holdout_unseen ones).
-# WIDE: the seen lines and the extra variety; UNSEEN_WIDE: the held-back lines, in the wide decorations
-PHRASINGS = {"core": (SEEN, UNSEEN), "wide": (WIDE, UNSEEN_WIDE)}
+VALIDATION, VALIDATION_WIDE = "validation", "validation_wide"
+# the corpus setting -> (the phrasing of its train and holdout scenarios, of its validation ones, of its
+# test_unseen ones). WIDE: the seen lines and the extra variety; *_WIDE: held-back lines in the wide decorations
+PHRASINGS = {"core": (SEEN, VALIDATION, UNSEEN), "wide": (WIDE, VALIDATION_WIDE, UNSEEN_WIDE)}
+_WIDE_DRESS = (WIDE, UNSEEN_WIDE, VALIDATION_WIDE)
 
 
 @dataclass(frozen=True)
 class Pool:
     """Lines of our own generic pools with the held-back ones named explicitly (``unseen``), so
-    lines can be added without moving one from one side to the other: ``holdout_unseen`` keeps
+    lines can be added without moving one from one side to the other: ``test_unseen`` keeps
     measuring the same phrasings whatever training speaks. ``seen`` are the original training
     lines; ``added`` the variety a corpus with ``phrasings: wide`` speaks besides them, or
     ``wide_order`` all its lines in the order a seeded draw indexes (when not seen + added)."""
@@ -38,6 +43,7 @@ class Pool:
     unseen: tuple[str, ...]
     added: tuple[str, ...] = ()
     wide_order: tuple[str, ...] = ()
+    validation: tuple[str, ...] = ()  # lines only the validation set speaks (written apart from both others)
 
     @property
     def wide(self) -> tuple[str, ...]:
@@ -59,11 +65,13 @@ OPENERS = Pool(
           "Hi, I have a question.", "Good evening.", "Hiya.", "Hello, is this the right place?", "Good afternoon.",
           "Morning!", "Hey there, I hope you can help.", "Hi, quick one.", "Greetings."),  # as the measured ladder drew them
     unseen=("Hello there, are you able to help?", "Hey."),
+    validation=("Hi, hope you're well.", "Howdy.", "Hello, anyone there?"),
 )
 ACKNOWLEDGEMENTS = Pool(
     seen=("OK.", "Sure.", "Alright.", "Yes, go ahead.", "Sounds good.", "Okay, thanks.", "Fine by me.", "Yes."),
     added=("Yep.", "Great, continue.", "No problem.", "Right.", "Okay then."),
     unseen=("Go on.", "That works."),
+    validation=("Cool.", "Fine.", "Alright, carry on."),
 )
 UNCLEAR = Pool(
     seen=("Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
@@ -71,6 +79,7 @@ UNCLEAR = Pool(
     added=("Sorry?", "Huh?", "What?", "Come again?", "I'm confused.", "What was the question?", "I don't follow.",
            "Can you repeat that?", "Sorry, I missed that.", "Could you clarify?", "Eh?", "What do you need from me?"),
     unseen=("Not sure what you are asking.", "Pardon?"),
+    validation=("Sorry, lost you there.", "What do you mean exactly?", "Hm?"),
 )
 OFF_TOPIC = Pool(
     seen=("By the way, do you have a mobile app?", "Quick question, what are your opening hours?",
@@ -79,6 +88,7 @@ OFF_TOPIC = Pool(
     added=("Do you sell travel insurance?", "What is your phone number?", "Can I get a discount?", "Is there free wifi?",
            "What time is it there?", "Do you have a loyalty app?"),
     unseen=("Where is your head office?", "Do you have a newsletter?"),
+    validation=("Can I leave a review somewhere?", "Are you open on Sundays?", "Do you have a student discount?"),
 )
 # A correction always names the value it replaces: "it should be Zurich" alone does not say whether
 # the origin or the destination changed, so nobody (model or judge) could score it objectively.
@@ -96,6 +106,7 @@ CORRECTIONS = Pool(
            "Update: {new} instead of {old}.", "Replace {old} by {new}.", "I got that wrong, {new} and not {old}.",
            "Can you change it from {old} to {new}?"),
     unseen=("Let me fix that: {old} should be {new}.",),
+    validation=("Oh no, not {old}, sorry, {new}.", "{old}? No, I meant {new}."),
 )
 USER_PREFIXES = ("", "", "", "Um, ", "Well, ", "Okay, ", "So, ")
 USER_SUFFIXES = ("", "", "", " Thanks.", " Thank you!", " Cheers.")
@@ -115,21 +126,37 @@ def held_back_count(n: int) -> int:
     return max(1, n // 4) if n >= 2 else 0
 
 
+MIN_TRAINING_LINES = 3  # a line is held back for validation only if this many stay for training
+
+
+def validation_count(n: int) -> int:
+    """Lines of a workflow's ``n`` held back for validation (besides the test ones)."""
+    return 1 if n - held_back_count(n) - 1 >= MIN_TRAINING_LINES else 0
+
+
 def phrasing_pool(lines: Sequence[str], phrasing: str) -> tuple[str, ...]:
-    """The lines usable for ``phrasing`` (``seen`` or ``unseen``): a ``Pool``'s named part; of a
-    workflow's own lines, the last quarter is unseen (all lines are usable if none is held back)."""
+    """The lines usable for ``phrasing``: a ``Pool``'s named part; of a workflow's own lines, the
+    last quarter is unseen (test), the line before it validation where three or more stay for
+    training, the rest seen (all lines are usable if none is held back)."""
     if isinstance(lines, Pool):
+        if phrasing in (VALIDATION, VALIDATION_WIDE):
+            return lines.validation or lines.seen
         return {UNSEEN: lines.unseen, UNSEEN_WIDE: lines.unseen, WIDE: lines.wide}.get(phrasing, lines.seen)
     lines = tuple(lines)
     k = held_back_count(len(lines))
     if k == 0:
         return lines
-    return lines[-k:] if phrasing in (UNSEEN, UNSEEN_WIDE) else lines[:-k]
+    if phrasing in (UNSEEN, UNSEEN_WIDE):
+        return lines[-k:]
+    v = validation_count(len(lines))
+    if phrasing in (VALIDATION, VALIDATION_WIDE):
+        return lines[-k - v:-k] if v else lines[:-k]
+    return lines[:-k - v]
 
 
 def decorations(phrasing: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(prefixes, suffixes) a user's answer is dressed in: the wider ones in a ``wide`` corpus."""
-    return (WIDE_PREFIXES, WIDE_SUFFIXES) if phrasing in (WIDE, UNSEEN_WIDE) else (USER_PREFIXES, USER_SUFFIXES)
+    return (WIDE_PREFIXES, WIDE_SUFFIXES) if phrasing in _WIDE_DRESS else (USER_PREFIXES, USER_SUFFIXES)
 
 
 def lines_digest(setting: str) -> str:

@@ -22,7 +22,7 @@ import polars as pl
 from subterra.forms import parse_form, shown_say
 
 PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
-SPLITS = ["train", "holdout", "holdout_unseen"]
+SPLITS = ["train", "validation", "holdout", "test_unseen"]
 COVERAGE = "every node and edge present in training"
 MAX_REJECTED_SHARE = 0.05
 REJECTED = f"teacher output rejected for at most {MAX_REJECTED_SHARE:.0%} of conversations"
@@ -183,7 +183,7 @@ def validate_corpus(corpus: pl.DataFrame, wf, max_length: int, rejected: int = 0
             column="train_in_holdout", value_set=[False]
         ),
         "conversation ids unique": E.ExpectColumnValuesToBeUnique(column="conversation_id"),
-        "splits are train, holdout, holdout_unseen": E.ExpectColumnDistinctValuesToEqualSet(column="split", value_set=SPLITS),
+        "splits are train, validation, holdout, test_unseen": E.ExpectColumnDistinctValuesToEqualSet(column="split", value_set=SPLITS),
     }
     context = _gx_context()
     source = context.data_sources.add_pandas("corpus")

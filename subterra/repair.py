@@ -77,18 +77,18 @@ def repair_map(scenarios: pl.DataFrame) -> pl.DataFrame:
     most failures first; ``share`` is the cluster's failures over the route's scenarios."""
     totals = dict(scenarios.group_by("route").len().iter_rows())
     groups: dict[tuple, dict] = {}
-    for r in scenarios.filter(~pl.col("strict_pass")).sort(["route", "holdout", "scenario_id"]).iter_rows(named=True):
+    for r in scenarios.filter(~pl.col("strict_pass")).sort(["route", "set", "scenario_id"]).iter_rows(named=True):
         site = failure_site(r["first_error"])
         key = (r["route"], *(site[k] for k in CLUSTER_KEYS))
         group = groups.setdefault(key, {"site": site, "failures": 0, "holdouts": {}, "examples": []})
         group["failures"] += 1
-        group["holdouts"][r["holdout"]] = group["holdouts"].get(r["holdout"], 0) + 1
+        group["holdouts"][r["set"]] = group["holdouts"].get(r["set"], 0) + 1
         if len(group["examples"]) < EXAMPLES:
             error = json.loads(r["first_error"]) if r["first_error"] else {}
             group["examples"].append(
                 {
                     "scenario_id": r["scenario_id"],
-                    "holdout": r["holdout"],
+                    "set": r["set"],
                     "turn": error.get("turn"),
                     "expected": {"node": error.get("expected_node"), "slots": error.get("expected_slots")},
                     "got": {"node": error.get("got_node"), "slots": error.get("got_slots")},

@@ -13,10 +13,13 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 
-from subterra.phrasing import SEEN, UNSEEN
+from subterra.phrasing import SEEN, UNSEEN, VALIDATION
 from subterra.slot_values import SlotValueSource
 
-SPLITS = ("train", "holdout", "holdout_unseen")
+SPLITS = ("train", "validation", "holdout", "test_unseen")
+# validation: every choice (settings, runtime rules, repair, the promotion gate) is made on it;
+# holdout (seen phrasings, unseen values) and test_unseen (held-back phrasings) are test sets no
+# decision reads; the natural test set (subterra.natural) is written by people, not generated
 OFFSCRIPT_KINDS = ("unclear", "offtopic", "correction")
 PERSONAS = (  # who the user is, for a model that writes or plays the user's side
     "a busy professional who writes short, clipped messages",
@@ -106,7 +109,8 @@ def make_scenario(
     random_value_rate: float = 0.0,
     correction_share: float | None = None,
 ) -> Scenario:
-    """A seeded scenario on ``path`` for ``split``; holdout splits draw reserved slot values only.
+    """A seeded scenario on ``path`` for ``split``; the test splits draw reserved slot values only,
+    validation its own ones (``subterra.slot_values``).
 
     An off-script turn is of each possible kind alike, or, with ``correction_share``, a correction
     (where one is possible) that often and otherwise one of the others."""
@@ -142,6 +146,6 @@ def make_scenario(
         values=values,
         corrections=corrections,
         offscript=offscript,
-        phrasing=UNSEEN if split == "holdout_unseen" else SEEN,
+        phrasing={"test_unseen": UNSEEN, "validation": VALIDATION}.get(split, SEEN),
         seed=scenario_seed,
     )

@@ -242,15 +242,15 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert training_meta["final_loss"] == trained["final_loss"]
     assert training_meta["loss_curve"].startswith("![loss](data:image/png;base64,")
     scores = store.read("eval_scores", KEY)
-    assert set(scores["holdout"]) == {"holdout", "holdout_unseen"}
+    assert set(scores["set"]) == {"holdout", "test_unseen"}
     # the from-config student has no pretrained base: the two compiled routes run, the orchestrated ones are skipped
     assert set(scores["route"]) == {"compiled", "compiled_prefill"}
     assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
     cost = store.read("cost_report", KEY)
     # every evaluated route priced on both holdouts, beside the frontier estimated from characters
-    assert list(zip(cost["route"], cost["holdout"])) == [
-        ("frontier_in_context", "holdout"), ("compiled", "holdout"), ("compiled", "holdout_unseen"),
-        ("compiled_prefill", "holdout"), ("compiled_prefill", "holdout_unseen")]
+    assert list(zip(cost["route"], cost["set"])) == [
+        ("frontier_in_context", "holdout"), ("compiled", "holdout"), ("compiled", "test_unseen"),
+        ("compiled_prefill", "holdout"), ("compiled_prefill", "test_unseen")]
     report = metadata(result, COMPILE_ASSETS[6])["report"]
     assert "x cheaper" in report
     # offline by default: the report says which parts did not use Claude

@@ -62,7 +62,7 @@ def test_the_frontier_route_plays_the_holdout_with_measured_tokens_and_dollars(f
     assert complete >= 3
     scores = aggregate(got)
     assert scores["usd_per_conversation"].to_list() == pytest.approx(
-        [got.filter(pl.col("holdout") == h)["usd"].mean() for h in ("holdout", "holdout_unseen")])
+        [got.filter(pl.col("set") == h)["usd"].mean() for h in ("holdout", "test_unseen")])
     # a rerun replays every answer from the spool: nothing is sent again
     sent = fake_claude.count("frontier")
     again = evaluate_frontier(answers(fake_claude, tmp_path, wf), wf, corpus, FRONTIER, EVAL).scenarios
@@ -106,17 +106,17 @@ def test_the_judge_scores_five_criteria_with_a_second_judge(fake_claude, tmp_pat
     assert good["judge_naturalness"] == 4 and good["judge2_naturalness"] == 3
     assert good["judge_mean"] == pytest.approx((5 + 4 + 4 + 4 + 4) / 5) and good["judge_model"] == "claude-opus-5-5"
     assert fake_claude.count("judge") == 2 * 4  # every conversation, by each judge
-    scores = {r["holdout"]: r for r in aggregate(judged).iter_rows(named=True)}
+    scores = {r["set"]: r for r in aggregate(judged).iter_rows(named=True)}
     assert scores["holdout"]["judge_judged"] == 1 and scores["holdout"]["judge2_judged"] == 2
     assert scores["holdout"]["judge_mean"] == pytest.approx(good["judge_mean"])
     assert scores["holdout"]["judge2_mean"] == pytest.approx((bad["judge2_mean"] + good["judge2_mean"]) / 2)
-    assert scores["holdout_unseen"]["judges_within_one"] == 1.0 and scores["holdout"]["judge2_model"] == "claude-sonnet-5-5"
+    assert scores["test_unseen"]["judges_within_one"] == 1.0 and scores["holdout"]["judge2_model"] == "claude-sonnet-5-5"
 
 
 def test_share_of_frontier_quality_per_holdout():
     scores = pl.DataFrame({
         "route": ["compiled_prefill", "compiled_prefill", "frontier", "frontier"],
-        "holdout": ["holdout", "holdout_unseen", "holdout", "holdout_unseen"],
+        "set": ["holdout", "test_unseen", "holdout", "test_unseen"],
         "strict_pass": [0.5, 0.25, 1.0, 0.5],
         "judge_mean": [3.0, None, 4.0, 4.0],
     })

@@ -49,12 +49,12 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     assert result.success, failure_text(result)
     scores = store.read("eval_scores", WORKFLOW)
     # the tiny student has no pretrained base: its two compiled routes, and the frontier route, play the same scenarios
-    assert sorted(zip(scores["route"], scores["holdout"])) == [
-        ("compiled", "holdout"), ("compiled", "holdout_unseen"), ("compiled_prefill", "holdout"), ("compiled_prefill", "holdout_unseen"),
-        ("frontier", "holdout"), ("frontier", "holdout_unseen")]
+    assert sorted(zip(scores["route"], scores["set"])) == [
+        ("compiled", "holdout"), ("compiled", "test_unseen"), ("compiled_prefill", "holdout"), ("compiled_prefill", "test_unseen"),
+        ("frontier", "holdout"), ("frontier", "test_unseen")]
     assert set(scores["user_simulator"]) == {"claude:claude-haiku-5-5"}
     assert scores["judge_mean"].null_count() == 0 and scores["judge2_mean"].null_count() == 0
-    by = {(r["route"], r["holdout"]): r for r in scores.iter_rows(named=True)}
+    by = {(r["route"], r["set"]): r for r in scores.iter_rows(named=True)}
     compiled, frontier = by[("compiled_prefill", "holdout")], by[("frontier", "holdout")]
     assert compiled["pct_of_frontier_quality"] == pytest.approx(100 * compiled["judge_mean"] / frontier["judge_mean"])
     assert frontier["pct_of_frontier_quality"] == 100.0 and frontier["strict_pass"] == 1.0
@@ -65,10 +65,10 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     assert fake_claude.count("judge") == 24 and fake_claude.count("frontier") > 0 and fake_claude.count("user") > 0
 
     cost = store.read("cost_report", WORKFLOW)
-    assert list(zip(cost["route"], cost["holdout"])) == [
-        ("frontier_in_context", "holdout"), ("frontier_measured", "holdout"), ("frontier_measured", "holdout_unseen"),
-        ("compiled", "holdout"), ("compiled", "holdout_unseen"), ("compiled_prefill", "holdout"), ("compiled_prefill", "holdout_unseen")]
-    measured = cost.filter((pl.col("route") == "frontier_measured") & (pl.col("holdout") == "holdout")).row(0, named=True)
+    assert list(zip(cost["route"], cost["set"])) == [
+        ("frontier_in_context", "holdout"), ("frontier_measured", "holdout"), ("frontier_measured", "test_unseen"),
+        ("compiled", "holdout"), ("compiled", "test_unseen"), ("compiled_prefill", "holdout"), ("compiled_prefill", "test_unseen")]
+    measured = cost.filter((pl.col("route") == "frontier_measured") & (pl.col("set") == "holdout")).row(0, named=True)
     assert measured["usd_per_conversation"] == pytest.approx(frontier["usd_per_conversation"])
     row = cost.row(0, named=True)
     teacher_usd = float(corpus["teacher_usd"].sum())

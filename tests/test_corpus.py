@@ -38,7 +38,7 @@ def test_every_path_and_edge_is_in_training(mini_workflow, corpus):
 
 def test_splits_sizes_and_disjoint_texts(corpus):
     counts = dict(corpus.group_by("split").len().iter_rows())
-    assert counts["holdout"] == counts["holdout_unseen"] == 40
+    assert counts["holdout"] == counts["test_unseen"] == 40
     train_texts = set(corpus.filter(pl.col("split") == "train")["messages"])
     held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
     assert not train_texts & held_texts
@@ -69,7 +69,11 @@ def test_every_assistant_turn_is_a_form_with_verbatim_values(mini_workflow, corp
     assert templated  # the mini workflow's say lines name values
 
 
-def test_holdout_free_values_never_in_training(mini_workflow, corpus):
+def test_test_and_validation_values_of_open_slots_never_in_training(mini_workflow, corpus):
+    """Slots of an open value space keep three disjoint sides: training, validation, the test
+    sets. A short integer range (travellers 1 to 9) is a closed set: every value is trained."""
+    from subterra.slot_values import SlotValueSource
+
     def values(split):
         out = {}
         for scenario in corpus.filter(pl.col("split").is_in(split))["scenario"]:
@@ -77,20 +81,24 @@ def test_holdout_free_values_never_in_training(mini_workflow, corpus):
                 out.setdefault(slot, set()).add(value)
         return out
 
-    train, held = values(["train"]), values(["holdout", "holdout_unseen"])
-    free = [s for s, spec in mini_workflow.slots.items() if spec.type in FREE_TYPES]
-    assert free
-    for slot in free:
+    train, validation, held = values(["train"]), values(["validation"]), values(["holdout", "test_unseen"])
+    open_slots = [s for s, spec in mini_workflow.slots.items()
+                  if spec.type in FREE_TYPES and not SlotValueSource.for_slot(spec).closed()]
+    assert open_slots
+    for slot in open_slots:
         assert not train[slot] & held[slot], slot
+        assert not train[slot] & validation[slot] and not validation[slot] & held[slot], slot
+    assert SlotValueSource.for_slot(mini_workflow.slots["travellers"]).closed()
+    assert train["travellers"] & held["travellers"]
 
 
 def test_a_value_reserved_for_one_slot_is_reserved_for_every_slot_of_its_type():
-    """A holdout value of one slot is no training value of another slot of its type: a student
-    that saw "3" only as a bag count would book a holdout party of three as three bags."""
+    """A test value of one slot is no training value of another slot of its type: a student
+    that saw a value only as one slot's would read it as that slot's in a test conversation."""
     from subterra.slot_values import SlotValueSource
 
-    people = SlotValueSource("travellers", "integer", min=1, max=6)
-    bags = SlotValueSource("checked_bags", "integer", min=1, max=3)
+    people = SlotValueSource("party", "integer", min=1, max=60)
+    bags = SlotValueSource("bags", "integer", min=1, max=30)
     (people_train, people_held), (bags_train, bags_held) = people.split_pool(), bags.split_pool()
     assert people_held and bags_held and people_train and bags_train
     assert not set(people_held) & set(bags_train) and not set(bags_held) & set(people_train)
@@ -99,22 +107,26 @@ def test_a_value_reserved_for_one_slot_is_reserved_for_every_slot_of_its_type():
     assert origin.split_pool() == destination.split_pool()
 
 
-def test_training_integers_have_every_digit_in_every_position_and_never_a_reserved_value():
-    """Random training integers have 1 to 3 digits: each digit the holdouts reserve as a whole
-    value ("2" travellers) still appears in the slot's training values, inside longer numbers."""
+def test_training_integers_stay_in_the_slots_range_and_a_short_range_is_trained_whole():
+    """Random training integers never leave the slot's declared range ("seats for 444" where a
+    party is 1 to 6 would teach the opposite of the workflow); in a range of 1 to 6 every value
+    is trained and tested; a wide range keeps its test values out of training."""
     import random
 
     from subterra.slot_values import SlotValueSource, is_reserved
 
-    people = SlotValueSource("travellers", "integer", min=1, max=6)
-    train, held = people.split_pool()
     rng = random.Random(0)
-    drawn = [people.draw(rng, "train", random_rate=1.0) for _ in range(600)]
-    assert {len(v) for v in drawn} == {1, 2, 3} and not any(v.startswith("0") for v in drawn)
-    assert not [v for v in drawn if v in held or is_reserved("integer", v)]
-    for digit in held:
-        assert any(digit in v and v != digit for v in drawn), digit
-    assert {people.draw(rng, "holdout") for _ in range(50)} <= set(held)
+    people = SlotValueSource("travellers", "integer", min=1, max=6)
+    drawn = {people.draw(rng, "train", random_rate=1.0) for _ in range(300)}
+    assert drawn == {str(v) for v in range(1, 7)}
+    assert {people.draw(rng, "holdout") for _ in range(100)} == drawn
+    amount = SlotValueSource("amount", "integer", min=1, max=5000)
+    wide = [amount.draw(rng, "train", random_rate=1.0) for _ in range(600)]
+    assert all(1 <= int(v) <= 5000 for v in wide) and {len(v) for v in wide} == {1, 2, 3, 4}
+    assert not [v for v in wide if is_reserved("integer", v)]
+    assert all(is_reserved("integer", amount.draw(rng, "holdout")) for _ in range(50))
+    assert not people.in_range("7") and not people.in_range("444") and people.in_range("6")
+
 
 def test_offscript_behaviour_is_injected(corpus):
     kinds = {k for ks in corpus["offscript"] for k in ks}
@@ -130,7 +142,7 @@ def test_deterministic(mini_workflow, corpus):
 
 def test_unseen_holdout_uses_held_back_phrasings(corpus):
     seen = corpus.filter(pl.col("split") == "holdout")["messages"].to_list()
-    unseen = corpus.filter(pl.col("split") == "holdout_unseen")["messages"].to_list()
+    unseen = corpus.filter(pl.col("split") == "test_unseen")["messages"].to_list()
     assert sum(a != b for a, b in zip(seen, unseen)) > len(seen) // 2
 
 
@@ -140,8 +152,8 @@ def test_oversized_corpus_is_refused_before_generation_with_the_numbers(mini_wor
     config = CorpusConfig(conversations_per_path=4, holdout_scenarios=200, max_conversations=10)
     with pytest.raises(CorpusTooLarge) as refused:
         build_corpus(mini_workflow, paths, TemplateTeacher(), config, progress=lambda done, total: progress.append(done))
-    total = len(paths) * 4 + 2 * 200
-    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths)} paths x 4 + 2 x 200 holdout) "
+    total = len(paths) * 4 + 3 * 200
+    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths)} paths x 4 + 200 validation + 2 x 200 holdout) "
                                   f"exceeds max_conversations=10")
     assert progress == []  # not one conversation was written
 
@@ -157,7 +169,7 @@ def test_a_correction_names_the_value_it_replaces_and_only_one_slot_held_it():
     wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
     corrections = 0
     for index, path in enumerate(select_paths(wf, cap=1000, seed=0).paths * 3):
-        for split in ("train", "holdout_unseen"):
+        for split in ("train", "test_unseen"):
             scenario = make_scenario(wf, path, split, index, seed=0, offscript_rate=0.5, random_value_rate=0.5)
             if index % 2:  # party size and bags alike: correcting "2" would not say which
                 scenario = replace(scenario, values={**scenario.values, "checked_bags": scenario.values["travellers"]})
@@ -224,7 +236,7 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
     extra = matcher(line for pool in pools for line in pool.extra)
     train = user_lines("train")
     assert not [line for line in train if any(p.fullmatch(line) for p in held_back)]
-    assert [line for line in user_lines("holdout_unseen") if any(p.fullmatch(line) for p in held_back)]
+    assert [line for line in user_lines("test_unseen") if any(p.fullmatch(line) for p in held_back)]
     spoke_extra = [line for line in train if any(p.fullmatch(line) for p in extra)]
     assert bool(spoke_extra) == (phrasings == "wide")
     assert ph.phrasing_pool(("a", "b", "c", "d"), ph.UNSEEN) == ("d",)  # a workflow's own lines: the last quarter
@@ -232,7 +244,8 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
 
 def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
     """``phrasings: core`` (the default) writes the corpus of the original pools, byte for byte, as
-    the tiny student's measured compiles did (corpus format 5: training integers of 1 to 3 digits;
+    the tiny student's measured compiles did (corpus format 6: a validation split with its own lines and
+    values, integers in their slot's range, short integer ranges trained whole;
     a change of it bumps ``CORPUS_FORMAT``, so no recompile reuses a conversation of the old one)."""
     import hashlib
 
@@ -241,4 +254,4 @@ def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
                           train_correction_share=0.5)
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), config)
     digest = hashlib.sha256("\n".join(corpus["messages"]).encode()).hexdigest()[:16]
-    assert (corpus.height, digest) == (126, "90a523d61f13f962")  # format 5: random integers of 1 to 3 digits
+    assert (corpus.height, digest) == (146, "418f561e4f83a724")  # format 6

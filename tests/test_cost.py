@@ -29,7 +29,7 @@ SCORES = pl.DataFrame(
     {
         "workflow": ["mini_booking"] * 2,
         "route": ["compiled_prefill"] * 2,
-        "holdout": ["holdout", "holdout_unseen"],
+        "set": ["holdout", "test_unseen"],
         "tokens_in": [300.0, 999.0],
         "tokens_out": [40.0, 999.0],
     }
@@ -61,10 +61,10 @@ def test_multiplier_is_price_factor_times_volume_factor(wf):
     f_in, f_out = frontier_tokens(wf, [CONVERSATION])
     frontier = (f_in * 3.00 + f_out * 15.00) / 1e6
     compiled = (300 * 0.05 + 40 * 0.23) / 1e6  # the "holdout" row, measured
-    rows = {(r["route"], r["holdout"]): r for r in table.iter_rows(named=True)}
+    rows = {(r["route"], r["set"]): r for r in table.iter_rows(named=True)}
     assert rows[("frontier_in_context", "holdout")]["usd_per_conversation"] == pytest.approx(frontier)
     assert rows[("compiled_prefill", "holdout")]["usd_per_conversation"] == pytest.approx(compiled)
-    assert rows[("compiled_prefill", "holdout_unseen")]["usd_per_conversation"] == pytest.approx((999 * 0.05 + 999 * 0.23) / 1e6)
+    assert rows[("compiled_prefill", "test_unseen")]["usd_per_conversation"] == pytest.approx((999 * 0.05 + 999 * 0.23) / 1e6)
     assert rows[("frontier_in_context", "holdout")]["token_source"] == "estimated, 4 chars/token"
     assert rows[("compiled_prefill", "holdout")]["token_source"].startswith("measured")
     assert summary["deployed_route"] == "compiled_prefill"
@@ -84,7 +84,7 @@ def test_every_route_is_priced_and_the_frontier_from_the_orchestrated_tokens(wf)
         {
             "workflow": ["mini_booking"] * 4,
             "route": ["orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill"],
-            "holdout": ["holdout"] * 4,
+            "set": ["holdout"] * 4,
             "tokens_in": [9000.0, 8800.0, 700.0, 690.0],
             "tokens_out": [400.0, 90.0, 300.0, 80.0],
         }

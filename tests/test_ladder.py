@@ -11,7 +11,7 @@ ROUTES = ["compiled_prefill", "orchestrated", "compiled", "orchestrated_prefill"
 def scores(route_rows: dict[str, tuple]) -> pl.DataFrame:
     return pl.DataFrame(
         [
-            {"workflow": "travel_booking", "route": route, "holdout": "holdout", "scenarios": 24, "strict_pass": strict,
+            {"workflow": "travel_booking", "route": route, "set": "holdout", "scenarios": 24, "strict_pass": strict,
              "partial_credit": 0.5, "slot_accuracy": 0.7, "form_validity": 0.9, "failure_rate": 0.1,
              "tokens_in": tin, "tokens_out": tout, "latency_p50_ms": 40.0}
             for route, (strict, tin, tout) in route_rows.items()
@@ -22,10 +22,10 @@ def scores(route_rows: dict[str, tuple]) -> pl.DataFrame:
 SCORES = scores({"compiled_prefill": (0.9, 600.0, 100.0), "orchestrated": (0.0, 9000.0, 500.0),
                  "compiled": (0.7, 600.0, 400.0), "orchestrated_prefill": (0.2, 9000.0, 100.0)})
 COST = pl.DataFrame(
-    [{"route": r, "holdout": "holdout", "tokens_in": tin, "tokens_out": tout, "usd_per_conversation": (tin * 0.05 + tout * 0.23) / 1e6}
+    [{"route": r, "set": "holdout", "tokens_in": tin, "tokens_out": tout, "usd_per_conversation": (tin * 0.05 + tout * 0.23) / 1e6}
      for r, tin, tout in [("compiled_prefill", 600.0, 100.0), ("orchestrated", 9000.0, 500.0), ("compiled", 600.0, 400.0),
                           ("orchestrated_prefill", 9000.0, 100.0)]]
-    + [{"route": "frontier_in_context", "holdout": "holdout", "tokens_in": 9000.0, "tokens_out": 500.0, "usd_per_conversation": 0.0345}]
+    + [{"route": "frontier_in_context", "set": "holdout", "tokens_in": 9000.0, "tokens_out": 500.0, "usd_per_conversation": 0.0345}]
 )
 
 

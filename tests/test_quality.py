@@ -88,7 +88,7 @@ def broken_copies(good: pl.DataFrame, wf):
     ids = good["conversation_id"].to_list()
     ids[train + 1] = ids[train]
     yield "conversation ids unique", good.with_columns(pl.Series("conversation_id", ids))
-    yield "splits are", good.filter(pl.col("split") != "holdout_unseen")
+    yield "splits are", good.filter(pl.col("split") != "test_unseen")
     uses_human = pl.col("edges").list.contains("ask_count>human#2")
     yield COVERAGE, good.filter(~(uses_human & (pl.col("split") == "train")))
 

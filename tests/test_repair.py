@@ -17,12 +17,12 @@ from subterra.teacher import TemplateTeacher
 def failed(route, scenario_id, kind, expected, got=None, edge=None, user_kind="answer", slot=None, holdout="holdout"):
     error = {"turn": 2, "expected_node": expected, "got_node": got or expected, "expected_slots": {}, "got_slots": {},
              "user_kind": user_kind, "edge": edge, "slot": slot, "kind": kind}
-    return {"workflow": "mini_booking", "route": route, "holdout": holdout, "scenario_id": scenario_id,
+    return {"workflow": "mini_booking", "route": route, "set": holdout, "scenario_id": scenario_id,
             "strict_pass": False, "first_error": json.dumps(error)}
 
 
 def passed(route, scenario_id, holdout="holdout"):
-    return {"workflow": "mini_booking", "route": route, "holdout": holdout, "scenario_id": scenario_id,
+    return {"workflow": "mini_booking", "route": route, "set": holdout, "scenario_id": scenario_id,
             "strict_pass": True, "first_error": None}
 
 
@@ -30,8 +30,8 @@ EVAL = pl.DataFrame(
     [
         failed("compiled_prefill", "holdout-00000", "wrong_node", "confirm", "cancel", edge="ask_count>confirm#0"),
         failed("compiled_prefill", "holdout-00001", "wrong_node", "confirm", "human", edge="ask_count>confirm#0"),
-        failed("compiled_prefill", "holdout_unseen-00001", "wrong_node", "confirm", "done", edge="ask_count>confirm#0",
-               holdout="holdout_unseen"),
+        failed("compiled_prefill", "test_unseen-00001", "wrong_node", "confirm", "done", edge="ask_count>confirm#0",
+               holdout="test_unseen"),
         failed("compiled_prefill", "holdout-00002", "wrong_node", "ask_date", "ask_count", user_kind="unclear"),
         failed("compiled_prefill", "holdout-00003", "wrong_slot", "ask_date", edge="greet>ask_date", slot="destination"),
         passed("compiled_prefill", "holdout-00004"),
@@ -46,7 +46,7 @@ def test_repair_map_clusters_failures_by_where_they_happen():
     rows = {(r["route"], r["cluster"]): r for r in table.iter_rows(named=True)}
     edge = rows[("compiled_prefill", "wrong_node at confirm via ask_count>confirm#0")]
     assert (edge["failures"], edge["scenarios"], edge["share"]) == (3, 6, 0.5)
-    assert json.loads(edge["holdouts"]) == {"holdout": 2, "holdout_unseen": 1}
+    assert json.loads(edge["holdouts"]) == {"holdout": 2, "test_unseen": 1}
     assert [e["got"]["node"] for e in json.loads(edge["examples"])] == ["cancel", "human", "done"]
     offscript = rows[("compiled_prefill", "wrong_node at ask_date after unclear")]
     assert (offscript["offscript"], offscript["edge"], offscript["failures"]) == ("unclear", None, 1)
@@ -104,7 +104,7 @@ def test_repair_users_speak_the_phrasings_the_compile_trained_on(mini_workflow):
         assert {Scenario.from_json(t).phrasing for t in repair["scenario"]} == {pool}
         assert not set(repair["messages"]) & held
     with pytest.raises(ValueError, match="one phrasing pool"):
-        training_phrasing(pl.concat([train, corpus.filter(pl.col("split") == "holdout_unseen")]))
+        training_phrasing(pl.concat([train, corpus.filter(pl.col("split") == "test_unseen")]))
 
 
 def gate(before_failures: dict[str, str], after_failures: dict[str, str], n=6) -> tuple:

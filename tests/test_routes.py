@@ -43,7 +43,7 @@ def test_every_route_runs_on_the_same_scenarios(trained, mini_workflow, corpus):
     assert scores.height == len(ROUTES) * 2 and set(scores["scenarios"]) == {2}
     per_route = result.scenarios.group_by("route").agg(pl.col("scenario_id").sort())
     assert len({tuple(ids) for ids in per_route["scenario_id"]}) == 1  # the same scenarios for every route
-    tokens_in = {r["route"]: r["tokens_in"] for r in scores.filter(pl.col("holdout") == "holdout").iter_rows(named=True)}
+    tokens_in = {r["route"]: r["tokens_in"] for r in scores.filter(pl.col("set") == "holdout").iter_rows(named=True)}
     # the orchestrated routes read the whole procedure every turn
     assert tokens_in["orchestrated_prefill"] > tokens_in["compiled_prefill"]
     assert tokens_in["orchestrated"] > tokens_in["compiled"]

@@ -177,7 +177,7 @@ def test_eval_of_the_trained_model(trained, mini_workflow, corpus):
     routes = local_routes(["compiled_prefill"], None, trained[1].model_dir)
     result = evaluate(routes, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12))
     scores = result.scores
-    assert set(scores["holdout"]) == {"holdout", "holdout_unseen"}
+    assert set(scores["set"]) == {"holdout", "test_unseen"}
     assert scores["scenarios"].to_list() == [4, 4]
     assert set(scores["route"]) == {"compiled_prefill"}
     for column in ("strict_pass", "partial_credit", "form_validity", "failure_rate"):

@@ -172,7 +172,7 @@ def print_ladder(workflow: str) -> int:
     print(format_ladder(table))
     frontier = cost.filter(pl.col("route").is_in(["frontier_in_context", "frontier_measured"]))
     for r in frontier.iter_rows(named=True):
-        print(f"{r['route']} on {r['holdout']}: ${r['usd_per_conversation']:.5f}/conversation "
+        print(f"{r['route']} on {r['set']}: ${r['usd_per_conversation']:.5f}/conversation "
               f"({r['tokens_in'] + r['tokens_out']:,.0f} tokens: {r['token_source']})")
     try:
         for r in store.read("promotions", workflow).sort("round").iter_rows(named=True):
@@ -215,7 +215,7 @@ def cmd_report(args) -> int:
     print("\n== eval_scores")
     print(scores.drop("workflow"))
     print("\n== cost_report (per conversation)")
-    print(cost.select("route", "holdout", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
+    print(cost.select("route", "set", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)
     compile_parts = (f" (training ${c['training_cost_usd']:.4f} + teacher ${c['teacher_cost_usd']:.4f})"
                      if c.get("teacher_cost_usd") is not None else "")

@@ -53,6 +53,23 @@ def shown_say(say: str, held: dict[str, str]) -> tuple[str, bool]:
     return fill(say, held), all(p in held for p in placeholders(say))
 
 
+FALLBACK_SAY = "Sorry, could you say that again?"
+
+
+def user_say(say: str, held: dict[str, str], lines=()) -> tuple[str, bool]:
+    """(what the user is shown, the model's own say was complete): a say with a placeholder the
+    conversation does not hold is never shown (the raw "{destination}" or an empty gap); the
+    step's first workflow line whose placeholders are all held is shown instead, or
+    ``FALLBACK_SAY`` if none is."""
+    text, complete = shown_say(say, held)
+    if complete:
+        return text, True
+    for line in lines:
+        if all(p in held for p in placeholders(line)):
+            return fill(line, held), False
+    return FALLBACK_SAY, False
+
+
 def render_form(form: Form) -> str:
     """The canonical text of a form: keys in fixed order, ``", "`` and ``": "`` separators."""
     return json.dumps(

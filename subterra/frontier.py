@@ -22,8 +22,8 @@ import polars as pl
 
 from subterra.claude_client import Request, json_in
 from subterra.claude_spool import ClaudeAnswers
-from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, score, select_holdout
-from subterra.forms import Form, shown_say
+from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, score, select_sets
+from subterra.forms import Form, user_say
 from subterra.procedure import render_procedure
 from subterra.runtime import TurnRecord
 from subterra.scenario import Scenario
@@ -78,7 +78,8 @@ def play(answers: ClaudeAnswers, wf, row: dict, config: EvalConfig, model: str, 
         usd += reply.usd
         form = read_form(reply.text)
         held.update(form.slots if form else {})
-        say, complete = shown_say(form.say, held) if form else (reply.text, False)
+        node = wf.nodes.get(form.node) if form else None
+        say, complete = user_say(form.say, held, node.say if node else ()) if form else (reply.text, False)
         transcript.turns.append(TurnRecord(
             node=form.node if form else "", slots=dict(form.slots) if form else {}, say=say,
             raw=reply.text, valid=form is not None and form.node in wf.nodes and complete,
@@ -106,7 +107,7 @@ def evaluate_frontier(
 ) -> EvalResult:
     """The frontier route on the holdout rows of the corpus table ``rows`` (the scenarios the
     compiled route plays), conversations side by side up to the client's concurrency."""
-    selected = select_holdout(rows, config)
+    selected = select_sets(rows, config)
     results = []
     with ThreadPoolExecutor(max_workers=answers.client.settings.concurrency, thread_name_prefix="frontier") as pool:
         for scored in pool.map(lambda r: play(answers, wf, r, config, model, users), selected):

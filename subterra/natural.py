@@ -65,11 +65,11 @@ class NaturalConversation:
     turns: tuple[NaturalTurn, ...]
     line: int = 0
 
-    def script(self, wf: Workflow, opening: str) -> tuple[NaturalTurn, ...]:
+    def script(self, start: str, opening: str) -> tuple[NaturalTurn, ...]:
         """The turns as played: with ``opening`` ``greeting`` the bare greeting comes first and the
-        agent must answer it at the start step; with ``request`` the first line opens."""
+        agent must answer it at the ``start`` step; with ``request`` the first line opens."""
         if opening == "greeting":
-            return (NaturalTurn(self.greeting, wf.start, {}, self.line),) + self.turns
+            return (NaturalTurn(self.greeting, start, {}, self.line),) + self.turns
         if opening == "request":
             return self.turns
         raise ValueError(f"opening must be one of {OPENINGS}, not {opening!r}")
@@ -81,10 +81,55 @@ class NaturalSet:
     today: dt.date
     conversations: tuple[NaturalConversation, ...]
     source: str = ""
+    start: str = ""  # the workflow's start step (a greeting-first script's first expected step)
+
+
+# the eval set each kind of natural file plays as
+SET_OF = {TEST: "natural", VALIDATION: "validation_natural"}
 
 
 def natural_path(workflow_id: str, kind: str, root: Path | str = NATURAL_DIR) -> Path:
     return Path(root) / kind / f"{workflow_id}.yaml"
+
+
+def load_natural_sets(wf: Workflow, root: Path | str = NATURAL_DIR) -> tuple[dict[str, NaturalSet], list[str]]:
+    """The workflow's natural sets that exist, by eval set name (``natural``,
+    ``validation_natural``), and the problems of those that could not be read (``file:line:
+    message``, so a broken or outdated file is reported and skipped, never fatal)."""
+    sets, problems = {}, []
+    for kind, name in SET_OF.items():
+        path = natural_path(wf.id, kind, root)
+        if not path.exists():
+            continue
+        try:
+            sets[name] = load_natural(path, wf)
+        except WorkflowError as exc:
+            problems.extend(str(f) for f in exc.faults)
+    return sets, problems
+
+
+class ScriptUser:
+    """Plays a natural conversation's fixed lines: the next line after each agent turn that took
+    the step the script expects, nothing (the conversation stops) after one that did not."""
+
+    def __init__(self, turns):
+        self.turns = tuple(turns)
+        self.i = 0
+
+    def _turn(self):
+        from subterra.simulator import UserTurn
+
+        t = self.turns[self.i]
+        return UserTurn(t.user, "answer", dict(t.slots), None)
+
+    def opener(self):
+        return self._turn()
+
+    def reply(self, node_id: str, say: str = ""):
+        if node_id != self.turns[self.i].node or self.i + 1 >= len(self.turns):
+            return None
+        self.i += 1
+        return self._turn()
 
 
 def normalise(value: str) -> str:
@@ -195,7 +240,7 @@ def load_natural(path: Path | str, wf: Workflow) -> NaturalSet:
         conversations.append(NaturalConversation(cid, greeting.strip(), tuple(turns), loaded.line(*where)))
     if faults:
         raise WorkflowError(faults)
-    return NaturalSet(wf.id, today, tuple(conversations), name)
+    return NaturalSet(wf.id, today, tuple(conversations), name, wf.start)
 
 
 def _canonical(value) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from subterra.forms import shown_say
+from subterra.forms import user_say
 from subterra.procedure import render_procedure
 from subterra.runtime import MAX_DRAFT, Codec, TurnCounter, TurnRecord, fill_form, force, free_form
 from subterra.scenario import Scenario
@@ -76,6 +76,7 @@ class Episode:
     scenario: Scenario
     reference: list[dict]
     max_turns: int
+    script: tuple | None = None  # a natural conversation's fixed user lines (subterra.natural.NaturalTurn)
 
 
 @dataclass
@@ -116,7 +117,12 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
     are the whole context the model reads (system prompt included); tokens out are the model's own.
     ``users`` makes the scenario's user (scripted, or a model in the scenario's persona).
     """
-    user = users.make(wf, episode.scenario)
+    if episode.script is not None:
+        from subterra.natural import ScriptUser
+
+        user = ScriptUser(episode.script)
+    else:
+        user = users.make(wf, episode.scenario)
     turn = user.opener()
     n_context = n_prefix
     held: dict[str, str] = {}
@@ -129,7 +135,8 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         started = clock()
         form, raw, valid = yield from turn_program(turn.text, counter, held)
         held.update(form.slots)
-        say, complete = shown_say(form.say, held)  # what the user reads: the template filled in
+        node = wf.nodes.get(form.node)
+        say, complete = user_say(form.say, held, node.say if node else ())  # the template filled in, never a raw one
         record = TurnRecord(
             node=form.node, slots=form.slots, say=say, raw=raw, valid=valid and complete and _parses(raw, wf),
             tokens_in=n_context + counter.forced, tokens_out=counter.chosen,

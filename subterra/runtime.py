@@ -12,7 +12,7 @@ values only, and constrains three of them:
 
 Decoding is greedy inside those constraints (a trie over the allowed token sequences; values are
 scored whole) and free for ``say`` (a template: ``{slot}`` for a value the conversation holds,
-filled in by ``forms.shown_say``; its first token may be the opening quote merged with the say's start,
+filled in by ``forms.user_say`` (never shown with a placeholder the conversation does not hold); its first token may be the opening quote merged with the say's start,
 as a byte-level BPE merges ' "{'). The pieces are cut where any tokenizer cuts (a letter meeting
 punctuation, before a space), so a pretrained byte-level BPE sees the very tokens it was trained
 on. ``free_form`` is the other way to fill a form: the model writes the whole turn itself.
@@ -35,7 +35,7 @@ from typing import Callable, Generator, Iterable, Sequence
 from subterra.drafts import SayDrafts
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD,
-    VALUE_LAST, VALUE_MORE, Form, render_form, shown_say,
+    VALUE_LAST, VALUE_MORE, Form, render_form, user_say,
 )
 
 END = "<|im_end|>"
@@ -1101,4 +1101,4 @@ class ChatSession:
         self.held.update(form.slots)
         node = self.wf.nodes.get(form.node)
         self.ended = bool(node and node.is_terminal)
-        return Form(form.node, form.slots, shown_say(form.say, self.held)[0])
+        return Form(form.node, form.slots, user_say(form.say, self.held, node.say if node else ())[0])

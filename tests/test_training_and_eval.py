@@ -177,12 +177,15 @@ def test_eval_of_the_trained_model(trained, mini_workflow, corpus):
     routes = local_routes(["compiled_prefill"], None, trained[1].model_dir)
     result = evaluate(routes, mini_workflow, corpus, EvalConfig(scenarios=4, batch_size=8, max_say_tokens=12))
     scores = result.scores
-    assert set(scores["set"]) == {"holdout", "test_unseen"}
-    assert scores["scenarios"].to_list() == [4, 4]
+    assert set(scores["set"]) == {"validation", "holdout", "test_unseen"}
+    assert scores["scenarios"].to_list() == [4, 4, 4]
     assert set(scores["route"]) == {"compiled_prefill"}
     for column in ("strict_pass", "partial_credit", "form_validity", "failure_rate"):
         assert all(0.0 <= v <= 1.0 for v in scores[column])
-    assert result.scenarios.height == 8
+    for column in ("strict_pass", "failure_rate"):  # every rate with its 95% Wilson interval around it
+        for low, rate, high in zip(scores[f"{column}_low"], scores[column], scores[f"{column}_high"]):
+            assert 0.0 <= low <= rate <= high <= 1.0 and high - low > 0.2  # n = 4: a wide interval
+    assert result.scenarios.height == 12
     # the constraint: every node the model named is a real node, every value a span of the user's message
     for transcript in result.scenarios["transcript"]:
         for turn in json.loads(transcript):

@@ -10,7 +10,8 @@ from subterra.routes import DEPLOYED
 
 
 class EvalSettings(dg.Config):
-    scenarios: int = 200  # per holdout
+    scenarios: int = 200  # per generated set (validation, holdout, test_unseen)
+    natural: bool = True  # play the workflow's natural sets too (data/natural/{test,validation}/WORKFLOW.yaml)
     # rows per lockstep batch (fewer if the KV cache would pass max_cache_gb): every step reads the
     # whole batch's cache, so fewer, larger steps win (400 scenarios: 99 s at 400 rows, 130 s at 100)
     batch_size: int = 400
@@ -30,7 +31,7 @@ class EvalSettings(dg.Config):
     # decoding: what is generated is the same; 0 decodes a say one token per forward)
     draft_tokens: int = 48
     # does the model hold (the asset check on the deployed route, a warning: the run goes on, the UI
-    # shows it)? strict pass on ``holdout`` at least this, and at most ``max_drop`` below the last
+    # shows it)? strict pass on ``validation`` (never a test set) at least this, and at most ``max_drop`` below the last
     # good model's. A model that does not hold is not served and not continued from while an
     # earlier one that held is there (subterra.serving)
     min_strict_pass: float = 0.5
@@ -53,7 +54,7 @@ CHECK = "deployed_route_holds"
 
 @dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"},
           check_specs=[dg.AssetCheckSpec(CHECK, asset="eval_scores", blocking=False,
-                                         description="the deployed route's holdout strict pass is above the floor and "
+                                         description="the deployed route's validation strict pass is above the floor and "
                                                      "not far below the last good model's (a warning: a compile "
                                                      "that came out broken, one transition wrong everywhere, shows "
                                                      "here, and the last good model goes on serving; an "
@@ -67,19 +68,22 @@ def eval_scores(
     store: StoreResource,
     claude: ClaudeResource,
 ) -> dg.MaterializeResult:
-    """Every route on both holdouts, played by the same users: the base model with the procedure in
-    its prompt, and the compiled model with none; each free or on a prefilled form.
+    """Every route on the held-out sets, played by the same users: the base model with the procedure
+    in its prompt, and the compiled model with none; each free or on a prefilled form. The test sets
+    (``natural``: people's lines played as scripts, ``test_unseen``, ``holdout``: seen phrasings)
+    are reported; only ``validation`` decides (the check below, repair, promotion).
 
     With Claude (the claude resource): Claude can play the user, the frontier route (Claude with
     the procedure in context) plays the same scenarios, and a judge scores every conversation on
     the five criteria; the route ``frontier`` rows and the ``judge_*`` columns sit beside the
     objective scores, with each route's % of frontier quality.
 
-    A model whose deployed route holds on the holdout becomes the workflow's last good model
+    A model whose deployed route holds on validation becomes the workflow's last good model
     (``good_models``); one that does not is kept out of service while a good one is there."""
     import polars as pl
 
-    from subterra.evaluation import aggregate, evaluate, failure_summary
+    from subterra.evaluation import aggregate, evaluate, failure_summary, headline
+    from subterra.natural import load_natural_sets
     from subterra.routes import local_routes
     from subterra.serving import GOOD_MODELS, good_model_frame, holds, last_good_model, serving_model
     from subterra.simulator import SCRIPTED
@@ -105,8 +109,11 @@ def eval_scores(
         answers = answers_for(setup, settings.get().claude_dir, wf.id, say=context.log.info)
         users = claude_users(answers, setup.settings.user_model) if setup.uses("user") else None
     users = users or SCRIPTED
+    natural, problems = load_natural_sets(wf, settings.get().natural_dir) if eval_config.natural else ({}, [])
+    for problem in problems:  # a broken or outdated natural file is reported and skipped, never fatal
+        context.log.warning(f"{wf.id}: natural set skipped: {problem}")
     result = evaluate(
-        routes, wf, rows, eval_config, users=users,
+        routes, wf, rows, eval_config, users=users, natural=natural,
         progress=lambda route, done, total: context.log.info(f"eval {route}: {done}/{total} scenarios"),
     )
     scenarios = result.scenarios
@@ -147,6 +154,8 @@ def eval_scores(
     serving = serving_model(db, wf.id)
     failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
     metadata = {
+        "headline": dg.MetadataValue.md(headline(scores.filter(pl.col("route") == DEPLOYED))),
+        "natural_sets": ", ".join(sorted(natural)) or "none (no data/natural file for this workflow)",
         "scores": dg.MetadataValue.md(scores.to_pandas().to_markdown(index=False, floatfmt=".3f")),
         "where_failures_start": dg.MetadataValue.md(failures.head(20).to_pandas().to_markdown(index=False) if failures.height else "none"),
         "routes": ", ".join(played),
@@ -174,8 +183,9 @@ def eval_scores(
 
 
 def deployed_strict(scores) -> float | None:
-    """The deployed route's holdout strict pass in an eval_scores frame, if it has one."""
+    """The deployed route's validation strict pass in an eval_scores frame, if it has one: the
+    gate reads validation, never a test set."""
     import polars as pl
 
-    rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("set") == "holdout"))
+    rows = scores.filter((pl.col("route") == DEPLOYED) & (pl.col("set") == "validation"))
     return float(rows["strict_pass"][0]) if rows.height else None

@@ -11,7 +11,7 @@ from resources import ClaudeResource, SettingsResource, StoreResource, TeacherRe
 
 class RepairSettings(dg.Config):
     rounds: int = 1  # repair rounds (0: only record the compile's model as promoted)
-    route: str = "compiled_prefill"  # whose failures are repaired and whose holdout gates promotion
+    route: str = "compiled_prefill"  # whose failures are repaired and whose validation score gates promotion
     per_failure: int = 4  # training conversations per held-out failure of a cluster
     max_per_cluster: int = 24
     max_conversations: int = 400
@@ -44,9 +44,10 @@ def promoted_model(
     claude: ClaudeResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    """Repair rounds: training conversations through the failing clusters, training continued from
-    the current weights, the candidate re-evaluated on the same holdout and promoted only if strict
-    pass improves and no cluster grows. Records which model serves the workflow, and why.
+    """Repair rounds: training conversations through the failing clusters of ``validation``,
+    training continued from the current weights, the candidate re-evaluated on the same validation
+    scenarios and promoted only if strict pass improves and no cluster grows (no test set is read
+    by any of it). Records which model serves the workflow, and why.
 
     A candidate is played by the same users as the compile's evaluation (Claude, if Claude played
     the user there), so the gate compares like with like."""
@@ -59,7 +60,7 @@ def promoted_model(
     from subterra.evaluation import EvalConfig, evaluate
     from subterra.paths import paths_from_table
     from subterra.promotion import PROMOTIONS_SCHEMA, decide, initial_row, promotion_row
-    from subterra.repair import repair_conversations, repair_map as build_map, repair_training_set, training_phrasing
+    from subterra.repair import REPAIR_SETS, repair_conversations, repair_map as build_map, repair_training_set, training_phrasing
     from subterra.routes import local_routes
     from subterra.simulator import SCRIPTED
     from subterra.training import TrainConfig
@@ -69,10 +70,11 @@ def promoted_model(
     wf = snapshot(db, context.partition_key)
     route = config.route
     trained = db.read("trained_weights", wf.id).row(0, named=True)
-    eval_config = replace(EvalConfig.from_json(db.read("eval_runs", wf.id).row(0, named=True)["config"]), routes=(route,))
-    current = db.read("eval_scenarios", wf.id).filter(pl.col("route") == route)
+    eval_config = replace(EvalConfig.from_json(db.read("eval_runs", wf.id).row(0, named=True)["config"]), routes=(route,),
+                          sets=REPAIR_SETS, natural=False)
+    current = db.read("eval_scenarios", wf.id).filter((pl.col("route") == route) & pl.col("set").is_in(REPAIR_SETS))
     if not current.height:
-        raise dg.Failure(f"{wf.id}: route {route} was not evaluated; nothing to gate a promotion on")
+        raise dg.Failure(f"{wf.id}: route {route} was not evaluated on validation; nothing to gate a promotion on")
     users = SCRIPTED
     simulator = current["user_simulator"][0] if "user_simulator" in current.columns else SCRIPTED.name
     if simulator != SCRIPTED.name:
@@ -89,7 +91,7 @@ def promoted_model(
     changes, scores = [], []
     corpus = db.read("validated_dataset", wf.id)
     train = corpus.filter(pl.col("split") == "train").drop("n_tokens")
-    held_texts = set(corpus.filter(pl.col("split") != "train")["messages"])
+    held_texts = set(corpus.filter(pl.col("split").is_in(REPAIR_SETS))["messages"])  # a repair conversation is none of these
     spoken = training_phrasing(train)  # repair users speak the compile's phrasings (core or wide)
     workflow_paths = paths_from_table(db.read("workflow_paths", wf.id))
     compile_config = TrainConfig.from_json(Path(current_dir) / "train_config.json")

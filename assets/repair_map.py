@@ -7,13 +7,17 @@ from resources import StoreResource
 
 @dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="repair", kinds={"duckdb"})
 def repair_map(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
-    """Held-out failures clustered by where they first went wrong (error kind, step, edge,
-    off-script behaviour, slot), with counts and examples, per route."""
+    """Validation failures clustered by where they first went wrong (error kind, step, edge,
+    off-script behaviour, slot), with counts and examples, per route. Only the ``validation``
+    set: a repair round is built on it and never sees a test set."""
+    import polars as pl
+
+    from subterra.repair import REPAIR_SETS
     from subterra.repair import repair_map as build_map
 
     db = store.get()
     workflow = context.partition_key
-    table = build_map(db.read("eval_scenarios", workflow))
+    table = build_map(db.read("eval_scenarios", workflow).filter(pl.col("set").is_in(REPAIR_SETS)))
     db.replace_partition("repair_map", workflow, table)
     metadata: dict = {"clusters": table.height, "failures": int(table["failures"].sum()) if table.height else 0}
     for (route,), part in table.group_by("route", maintain_order=True):

@@ -366,6 +366,32 @@ def evaluate(
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 
+def ordered(scores: pl.DataFrame) -> pl.DataFrame:
+    """Score rows in report order: the test sets (natural, test_unseen, holdout) before validation."""
+    rank = {name: i for i, name in enumerate(SET_ORDER)}
+    return scores.with_columns(pl.col("set").replace_strict(rank, default=len(rank)).alias("_rank")).sort(
+        ["_rank", "route"]).drop("_rank")
+
+
+def headline(scores: pl.DataFrame) -> str:
+    """One line per route and set, test sets first: strict pass with its n and 95% interval,
+    failure rate and partial credit (Markdown table)."""
+    lines = ["| route | set | n | strict pass (95% CI) | failure rate (95% CI) | partial credit |",
+             "|---|---|---|---|---|---|"]
+    for r in ordered(scores).iter_rows(named=True):
+        lines.append(
+            f"| {r['route']} | {SET_LABELS.get(r['set'], r['set'])} | {r['scenarios']} | "
+            f"{r['strict_pass']:.3f} ({_fmt(r.get('strict_pass_low'))}-{_fmt(r.get('strict_pass_high'))}) | "
+            f"{r['failure_rate']:.3f} ({_fmt(r.get('failure_rate_low'))}-{_fmt(r.get('failure_rate_high'))}) | "
+            f"{r['partial_credit']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "?" if value is None else f"{value:.3f}"
+
+
 def failure_summary(scenarios: pl.DataFrame) -> pl.DataFrame:
     """Where the failed scenarios first went wrong: route x holdout x kind x step, with counts."""
     rows = []

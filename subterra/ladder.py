@@ -1,6 +1,7 @@
-"""The ladder: every route side by side on one holdout — quality, tokens, latency and price.
+"""The ladder: every route side by side on each held-out set — quality, tokens, latency and price.
 
-One row per route x holdout, from ``eval_scores`` (quality, tokens, latency) and ``cost_report``
+One row per route x set (the test sets natural, test_unseen and holdout first, each strict pass
+with its 95% interval; then validation, which choices were made on), from ``eval_scores`` (quality, tokens, latency) and ``cost_report``
 ($ per conversation; the ``frontier`` route, Claude with the procedure in context when it ran,
 priced from its ``frontier_measured`` row). If a repair round promoted new weights, the promoted model's deployed route
 is added as its own row (``compiled_prefill@round1``), so the table shows both the compile and what
@@ -12,16 +13,19 @@ from __future__ import annotations
 import polars as pl
 
 from subterra.cost import FRONTIER_ROUTE, MEASURED
+from subterra.evaluation import SET_LABELS, SET_ORDER
 from subterra.routes import ROUTES
 
 COLUMNS = [
-    "workflow", "route", "set", "model", "scenarios", "strict_pass", "partial_credit", "slot_accuracy",
+    "workflow", "route", "set", "model", "scenarios", "strict_pass", "strict_pass_low", "strict_pass_high",
+    "partial_credit", "slot_accuracy",
     "form_validity", "failure_rate", "tokens_in", "tokens_out", "tokens_per_conversation", "latency_p50_ms",
     "usd_per_conversation",
 ]
 SHOWN = {
     "route": "route",
     "strict_pass": "strict",
+    "strict_ci": "95% CI",
     "partial_credit": "partial",
     "slot_accuracy": "slots",
     "form_validity": "forms",
@@ -73,16 +77,21 @@ def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFr
                 usd = per_token * (float(r["tokens_in"]) + float(r["tokens_out"]))
             add(r, f"{r['route']}@round{r['round']}", f"promoted (repair round {r['round']})", usd)
     frame = pl.DataFrame(rows).select([c for c in COLUMNS if c in {k for row in rows for k in row}])
-    keys = sorted(range(frame.height), key=lambda i: (frame["set"][i], _order(frame["route"][i])))
+    rank = {name: i for i, name in enumerate(SET_ORDER)}
+    keys = sorted(range(frame.height), key=lambda i: (rank.get(frame["set"][i], len(rank)), frame["set"][i], _order(frame["route"][i])))
     return frame[keys]
 
 
 def format_ladder(ladder: pl.DataFrame) -> str:
-    """The ladder as text, one block per holdout."""
+    """The ladder as text, one block per set, test sets first."""
     out = []
     for (holdout,), part in ladder.group_by("set", maintain_order=True):
         n = int(part["scenarios"].max())
-        out.append(f"-- {holdout} ({n} scenarios per route)")
+        out.append(f"-- {SET_LABELS.get(holdout, holdout)} ({n} conversations per route)")
+        if "strict_pass_low" in part.columns:
+            part = part.with_columns(pl.format("{}-{}", pl.col("strict_pass_low").round(3), pl.col("strict_pass_high").round(3)).alias("strict_ci"))
+        else:
+            part = part.with_columns(pl.lit("n/a").alias("strict_ci"))
         shown = part.select([pl.col(c).alias(name) for c, name in SHOWN.items()])
         with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_cols=20,
                        tbl_width_chars=200, float_precision=3, fmt_str_lengths=40):

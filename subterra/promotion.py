@@ -70,7 +70,7 @@ def decide(before: pl.DataFrame, after: pl.DataFrame, route: str, tolerance: int
     changes = cluster_changes(before, after, route)
     regressed = changes.filter(pl.col("change") > tolerance)
     names = [f"{r['cluster']} ({r['before']} -> {r['after']})" for r in regressed.iter_rows(named=True)]
-    moved = f"holdout strict pass {s0:.3f} -> {s1:.3f} on {len(shared)} scenarios ({route})"
+    moved = f"validation strict pass {s0:.3f} -> {s1:.3f} on {len(shared)} scenarios ({route})"
     if s1 <= s0:
         reason = f"refused: {moved} did not improve"
         if names:
@@ -112,6 +112,6 @@ def initial_row(workflow: str, model_dir: str, route: str, scenarios: pl.DataFra
     """Round 0: the compile's own model, promoted because there is nothing before it."""
     s = strict_pass(scenarios, route)
     n = scenarios.filter(pl.col("route") == route).height
-    decision = Decision(True, f"promoted: the compile's model (holdout strict pass {s:.3f} on {n} scenarios, {route})",
+    decision = Decision(True, f"promoted: the compile's model (validation strict pass {s:.3f} on {n} scenarios, {route})",
                         s, s, n, pl.DataFrame())
     return promotion_row(workflow, 0, model_dir, model_dir, route, decision)

@@ -27,6 +27,9 @@ from subterra.phrasing import SEEN
 from subterra.scenario import OFFSCRIPT_KINDS, Scenario, make_scenario, path_visit_keys, visit_key
 
 CLUSTER_KEYS = ("kind", "node", "edge", "offscript", "slot")
+# the eval sets a repair round is built on and promoted on: validation only, never a test set
+# (people's validation lines are scripts with no path to write repair conversations through)
+REPAIR_SETS = ("validation",)
 MAP_SCHEMA = {
     "workflow": pl.String,
     "route": pl.String,

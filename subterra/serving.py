@@ -1,7 +1,7 @@
 """Which weights serve a workflow, and why: the last good model.
 
 A compile's model is *good* once its evaluation holds: the deployed route's strict pass on
-``holdout`` is at least a floor and not far below the last good model's (``holds``; the
+``validation`` is at least a floor and not far below the last good model's (``holds``; the
 ``deployed_route_holds`` check of ``eval_scores``). Its ``trained_weights`` row is then kept, with
 the strict pass it held at, as the workflow's row of ``good_models``.
 
@@ -27,19 +27,19 @@ GOOD_MODELS = "good_models"
 
 def holds(strict: float | None, last_good: float | None, min_strict_pass: float, max_drop: float,
           continued: bool = False) -> tuple[bool, str]:
-    """Does a model hold: its deployed route's holdout strict pass at least ``min_strict_pass``,
+    """Does a model hold: its deployed route's validation strict pass at least ``min_strict_pass``,
     and at most ``max_drop`` below the last good model's? (held, why). ``continued``: the model is
     an incremental recompile of the last good one (``max_drop`` is then the incremental gate)."""
     if strict is None:
-        return False, "the deployed route has no holdout score"
+        return False, "the deployed route has no validation score"
     faults = []
     if strict < min_strict_pass:
-        faults.append(f"strict pass {strict:.3f} on holdout is below the floor {min_strict_pass:.3f}")
+        faults.append(f"strict pass {strict:.3f} on validation is below the floor {min_strict_pass:.3f}")
     if last_good is not None and strict < last_good - max_drop:
         below = (f"the {last_good:.3f} of the model this incremental recompile continues" if continued
                  else f"the last good model's {last_good:.3f}")
         faults.append(f"strict pass {strict:.3f} is {last_good - strict:.3f} below {below} (at most {max_drop:.3f} allowed)")
-    return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on holdout holds")
+    return (not faults), ("; ".join(faults) or f"strict pass {strict:.3f} on validation holds")
 
 
 def full_recompile_due(store, workflow: str) -> str | None:
@@ -116,7 +116,7 @@ def serving_model(store, workflow: str) -> Serving:
         why = promoted["reason"] if promoted else "the compile's model"
         return Serving(trained["model_dir"], f"{why}; {state}, and no earlier model held", definition)
     state = f"did not hold ({run['verdict']})" if run is not None else "is not evaluated yet"
-    return Serving(good["model_dir"], f"the last good model (strict pass {good['strict_pass']:.3f} on holdout): "
+    return Serving(good["model_dir"], f"the last good model (strict pass {good['strict_pass']:.3f} on validation): "
                                       f"the compile of {trained['model_dir']} {state}", json.loads(good["definition"]))
 
 

@@ -49,6 +49,11 @@ class Settings:
         return self.data_dir / "workflows"
 
     @property
+    def natural_dir(self) -> Path:
+        """People's conversations per workflow (``subterra.natural``): test/ and validation/."""
+        return self.data_dir / "natural"
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 

@@ -22,10 +22,11 @@ TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    """A data folder with ``workflows/mini_booking.yaml`` in it."""
+    """A data folder with ``workflows/mini_booking.yaml`` in it, and its natural sets."""
     settings = Settings(tmp_path / "data")
     settings.workflows_dir.mkdir(parents=True)
     shutil.copyfile(MINI, settings.workflow_file("mini_booking"))
+    shutil.copytree(FIXTURES / "natural", settings.natural_dir)
     return settings
 
 

@@ -37,7 +37,20 @@ def test_the_ladder_lists_every_route_in_ladder_order_with_its_price():
     assert row["usd_per_conversation"] == pytest.approx((600 * 0.05 + 100 * 0.23) / 1e6)
     assert ladder.filter(pl.col("route") == "orchestrated")["model"].to_list() == ["base"]
     text = format_ladder(ladder)
-    assert "-- holdout (24 scenarios per route)" in text and "orchestrated_prefill" in text and "$/conv" in text
+    assert "-- holdout (seen phrasings, test) (24 conversations per route)" in text and "orchestrated_prefill" in text
+    assert "$/conv" in text
+
+
+def test_the_ladder_shows_the_natural_and_unseen_test_sets_first_with_their_intervals():
+    rows = []
+    for name in ("validation", "holdout", "test_unseen", "natural"):
+        rows += [{**r, "set": name, "strict_pass_low": r["strict_pass"] - 0.1, "strict_pass_high": r["strict_pass"] + 0.05}
+                 for r in SCORES.iter_rows(named=True)]
+    ladder = build_ladder(pl.DataFrame(rows), COST)
+    assert list(dict.fromkeys(ladder["set"])) == ["natural", "test_unseen", "holdout", "validation"]
+    text = format_ladder(ladder)
+    assert text.index("-- natural") < text.index("-- test_unseen") < text.index("-- holdout") < text.index("-- validation")
+    assert "95% CI" in text and "0.8-0.95" in text  # compiled_prefill's 0.9 with its interval
 
 
 def test_a_promoted_repair_round_gets_its_own_row():

@@ -10,7 +10,7 @@ from subterra.repair import (
     RepairConfig, cluster_name, failure_site, repair_conversations, repair_map, repair_training_set, training_phrasing,
 )
 from subterra.scenario import Scenario
-from subterra.slot_values import is_reserved
+from subterra.slot_values import SlotValueSource, value_side
 from subterra.teacher import TemplateTeacher
 
 
@@ -76,8 +76,8 @@ def test_a_repair_round_writes_training_conversations_through_the_failing_cluste
         assert json.loads(row["scenario"])["offscript"] == {"ask_date#1": "unclear"}
     for text in repair["scenario"]:
         scenario = Scenario.from_json(text)
-        assert not any(is_reserved(mini_workflow.slots[slot].type, value) for slot, value in scenario.values.items()
-                       if mini_workflow.slots[slot].type not in ("enum", "boolean"))
+        assert not any(value_side(mini_workflow.slots[slot].type, value) != "train" for slot, value in scenario.values.items()
+                       if not SlotValueSource.for_slot(mini_workflow.slots[slot]).closed())
     train = corpus.filter(pl.col("split") == "train")
     mixed = repair_training_set(train, repair, RepairConfig(replay_ratio=0.5))
     assert mixed.height == repair.height + round(0.5 * repair.height)

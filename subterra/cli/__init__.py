@@ -212,8 +212,13 @@ def cmd_report(args) -> int:
 
     serving = serving_model(store, args.workflow)
     print(f"serving: {serving.model_dir}: {serving.why}")
+    from subterra.evaluation import headline, ordered
+
+    print("\n== how the compiled agent does: test sets first (n conversations, 95% Wilson interval); "
+          "validation is what choices were made on")
+    print(headline(scores.filter(pl.col("route") == "compiled_prefill") if "compiled_prefill" in scores["route"] else scores))
     print("\n== eval_scores")
-    print(scores.drop("workflow"))
+    print(ordered(scores).drop("workflow"))
     print("\n== cost_report (per conversation)")
     print(cost.select("route", "set", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)

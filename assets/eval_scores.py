@@ -12,6 +12,8 @@ from subterra.routes import DEPLOYED
 class EvalSettings(dg.Config):
     scenarios: int = 200  # per generated set (validation, holdout, test_unseen)
     natural: bool = True  # play the workflow's natural sets too (data/natural/{test,validation}/WORKFLOW.yaml)
+    # the generated sets played; the gate below reads validation, so a model evaluated without it does not hold
+    sets: list[str] = ["validation", "holdout", "test_unseen"]
     # rows per lockstep batch (fewer if the KV cache would pass max_cache_gb): every step reads the
     # whole batch's cache, so fewer, larger steps win (400 scenarios: 99 s at 400 rows, 130 s at 100)
     batch_size: int = 400
@@ -46,7 +48,8 @@ class EvalSettings(dg.Config):
         from subterra.evaluation import EvalConfig
 
         gate = ("min_strict_pass", "max_drop", "incremental_max_drop")  # the asset check's, not the eval's
-        return EvalConfig(**{**{k: v for k, v in self.model_dump().items() if k not in gate}, "routes": tuple(self.routes)})
+        return EvalConfig(**{**{k: v for k, v in self.model_dump().items() if k not in gate}, "routes": tuple(self.routes),
+                             "sets": tuple(self.sets)})
 
 
 CHECK = "deployed_route_holds"

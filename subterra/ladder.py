@@ -89,7 +89,8 @@ def format_ladder(ladder: pl.DataFrame) -> str:
         n = int(part["scenarios"].max())
         out.append(f"-- {SET_LABELS.get(holdout, holdout)} ({n} conversations per route)")
         if "strict_pass_low" in part.columns:
-            part = part.with_columns(pl.format("{}-{}", pl.col("strict_pass_low").round(3), pl.col("strict_pass_high").round(3)).alias("strict_ci"))
+            part = part.with_columns(pl.concat_str([pl.col("strict_pass_low").round(3), pl.lit("-"),
+                                                    pl.col("strict_pass_high").round(3)]).alias("strict_ci"))
         else:
             part = part.with_columns(pl.lit("n/a").alias("strict_ci"))
         shown = part.select([pl.col(c).alias(name) for c, name in SHOWN.items()])

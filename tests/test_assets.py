@@ -242,15 +242,17 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert training_meta["final_loss"] == trained["final_loss"]
     assert training_meta["loss_curve"].startswith("![loss](data:image/png;base64,")
     scores = store.read("eval_scores", KEY)
-    assert set(scores["set"]) == {"holdout", "test_unseen"}
+    assert set(scores["set"]) == {"validation", "holdout", "test_unseen", "natural", "validation_natural"}
     # the from-config student has no pretrained base: the two compiled routes run, the orchestrated ones are skipped
     assert set(scores["route"]) == {"compiled", "compiled_prefill"}
-    assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
+    # per route: 2 per generated set, and every natural conversation in both openings (2 + 1 of them)
+    assert store.read("eval_scenarios", KEY).height == 2 * (3 * 2 + 2 * 2 + 1 * 2)
     cost = store.read("cost_report", KEY)
-    # every evaluated route priced on both holdouts, beside the frontier estimated from characters
-    assert list(zip(cost["route"], cost["set"])) == [
-        ("frontier_in_context", "holdout"), ("compiled", "holdout"), ("compiled", "test_unseen"),
-        ("compiled_prefill", "holdout"), ("compiled_prefill", "test_unseen")]
+    # every evaluated route priced on every set, beside the frontier estimated from characters
+    assert list(zip(cost["route"], cost["set"]))[0] == ("frontier_in_context", "holdout")
+    assert set(zip(cost["route"], cost["set"])) == {("frontier_in_context", "holdout")} | {
+        (route, name) for route in ("compiled", "compiled_prefill")
+        for name in ("validation", "holdout", "test_unseen", "natural", "validation_natural")}
     report = metadata(result, COMPILE_ASSETS[6])["report"]
     assert "x cheaper" in report
     # offline by default: the report says which parts did not use Claude
@@ -277,8 +279,8 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     compiled = trained_folder(settings, store, wf)
     repair1 = f"{Path(compiled).name}-repair1"  # the compile's model's first round
     clusters = store.read("repair_map", KEY)
-    failures = store.read("eval_scenarios", KEY).filter(~pl.col("strict_pass"))
-    assert clusters["failures"].sum() == failures.height > 0
+    failures = store.read("eval_scenarios", KEY).filter(~pl.col("strict_pass") & (pl.col("set") == "validation"))
+    assert clusters["failures"].sum() == failures.height > 0  # the repair map reads validation only
     decisions = store.read("promotions", KEY).sort("round")
     assert decisions["round"].to_list() == [0, 1]
     first, second = decisions.rows(named=True)
@@ -299,7 +301,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     assert meta["reason"] == second["reason"] and meta["promoted_round"] == 0
     ladder = store.read("ladder", KEY)
     assert sorted(set(ladder["route"])) == ["compiled", "compiled_prefill"]  # nothing promoted to add
-    assert ladder.height == 4 and ladder["usd_per_conversation"].is_not_null().all()
+    assert ladder.height == 2 * 5 and ladder["usd_per_conversation"].is_not_null().all()
 
     # chat talks to the promoted model, with the definition stored with the compile it continues:
     # promote the candidate by hand, and give the workflow a newer definition no model was made from
@@ -434,7 +436,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     assert trained["changed_conversations"] == weight_changed.len() > 0 and weight_changed.min() == 3  # changed_passes
     assert mix.filter(~speaks)["weight"].max() <= 1  # the rest is replayed at most once
     assert metadata(result, COMPILE_ASSETS[5])  # the eval reran on the new weights
-    assert store.read("eval_scenarios", KEY).height == 8  # 2 per holdout and route
+    assert store.read("eval_scenarios", KEY).height == 24  # 12 per route: 2 per generated set, 6 natural scripts
 
     again = materialize(COMPILE_ASSETS[2:5], resources, instance)  # nothing changed since: the weights stand
     assert again.success and metadata(again, COMPILE_ASSETS[2])["conversations_generated"] == 0

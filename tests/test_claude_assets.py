@@ -47,19 +47,19 @@ def test_the_claude_teacher_through_the_assets_never_shows_the_key(fake_claude, 
 
     result = materialize(COMPILE_ASSETS[:4], resources, instance)
     corpus = store.read("synthetic_corpus", WORKFLOW)
-    assert set(corpus["teacher"]) == {"claude:claude-sonnet-5-5"} and corpus.height == 16
+    assert set(corpus["teacher"]) == {"claude:claude-sonnet-5-5"} and corpus.height == 20
     meta = metadata(result, COMPILE_ASSETS[2])
     assert meta["teacher"] == "claude:claude-sonnet-5-5" and meta["teacher_claude"] == "claude-sonnet-5-5 (batch)"
-    # the rerun read the open batch (the holdouts) and submitted one more (training): 16 answers, none twice
-    assert meta["teacher_answers_requested"] == 16 and meta["teacher_usd"] == pytest.approx(float(corpus["teacher_usd"].sum()))
-    assert [len(b) for b in fake_claude.batch_requests("teacher")] == [8, 8]
+    # the rerun read the open batch (the held-out sets) and submitted one more (training): 20 answers, none twice
+    assert meta["teacher_answers_requested"] == 20 and meta["teacher_usd"] == pytest.approx(float(corpus["teacher_usd"].sum()))
+    assert [len(b) for b in fake_claude.batch_requests("teacher")] == [12, 8]
     # the gate rejected the malformed conversation: not in the dataset, listed with its reason
     rejected = store.read("rejected_conversations", WORKFLOW)
     assert rejected["conversation_id"].to_list() == ["holdout-00002"]
     assert "holdout-00002" not in store.read("validated_dataset", WORKFLOW)["conversation_id"].to_list()
     assert metadata(result, COMPILE_ASSETS[3])["rejected_conversations"] == 1
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "corpus_quality_gate"]
-    assert "teacher output rejected for at most 5% of conversations | **NO** | 1 of 16 rejected" in check.metadata["expectations"].value
+    assert "teacher output rejected for at most 5% of conversations | yes | 1 of 20 rejected" in check.metadata["expectations"].value
 
     # the key: sent to the API in its header, and nowhere else
     assert fake_claude.count(path=None) > 0 and fake_claude.count(outcome="401", path=None) == 0

@@ -19,7 +19,7 @@ from subterra.teacher import TemplateTeacher
 from subterra.workflow import load_workflow
 
 FRONTIER = "claude-sonnet-5-5"
-EVAL = EvalConfig(scenarios=2)
+EVAL = EvalConfig(scenarios=2, sets=("holdout", "test_unseen"))  # the generated test sets, as the frontier route plays them
 
 
 @pytest.fixture(scope="module")

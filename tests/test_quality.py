@@ -147,8 +147,8 @@ def test_screening_rejects_malformed_conversations_and_the_gate_bounds_their_sha
     assert reasons == {ids[holdout]: "1 bad form(s) (unparseable, unknown node, empty say, or a value not copied verbatim)",
                        ids[holdout + 1]: errors[holdout + 1]}
     assert screen_corpus(good, wf)[1].height == 0 and screen_corpus(good, wf)[0].equals(good)
-    # 2 of 16 rejected is more than the gate allows; 0 of 16 is fine
-    assert good.height == 16
+    # 2 of 20 rejected is more than the gate allows; 0 of 20 is fine
+    assert good.height == 20
     result = validate_corpus(accepted, wf, MAX_LENGTH, rejected=rejected.height)
-    assert result.failed == [REJECTED] and "2 of 16 rejected" in result.markdown()
+    assert result.failed == [REJECTED] and "2 of 20 rejected" in result.markdown()
     assert validate_corpus(good, wf, MAX_LENGTH, rejected=0).success

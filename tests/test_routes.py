@@ -40,7 +40,7 @@ def test_every_route_runs_on_the_same_scenarios(trained, mini_workflow, corpus):
     result = evaluate(routes, mini_workflow, corpus, EvalConfig(**SMALL))
     scores = result.scores
     assert sorted(scores["route"].unique()) == sorted(ROUTES)
-    assert scores.height == len(ROUTES) * 2 and set(scores["scenarios"]) == {2}
+    assert scores.height == len(ROUTES) * 3 and set(scores["scenarios"]) == {2}  # validation, holdout, test_unseen
     per_route = result.scenarios.group_by("route").agg(pl.col("scenario_id").sort())
     assert len({tuple(ids) for ids in per_route["scenario_id"]}) == 1  # the same scenarios for every route
     tokens_in = {r["route"]: r["tokens_in"] for r in scores.filter(pl.col("set") == "holdout").iter_rows(named=True)}

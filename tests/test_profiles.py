@@ -39,4 +39,4 @@ def test_quick_runs_every_route_on_smollm2_at_a_cpu_scale_and_full_at_the_publis
     # ~1,520 tokens): the quick profile's training fits in 25 minutes
     assert QUICK.training["max_tokens"] <= 240 * 25 * 60
     assert QUICK.eval["scenarios"] < FULL.eval["scenarios"] == FULL.corpus["holdout_scenarios"] == 200
-    assert QUICK.sizes()["repair_rounds"] == 1 and QUICK.sizes()["eval_scenarios_per_holdout"] == 24
+    assert QUICK.sizes()["repair_rounds"] == 1 and QUICK.sizes()["eval_scenarios_per_generated_set"] == 24

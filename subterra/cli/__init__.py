@@ -137,6 +137,10 @@ def cmd_ladder(args) -> int:
     from subterra.profiles import PROFILES
 
     profile = PROFILES[args.profile]
+    if args.routes:  # e.g. only the deployed route: the compiled agent's numbers without the base model's routes
+        from dataclasses import replace
+
+        profile = replace(profile, eval={**profile.eval, "routes": [r.strip() for r in args.routes.split(",") if r.strip()]})
     if not args.report_only:
         print(f"profile {profile.name}: {profile.description}")
         print("  " + ", ".join(f"{k}={v}" for k, v in profile.sizes().items()))
@@ -288,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--report-only", action="store_true", help="only print the ladder already in DuckDB")
+    p.add_argument("--routes", default="", help="comma-separated routes to evaluate (default: the profile's, all four)")
     p.add_argument("--full", action="store_true",
                    help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_ladder)

@@ -221,8 +221,10 @@ def cmd_report(args) -> int:
     print("\n== how the compiled agent does: test sets first (n conversations, 95% Wilson interval); "
           "validation is what choices were made on")
     print(headline(scores.filter(pl.col("route") == "compiled_prefill") if "compiled_prefill" in scores["route"] else scores))
-    print("\n== eval_scores")
-    print(ordered(scores).drop("workflow"))
+    print("\n== eval_scores (all columns: duckdb, select * from eval_scores)")
+    shown = [c for c in ("route", "set", "scenarios", "strict_pass", "partial_credit", "slot_accuracy", "say_fit",
+                         "form_validity", "graceful_handling", "failure_rate", "tokens_in", "tokens_out") if c in scores.columns]
+    print(ordered(scores).select(shown))
     print("\n== cost_report (per conversation)")
     print(cost.select("route", "set", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
     c = cost.row(0, named=True)

@@ -71,6 +71,7 @@ def test_no_test_set_line_value_or_scenario_reaches_training_repair_or_the_gate(
                 source = SlotValueSource.for_slot(wf.slots[slot])
                 if not source.closed():
                     assert value_side(source.type, value) == "train", (what, slot, value)
+                assert source.in_range(value), (what, slot, value)  # never a value the workflow rules out
 
     # training: the compile's training set, as trained (the run's train.parquet), and the repair round's
     runs = sorted(settings.runs_dir.joinpath(KEY).glob("*/train.parquet"))

@@ -25,6 +25,10 @@ File format::
             slots: {origin: dublin}
           ...
 
+Where two branches of a step lead to the same next step (a cracked or a chipped windscreen both go
+to booking the repair), a turn may say which one its line takes with ``branch: N`` (the branch's
+place among the step's ``branches``, from 0); it only counts the line for that edge.
+
 The expected node is the step a careful person following the flowchart would take next: the next
 step that still needs something from the user (a step whose values are all held, or a decision the
 user's words already decided, is skipped); an unclear line, a question back or an aside keeps the
@@ -56,6 +60,7 @@ class NaturalTurn:
     node: str
     slots: dict[str, str] = field(default_factory=dict)
     line: int = 0
+    branch: int | None = None  # which of the previous step's branches the line takes, where two lead to ``node``
 
 
 @dataclass(frozen=True)
@@ -208,9 +213,10 @@ def load_natural(path: Path | str, wf: Workflow) -> NaturalSet:
                 fault(tw, f"{cid}: a turn is a mapping with user, node, slots")
                 continue
             for key in turn:
-                if key not in ("user", "node", "slots"):
-                    fault(tw + (key,), f"{cid}: unknown key {key!r} in a turn (allowed: user, node, slots)")
+                if key not in ("user", "node", "slots", "branch"):
+                    fault(tw + (key,), f"{cid}: unknown key {key!r} in a turn (allowed: user, node, slots, branch)")
             user, node, slots = turn.get("user"), turn.get("node"), turn.get("slots") or {}
+            branch = turn.get("branch")
             if not isinstance(user, str) or not user.strip():
                 fault(tw + ("user",), f"{cid}: user must be a non-empty text")
                 continue
@@ -231,9 +237,17 @@ def load_natural(path: Path | str, wf: Workflow) -> NaturalSet:
                 clean[slot] = _canonical(value)
             if node != previous and node not in _reachable_from(wf, previous):
                 fault(tw + ("node",), f"{cid}: {node!r} cannot follow {previous!r} in the workflow")
+            if branch is not None:
+                branches = wf.nodes[previous].branches
+                if isinstance(branch, bool) or not isinstance(branch, int) or not 0 <= branch < len(branches):
+                    fault(tw + ("branch",), f"{cid}: branch must be the number of one of {previous!r}'s {len(branches)} branches (from 0)")
+                    branch = None
+                elif branches[branch].to != node:
+                    fault(tw + ("branch",), f"{cid}: branch {branch} of {previous!r} goes to {branches[branch].to!r}, not {node!r}")
+                    branch = None
             if wf.nodes[previous].is_terminal:
                 fault(tw, f"{cid}: a turn after the terminal step {previous!r}")
-            turns.append(NaturalTurn(user.strip(), node, clean, loaded.line(*tw)))
+            turns.append(NaturalTurn(user.strip(), node, clean, loaded.line(*tw), branch))
             previous = node
         if turns and not wf.nodes[turns[-1].node].is_terminal:
             fault(where + ("turns",), f"{cid}: the last turn's node {turns[-1].node!r} is not a terminal step")
@@ -282,12 +296,16 @@ def _reachable_from(wf: Workflow, node: str) -> set[str]:
 
 
 def turn_edges(wf: Workflow, conversation: NaturalConversation) -> list[str | None]:
-    """The edge each turn takes (None for a turn that stays, or skips steps): of the edges from
-    the previous step to the turn's step, the one whose collected slots the turn gives."""
+    """The edge each turn takes (None for a turn that stays, or skips steps): the turn's ``branch``
+    if it names one, else of the edges from the previous step to the turn's step the one whose
+    collected slots the turn gives (the first of those that tie)."""
     out, previous = [], wf.start
     for turn in conversation.turns:
         direct = [e for e in wf.out_edges(previous) if e.target == turn.node]
-        if not direct:
+        named = [e for e in direct if e.kind == "branch" and e.index == turn.branch]
+        if named:
+            out.append(named[0].id)
+        elif not direct:
             out.append(None)
         else:
             def fit(e):

@@ -199,3 +199,40 @@ def test_the_placeholder_guard_sits_between_every_route_and_its_user(mini_workfl
         pass
     assert [t.say for t in out.turns] == ["Hello, where are you headed?", "What date should I book?"]
     assert [t.valid for t in out.turns] == [True, False]  # the model's own say was incomplete: an invalid form
+
+
+def test_a_broken_natural_file_names_the_file_line_and_fault_and_is_skipped(mini_workflow, tmp_path):
+    """A natural set that no longer fits its workflow (a renamed step, an unknown slot, a date in
+    the wrong form) is reported line by line and skipped; the other set still loads."""
+    from subterra.natural import edge_coverage, load_natural
+
+    (tmp_path / "test").mkdir()
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "test" / "mini_booking.yaml").write_text(
+        "workflow: mini_booking\ntoday: 2027-03-01\nconversations:\n"
+        "  - id: a\n    greeting: hi\n    turns:\n"
+        "      - user: Porto\n        node: ask_dte\n"
+        "      - user: tomorrow\n        node: ask_count\n        slots: {date: tomorrow, seat: 4C}\n")
+    good = "tests/fixtures/natural/validation/mini_booking.yaml"
+    (tmp_path / "validation" / "mini_booking.yaml").write_text(open(good).read())
+    sets, problems = load_natural_sets(mini_workflow, tmp_path)
+    assert set(sets) == {"validation_natural"}
+    assert any(p.endswith("test/mini_booking.yaml:8: a: unknown node 'ask_dte'") for p in problems), problems
+    assert any(":11: a: date 'tomorrow': a date slot's value is written like 14 March 2027" in p for p in problems)
+    assert any(":11: a: unknown slot 'seat'" in p for p in problems)
+    # two branches of one step lead to the same next step: a line says which one it takes
+    parallel = tmp_path / "p.yaml"
+    parallel.write_text(
+        "workflow: mini_booking\ntoday: 2027-03-01\nconversations:\n"
+        "  - id: b\n    greeting: hi\n    turns:\n"
+        "      - user: Oslo\n        node: ask_date\n        slots: {destination: Oslo}\n"
+        "      - user: 2 may\n        node: ask_count\n        slots: {date: 2 May 2027}\n"
+        "      - user: nope, forget it\n        node: cancel\n        branch: 1\n")
+    coverage = edge_coverage(mini_workflow, load_natural(parallel, mini_workflow))
+    assert coverage["ask_count>cancel#1"] == 1
+    parallel.write_text(parallel.read_text().replace("branch: 1", "branch: 2"))
+    try:
+        load_natural(parallel, mini_workflow)
+        raise AssertionError("a branch that goes elsewhere must be refused")
+    except ValueError as exc:
+        assert "p.yaml:15: b: branch 2 of 'ask_count' goes to 'human', not 'cancel'" in str(exc)

@@ -1,5 +1,5 @@
 import json
-from typing import Literal
+from typing import Literal, Optional
 
 import dagster as dg
 
@@ -12,7 +12,8 @@ from resources import ClaudeResource, SettingsResource, StoreResource, TeacherRe
 class CorpusSettings(dg.Config):
     conversations_per_path: int = 8
     max_train_conversations: int = 800
-    holdout_scenarios: int = 200
+    holdout_scenarios: int = 200  # per test set (holdout, test_unseen)
+    validation_scenarios: Optional[int] = None  # None: as many as holdout_scenarios
     offscript_rate: float = 0.15
     train_offscript_rate: float | None = 0.3
     # of training's off-script turns, the share of corrections (None: a third): naming which slot an old
@@ -22,6 +23,9 @@ class CorpusSettings(dg.Config):
     # the user's generic lines (openers, unclear, off-topic, corrections): "core", the original pools, or
     # "wide", more variety (a pretrained student generalizes from it; the tiny one does worse with it)
     phrasings: Literal["core", "wide"] = "core"
+    # of training conversations, those whose first message is the request itself ("a flight to Porto,
+    # please") rather than a bare greeting; the held-out sets open half and half
+    request_share: float = 0.0
     seed: int = 0
     max_conversations: int = 100_000
     # incremental: conversations of paths whose nodes and texts did not change are kept from the

@@ -65,8 +65,14 @@ class CorpusConfig:
     train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
     random_value_rate: float = 0.5
     phrasings: str = "core"  # the user's generic lines: "core" (the original pools) or "wide" (plus more variety)
+    request_share: float = 0.0  # of training conversations, those whose first message is the request itself
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
+
+
+# the generated held-out sets open both ways people do: half with a bare greeting, half with the
+# request in the first message (a measurement choice, the same whatever training does)
+HELDOUT_REQUEST_SHARE = 0.5
 
 
 class CorpusTooLarge(ValueError):
@@ -138,13 +144,15 @@ def build_corpus(
     held: list[tuple[Scenario, str]] = []  # (scenario, its path's hash)
     for i in range(config.holdout_scenarios):
         p = order[i % len(paths)]
-        scenario = replace(make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate), phrasing=spoken)
+        scenario = replace(make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate,
+                                         request_share=HELDOUT_REQUEST_SHARE), phrasing=spoken)
         held += [(scenario, hashes[p]), (replace(scenario, id=f"test_unseen-{i:05d}", split="test_unseen", phrasing=unseen), hashes[p])]
     order = list(range(len(paths)))
     random.Random(config.seed + 1).shuffle(order)
     for i in range(sizes["validation"]):
         p = order[i % len(paths)]
-        scenario = replace(make_scenario(wf, paths[p], "validation", i, config.seed, config.offscript_rate), phrasing=validation)
+        scenario = replace(make_scenario(wf, paths[p], "validation", i, config.seed, config.offscript_rate,
+                                         request_share=HELDOUT_REQUEST_SHARE), phrasing=validation)
         held.append((scenario, hashes[p]))
     held_rows: dict[int, dict] = {}
     todo = []
@@ -179,7 +187,7 @@ def build_corpus(
         scenarios = [
             replace(
                 make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate,
-                              config.train_correction_share),
+                              config.train_correction_share, config.request_share),
                 id=f"train-{path_id(paths[p])}-{k:03d}",
                 phrasing=spoken,
             )

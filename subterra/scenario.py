@@ -47,6 +47,7 @@ class Scenario:
     offscript: dict[str, str] = field(default_factory=dict)  # visit_key -> kind
     phrasing: str = SEEN
     seed: int = 0
+    opening: str = "greeting"  # "greeting": a bare greeting first; "request": the first message answers the start step
 
     def choices(self, wf) -> dict[str, str]:
         """visit_key(node, visit) -> the edge id the user's reply takes there."""
@@ -108,9 +109,11 @@ def make_scenario(
     offscript_rate: float,
     random_value_rate: float = 0.0,
     correction_share: float | None = None,
+    request_share: float = 0.0,
 ) -> Scenario:
     """A seeded scenario on ``path`` for ``split``; the test splits draw reserved slot values only,
-    validation its own ones (``subterra.slot_values``).
+    validation its own ones (``subterra.slot_values``). ``request_share`` of them open with the
+    request itself (the start step's answer in the first message) instead of a bare greeting.
 
     An off-script turn is of each possible kind alike, or, with ``correction_share``, a correction
     (where one is possible) that often and otherwise one of the others."""
@@ -126,9 +129,10 @@ def make_scenario(
     corrections = {name: src.different(rng, split, values[name], rate) for name, src in sources.items()}
     keys = path_visit_keys(wf, path)
     known = collected_before(wf, path)
+    opening = "request" if request_share > 0 and random.Random(scenario_seed ^ 0x0BE7).random() < request_share else "greeting"
     offscript: dict[str, str] = {}
     for key, slots_known, node in zip(keys[:-1], known[:-1], [k.split("#")[0] for k in keys[:-1]]):
-        if rng.random() >= offscript_rate:
+        if rng.random() >= offscript_rate or (opening == "request" and key == keys[0]):
             continue
         kinds = [k for k in OFFSCRIPT_KINDS if k != "correction" or (slots_known and len(corrections))]
         # a correction needs a slot the user already gave whose correction differs
@@ -148,4 +152,5 @@ def make_scenario(
         offscript=offscript,
         phrasing={"test_unseen": UNSEEN, "validation": VALIDATION}.get(split, SEEN),
         seed=scenario_seed,
+        opening=opening,
     )

@@ -55,7 +55,16 @@ class ScriptedUser:
 
     # -- the conversation ----------------------------------------------------------------
     def opener(self) -> UserTurn:
-        return self._turn(UserTurn(self.rng.choice(self._pool(ph.OPENERS)), "opener"), None)
+        """The first message: a bare greeting, or (a scenario that opens with the request) the
+        start step's answer, after a greeting half the time; its ``edge`` then says where it leads."""
+        greeting = self.rng.choice(self._pool(ph.OPENERS))
+        if getattr(self.scenario, "opening", "greeting") != "request":
+            return self._turn(UserTurn(greeting, "opener"), None)
+        start = self.wf.nodes[self.wf.start]
+        self.visits[start.id] = 1
+        answer = self._answer(start, visit_key(start.id, 1))
+        text = f"{greeting} {answer.text}" if self.rng.random() < 0.5 else answer.text
+        return self._turn(UserTurn(text, "answer", answer.slots, answer.edge), start.id)
 
     def reply(self, node_id: str, say: str = "") -> UserTurn | None:
         """The user's message after the agent's turn at ``node_id``; None after a terminal node.

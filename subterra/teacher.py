@@ -76,6 +76,9 @@ def script(wf, scenario: Scenario) -> Script:
     steps: list[Step] = []
     edges: list[str] = []
     offscript: list[str] = []
+    if turn.edge is not None:  # the first message is the request: the agent's first turn is the step it leads to
+        edges.append(turn.edge)
+        node_id = next(e.target for e in wf.out_edges(node_id) if e.id == turn.edge)
     limit = MAX_TURNS_FACTOR * (len(scenario.path) + 1)
     while True:
         known |= set(turn.slots)

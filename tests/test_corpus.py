@@ -245,7 +245,7 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
 def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
     """``phrasings: core`` (the default) writes the corpus of the original pools, byte for byte, as
     the tiny student's measured compiles did (corpus format 6: a validation split with its own lines and
-    values, integers in their slot's range, short integer ranges trained whole;
+    values, integers in their slot's range, short integer ranges trained whole, held-out sets opening half with the request;
     a change of it bumps ``CORPUS_FORMAT``, so no recompile reuses a conversation of the old one)."""
     import hashlib
 
@@ -254,4 +254,25 @@ def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
                           train_correction_share=0.5)
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), config)
     digest = hashlib.sha256("\n".join(corpus["messages"]).encode()).hexdigest()[:16]
-    assert (corpus.height, digest) == (146, "418f561e4f83a724")  # format 6
+    assert (corpus.height, digest) == (146, "576f64140cd6e60a")  # format 6
+
+
+def test_a_conversation_that_opens_with_the_request_moves_past_the_greeting_with_the_value_held():
+    """The first message may carry the request ("Lisbon, please."): the agent's first turn is then
+    the step after the start, holding the value; the held-out sets open half one way, half the other."""
+    wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
+    config = CorpusConfig(conversations_per_path=2, max_train_conversations=100, holdout_scenarios=40, request_share=1.0)
+    corpus = build_corpus(wf, select_paths(wf).paths[:10], TemplateTeacher(), config)
+    for row in corpus.iter_rows(named=True):
+        scenario = json.loads(row["scenario"])
+        messages = json.loads(row["messages"])
+        first = json.loads(messages[2]["content"])
+        if scenario["opening"] == "request":
+            assert first["node"] == "ask_origin" and first["slots"] == {"destination": scenario["values"]["destination"]}
+            assert scenario["values"]["destination"] in messages[1]["content"] and row["edges"][0] == "greet>ask_origin"
+        else:
+            assert first["node"] == "greet" and first["slots"] == {}
+    train = corpus.filter(pl.col("split") == "train")
+    assert all(json.loads(s)["opening"] == "request" for s in train["scenario"])
+    held = [json.loads(s)["opening"] for s in corpus.filter(pl.col("split") == "holdout")["scenario"]]
+    assert 10 <= held.count("request") <= 30 and 10 <= held.count("greeting") <= 30

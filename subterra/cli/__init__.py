@@ -107,6 +107,15 @@ def _materialize(settings, source: Path, wf, assets_name: str, run_config: dict 
         with atomic_path(target) as tmp:  # the sensor never sees half a copy
             shutil.copyfile(source, tmp)
         print(f"copied {source} to {target}")
+        # the workflow's natural sets travel with it: WORKFLOWS/../natural/{test,validation}/ID.yaml
+        for kind in ("test", "validation"):
+            natural = source.resolve().parent.parent / "natural" / kind / f"{wf.id}.yaml"
+            into = settings.natural_dir / kind / f"{wf.id}.yaml"
+            if natural.exists() and natural.resolve() != into.resolve():
+                into.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(into) as tmp:
+                    shutil.copyfile(natural, tmp)
+                print(f"copied {natural} to {into}")
     from definitions import build_definitions
 
     defs = build_definitions(str(settings.data_dir), recompile="full" if full else "")
@@ -128,7 +137,12 @@ def _materialize(settings, source: Path, wf, assets_name: str, run_config: dict 
 
 
 def cmd_compile(args) -> int:
-    status, workflow = _run(args.file, "COMPILE_ASSETS", full=args.full)
+    run_config = None
+    if args.config:  # a Dagster run config: {"ops": {stage: {"config": {...}}}}, e.g. a corpus setting
+        import yaml
+
+        run_config = yaml.safe_load(Path(args.config).read_text())
+    status, workflow = _run(args.file, "COMPILE_ASSETS", run_config, full=args.full)
     return status or cmd_report(argparse.Namespace(workflow=workflow))
 
 
@@ -287,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("compile", help="compile a workflow end to end (in-process Dagster materialization)")
     p.add_argument("file")
+    p.add_argument("--config", default="", help="a YAML run config of stage settings: ops: {synthetic_corpus: {config: {...}}}")
     p.add_argument("--full", action="store_true",
                    help="write every conversation again and train from scratch (default: reuse what the change did not touch)")
     p.set_defaults(func=cmd_compile)

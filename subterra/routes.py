@@ -67,6 +67,7 @@ class PlayConfig:
     corrections_named: bool = True  # prefilled form: a correction refills the held slot whose value it names (offered_keys)
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
     draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
+    courtesy_values: bool = False  # prefilled form: may a span of only greetings and thanks be copied as a value?
 
 
 @dataclass
@@ -185,7 +186,7 @@ class LocalRoute:
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
-        codec = Codec(tokenizer, wf, lexicon, runs)
+        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 

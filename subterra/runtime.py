@@ -75,11 +75,13 @@ Program = Generator[object, int | None, None]
 class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
-    def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True):
+    def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
+                 courtesy_values: bool = False):
         self.tok = tokenizer
         self.wf = wf
         self.lexicon = lexicon
         self.runs_only = runs_only
+        self.courtesy_values = courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
@@ -165,11 +167,29 @@ class Codec:
         spans = [v for v in self._spans_of[1] if fits_type(spec, v)]
         if not spans and spec.type != "string":  # a typed value inside a longer run ("2 adults")
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
+        if not self.courtesy_values:
+            spans = [v for v in spans if not courtesy_only(v)]
         for span in spans:
             ids = self.encode(span)
             candidates[span] = ids
             counted[span] = [0] + [j for j in range(1, len(ids)) if self.starts_word[ids[j]]]
         return candidates, counted
+
+
+# greetings, thanks and fillers: words no slot value is made of only (an English list, not one
+# workflow's words: "hi" is never a destination, "good morning" never a name)
+COURTESY_WORDS = frozenset("""
+hi hello hey hiya howdy heya yo hallo greetings morning afternoon evening good day there
+thanks thank thx ty cheers please pls plz ok okay k yes yeah yep no nope sure um uh hmm er
+well so oh ah right alright great cool fine lovely hm huh sorry excuse me you all folks
+""".split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def courtesy_only(span: str) -> bool:
+    """Is ``span`` made only of greetings, thanks and fillers (so never a slot value)?"""
+    found = re.findall(r"[a-z]+", span.casefold())
+    return bool(found) and all(w in COURTESY_WORDS for w in found) and not re.search(r"\d", span)
 
 
 @functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
@@ -1006,7 +1026,8 @@ class ChatSession:
     the first greedy decoding would not pick; the cache is cut back to what was kept).
     """
 
-    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT):
+    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
+                 courtesy_values: bool = False):
         import numpy as np
         import torch
         from transformers import DynamicCache
@@ -1016,7 +1037,7 @@ class ChatSession:
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir))
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values)
         self.wf = wf
         self.max_say = max_say_tokens
         self.cache = DynamicCache()

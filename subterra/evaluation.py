@@ -331,7 +331,7 @@ def natural_episodes(natural, set_name: str) -> list[Episode]:
                 reference.append({"role": "user", "content": turn.user})
                 reference.append({"role": "assistant", "content": Form(turn.node, dict(turn.slots)).to_json()})
             scenario = Scenario(id=f"{conv.id}-{opening}", split=set_name, path=(), values={}, phrasing="natural")
-            out.append(Episode(scenario, reference, len(script), script=script))
+            out.append(Episode(scenario, reference, len(script), script=script, today=natural.today))
     return out
 
 

@@ -68,6 +68,7 @@ class PlayConfig:
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
     draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
     courtesy_values: bool = False  # prefilled form: may a span of only greetings and thanks be copied as a value?
+    typed_values: bool = True  # prefilled form: numbers and dates in people's words offered normalised
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Episode:
     reference: list[dict]
     max_turns: int
     script: tuple | None = None  # a natural conversation's fixed user lines (subterra.natural.NaturalTurn)
+    today: object = None  # the conversation's date (relative dates are read from it); None: the real today
 
 
 @dataclass
@@ -134,7 +136,7 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         out.heard(turn)
         counter = TurnCounter()
         started = clock()
-        form, raw, valid = yield from turn_program(turn.text, counter, held)
+        form, raw, valid = yield from turn_program(turn.text, counter, held, **({"today": episode.today} if episode.today else {}))
         held.update(form.slots)
         node = wf.nodes.get(form.node)
         say, complete = user_say(form.say, held, node.say if node else ())  # the template filled in, never a raw one
@@ -186,14 +188,14 @@ class LocalRoute:
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
-        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values)
+        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values, config.typed_values)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
-        def turn_program(message: str, counter: TurnCounter, held: dict[str, str]):
+        def turn_program(message: str, counter: TurnCounter, held: dict[str, str], today=None):
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
-                                 config.corrections_named)
+                                 config.corrections_named, today)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

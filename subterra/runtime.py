@@ -76,12 +76,13 @@ class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
     def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
-                 courtesy_values: bool = False):
+                 courtesy_values: bool = False, typed_values: bool = True):
         self.tok = tokenizer
         self.wf = wf
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
+        self.typed_values = typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
@@ -150,12 +151,14 @@ class Codec:
     def user(self, text: str) -> list[int]:
         return self.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 
-    def value_candidates(self, slot: str, message: str) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+    def value_candidates(self, slot: str, message: str, today=None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
         """Allowed values of ``slot`` after ``message``, and which of their tokens are decisions.
 
         Enum and boolean slots choose among their values (every token counts). Free slots copy a
         span of whole words of the message: what counts is the span's first token and each token
-        that starts a word (go on or stop); the rest of a word follows from the message.
+        that starts a word (go on or stop); the rest of a word follows from the message. Integer and
+        date slots are also offered what the message says in people's words, normalised ("two of
+        us" -> ``2``, "next Friday" -> the date from ``today``; every token of those counts).
         """
         spec = self.wf.slots[slot]
         if spec.type in CHOSEN_TYPES:
@@ -173,6 +176,14 @@ class Codec:
             ids = self.encode(span)
             candidates[span] = ids
             counted[span] = [0] + [j for j in range(1, len(ids)) if self.starts_word[ids[j]]]
+        if self.typed_values and spec.type in ("integer", "date"):
+            from subterra.typed_values import parsed_values
+
+            for value in parsed_values(spec.type, message, today):
+                if value not in candidates and fits_type(spec, value):
+                    ids = self.encode(value)
+                    candidates[value] = ids
+                    counted[value] = list(range(len(ids)))
         return candidates, counted
 
 
@@ -414,12 +425,13 @@ def fresh_values(candidates: tuple[dict, dict | None], held_value: str | None) -
     return {v: values[v] for v in keep}, ({v: counted[v] for v in keep} if counted is not None else None)
 
 
-def offered_values(codec: Codec, message: str, held: dict[str, str] | None = None) -> dict[str, tuple[dict, dict | None]]:
+def offered_values(codec: Codec, message: str, held: dict[str, str] | None = None,
+                   today=None) -> dict[str, tuple[dict, dict | None]]:
     """Per slot the message can fill, its allowed values (and their counted tokens): a value its
     type rejects is never a choice, a slot with none is not offered, and a value the conversation
     holds for the slot is left out when the message offers another (``fresh_values``)."""
     return {s: fresh_values(c, held.get(s)) if held else c for s in codec.wf.slots
-            if (c := codec.value_candidates(s, message))[0]}
+            if (c := codec.value_candidates(s, message, today))[0]}
 
 
 def named_held(codec: Codec, message: str, held: dict[str, str]) -> set[str]:
@@ -445,7 +457,7 @@ def offered_keys(codec: Codec, available: Iterable[str], message: str, held: dic
 
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
-              held: dict[str, str] | None = None, corrections_named: bool = True):
+              held: dict[str, str] | None = None, corrections_named: bool = True, today=None):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -473,7 +485,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     node = yield from chosen(codec.node_candidates)
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
-    available = offered_values(codec, last_user, held)
+    available = offered_values(codec, last_user, held, today)
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
     more = (yield from chosen(opening)) == "some"
@@ -1027,7 +1039,7 @@ class ChatSession:
     """
 
     def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
-                 courtesy_values: bool = False):
+                 courtesy_values: bool = False, typed_values: bool = True, today=None):
         import numpy as np
         import torch
         from transformers import DynamicCache
@@ -1037,7 +1049,8 @@ class ChatSession:
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values)
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values, typed_values)
+        self.today = today  # relative dates ("next Friday") are read from this day (None: the real today)
         self.wf = wf
         self.max_say = max_say_tokens
         self.cache = DynamicCache()
@@ -1094,7 +1107,7 @@ class ChatSession:
     def respond(self, text: str) -> Form:
         """The model's form after the user's message ``text``, its ``say`` filled in as the user reads it."""
         self._buffer.extend(self.codec.user(text))
-        program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held)
+        program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held, today=self.today)
         value = None
         try:
             action = next(program)

@@ -16,3 +16,44 @@ def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workfl
     assert "Porto" in codec.value_candidates("destination", "hi, Porto please")[0]
     lenient = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values=True)
     assert "hiya" in lenient.value_candidates("destination", "hiya")[0]
+
+
+def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(trained, mini_workflow):
+    """"two of us" -> 2, "March 14th" -> 14 March 2027, "next Friday" read from the conversation's
+    date: the runtime offers the normalised value (never the words) and the form holds it."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime import TurnCounter, fill_form, offered_values
+    from subterra.student import load_compiled
+    from subterra.typed_values import parsed_values
+
+    today = dt.date(2027, 3, 1)  # a Monday
+    assert parsed_values("integer", "two of us, economy", today) == ("2",)
+    assert parsed_values("integer", "just me", today) == ("1",)
+    assert parsed_values("date", "March 14th", today) == ("14 March 2027",)
+    assert parsed_values("date", "the 3rd of August", today) == ("3 August 2027",)
+    assert parsed_values("date", "next Friday", today) == ("5 March 2027",)
+    assert parsed_values("date", "next Friday", dt.date(2027, 6, 1)) == ("4 June 2027",)  # anchored to the day
+    assert parsed_values("date", "sometime in April", today) == ()  # a month is no day
+    model_dir = trained[1].model_dir
+    tokenizer, model = load_compiled(model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
+    offered = offered_values(codec, "two of us, in economy", None, today)
+    assert list(offered["travellers"][0]) == ["2"] and "economy" in offered["cabin"][0]
+    assert list(offered_values(codec, "March 14th works", None, today)["date"][0]) == ["14 March 2027"]
+    assert "date" not in offered_values(Codec(tokenizer, mini_workflow, typed_values=False), "March 14th works", None, today)
+    # through the form: whatever the model chooses, a count or a date it holds is the normalised value
+    from subterra.runtime import Lockstep
+
+    driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
+    for message in ("two of us, in economy", "March 14th works", "next Friday please"):
+        turn = {}
+
+        def program(message=message):
+            form, _raw, _valid = yield from fill_form(codec, message, 8, TurnCounter(), {}, today=today)
+            turn["form"] = form
+
+        driver.run([program()], 512)
+        slots = turn["form"].slots
+        assert slots.get("travellers") in (None, "2") and slots.get("date") in (None, "14 March 2027", "5 March 2027")

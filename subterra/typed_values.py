@@ -1,0 +1,68 @@
+"""Values as people say them: numbers in words and dates in any common form, read by maintained
+parsers and offered to the runtime in the slot's canonical form.
+
+The compiled model copies values from the user's message; a value people write their own way
+("two of us", "March 14th", "next Friday", "the 3rd of August") is no span of the canonical form
+a slot holds (``2``, ``14 March 2027``). ``parsed_values`` reads the message with ``text2num``
+(numbers written in words) and ``dateparser`` (dates, relative ones anchored to the conversation's
+date), and returns the canonical values it finds; the runtime offers them beside the message's
+spans, and the model chooses among them as among any candidates, so the form holds the
+normalised value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+
+from subterra.slot_values import format_date
+
+# a party of one said without a number
+_ALONE = re.compile(r"\b(just me|only me|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
+_DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+                        r"mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|week|weeks|weekend|fortnight|days?)\b", re.I)
+_DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d)")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def parsed_values(slot_type: str, message: str, today: dt.date | None = None) -> tuple[str, ...]:
+    """Canonical values of a slot of ``slot_type`` that ``message`` states in people's words."""
+    if slot_type == "integer":
+        return _integers(message)
+    if slot_type == "date":
+        return _dates(message, today)
+    return ()
+
+
+def _integers(message: str) -> tuple[str, ...]:
+    from text_to_num import alpha2digit
+
+    try:
+        converted = alpha2digit(message, "en", threshold=0)
+    except Exception:  # the parser's own failure on odd input is no value
+        converted = message
+    found = [str(int(m.group())) for m in _DIGITS.finditer(converted)]
+    if _ALONE.search(message):
+        found.append("1")
+    return tuple(dict.fromkeys(found))
+
+
+def _dates(message: str, today: dt.date | None) -> tuple[str, ...]:
+    import dateparser.search
+
+    base = dt.datetime.combine(today or dt.date.today(), dt.time())
+    settings = {"RELATIVE_BASE": base, "PREFER_DATES_FROM": "future", "DATE_ORDER": "DMY",
+                "RETURN_AS_TIMEZONE_AWARE": False}
+    try:
+        found = dateparser.search.search_dates(message, languages=["en"], settings=settings) or []
+    except Exception:  # the parser's own failure on odd input is no value
+        found = []
+    out = []
+    for text, when in found:
+        if re.fullmatch(r"\d+", text.strip()):  # a bare number is a count, not a day
+            continue
+        if not re.search(r"\d", text) and not _DAY_WORDS.search(text):  # "in April": a month, no day
+            continue
+        out.append(format_date(when.date()))
+    return tuple(dict.fromkeys(out))

@@ -42,11 +42,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from subterra.workflow import Fault, Workflow, WorkflowError, load_workflow
+from subterra.workflow import Fault, Workflow, WorkflowError, load_workflow, reachable
 from subterra.yaml_source import load_yaml
 
 NATURAL_DIR = Path("data/natural")
@@ -235,7 +235,7 @@ def load_natural(path: Path | str, wf: Workflow) -> NaturalSet:
                 if problem:
                     fault(tw + ("slots", slot), f"{cid}: {slot} {value!r}: {problem}")
                 clean[slot] = _canonical(value)
-            if node != previous and node not in _reachable_from(wf, previous):
+            if node != previous and node not in reachable(wf, previous):
                 fault(tw + ("node",), f"{cid}: {node!r} cannot follow {previous!r} in the workflow")
             if branch is not None:
                 branches = wf.nodes[previous].branches
@@ -283,16 +283,6 @@ def _value_problem(slot, value) -> str | None:
     if slot.type == "boolean" and text not in ("yes", "no"):
         return "a boolean slot's value is yes or no"
     return None
-
-
-def _reachable_from(wf: Workflow, node: str) -> set[str]:
-    seen, todo = set(), deque([node])
-    while todo:
-        for e in wf.out_edges(todo.popleft()):
-            if e.target not in seen:
-                seen.add(e.target)
-                todo.append(e.target)
-    return seen
 
 
 def turn_edges(wf: Workflow, conversation: NaturalConversation) -> list[str | None]:

@@ -373,7 +373,7 @@ def _parse_checked(text: str, filename: str) -> tuple[Workflow | None, list[Faul
                     c.fault(path, f"node {node.id!r} goes to unknown node {name!r}")
     wf = Workflow(wid if isinstance(wid, str) else "", assistant, start or "", nodes, slots, title, max_visits, filename)
     if start in nodes:
-        reach = _reachable(wf, start)
+        reach = reachable(wf, start)
         # a broken edge may be the intended way in: report unreachable nodes once every edge resolves
         for nid in nodes if not open_ended & reach else ():
             if nid not in reach:
@@ -537,7 +537,7 @@ def _collect(c: _Checker, raw, path, slots, owner) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _reachable(wf: Workflow, start: str) -> set[str]:
+def reachable(wf: Workflow, start: str) -> set[str]:
     """Nodes reachable from ``start``."""
     seen, queue = {start}, deque([start])
     while queue:

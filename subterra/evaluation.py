@@ -191,8 +191,8 @@ def _scored(wf, scenario_id: str, split: str, expected: list[Form], transcript: 
                 "user_kind": transcript.user_kinds[i] if i < len(transcript.user_kinds) else None,
                 "edge": transcript.user_edges[i] if i < len(transcript.user_edges) else None,
                 "slot": ",".join(wrong) or None,
-                "kind": _error_kind(e, g, same_slots) if (e is None or g is None or not g.valid or g.node != e.node
-                                                          or not same_slots(g.slots, e.slots)) else "wrong_say",
+                "kind": _error_kind(e, g) if e is None or g is None or not (g.valid and g.node == e.node and same_slots(g.slots, e.slots))
+                        else "wrong_say",
                 "say": g.say if g else None,
                 "say_verdict": says[i] if g is not None and i < len(says) else None,
             }
@@ -236,7 +236,7 @@ def _scored(wf, scenario_id: str, split: str, expected: list[Form], transcript: 
     }
 
 
-def _error_kind(e, g, same_slots=None) -> str:
+def _error_kind(e, g) -> str:
     if g is None:
         return "ended_early"
     if e is None:

@@ -30,6 +30,8 @@ class EvalSettings(dg.Config):
     corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
     courtesy_values: bool = False  # may a span of only greetings and thanks ("hi", "good morning") be copied as a value?
     typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
+    edge_slots: bool = False  # the slots the chosen step's move collects are filled first ("Sept 21" is the date asked for)
+    function_words: bool = False  # English frame words ("next month", "pls", "I'm") never start or end a copied value
     torch_threads: int = 0  # CPU threads (0: every core)
     # say tokens fed per forward as a draft from the say lines known at the node (speculative
     # decoding: what is generated is the same; 0 decodes a say one token per forward)

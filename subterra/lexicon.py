@@ -66,3 +66,28 @@ def load_lexicon(folder: str | Path) -> frozenset[str]:
     if not path.exists():
         return frozenset()
     return frozenset(json.loads(path.read_text())["procedure_words"])
+
+
+# English words that are a message's frame, never a whole value: pronouns, auxiliaries,
+# prepositions, request verbs, fillers and the words of relative time ("next month"). Not "of",
+# "the", "and", "new" (inside names: "Isle of Man", "New York"); ``with_function_words`` also
+# keeps out any word of the workflow's own declared values.
+FUNCTION_WORDS = frozenset("""
+i im me my mine myself we us our you your it its s m re ll ve d t don dont this that these those there here
+a an am is are was were be been being do does did doing have has had having will would shall
+should can could may might must want wanna wants need needs needed like love looking look trying
+try get getting got go going gonna book booking make take find help please pls plz thanks thank
+to at for from in into on onto by with without about around via towards toward out off up down
+over under after before until than then so but or if just only also too very really actually
+maybe perhaps probably hi hello hey hiya yes yeah yep no nope ok okay sure um uh hmm er well oh
+ah right sorry hm cheers good morning afternoon evening day night today tonight tomorrow
+yesterday week weeks weekend month months year next last soon asap sometime someday some any
+what which who whom where when why how
+""".split())
+
+
+def with_function_words(lexicon: frozenset[str], wf) -> frozenset[str]:
+    """The compile's lexicon and English function words, less every word of the workflow's
+    declared values (a workflow with a city called "Hope" keeps "hope" a value word)."""
+    inside = {w for slot in wf.slots.values() for v in (slot.values or ()) for w in words(str(v))}
+    return lexicon | (FUNCTION_WORDS - inside)

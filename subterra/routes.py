@@ -69,6 +69,8 @@ class PlayConfig:
     draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
     courtesy_values: bool = False  # prefilled form: may a span of only greetings and thanks be copied as a value?
     typed_values: bool = True  # prefilled form: numbers and dates in people's words offered normalised
+    edge_slots: bool = False  # prefilled form: the slots the chosen move collects are filled first (fill_form)
+    function_words: bool = False  # with the lexicon, English frame words ("next", "month", "pls") never start or end a value
 
 
 @dataclass
@@ -115,7 +117,7 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
                          users: Users = SCRIPTED):
     """One scenario, start to end, as a lockstep program (after the shared system prompt).
 
-    ``turn_program(message, counter, held)`` is the route's way of filling one form (``held``: the
+    ``turn_program(message, counter, held, at)`` is the route's way of filling one form (``at``: the step the conversation is at; ``held``: the
     slot values the conversation's forms captured so far). Tokens in per turn
     are the whole context the model reads (system prompt included); tokens out are the model's own.
     ``users`` makes the scenario's user (scripted, or a model in the scenario's persona).
@@ -129,6 +131,7 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
     turn = user.opener()
     n_context = n_prefix
     held: dict[str, str] = {}
+    at = None  # the step the conversation is at (None: before the first form)
     while len(out.turns) < episode.max_turns:
         message = codec.user(turn.text)
         yield from force(message)
@@ -136,8 +139,9 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
         out.heard(turn)
         counter = TurnCounter()
         started = clock()
-        form, raw, valid = yield from turn_program(turn.text, counter, held, **({"today": episode.today} if episode.today else {}))
+        form, raw, valid = yield from turn_program(turn.text, counter, held, at, **({"today": episode.today} if episode.today else {}))
         held.update(form.slots)
+        at = form.node
         node = wf.nodes.get(form.node)
         say, complete = user_say(form.say, held, node.say if node else ())  # the template filled in, never a raw one
         record = TurnRecord(
@@ -188,14 +192,14 @@ class LocalRoute:
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
-        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values, config.typed_values)
+        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values, config.typed_values, config.function_words)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
-        def turn_program(message: str, counter: TurnCounter, held: dict[str, str], today=None):
+        def turn_program(message: str, counter: TurnCounter, held: dict[str, str], at: str | None, today=None):
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
-                                 config.corrections_named, today)
+                                 config.corrections_named, today, at, config.edge_slots)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

@@ -76,9 +76,13 @@ class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
     def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
-                 courtesy_values: bool = False, typed_values: bool = True):
+                 courtesy_values: bool = False, typed_values: bool = True, function_words: bool = False):
         self.tok = tokenizer
         self.wf = wf
+        if lexicon and function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
+            from subterra.lexicon import with_function_words
+
+            lexicon = with_function_words(lexicon, wf)
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
@@ -457,7 +461,8 @@ def offered_keys(codec: Codec, available: Iterable[str], message: str, held: dic
 
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
-              held: dict[str, str] | None = None, corrections_named: bool = True, today=None):
+              held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
+              at: str | None = None, edge_slots: bool = False):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -470,6 +475,12 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     value (a step visited again, a value confirmed) still offers it. With ``corrections_named``,
     the slot names are narrowed the same way (``offered_keys``): a correction refills the slot
     whose value it names, not another one of the same type.
+
+    ``edge_slots``: the step the form moves to says which slots the move collects
+    (``Workflow.collected_between`` from ``at``, the conversation's step before this turn): when the
+    message offers a value for any of them, the form fills those first, every one the message
+    offers a value for, and only then may add others. "Sept 21" after "when do you fly?", with the
+    model moving on to the party size, is a date for ``departure_date``, never a second ``origin``.
     """
     raw: list[int] = []
 
@@ -487,15 +498,24 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     slots: dict[str, str] = {}
     available = offered_values(codec, last_user, held, today)
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
-    opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
-    more = (yield from chosen(opening)) == "some"
+    asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
+    if asked:
+        yield from forced(codec.first_key)
+        more = True
+    else:
+        opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
+        more = (yield from chosen(opening)) == "some"
     while more:
         unused = [s for s in keys if s not in slots]
-        key = yield from chosen({s: codec.key_candidates[s] for s in unused})
+        due = [s for s in asked if s not in slots]
+        key = yield from chosen({s: codec.key_candidates[s] for s in (due or unused)})
         yield from forced(codec.value_head)
         values, counted = available[key]
         room = len(unused) > 1 and len(slots) + 1 < codec.max_slots
-        ends = {"last": codec.value_last, **({"more": codec.value_more} if room else {})}
+        if len(due) > 1:  # another asked slot is still to fill
+            ends = {"more": codec.value_more}
+        else:
+            ends = {"last": codec.value_last, **({"more": codec.value_more} if room else {})}
         candidates, decisions = {}, {}
         for value, ids in values.items():
             for end, end_ids in ends.items():
@@ -1039,7 +1059,8 @@ class ChatSession:
     """
 
     def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
-                 courtesy_values: bool = False, typed_values: bool = True, today=None):
+                 courtesy_values: bool = False, typed_values: bool = True, today=None, edge_slots: bool = False,
+                 function_words: bool = False):
         import numpy as np
         import torch
         from transformers import DynamicCache
@@ -1049,7 +1070,8 @@ class ChatSession:
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values, typed_values)
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values, typed_values,
+                           function_words)
         self.today = today  # relative dates ("next Friday") are read from this day (None: the real today)
         self.wf = wf
         self.max_say = max_say_tokens
@@ -1063,6 +1085,8 @@ class ChatSession:
         self._buffer: list[int] = list(self.codec.system(wf.assistant))
         self.ended = False
         self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
+        self.at: str | None = None  # the step the conversation is at
+        self.edge_slots = edge_slots
 
     @property
     def length(self) -> int:
@@ -1107,7 +1131,8 @@ class ChatSession:
     def respond(self, text: str) -> Form:
         """The model's form after the user's message ``text``, its ``say`` filled in as the user reads it."""
         self._buffer.extend(self.codec.user(text))
-        program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held, today=self.today)
+        program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held, today=self.today, at=self.at,
+                            edge_slots=self.edge_slots)
         value = None
         try:
             action = next(program)
@@ -1133,6 +1158,7 @@ class ChatSession:
         except StopIteration as stop:
             form, _raw, _valid = stop.value
         self.held.update(form.slots)
+        self.at = form.node
         node = self.wf.nodes.get(form.node)
         self.ended = bool(node and node.is_terminal)
         return Form(form.node, form.slots, user_say(form.say, self.held, node.say if node else ())[0])

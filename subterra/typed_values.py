@@ -20,6 +20,14 @@ from subterra.slot_values import format_date
 
 # a party of one said without a number
 _ALONE = re.compile(r"\b(just me|only me|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
+# a party said as who comes ("me and a friend", "my wife and I", "2 adults and 3 kids")
+_PERSON = (r"friend|wife|husband|partner|spouse|daughter|son|kid|child|baby|toddler|mum|mom|mother|dad|father|"
+           r"brother|sister|colleague|coworker|boss|girlfriend|boyfriend|fianc[eé]e?|grandma|grandpa|"
+           r"grandmother|grandfather|aunt|uncle|cousin|niece|nephew|buddy|mate|roommate|neighbou?r")
+_COMPANION = re.compile(rf"\b(?:my|a|an|our|one)\s+(?:\w+\s+)?(?:{_PERSON})\b", re.I)
+_SPEAKER = re.compile(r"\b(?:me|myself|i|i'm|im)\b", re.I)
+_PEOPLE_COUNT = re.compile(r"\b(\d+)\s+(?:adults?|kids?|children|child|teens?|teenagers?|infants?|babies|people|persons?|"
+                           r"passengers?|travell?ers?|guests?|seniors?|students?)\b", re.I)
 _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                         r"mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|week|weeks|weekend|fortnight|days?)\b", re.I)
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d)")
@@ -45,6 +53,12 @@ def _integers(message: str) -> tuple[str, ...]:
     found = [str(int(m.group())) for m in _DIGITS.finditer(converted)]
     if _ALONE.search(message):
         found.append("1")
+    groups = [int(m.group(1)) for m in _PEOPLE_COUNT.finditer(converted)]
+    if len(groups) > 1:  # "2 adults and 3 kids": the party is their sum
+        found.append(str(sum(groups)))
+    companions = len(_COMPANION.findall(message))
+    if companions and _SPEAKER.search(message):  # "me and a friend", "my wife and I"
+        found.append(str(companions + 1 + sum(groups)))
     return tuple(dict.fromkeys(found))
 
 

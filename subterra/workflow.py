@@ -135,6 +135,40 @@ class Workflow:
             object.__setattr__(self, "_out", index)
         return index.get(node_id, ())
 
+    def collected_between(self, at: str | None, to: str) -> tuple[str, ...]:
+        """The slots a move from step ``at`` to step ``to`` collects: those of the edges on the
+        shortest ways between them (a move past several steps, as when a first message carries the
+        whole request, collects every step's); ``at`` None is before the conversation (the start).
+        A step kept (``to`` == ``at``) collects only what a loop on it does."""
+        key = (at, to)
+        memo = self.__dict__.setdefault("_between", {})
+        if key in memo:
+            return memo[key]
+        source = self.start if at is None else at
+        if at is None and to == self.start:
+            memo[key] = ()
+            return ()
+        def step(e: Edge) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(self.nodes[e.source].collect + e.collect))
+        if to == source:
+            found = tuple(dict.fromkeys(s for e in self.out_edges(source) if e.target == to for s in step(e)))
+            memo[key] = found
+            return found
+        carried: dict[str, tuple[str, ...]] = {source: ()}
+        frontier = [source]
+        while frontier and to not in carried:
+            reached: dict[str, tuple[str, ...]] = {}
+            for node in frontier:
+                for e in self.out_edges(node):
+                    if e.target in carried:
+                        continue
+                    reached[e.target] = tuple(dict.fromkeys(reached.get(e.target, ()) + carried[node] + step(e)))
+            carried.update(reached)
+            frontier = list(reached)
+        found = carried.get(to, ())
+        memo[key] = found
+        return found
+
     def to_dict(self) -> dict:
         """The canonical, JSON-serialisable definition (no line numbers, no source)."""
         return {

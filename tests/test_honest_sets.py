@@ -173,7 +173,7 @@ def test_the_placeholder_guard_sits_between_every_route_and_its_user(mini_workfl
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [ord(c) for c in text]}
 
-    def turn_program(message, counter, held):
+    def turn_program(message, counter, held, at=None):
         node = "greet" if message == "Hi." else "ask_date"
         say = "Hello, where are you headed?" if node == "greet" else "When do you want to leave for {destination}?"
         return Form(node, {}, say), Form(node, {}, say).to_json(), True

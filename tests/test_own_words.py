@@ -31,6 +31,9 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     today = dt.date(2027, 3, 1)  # a Monday
     assert parsed_values("integer", "two of us, economy", today) == ("2",)
     assert parsed_values("integer", "just me", today) == ("1",)
+    assert parsed_values("integer", "me and a friend", today) == ("2",)  # a party said as who comes
+    assert parsed_values("integer", "my wife and I", today) == ("2",)
+    assert "5" in parsed_values("integer", "two adults and three kids", today)
     assert parsed_values("date", "March 14th", today) == ("14 March 2027",)
     assert parsed_values("date", "the 3rd of August", today) == ("3 August 2027",)
     assert parsed_values("date", "next Friday", today) == ("5 March 2027",)
@@ -57,3 +60,45 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
         driver.run([program()], 512)
         slots = turn["form"].slots
         assert slots.get("travellers") in (None, "2") and slots.get("date") in (None, "14 March 2027", "5 March 2027")
+
+
+def test_a_move_collects_the_slots_of_the_steps_it_passes(mini_workflow):
+    wf = mini_workflow
+    assert wf.collected_between(None, "greet") == ()  # the greeting: nothing asked yet
+    assert wf.collected_between(None, "ask_date") == ("destination",)  # a first message with the request
+    assert wf.collected_between("greet", "ask_count") == ("destination", "date")  # past two steps at once
+    assert wf.collected_between("ask_count", "confirm") == ("travellers", "cabin")
+    assert wf.collected_between("ask_count", "human") == ()
+    assert wf.collected_between("ask_date", "ask_date") == ()  # a step kept (a correction) asks nothing new
+
+
+def test_the_slots_a_move_collects_are_filled_first(trained, mini_workflow):
+    """With ``edge_slots``, a form that moves from the date question to the next step holds the
+    date the message gives, whatever else the message could be read as."""
+    import copy
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime import Lockstep, TurnCounter, fill_form
+    from subterra.student import load_compiled
+
+    model_dir = trained[1].model_dir
+    tokenizer, model = load_compiled(model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
+    driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
+    held = {"destination": "Lisbon"}
+    forms = {}
+    for at, to in (("ask_date", "ask_count"), ("greet", "ask_count"), (None, "ask_count")):
+        moving = copy.copy(codec)  # the model's node choice made for it: the move under test
+        moving.node_candidates = {to: codec.node_candidates[to]}
+
+        def program(at=at, moving=moving):
+            form, _raw, _valid = yield from fill_form(moving, "Lima, Sept 21, 2 of us", 8, TurnCounter(), held,
+                                                      today=dt.date(2027, 3, 1), at=at, edge_slots=True)
+            forms[at] = form
+
+        driver.run([program()], 512)
+    assert forms["ask_date"].slots["date"] == "21 September 2027"
+    assert set(list(forms["greet"].slots)[:2]) == {"destination", "date"}  # moving past two steps fills both first
+    assert forms["greet"].slots["date"] == "21 September 2027" and forms["greet"].slots["destination"] != "Lisbon"
+    assert set(list(forms[None].slots)[:2]) == {"destination", "date"}

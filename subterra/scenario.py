@@ -48,6 +48,7 @@ class Scenario:
     phrasing: str = SEEN
     seed: int = 0
     opening: str = "greeting"  # "greeting": a bare greeting first; "request": the first message answers the start step
+    noise: float = 0.0  # share of the user's answers typed as people type (subterra.noise); training only
 
     def choices(self, wf) -> dict[str, str]:
         """visit_key(node, visit) -> the edge id the user's reply takes there."""

@@ -36,6 +36,7 @@ class ScriptedUser:
         self.pending = dict(scenario.offscript)
         self.choices = scenario.choices(wf)
         self._last: UserTurn | None = None
+        self._typing = random.Random(scenario.seed ^ 0x7E1D)  # its own draws: noise 0 leaves every other draw as it was
         self._last_node: str | None = None
 
     # -- helpers -------------------------------------------------------------------------
@@ -104,11 +105,18 @@ class ScriptedUser:
         if not lines:
             lines = (" ".join("{%s}" % s for s in collect) + ".",) if collect else ph.ACKNOWLEDGEMENTS
         template = self.rng.choice(self._pool(lines))
-        slots = {s: self.values[s] for s in collect if ph.uses(template, s)}
+        decorated, shown, values = self._decorate(template), self.values, self.values  # as written, as the form holds them
+        if self.scenario.noise and self._typing.random() < self.scenario.noise:
+            from subterra.noise import perturb
+
+            decorated, shown = perturb(decorated, self.values, self._typing)
+            # a copied value is held as typed; a chosen one (enum, yes/no) stays the declared value
+            values = {k: v if self.wf.slots[k].type in ("enum", "boolean") else shown[k] for k, v in self.values.items()}
+        slots = {s: values[s] for s in collect if ph.uses(template, s)}
         for s in slots:
             if s not in self.provided:
                 self.provided.append(s)
-        text = ph.fill(self._decorate(template), self.values)
+        text = ph.fill(decorated, shown)
         return UserTurn(text, "answer", slots, edge.id)
 
     def _correction(self) -> UserTurn | None:

@@ -102,3 +102,33 @@ def test_the_slots_a_move_collects_are_filled_first(trained, mini_workflow):
     assert set(list(forms["greet"].slots)[:2]) == {"destination", "date"}  # moving past two steps fills both first
     assert forms["greet"].slots["date"] == "21 September 2027" and forms["greet"].slots["destination"] != "Lisbon"
     assert set(list(forms[None].slots)[:2]) == {"destination", "date"}
+
+
+def test_training_typed_as_people_type_keeps_every_value_a_span_and_the_holdouts_clean(mini_workflow):
+    import json
+
+    from subterra.corpus import CorpusConfig, build_corpus
+    from subterra.forms import parse_form
+    from subterra.paths import select_paths
+    from subterra.teacher import TemplateTeacher
+
+    paths = select_paths(mini_workflow, cap=100, seed=0).paths
+    config = CorpusConfig(conversations_per_path=3, holdout_scenarios=6)
+    clean = build_corpus(mini_workflow, paths, TemplateTeacher(), config)
+    noisy = build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(**{**config.__dict__, "noise_share": 1.0}))
+    held = lambda df: df.filter(df["split"] != "train").sort("conversation_id")["messages"].to_list()  # noqa: E731
+    assert held(clean) == held(noisy)  # people's typing is taught, never tested on
+    lowered = 0
+    for messages in noisy.filter(noisy["split"] == "train")["messages"]:
+        turns = json.loads(messages)
+        for user, reply in zip(turns, turns[1:]):
+            if user["role"] != "user" or reply["role"] != "assistant":
+                continue
+            for slot, value in parse_form(reply["content"]).slots.items():
+                if mini_workflow.slots[slot].type == "enum":
+                    assert value in mini_workflow.slots[slot].values
+                else:
+                    assert value in user["content"], (value, user["content"])
+                    lowered += value.islower()  # a line typed in lower case holds its value so
+    assert lowered
+    assert noisy.filter(noisy["split"] == "train")["messages"].to_list() != clean.filter(clean["split"] == "train")["messages"].to_list()

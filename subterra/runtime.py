@@ -272,8 +272,10 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
         if found and all(w in lexicon for w in found):
             close()
             continue
+        if m.group()[0] in "([":  # an aside starts: "barcelona (BCN)" is two runs
+            close()
         current.append((m.start(), m.end()))
-        if m.group()[-1] in SENTENCE_BREAK:
+        if m.group()[-1] in SENTENCE_BREAK or m.group()[-1] in ")]":
             close()
     close()
     return runs
@@ -300,7 +302,7 @@ def word_spans(message: str, max_words: int = 6) -> list[str]:
     spans: list[str] = []
     for i in range(len(words)):
         for j in range(i, min(len(words), i + max_words)):
-            if j > i and message[words[j - 1][1] - 1] in SENTENCE_BREAK:
+            if j > i and (message[words[j - 1][1] - 1] in SENTENCE_BREAK + ")]" or message[words[j][0]] in "(["):
                 break
             text = _span_text(message, words[i][0], words[j][1])
             if text and text not in spans:

@@ -9,6 +9,10 @@ def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workfl
 
     assert courtesy_only("hiya!!") and courtesy_only("Good morning") and courtesy_only("hey there")
     assert not courtesy_only("Hi Lisbon") and not courtesy_only("Cape Town") and not courtesy_only("2")
+    from subterra.runtime import value_spans
+
+    assert value_spans("barcelona (BCN)", frozenset({"from"})) == ["barcelona", "BCN"]  # an aside is no part of a value
+    assert "barcelona (BCN" not in value_spans("barcelona (BCN)")
     model_dir = trained[1].model_dir
     tokenizer, _ = load_compiled(model_dir)
     codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="variants", help="key=value[,key=value]: one variant")
     parser.add_argument("--model", default="", help="a compiled model folder (default: the one serving)")
     parser.add_argument("--scenarios", type=int, default=200)
+    parser.add_argument("--dump", default="", help="write every variant's played conversations to this parquet file")
     parser.add_argument("--changed", action="store_true",
                         help="list the conversations whose strict pass a variant changed, with where each now fails")
     args = parser.parse_args(argv)
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     print(f"{wf.id}: model {model}")
     baseline = None
     base_passed: dict[str, bool] = {}
+    played = []
     for spec in args.variants or [""]:
         config = replace(base, **variant(spec))
         started = time.perf_counter()
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
         if baseline is None:
             baseline = {k: v["strict_pass"] for k, v in scores.items()}
         print(f"  {spec or 'defaults'}: " + "; ".join(line) + f"  ({seconds:.0f} s)")
+        played.append(result.scenarios.with_columns(pl.lit(spec or "defaults").alias("variant")))
         passed = {r["scenario_id"]: (r["strict_pass"], r["first_error"]) for r in result.scenarios.iter_rows(named=True)}
         if not base_passed:
             base_passed = {k: v[0] for k, v in passed.items()}
@@ -88,6 +91,9 @@ def main(argv=None) -> int:
             for sid, (ok, error) in sorted(passed.items()):
                 if sid in base_passed and ok != base_passed[sid]:
                     print(f"    {'now passes' if ok else 'now fails'}: {sid} {'' if ok else error}")
+    if args.dump:
+        pl.concat(played, how="diagonal_relaxed").write_parquet(args.dump)
+        print(f"conversations: {args.dump}")
     return 0
 
 

@@ -12,6 +12,13 @@ from resources import ClaudeResource, SettingsResource, StoreResource, TeacherRe
 class CorpusSettings(dg.Config):
     conversations_per_path: int = 8
     max_train_conversations: int = 800
+    # how conversations are shared among paths: "uniform" (the same share each) or "workflow" (sized
+    # so every edge and every enum value gets a floor of examples, a small workflow at least
+    # min_train_conversations; subterra.sizing)
+    sizing: Literal["uniform", "workflow"] = "uniform"
+    min_train_conversations: int = 600
+    edge_floor: int = 24
+    value_floor: int = 12
     holdout_scenarios: int = 200  # per test set (holdout, test_unseen)
     validation_scenarios: Optional[int] = None  # None: as many as holdout_scenarios
     offscript_rate: float = 0.15

@@ -57,7 +57,13 @@ CORPUS_SCHEMA = {
 @dataclass(frozen=True)
 class CorpusConfig:
     conversations_per_path: int = 4
-    max_train_conversations: int = 6000  # caps conversations_per_path x paths (every path keeps one)
+    max_train_conversations: int = 6000  # the training budget (every edge keeps one conversation past it)
+    # how conversations are shared among paths (subterra.sizing): "workflow" sizes them so every
+    # edge and enum value gets a floor of examples, "uniform" gives each path the same share
+    sizing: str = "uniform"
+    min_train_conversations: int = 0  # "workflow": a small workflow still gets this many
+    edge_floor: int = 24  # "workflow": training conversations through every edge, at least
+    value_floor: int = 12  # "workflow": conversations per declared value of an enum slot, at least
     holdout_scenarios: int = 200
     validation_scenarios: int | None = None  # None: as many as holdout_scenarios
     offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
@@ -80,13 +86,13 @@ class CorpusTooLarge(ValueError):
     pass
 
 
-def planned_sizes(n_paths: int, config: CorpusConfig) -> dict[str, int]:
-    per_path = config.conversations_per_path
-    if n_paths * per_path > config.max_train_conversations:
-        per_path = max(1, config.max_train_conversations // max(1, n_paths))
+def planned_sizes(wf, paths: Sequence[Sequence[str]], config: CorpusConfig) -> dict:
+    from subterra.sizing import train_counts
+
+    per_path = train_counts(wf, paths, config)
     return {
-        "per_path": per_path,
-        "train": n_paths * per_path,
+        "per_path": per_path,  # training conversations of each path
+        "train": sum(per_path),
         "validation": validation_size(config),
         "holdout": config.holdout_scenarios,
         "test_unseen": config.holdout_scenarios,
@@ -113,11 +119,11 @@ def build_corpus(
     paths = [tuple(p) for p in paths]
     if not paths:
         raise ValueError(f"{wf.id}: no paths to render")
-    sizes = planned_sizes(len(paths), config)
+    sizes = planned_sizes(wf, paths, config)
     total = sizes["train"] + sizes["validation"] + sizes["holdout"] + sizes["test_unseen"]
     if total > config.max_conversations:
         raise CorpusTooLarge(
-            f"{wf.id}: corpus of {total:,} conversations ({len(paths):,} paths x {sizes['per_path']} + "
+            f"{wf.id}: corpus of {total:,} conversations ({sizes['train']:,} over {len(paths):,} paths + "
             f"{sizes['validation']} validation + 2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
         )
     reuse = reuse if reuse is not None else Reuse()
@@ -173,7 +179,7 @@ def build_corpus(
     # conversations stay the same when other paths change; a conversation whose text equals a
     # holdout one is redrawn (same number, another seed)
     train_offscript = config.offscript_rate if config.train_offscript_rate is None else config.train_offscript_rate
-    slots = [(p, k) for p in range(len(paths)) for k in range(sizes["per_path"])]
+    slots = [(p, k) for p in range(len(paths)) for k in range(sizes["per_path"][p])]
     train_rows: dict[tuple[int, int], dict] = {}
     todo = []
     for p, k in slots:

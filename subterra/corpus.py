@@ -251,7 +251,3 @@ def corpus_row(wf, scenario: Scenario, conv: Conversation, teacher_name: str, pa
         "teacher_error": conv.error,
         "path_hash": path_hash,
     }
-
-
-def messages_of(row_messages: str) -> list[dict[str, str]]:
-    return json.loads(row_messages)

@@ -150,10 +150,3 @@ def load_compiled(model_dir: str, device: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device or auto_device).eval()
     return tokenizer, model
-
-
-def describe(model_dir: str) -> dict:
-    from pathlib import Path
-
-    path = Path(model_dir) / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {}

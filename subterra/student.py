@@ -10,7 +10,6 @@ automatically: CUDA/bf16 when present, CPU/fp32 otherwise (``device_and_dtype``)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -136,10 +136,12 @@ class Workflow:
         return index.get(node_id, ())
 
     def collected_between(self, at: str | None, to: str) -> tuple[str, ...]:
-        """The slots a move from step ``at`` to step ``to`` collects: those of the edges on the
-        shortest ways between them (a move past several steps, as when a first message carries the
-        whole request, collects every step's); ``at`` None is before the conversation (the start).
-        A step kept (``to`` == ``at``) collects only what a loop on it does."""
+        """The slots a move from step ``at`` to step ``to`` surely collects: those every shortest
+        way between them collects (along a way, every edge's: a move past several steps, as when a
+        first message carries the whole request, collects every step's; across ways, only what
+        all of them do: paying by card or with miles both lead to the booking, only one collects
+        the miles number). ``at`` None is before the conversation (the start). A step kept
+        (``to`` == ``at``) collects only what every loop on it does."""
         key = (at, to)
         memo = self.__dict__.setdefault("_between", {})
         if key in memo:
@@ -150,20 +152,22 @@ class Workflow:
             return ()
         def step(e: Edge) -> tuple[str, ...]:
             return tuple(dict.fromkeys(self.nodes[e.source].collect + e.collect))
+        def common(ways: list[tuple[str, ...]]) -> tuple[str, ...]:
+            return tuple(s for s in ways[0] if all(s in w for w in ways[1:])) if ways else ()
+
         if to == source:
-            found = tuple(dict.fromkeys(s for e in self.out_edges(source) if e.target == to for s in step(e)))
+            found = common([step(e) for e in self.out_edges(source) if e.target == to])
             memo[key] = found
             return found
         carried: dict[str, tuple[str, ...]] = {source: ()}
         frontier = [source]
         while frontier and to not in carried:
-            reached: dict[str, tuple[str, ...]] = {}
+            reached: dict[str, list[tuple[str, ...]]] = {}
             for node in frontier:
                 for e in self.out_edges(node):
-                    if e.target in carried:
-                        continue
-                    reached[e.target] = tuple(dict.fromkeys(reached.get(e.target, ()) + carried[node] + step(e)))
-            carried.update(reached)
+                    if e.target not in carried:
+                        reached.setdefault(e.target, []).append(tuple(dict.fromkeys(carried[node] + step(e))))
+            carried.update({node: common(ways) for node, ways in reached.items()})
             frontier = list(reached)
         found = carried.get(to, ())
         memo[key] = found

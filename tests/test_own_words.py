@@ -74,6 +74,13 @@ def test_a_move_collects_the_slots_of_the_steps_it_passes(mini_workflow):
     assert wf.collected_between("ask_count", "confirm") == ("travellers", "cabin")
     assert wf.collected_between("ask_count", "human") == ()
     assert wf.collected_between("ask_date", "ask_date") == ()  # a step kept (a correction) asks nothing new
+    from pathlib import Path
+
+    from subterra.workflow import load_workflow
+
+    travel = load_workflow(Path(__file__).parents[1] / "data" / "workflows" / "travel_booking.yaml")
+    assert travel.collected_between("payment", "booked") == ()  # by card or with miles: only one collects the number
+    assert travel.collected_between(None, "choose_cabin") == ("destination", "origin", "departure_date", "travellers")
 
 
 def test_the_slots_a_move_collects_are_filled_first(trained, mini_workflow):

@@ -321,7 +321,9 @@ def main(argv: list[str]) -> int:
     status = 0
     for arg in argv:
         path = Path(arg)
-        wf = load_workflow(Path("data/workflows") / path.name)
+        # the workflow beside its natural sets (NAME/natural/test/ID.yaml -> NAME/workflows/ID.yaml), else data/workflows
+        beside = path.resolve().parent.parent.parent / "workflows" / path.name
+        wf = load_workflow(beside if beside.exists() else Path("data/workflows") / path.name)
         try:
             natural = load_natural(path, wf)
         except WorkflowError as exc:

@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 
-.PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full
+.PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full gallery
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -48,6 +48,11 @@ bench: $(VENV_OK)
 # end to end: full travel_booking compile, incremental recompile after a one-node edit, full recompile (long)
 bench-e2e: $(VENV_OK)
 	$(PY) -m bench.bench_e2e
+
+# every shipped example and every gallery workflow compiled with the defaults, one table of their
+# test numbers (hours on a 2-core CPU; its own data folder, .gallery/; not part of `make test`)
+gallery: $(VENV_OK)
+	SUBTERRA_DATA_DIR=$(CURDIR)/.gallery $(PY) -m subterra.cli gallery data/workflows data/gallery/workflows
 
 clean:
 	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

@@ -287,6 +287,42 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_gallery(args) -> int:
+    """Compile every workflow of the given folders with the defaults; print one table of their test numbers."""
+    import time
+
+    from subterra.gallery import gallery_table
+    from subterra.store import Store
+
+    files = []
+    for place in args.places:
+        path = Path(place)
+        files += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        files = [f for f in files if f.stem in wanted]
+    results = []
+    for file in files:
+        started = time.perf_counter()
+        if args.no_compile:
+            from subterra.workflow import load_workflow
+
+            status, workflow, minutes = 0, load_workflow(file).id, None
+        else:
+            status, workflow = _run(str(file), "COMPILE_ASSETS", None)
+            minutes = (time.perf_counter() - started) / 60
+        store = Store(_settings().db_path)
+        try:
+            scores = None if status else store.read("eval_scores", workflow)
+            paths = store.read("workflow_paths", workflow).height
+        except (LookupError, FileNotFoundError):
+            scores, paths = None, "?"
+        results.append({"workflow": workflow, "paths": paths, "minutes": minutes, "scores": scores,
+                        **({"note": "not compiled"} if args.no_compile else {})})
+        print(f"\n{gallery_table(results)}\n", flush=True)  # the table so far, after each compile
+    return 0 if all(r["scores"] is not None for r in results) else 1
+
+
 def cmd_train(args) -> int:
     from subterra.cli.train import main as train_main
 
@@ -320,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print a workflow's scores and cost report from DuckDB")
     p.add_argument("workflow")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("gallery", help="compile every workflow of the given folders with the defaults; print one table")
+    p.add_argument("places", nargs="*", default=["data/workflows", "data/gallery/workflows"],
+                   help="workflow files or folders of them (default: the shipped examples and the gallery)")
+    p.add_argument("--only", default="", help="comma-separated workflow ids to compile (default: all)")
+    p.add_argument("--no-compile", action="store_true", help="only print the table of what is compiled already")
+    p.set_defaults(func=cmd_gallery)
+
     p = sub.add_parser("train", help="run the training script on a TrainConfig JSON")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_train)

@@ -7,6 +7,7 @@ from assets.partitions import workflows_partitions
 from assets.trained_weights import trained_weights
 from resources import ClaudeResource, SettingsResource, StoreResource
 from subterra.routes import DEPLOYED
+from subterra.runtime import ReadingRules
 
 
 class EvalSettings(dg.Config):
@@ -28,10 +29,11 @@ class EvalSettings(dg.Config):
     copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
-    courtesy_values: bool = False  # may a span of only greetings and thanks ("hi", "good morning") be copied as a value?
-    typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
-    edge_slots: bool = False  # the slots the chosen step's move collects are filled first ("Sept 21" is the date asked for)
-    function_words: bool = False  # English frame words ("next month", "pls", "I'm") never start or end a copied value
+    # how people's messages are read (subterra.runtime.ReadingRules describes each and holds its default)
+    courtesy_values: bool = ReadingRules.courtesy_values
+    typed_values: bool = ReadingRules.typed_values
+    edge_slots: bool = ReadingRules.edge_slots
+    function_words: bool = ReadingRules.function_words
     torch_threads: int = 0  # CPU threads (0: every core)
     # say tokens fed per forward as a draft from the say lines known at the node (speculative
     # decoding: what is generated is the same; 0 decodes a say one token per forward)

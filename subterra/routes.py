@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence
 
 from subterra.forms import user_say
 from subterra.procedure import render_procedure
-from subterra.runtime import MAX_DRAFT, Codec, TurnCounter, TurnRecord, fill_form, force, free_form
+from subterra.runtime import MAX_DRAFT, Codec, ReadingRules, TurnCounter, TurnRecord, fill_form, force, free_form
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
@@ -67,10 +67,11 @@ class PlayConfig:
     corrections_named: bool = True  # prefilled form: a correction refills the held slot whose value it names (offered_keys)
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
     draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
-    courtesy_values: bool = False  # prefilled form: may a span of only greetings and thanks be copied as a value?
-    typed_values: bool = True  # prefilled form: numbers and dates in people's words offered normalised
-    edge_slots: bool = False  # prefilled form: the slots the chosen move collects are filled first (fill_form)
-    function_words: bool = False  # with the lexicon, English frame words ("next", "month", "pls") never start or end a value
+    # prefilled form: how people's messages are read (``runtime.ReadingRules``, where each is described)
+    courtesy_values: bool = ReadingRules.courtesy_values
+    typed_values: bool = ReadingRules.typed_values
+    edge_slots: bool = ReadingRules.edge_slots
+    function_words: bool = ReadingRules.function_words
 
 
 @dataclass

@@ -72,11 +72,23 @@ class Choice:
 Program = Generator[object, int | None, None]
 
 
+@dataclass(frozen=True)
+class ReadingRules:
+    """How the runtime reads people's messages: each rule chosen on the validation sets
+    (``python -m bench.validate``), the one source of their defaults (eval, chat, serving)."""
+
+    courtesy_values: bool = False  # may a span of only greetings and thanks ("hi", "good morning") be a value?
+    typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
+    edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
+    function_words: bool = False  # English frame words ("next month", "pls") never start or end a copied value
+
+
 class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
     def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
-                 courtesy_values: bool = False, typed_values: bool = True, function_words: bool = False):
+                 courtesy_values: bool = ReadingRules.courtesy_values, typed_values: bool = ReadingRules.typed_values,
+                 function_words: bool = ReadingRules.function_words):
         self.tok = tokenizer
         self.wf = wf
         if lexicon and function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
@@ -1061,8 +1073,7 @@ class ChatSession:
     """
 
     def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
-                 courtesy_values: bool = False, typed_values: bool = True, today=None, edge_slots: bool = False,
-                 function_words: bool = False):
+                 rules: ReadingRules = ReadingRules(), today=None):
         import numpy as np
         import torch
         from transformers import DynamicCache
@@ -1072,8 +1083,8 @@ class ChatSession:
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values, typed_values,
-                           function_words)
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), rules.courtesy_values,
+                           rules.typed_values, rules.function_words)
         self.today = today  # relative dates ("next Friday") are read from this day (None: the real today)
         self.wf = wf
         self.max_say = max_say_tokens
@@ -1088,7 +1099,7 @@ class ChatSession:
         self.ended = False
         self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
         self.at: str | None = None  # the step the conversation is at
-        self.edge_slots = edge_slots
+        self.edge_slots = rules.edge_slots
 
     @property
     def length(self) -> int:

@@ -5,14 +5,14 @@ a small workflow under-trained (23 paths x 8 = 184 conversations) and an edge th
 takes with 8 examples, while a workflow with thousands of paths gets one conversation per path
 and more than its budget. ``train_counts`` sizes the training set in three passes:
 
-1. every path its uniform share, as far as the target total allows (``target_total``: the
-   uniform corpus, at least ``min_train_conversations``, at most ``max_train_conversations``);
+1. every edge taken by one training conversation at least (past the budget if need be);
 2. coverage: every edge taken by at least ``edge_floor`` training conversations, and every enum
    slot given in at least ``value_floor`` conversations per declared value (values are drawn per
-   conversation, so each gets about its share); the rarest requirement first, each given to the
-   paths through it that have the fewest conversations. Every edge gets at least one conversation
-   even past the budget; beyond that the budget holds;
-3. the rest of the target spread over the paths with the fewest conversations.
+   conversation, so each gets about its share), within ``max_train_conversations``; the rarest
+   requirement first, each given to the paths through it that have the fewest conversations;
+3. the rest of the target (``target_total``: the uniform corpus, at least
+   ``min_train_conversations``, at most ``max_train_conversations``) spread level by level over
+   the paths with the fewest conversations, so the common paths share what coverage left.
 
 A path's conversations are numbered from 0 and seeded by path and number, so a path keeps its
 first conversations whatever the others get (an incremental recompile reuses them).
@@ -60,7 +60,7 @@ def train_counts(wf, paths: Sequence[Sequence[str]], config) -> list[int]:
             per_path = max(1, config.max_train_conversations // n)
         return [per_path] * n
     target = target_total(n, config)
-    counts = [min(config.conversations_per_path, target // n)] * n
+    counts = [0] * n
     needs = requirements(wf, paths, config.edge_floor, config.value_floor)
     needs.sort(key=lambda need: (len(need[0]), -need[1]))  # the rarest first
     serves: list[list[int]] = [[] for _ in range(n)]

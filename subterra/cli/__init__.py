@@ -207,45 +207,25 @@ def print_ladder(workflow: str) -> int:
 
 
 def cmd_report(args) -> int:
-    import polars as pl
+    import os
 
+    from subterra.report import format_report
+    from subterra.serving import serving_model
     from subterra.store import Store
 
-    store = Store(_settings().db_path)
-    pl.Config.set_tbl_cols(30)
-    pl.Config.set_tbl_width_chars(200)
-    pl.Config.set_float_precision(3)
-    pl.Config.set_tbl_hide_dataframe_shape(True)
+    settings = _settings()
+    store = Store(settings.db_path)
     try:
         scores = store.read("eval_scores", args.workflow)
         cost = store.read("cost_report", args.workflow)
-        training = store.read("trained_weights", args.workflow)
+        training = store.read("trained_weights", args.workflow).row(0, named=True)
+        serving = serving_model(store, args.workflow)
     except (LookupError, FileNotFoundError) as exc:
         print(f"no report for {args.workflow}: {exc}", file=sys.stderr)
         return 1
-    t = training.row(0, named=True)
-    print(f"\n== {args.workflow}: model {t['model_dir']} ({t['params']:,} params, {t['steps']} steps, "
-          f"{t['train_seconds']:.0f} s, {t['tokens_per_second']:.0f} tokens/s)")
-    from subterra.serving import serving_model
-
-    serving = serving_model(store, args.workflow)
-    print(f"serving: {serving.model_dir}: {serving.why}")
-    from subterra.evaluation import headline, ordered
-
-    print("\n== how the compiled agent does: test sets first (n conversations, 95% Wilson interval); "
-          "validation is what choices were made on")
-    print(headline(scores.filter(pl.col("route") == "compiled_prefill") if "compiled_prefill" in scores["route"] else scores))
-    print("\n== eval_scores (all columns: duckdb, select * from eval_scores)")
-    shown = [c for c in ("route", "set", "scenarios", "strict_pass", "partial_credit", "slot_accuracy", "say_fit",
-                         "form_validity", "graceful_handling", "failure_rate", "tokens_in", "tokens_out") if c in scores.columns]
-    print(ordered(scores).select(shown))
-    print("\n== cost_report (per conversation)")
-    print(cost.select("route", "set", "tokens_in", "tokens_out", "usd_per_conversation", "token_source"))
+    model = os.path.relpath(training["model_dir"]) if os.path.isabs(training["model_dir"]) else training["model_dir"]
+    print(format_report(args.workflow, scores, cost, training, f"{serving.why}", model, os.path.relpath(settings.db_path)))
     c = cost.row(0, named=True)
-    compile_parts = (f" (training ${c['training_cost_usd']:.4f} + teacher ${c['teacher_cost_usd']:.4f})"
-                     if c.get("teacher_cost_usd") is not None else "")
-    print(f"multiplier {c['multiplier']:.1f}x (price {c['price_factor']:.1f}x x volume {c['volume_factor']:.2f}x); "
-          f"compile ${c['compile_cost_usd']:.4f}{compile_parts}; pays for itself after {c['breakeven_conversations']} conversations")
     if c.get("pct_of_frontier_quality") is not None:
         print(f"{c['pct_of_frontier_quality']:.1f}% of frontier quality (judged, holdout)")
     if c.get("claude_parts"):

@@ -7,13 +7,16 @@ file elsewhere and renaming it into the folder is atomic and needs no waiting ei
 
 Once stable, a new file adds its partition and starts a run; a changed file (canonical content
 hash, so comments and formatting do not count) starts a recompile of that workflow only; an
-unchanged one starts nothing (the run key is the hash); an invalid file starts nothing and the
-tick's log says why, file by file and line by line, while every other workflow goes on and the
+unchanged one starts nothing (the run key is the hash), nor does one whose definition the database
+already holds a compiled model of (a first tick after `make demo` or `subterra compile` starts no
+second compile); an invalid file starts nothing and every tick's log and skip reason say why, file
+by file and line by line, until the file is fixed, while every other workflow goes on and the
 last good model of the broken one stays where it is. Each run carries the content hash it was
 started for; ``workflow_graph`` refuses a file that changed again before the run began.
 
-The cursor keeps, per file, the digest of its bytes at the last tick (``seen``) and the digest
-last acted on (``decided``), and per workflow the content hash last compiled (``compiled``).
+The cursor keeps, per file, the digest of its bytes at the last tick (``seen``), the digest
+last acted on (``decided``) and the faults of a broken one (``broken``), and per workflow the
+content hash last compiled (``compiled``).
 
 A recompile is incremental unless the ``recompile`` resource says ``full`` (its run config says
 which, and so does the run's ``subterra/recompile`` tag).
@@ -26,14 +29,24 @@ import dagster as dg
 
 from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
 from jobs import compile_workflow
-from resources import RecompileResource, SettingsResource
+from resources import RecompileResource, SettingsResource, StoreResource
 
 
 def _state(cursor: str | None) -> dict:
     state = json.loads(cursor) if cursor else {}
     if state and "compiled" not in state:  # a cursor from before stability checks: {workflow: hash}
         state = {"compiled": state}
-    return {"compiled": state.get("compiled", {}), "seen": state.get("seen", {}), "decided": state.get("decided", {})}
+    return {"compiled": state.get("compiled", {}), "seen": state.get("seen", {}), "decided": state.get("decided", {}),
+            "broken": state.get("broken", {})}
+
+
+def _compiled_in_store(store: StoreResource, workflow: str) -> str | None:
+    """The content hash the database's latest compiled model of ``workflow`` was trained from."""
+    try:
+        trained = store.get().read("trained_weights", workflow)
+    except (LookupError, FileNotFoundError, OSError):
+        return None
+    return trained["content_hash"][0] if trained.height else None
 
 
 @dg.sensor(
@@ -44,12 +57,12 @@ def _state(cursor: str | None) -> dict:
     "(once the file has stopped changing).",
 )
 def workflow_files_sensor(
-    context: dg.SensorEvaluationContext, settings: SettingsResource, recompile: RecompileResource
+    context: dg.SensorEvaluationContext, settings: SettingsResource, recompile: RecompileResource, store: StoreResource
 ) -> dg.SensorResult:
     from subterra.workflow import WorkflowError, parse_workflow_bytes
 
     state = _state(context.cursor)
-    compiled, seen, decided = state["compiled"], {}, state["decided"]
+    compiled, seen, decided, broken = state["compiled"], {}, state["decided"], {}
     known = set(context.instance.get_dynamic_partitions(workflows_partitions.name))
     requests, new_partitions, skipped, waiting = [], [], [], []
     for path in sorted(settings.get().workflows_dir.glob("*.yaml")):
@@ -64,14 +77,24 @@ def workflow_files_sensor(
             waiting.append(path.name)  # new or still changing: look again next tick
             continue
         if decided.get(path.name) == digest:
+            if path.name in state["broken"]:  # still broken: said again on every tick until fixed
+                broken[path.name] = state["broken"][path.name]
+                skipped.append(broken[path.name])
             continue  # stable, and already acted on
         decided[path.name] = digest
         try:
             wf = parse_workflow_bytes(raw, str(path))
         except WorkflowError as exc:
-            skipped.append(f"{path.name}: invalid, not compiled:\n" + "\n".join(f"  {f}" for f in exc.faults))
+            broken[path.name] = f"{path.name}: invalid, not compiled:\n" + "\n".join(f"  {f}" for f in exc.faults)
+            skipped.append(broken[path.name])
             continue
         if compiled.get(wf.id) == wf.content_hash:
+            continue
+        if wf.id not in compiled and _compiled_in_store(store, wf.id) == wf.content_hash:
+            compiled[wf.id] = wf.content_hash  # compiled already (`make demo`, `subterra compile`): nothing to start
+            context.log.info(f"{path.name}: this definition is compiled already; no run")
+            if wf.id not in known:
+                new_partitions.append(wf.id)
             continue
         if wf.id not in known:
             new_partitions.append(wf.id)
@@ -93,6 +116,6 @@ def workflow_files_sensor(
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[workflows_partitions.build_add_request(new_partitions)] if new_partitions else [],
-        cursor=json.dumps({"compiled": compiled, "seen": seen, "decided": decided}, sort_keys=True),
+        cursor=json.dumps({"compiled": compiled, "seen": seen, "decided": decided, "broken": broken}, sort_keys=True),
         skip_reason=None if requests else dg.SkipReason("; ".join(reasons) or "no new or changed workflow"),
     )

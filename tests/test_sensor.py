@@ -4,13 +4,14 @@ one still being written."""
 import dagster as dg
 import pytest
 
-from resources import RecompileResource, SettingsResource
+from resources import RecompileResource, SettingsResource, StoreResource
 from sensors import workflow_files_sensor
 from subterra.workflow import load_workflow, parse_workflow_text
 
 
 def sensor_resources(settings, recompile: str = "") -> dict:
-    return {"settings": SettingsResource(data_dir=str(settings.data_dir)), "recompile": RecompileResource(mode=recompile)}
+    return {"settings": SettingsResource(data_dir=str(settings.data_dir)), "recompile": RecompileResource(mode=recompile),
+            "store": StoreResource(db_path=str(settings.db_path))}
 
 
 def evaluate(settings, instance, cursor: str | None, recompile: str = "") -> dg.SensorResult:
@@ -101,16 +102,35 @@ def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkey
         tick(first.cursor, recompile="partial")
 
 
-def test_invalid_file_starts_nothing_and_says_where(settings, tick):
+def test_invalid_file_starts_nothing_and_says_where(settings, tick, instance):
     first = tick()
     path = settings.workflow_file("mini_booking")
     path.write_text(path.read_text().replace("next: ask_count", "next: ask_cuont"))
     result = tick(first.cursor)
     assert run_keys(result) == []
     assert "mini_booking.yaml:" in str(result.skip_reason) and "ask_cuont" in str(result.skip_reason)
-    # fixed back to the compiled content: the last good model still matches, nothing to do
+    again = evaluate(settings, instance, result.cursor)  # a later tick, the file unchanged: still said
+    assert run_keys(again) == [] and "ask_cuont" in str(again.skip_reason)
+    # fixed back to the compiled content: the last good model still matches, nothing to do, nothing said
     path.write_text(path.read_text().replace("next: ask_cuont", "next: ask_count"))
-    assert run_keys(tick(result.cursor)) == []
+    fixed = tick(again.cursor)
+    assert run_keys(fixed) == [] and "ask_cuont" not in str(fixed.skip_reason)
+    assert "ask_cuont" not in str(evaluate(settings, instance, fixed.cursor).skip_reason)
+
+
+def test_a_definition_compiled_already_starts_nothing_on_a_first_tick(settings, store, fresh_instance):
+    """A fresh sensor cursor (a first `make ui` after `make demo`) reads what the database holds."""
+    import polars as pl
+
+    wf = load_workflow(settings.workflow_file("mini_booking"))
+    store.replace_partition("trained_weights", wf.id, pl.DataFrame({"workflow": [wf.id], "content_hash": [wf.content_hash]}))
+    waiting = evaluate(settings, fresh_instance, None)
+    result = evaluate(settings, fresh_instance, waiting.cursor)
+    assert run_keys(result) == [] and added_partitions(result) == ["mini_booking"]
+    path = settings.workflow_file("mini_booking")  # an edit after it is compiled as always
+    path.write_text(path.read_text().replace("Mini booking", "Mini booking, edited").replace("Hi! Where", "Hello! Where"))
+    edited = evaluate(settings, fresh_instance, evaluate(settings, fresh_instance, result.cursor).cursor)
+    assert len(run_keys(edited)) == 1
 
 
 def test_invalid_file_next_to_a_valid_one_still_starts_the_valid_one(settings, tick, capfd):

@@ -44,7 +44,7 @@ def _compiled_in_store(store: StoreResource, workflow: str) -> str | None:
     """The content hash the database's latest compiled model of ``workflow`` was trained from."""
     try:
         trained = store.get().read("trained_weights", workflow)
-    except (LookupError, FileNotFoundError, OSError):
+    except Exception:  # no table yet, or the database busy: the tick goes on as if nothing were compiled
         return None
     return trained["content_hash"][0] if trained.height else None
 

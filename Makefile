@@ -1,6 +1,7 @@
 # Subterra: `make demo` and `make test` set up everything they need on a fresh machine.
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
+DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
 
 .PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full gallery
 
@@ -14,9 +15,11 @@ $(VENV_OK): pyproject.toml
 
 install: $(VENV_OK)
 
+# the compile runs in the UI's DAGSTER_HOME: `make ui` afterwards shows its materializations, and
+# its sensor (which reads the database) starts no second compile of travel_booking
 demo: $(VENV_OK)
-	$(PY) -m subterra.cli compile data/workflows/travel_booking.yaml
-	$(PY) -m subterra.cli report travel_booking
+	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster_instance.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(PY) -m subterra.cli compile data/workflows/travel_booking.yaml
 
 # the four routes side by side on SmolLM2-135M (quick: about an hour on a 2-core CPU; full: a GPU)
 ladder: $(VENV_OK)
@@ -33,12 +36,10 @@ test-all: $(VENV_OK)
 
 # The Dagster UI, daemon and sensor. The webserver binds to 127.0.0.1 only (it can start runs and
 # shows every run's config and logs): reach it from elsewhere through an SSH tunnel, not by binding
-# to 0.0.0.0. dagster.yaml (one run per workflow at a time, one training at a time) goes into
+# to 0.0.0.0. dagster_instance.yaml (one run per workflow at a time, one training at a time) goes into
 # DAGSTER_HOME, which keeps runs, partitions and the sensor's cursor between restarts.
-DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
-
 ui: $(VENV_OK)
-	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster_instance.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # quick benchmarks (paths, corpus, training, eval), one after another; a few minutes each

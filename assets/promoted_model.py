@@ -33,7 +33,7 @@ class RepairSettings(dg.Config):
 
 @dg.asset(
     partitions_def=workflows_partitions, deps=[repair_map], group_name="repair", kinds={"pytorch", "duckdb"},
-    pool="subterra_training",  # dagster.yaml: one training at a time (a repair round trains)
+    pool="subterra_training",  # dagster_instance.yaml: one training at a time (a repair round trains)
 )
 def promoted_model(
     context: dg.AssetExecutionContext,

@@ -26,7 +26,7 @@ def launch_training(context, client: dg.PipesSubprocessClient, train_config, con
 
 
 @dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"},
-          pool="subterra_training")  # dagster.yaml: one training at a time
+          pool="subterra_training")  # dagster_instance.yaml: one training at a time
 def trained_weights(
     context: dg.AssetExecutionContext,
     config: TrainedWeightsSettings,

@@ -70,8 +70,8 @@ def format_report(workflow: str, scores: pl.DataFrame, cost: pl.DataFrame, train
         if first.get("multiplier") is not None:
             line += (f": {first['multiplier']:.0f}x cheaper (price {first['price_factor']:.0f}x, "
                      f"volume {first['volume_factor']:.1f}x)")
-        line += (f"; compile {money(first.get('compile_cost_usd'))}, paid back after "
-                 f"{first.get('breakeven_conversations')} conversations")
+        n = first.get("breakeven_conversations")
+        line += f"; compile {money(first.get('compile_cost_usd'))}, paid back after {n} conversation{'' if n == 1 else 's'}"
         lines += [""] + _wrapped(line)
     lines += [""] + _wrapped(f"full tables: duckdb {db_path} \"select * from eval_scores where workflow = '{workflow}'\" "
                              f"(also cost_report, eval_scenarios, trained_weights)")

@@ -1,4 +1,4 @@
-"""Two compiles of one workflow never run at once: Dagster's run queue (dagster.yaml) for runs the
+"""Two compiles of one workflow never run at once: Dagster's run queue (dagster_instance.yaml) for runs the
 sensor or the UI starts, a per-workflow lock and a look at the instance for ``subterra compile``."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture(scope="module")
 def configured():
-    """A Dagster instance configured by our dagster.yaml; Dagster's recording run launcher stands in
+    """A Dagster instance configured by our dagster_instance.yaml; Dagster's recording run launcher stands in
     for starting run processes."""
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    config = yaml.safe_load((ROOT / "dagster_instance.yaml").read_text())
     launcher = {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}
     with dg.instance_for_test(overrides={**config, "run_launcher": launcher}) as instance:
         yield instance
@@ -105,7 +105,7 @@ def test_subterra_compile_is_refused_while_a_run_of_the_workflow_executes(settin
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "dagster_instance.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
     with dg.DagsterInstance.get() as instance:

@@ -80,7 +80,7 @@ class ReadingRules:
     courtesy_values: bool = False  # may a span of only greetings and thanks ("hi", "good morning") be a value?
     typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
     edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
-    function_words: bool = False  # English frame words ("next month", "pls") never start or end a copied value
+    function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
 
 
 class Codec:

@@ -121,9 +121,12 @@ def eval_scores(
     natural, problems = load_natural_sets(wf, settings.get().natural_dir) if eval_config.natural else ({}, [])
     for problem in problems:  # a broken or outdated natural file is reported and skipped, never fatal
         context.log.warning(f"{wf.id}: natural set skipped: {problem}")
+    from subterra.progress import Progress
+
+    meters = {r.name: Progress(f"eval {r.name}", context.log.info) for r in routes}
     result = evaluate(
         routes, wf, rows, eval_config, users=users, natural=natural,
-        progress=lambda route, done, total: context.log.info(f"eval {route}: {done}/{total} scenarios"),
+        progress=lambda route, done, total: meters[route](done, total),
     )
     scenarios = result.scenarios
     played = [r.name for r in routes]
@@ -133,7 +136,7 @@ def eval_scores(
 
         frontier = evaluate_frontier(
             answers, wf, rows, setup.settings.frontier_model, eval_config, users,
-            progress=lambda done, total: context.log.info(f"frontier route: {done}/{total} scenarios"),
+            progress=Progress("frontier route", context.log.info),
         )
         scenarios = pl.concat([scenarios, frontier.scenarios], how="diagonal_relaxed")
         played.append(FRONTIER)

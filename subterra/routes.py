@@ -25,6 +25,7 @@ route that generates forms some other way (a hosted model) implements the same `
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -51,6 +52,9 @@ SPECS = {
     "compiled": RouteSpec("compiled", procedure=False, prefill=False),
     "compiled_prefill": RouteSpec("compiled", procedure=False, prefill=True),
 }
+
+
+PROGRESS_SECONDS = 20.0  # a local route reports how many conversations it has played at most this often
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,17 @@ class LocalRoute:
         batch_size = max(1, min(config.batch_size, int(config.max_cache_gb * 2**30 // per_row)))
         batch_size = -(-len(order) // -(-len(order) // batch_size)) if order else 1  # as many batches, evened out
         done = 0
+        reported = [time.monotonic()]
+
+        def finished(program):  # a conversation ends: progress at most every PROGRESS_SECONDS, and at the end
+            nonlocal done
+            result = yield from program
+            done += 1
+            if progress is not None and (done == len(episodes) or time.monotonic() - reported[0] >= PROGRESS_SECONDS):
+                reported[0] = time.monotonic()
+                progress(done, len(episodes))
+            return result
+
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             # a turn's latency: every batched forward it waited for, and its own candidate scoring
@@ -227,16 +242,13 @@ class LocalRoute:
                 scoring[row] += dt
 
             programs = [
-                conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i],
-                                     lambda row=row: forwards[0] + scoring[row], users)
+                finished(conversation_program(codec, wf, episodes[i], turn_program, len(prefix.ids), transcripts[i],
+                                              lambda row=row: forwards[0] + scoring[row], users))
                 for row, i in enumerate(batch)
             ]
             cut = driver.run(programs, cache_len(batch), on_step=on_step, prefix=prefix, on_score=on_score)
             for i, truncated in zip(batch, cut):
                 transcripts[i].truncated = truncated
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(episodes))
         return transcripts
 
 

@@ -28,3 +28,16 @@ def test_the_report_fits_100_columns_and_shows_money_with_its_digits():
     assert [r.split()[0] for r in rows] == ["natural", "holdout", "validation"]  # the test sets first
     assert "compiled $0.000319, frontier $0.0533" in text and "100 0.250" not in text
     assert "0.250 (0.20-0.30)" in text
+
+
+def test_progress_says_how_far_how_fast_and_when_it_ends(monkeypatch):
+    import subterra.progress as progress
+
+    clock = iter([0.0, 120.0, 240.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines = []
+    meter = progress.Progress("eval compiled_prefill", lines.append)
+    meter(50, 200)
+    meter(200, 200)
+    assert lines == ["eval compiled_prefill: 50/200 conversations, 25.0 per minute, about 6 min left",
+                     "eval compiled_prefill: 200/200 conversations, 50.0 per minute"]

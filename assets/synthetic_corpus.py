@@ -15,7 +15,7 @@ class CorpusSettings(dg.Config):
     # how conversations are shared among paths: "uniform" (the same share each) or "workflow" (sized
     # so every edge and every enum value gets a floor of examples, a small workflow at least
     # min_train_conversations; subterra.sizing)
-    sizing: Literal["uniform", "workflow"] = "uniform"
+    sizing: Literal["uniform", "workflow"] = "workflow"
     min_train_conversations: int = 600
     edge_floor: int = 24
     value_floor: int = 12

@@ -7,6 +7,7 @@ from assets.ladder import ladder
 from assets.partitions import workflows_partitions
 from assets.promoted_model import promoted_model
 from assets.repair_map import repair_map
+from assets.serving_model import serving_model
 from assets.synthetic_corpus import synthetic_corpus
 from assets.trained_weights import trained_weights
 from assets.validated_dataset import validated_dataset
@@ -21,6 +22,7 @@ COMPILE_ASSETS = [
     trained_weights,
     eval_scores,
     cost_report,
+    serving_model,
 ]
 REPAIR_ASSETS = [repair_map, promoted_model, ladder]
 LADDER_ASSETS = COMPILE_ASSETS + REPAIR_ASSETS

@@ -476,7 +476,7 @@ def offered_keys(codec: Codec, available: Iterable[str], message: str, held: dic
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
               held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
-              at: str | None = None, edge_slots: bool = False):
+              at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -495,6 +495,9 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     message offers a value for any of them, the form fills those first, every one the message
     offers a value for, and only then may add others. "Sept 21" after "when do you fly?", with the
     model moving on to the party size, is a date for ``departure_date``, never a second ``origin``.
+
+    ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
+    the form's slots (a server streams the say from it).
     """
     raw: list[int] = []
 
@@ -566,6 +569,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             closed = True
             break
         say_ids.append(token)
+        if on_say is not None:
+            on_say(say_start + codec.decode(say_ids), slots)
     if not closed:  # ran out of room: the form is invalid; close it so the conversation goes on
         yield from forced(codec.encode(FORM_CLOSE))
     yield from forced(codec.end_of_turn)

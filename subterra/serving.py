@@ -130,3 +130,41 @@ def _promoted_since(store, workflow: str, trained: dict) -> dict | None:
     if first["candidate_dir"] == trained["model_dir"] and first["decided_at"] >= trained["trained_at"]:
         return last
     return None
+
+
+SERVING_MODELS = "serving_models"
+
+
+def serving_row(store, workflow: str, data_dir: Path) -> dict:
+    """The ``serving_models`` row of ``workflow``: which model serves it (its folder relative to the
+    data folder, and the version of its weights ``subterra serve`` reports), why, since when, and
+    its deployed route's strict pass on the validation and test sets."""
+    from subterra.deployment import model_version
+    from subterra.routes import DEPLOYED
+
+    serving = serving_model(store, workflow)
+    folder = Path(serving.model_dir)
+    folder = folder if folder.is_absolute() else Path(data_dir) / folder
+    try:
+        shown = str(folder.resolve().relative_to(Path(data_dir).resolve()))
+    except ValueError:
+        shown = str(folder)
+    version = model_version(folder)
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        last = store.read(SERVING_MODELS, workflow).row(0, named=True)
+        if last["version"] == version:
+            since = last["since"]
+    except (LookupError, FileNotFoundError):
+        pass
+    row = {"workflow": workflow, "model_dir": shown, "version": version, "why": serving.why, "since": since}
+    try:
+        scores = store.read("eval_scores", workflow).filter(pl.col("route") == DEPLOYED)
+        by_set = {r["set"]: r for r in scores.iter_rows(named=True)}
+    except (LookupError, FileNotFoundError):
+        by_set = {}
+    for name in ("validation", "validation_natural", "natural", "test_unseen", "holdout"):
+        got = by_set.get(name)
+        row[f"{name}_strict_pass"] = got["strict_pass"] if got else None
+        row[f"{name}_n"] = got["scenarios"] if got else None
+    return row

@@ -87,6 +87,20 @@ def trained(tmp_path_factory, mini_workflow, corpus):
     return config, result, logs
 
 
+# A tiny model trained long enough to follow the mini workflow to its ends (about a minute): what
+# the server's tests talk to.
+FLUENT = dict(TINY, hidden_size=64, intermediate_size=128, num_heads=4, batch_size=8, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="session")
+def fluent(tmp_path_factory, mini_workflow, corpus):
+    folder = tmp_path_factory.mktemp("fluent")
+    corpus.write_parquet(folder / "train.parquet")
+    config = TrainConfig(workflow=mini_workflow.id, train_data=str(folder / "train.parquet"), output_dir=str(folder / "model"),
+                         workflow_atoms=workflow_atoms(mini_workflow), max_steps=200, logging_steps=100, save_steps=1000, **FLUENT)
+    return train(config)
+
+
 @pytest.fixture
 def fake_claude(monkeypatch):
     """The local stand-in for the Claude API (``claude_fake.FakeClaude``), with its key in

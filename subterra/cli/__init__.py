@@ -235,6 +235,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write a model and its form schema for a GPU serving engine (``subterra.export``)."""
+    from subterra.export import export_model
+    from subterra.serving import serving_model
+    from subterra.store import Store
+    from subterra.workflow import Workflow, load_workflow
+
+    settings = _settings()
+    try:
+        given = load_workflow(args.workflow) if Path(args.workflow).is_file() else None  # a file, else an id
+        workflow = given.id if given else args.workflow
+        if args.model_dir:  # these weights, with the workflow file given or the data folder's
+            model_dir, wf = args.model_dir, given or load_workflow(settings.workflow_file(workflow))
+        else:
+            # the model that serves, with the definition it was compiled from (as `subterra chat`)
+            serving = serving_model(Store(settings.db_path), workflow)
+            model_dir, wf = serving.model_dir, Workflow.from_dict(serving.definition)
+            if given and given.content_hash != wf.content_hash:
+                print(f"{args.workflow} differs from the definition the serving model of {workflow} was compiled "
+                      f"from; exporting the compiled one ({wf.short_hash})")
+        written = export_model(model_dir, wf, args.out)
+    except (LookupError, FileNotFoundError) as exc:
+        print(f"no compiled model for {args.workflow}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a workflow file's faults, a bad id, an export folder refused
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"exported {wf.id} ({model_dir}) to {written['out_dir']}: {len(written['model_files'])} model files, "
+          f"{Path(written['serving']).name}, {Path(written['readme']).name}")
+    return 0
+
+
 def cmd_chat(args) -> int:
     from subterra.runtime import ChatSession
     from subterra.serving import serving_model
@@ -264,6 +296,31 @@ def cmd_chat(args) -> int:
         print(f"bot> {form.say}")
         if args.forms:
             print(f"     [{form.node}] {json.dumps(form.slots)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+    import os
+
+    import uvicorn
+
+    from subterra.deployment import Deployment
+    from subterra.server import ServerConfig, create_app
+    from subterra.store import Store
+
+    settings = _settings()
+    config = ServerConfig(api_key=os.environ.get("SUBTERRA_API_KEY") or None, max_batch=args.max_batch,
+                          max_concurrent=args.max_concurrent, log_text=args.log_text)
+    deployment = Deployment(Store(settings.db_path), settings.data_dir, max_batch=config.max_batch,
+                            refresh_seconds=config.refresh_seconds, keep_seconds=config.keep_seconds)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    workflows = deployment.workflows()
+    print(f"serving {', '.join(workflows) or 'no compiled workflow yet (subterra compile FILE first)'} on "
+          f"http://{args.host}:{args.port} (chat page: /, API: /v1/chat/completions; "
+          f"{'API key required' if config.api_key else 'no API key set: SUBTERRA_API_KEY sets one'})", flush=True)
+    uvicorn.run(create_app(deployment, config), host=args.host, port=args.port, log_level="info",
+                access_log=not args.no_access_log)
     return 0
 
 
@@ -336,12 +393,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print a workflow's scores and cost report from DuckDB")
     p.add_argument("workflow")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="write a workflow's model and form schema for a GPU serving engine (vLLM, SGLang)")
+    p.add_argument("workflow", help="a workflow file or id")
+    p.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier export)")
+    p.add_argument("--model-dir", default="", help="export these weights (default: the model that serves the workflow)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("gallery", help="compile every workflow of the given folders with the defaults; print one table")
     p.add_argument("places", nargs="*", default=["data/workflows", "data/gallery/workflows"],
                    help="workflow files or folders of them (default: the shipped examples and the gallery)")
     p.add_argument("--only", default="", help="comma-separated workflow ids to compile (default: all)")
     p.add_argument("--no-compile", action="store_true", help="only print the table of what is compiled already")
     p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("serve", help="serve every compiled workflow over HTTP (OpenAI chat completions, a chat page)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="requests to a workflow that share a forward pass (1: one at a time)")
+    p.add_argument("--max-concurrent", type=int, default=256, help="requests in progress at once; more are answered 429")
+    p.add_argument("--log-text", action="store_true", help="log the users' messages and the says (off: no user text in logs)")
+    p.add_argument("--no-access-log", action="store_true", help="no line per request (method, path, status)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train", help="run the training script on a TrainConfig JSON")
     p.add_argument("--config", required=True)

@@ -1,5 +1,5 @@
 """``make bench``: the quick benchmarks one after another, never two at once (``python -m bench.run
-[NAME ...]`` runs some of them: paths, corpus, training, eval)."""
+[NAME ...]`` runs some of them: paths, corpus, training, eval, serve)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-QUICK = ("paths", "corpus", "training", "eval")
+QUICK = ("paths", "corpus", "training", "eval", "serve")
 
 
 def main(argv: list[str]) -> int:

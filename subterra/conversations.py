@@ -126,39 +126,63 @@ def replay(codec: Codec, start: Conversation, past: Sequence[tuple[str, str]], m
 
 
 def continued(codec: Codec, start: Conversation, past: Sequence[tuple[str, str]], message: str, max_say_tokens: int,
-              rules: ReadingRules, today=None, on_say: Callable[[str, dict], None] | None = None):
-    """The program of a request: feed ``start``'s tokens, replay ``past``, answer ``message``."""
-    yield from force(start.fed)
+              rules: ReadingRules, today=None, on_say: Callable[[str, dict], None] | None = None, kept: int = 0):
+    """The program of a request: feed ``start``'s tokens (but the first ``kept``, whose keys and
+    values the row resumes from), replay ``past``, answer ``message``."""
+    yield from force(start.fed[kept:])
     state = yield from replay(codec, start, past, max_say_tokens, rules, today)
     return (yield from answer(codec, state, message, max_say_tokens, rules, today, on_say))
 
 
 class ConversationCache:
     """The states of recent conversations by ``history_key``, least recently used dropped first.
-    Each entry also names the model version that wrote it (a recompile swaps models)."""
+    Each entry names the model version that wrote it (a recompile swaps models) and may keep the
+    conversation's keys and values (``RowState``), so its next turn feeds only the new message;
+    those are dropped first, least recently used, past ``max_kv_bytes``."""
 
-    def __init__(self, capacity: int = 10_000):
-        self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[str, Conversation]] = OrderedDict()
+    def __init__(self, capacity: int = 10_000, max_kv_bytes: int = 2 << 30):
+        self.capacity, self.max_kv_bytes = capacity, max_kv_bytes
+        self._entries: OrderedDict[str, list] = OrderedDict()  # key: [version, state, kv or None]
+        self.kv_bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[str, Conversation] | None:
+    def get(self, key: str) -> tuple[str, Conversation, object] | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key: str, version: str, state: Conversation) -> None:
-        with self._lock:
-            self._entries[key] = (version, state)
+            if entry is None:
+                return None
             self._entries.move_to_end(key)
+            return entry[0], entry[1], entry[2]
+
+    def put(self, key: str, version: str, state: Conversation, kv=None) -> None:
+        with self._lock:
+            if key in self._entries:
+                self._drop_kv(self._entries[key])
+            if kv is not None and kv.nbytes > self.max_kv_bytes:
+                kv = None
+            self._entries[key] = [version, state, kv]
+            self._entries.move_to_end(key)
+            self.kv_bytes += kv.nbytes if kv is not None else 0
             while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                self._drop_kv(self._entries.popitem(last=False)[1])
+            for entry in self._entries.values():  # the oldest first
+                if self.kv_bytes <= self.max_kv_bytes:
+                    break
+                self._drop_kv(entry)
+
+    def _drop_kv(self, entry: list) -> None:
+        if entry[2] is not None:
+            self.kv_bytes -= entry[2].nbytes
+            entry[2] = None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.kv_bytes = 0
 
     def versions(self) -> set[str]:
         with self._lock:
-            return {version for version, _ in self._entries.values()}
+            return {entry[0] for entry in self._entries.values()}
 
     def __len__(self) -> int:
         return len(self._entries)

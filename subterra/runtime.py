@@ -680,6 +680,23 @@ class RowCache:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
 
+    def grow(self, k: int) -> None:
+        """``k`` more rows, empty."""
+        import torch
+
+        self.keys = [torch.cat([x, x.new_zeros((k, *x.shape[1:]))]) for x in self.keys]
+        self.values = [torch.cat([x, x.new_zeros((k, *x.shape[1:]))]) for x in self.values]
+
+    def restore(self, i: int, state: "RowState") -> None:
+        """Row ``i`` starts with ``state``'s keys and values (its first ``state.length`` positions)."""
+        for layer, (k, v) in enumerate(state.layers):
+            self.keys[layer][i, :, :, : state.length] = k
+            self.values[layer][i, :, : state.length] = v
+
+    def saved(self, i: int, length: int) -> list[tuple]:
+        """Copies of row ``i``'s first ``length`` keys (transposed) and values, per layer."""
+        return [(k[i, :, :, :length].clone(), v[i, :, :length].clone()) for k, v in zip(self.keys, self.values)]
+
     def row(self, i: int, length: int) -> list[tuple]:
         """Row ``i``'s first ``length`` positions, per layer (batch 1): a context segment."""
         return [(k[i : i + 1, :, :, :length].transpose(2, 3), v[i : i + 1, :, :length]) for k, v in zip(self.keys, self.values)]
@@ -882,6 +899,21 @@ class Prefix:
     logits: object  # numpy array (vocab,)
 
 
+@dataclass
+class RowState:
+    """A row's own keys (transposed, [kv_heads, head_dim, length]) and values ([kv_heads, length,
+    head_dim]) per layer, and the model's prediction after its last token: where a conversation's
+    next turn starts (``Lockstep.run``'s ``resume``)."""
+
+    layers: list[tuple]
+    length: int
+    logits: object  # numpy array (vocab,)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+
 MAX_RUN = 64  # a row feeds at most this many tokens in one forward
 MAX_DRAFT = 48  # drafted tokens a row feeds after its choice (``Choice.follow``)
 
@@ -937,10 +969,24 @@ class Lockstep:
         on_step: Callable[[float], None] | None = None,
         prefix: Prefix | None = None,
         on_score: Callable[[int, float], None] | None = None,
+        resume: Sequence["RowState | None"] | None = None,
+        on_finish: Callable[[int, "RowState | None"], None] | None = None,
+        admit: Callable[[int, int], list[tuple[Program, "RowState | None"]]] | None = None,
+        max_rows: int = 0,
     ) -> list[bool]:
         """Run every program to its end (or to ``max_len`` tokens, prefix included) after the
         shared ``prefix`` if any; returns which rows were truncated. ``on_step`` gets each batched
-        forward's compute time, ``on_score`` (row, seconds) each row's own candidate scoring."""
+        forward's compute time, ``on_score`` (row, seconds) each row's own candidate scoring.
+        ``resume`` (per row, or None) starts a row from the keys and values of tokens it was fed
+        in an earlier run (its program feeds only what follows them); ``on_finish`` (row, state)
+        gets each row's own keys and values when its program ends (a server keeps a
+        conversation's between its turns; None if the row was cut off or fed nothing).
+
+        Continuous batching: ``admit(slots, room)``, asked before every step, hands over new
+        programs (with their ``RowState`` or None) for up to ``slots`` rows, each needing at
+        most ``room`` tokens of its own: they take the rows of finished programs, and new rows up
+        to ``max_rows``, and start at once beside the running ones. Rows are numbered in the order
+        they came (the programs given first, then each admitted one)."""
         import numpy as np
         import torch
 
@@ -956,13 +1002,52 @@ class Lockstep:
         fill = np.zeros(n, dtype=np.int64)  # own tokens fed so far, per row
         queued: list[list[int]] = [[] for _ in range(n)]  # tokens ready to feed, per row
         logits = np.repeat(prefix.logits[None, :], n, axis=0) if prefix is not None else None
+        for i, state in enumerate(resume or ()):
+            if state is not None and 0 < state.length <= room:
+                cache.restore(i, state)
+                fill[i] = state.length
+                if logits is None:
+                    logits = np.zeros((n, state.logits.shape[-1]), dtype=np.float32)
+                logits[i] = state.logits
 
         def finish(i: int) -> None:  # a program ended: were its last tokens still to fit?
             cut[rows[i]] = bool(fill[i] + len(queued[i]) > room)
             queued[i] = []
+            if on_finish is not None:
+                kept = not cut[rows[i]] and fill[i] > 0
+                on_finish(rows[i], RowState(cache.saved(i, int(fill[i])), int(fill[i]), np.array(logits[i])) if kept else None)
+
+        def admitted(new: list) -> None:  # programs that join the run: free rows first, then new ones
+            nonlocal n, fill, logits
+            free = [i for i in range(n) if not alive[i]]
+            grow = max(0, len(new) - len(free))
+            if grow:
+                cache.grow(grow)
+                programs.extend([None] * grow), pending.extend([None] * grow), rows.extend([0] * grow)
+                queued.extend([] for _ in range(grow)), alive.extend([False] * grow)
+                fill = np.concatenate([fill, np.zeros(grow, dtype=np.int64)])
+                logits = np.concatenate([logits, np.repeat(prefix.logits[None, :], grow, axis=0)])
+                free += list(range(n, n + grow))
+                n += grow
+            for i, (program, state) in zip(free, new):
+                rows[i], programs[i], queued[i], alive[i] = len(cut), program, [], True
+                cut.append(False)
+                fill[i], logits[i] = 0, prefix.logits
+                if state is not None and 0 < state.length <= room:
+                    cache.restore(i, state)
+                    fill[i], logits[i] = state.length, state.logits
+                pending[i] = self._advance(program, None, i, alive)
+                if not alive[i]:
+                    finish(i)
 
         with torch.inference_mode(), shared_context(self.model, segments) as attention:
-            while any(alive):
+            while True:
+                if admit is not None and prefix is not None:
+                    new = admit(n - sum(alive) + max(0, max_rows - n), room)
+                    if new:
+                        admitted(new)
+                if not any(alive):
+                    break
                 drafts: dict[int, list[int]] = {}  # row: the drafted tokens it feeds this step
                 if 2 * sum(alive) <= n and n > 1:  # most rows are done: go on with the others only
                     keep = [i for i in range(n) if alive[i]]

@@ -165,11 +165,12 @@ class Service:
     def start_turn(self, request: dict, on_say=None) -> "Pending":
         """Submit the request's turn to the model that answers it."""
         workflow, history, past, message = request["workflow"], request["history"], request["past"], request["message"]
+        kv = None
         try:
             entry = self.cache.get(history_key(workflow, history)) if history else None
             served = self.deployment.version(workflow, entry[0]) if entry is not None else None
             if served is not None:
-                start, replayed = entry[1], []
+                start, replayed, kv = entry[1], [], entry[2]
             else:
                 served, start, replayed = self.deployment.current(workflow), Conversation(), past
         except UnknownWorkflow as exc:
@@ -178,13 +179,15 @@ class Service:
         per_turn = self.config.max_say_tokens + FORM_TOKENS
         length = (len(start.fed) + sum(len(codec.user(u)) + per_turn for u, _ in replayed)
                   + len(codec.user(message)) + per_turn)
-        program = continued(codec, start, replayed, message, self.config.max_say_tokens, self.rules, on_say=on_say)
+        program = continued(codec, start, replayed, message, self.config.max_say_tokens, self.rules, on_say=on_say,
+                            kept=kv.length if kv is not None else 0)
         replaced = entry is not None and served.version != entry[0]
-        return Pending(served, start, len(replayed), replaced, served.batcher.submit(program, length))
+        return Pending(served, start, len(replayed), replaced, served.batcher.submit(program, length, kv))
 
-    def finished(self, request: dict, served, turn: Turn) -> None:
+    def finished(self, request: dict, served, turn: Turn, kv=None) -> None:
         after = request["history"] + [("user", request["message"]), ("assistant", turn.shown)]
-        self.cache.put(history_key(request["workflow"], after), served.version, turn.conversation)
+        self.cache.put(history_key(request["workflow"], after), served.version, turn.conversation,
+                       None if turn.conversation.ended else kv)
         if self.config.log_text:
             log.info("%s %s: user %r -> [%s] %r", request["workflow"], served.version, request["message"], turn.form.node, turn.shown)
         else:
@@ -264,13 +267,13 @@ def create_app(deployment: Deployment, config: ServerConfig = ServerConfig(), ru
             if parsed["stream"]:
                 return await _streamed(parsed)
             pending = await asyncio.to_thread(service.start_turn, parsed)
-            turn = await _outcome(pending)
-            service.finished(parsed, pending.served, turn)
+            turn, kv = await _outcome(pending)
+            service.finished(parsed, pending.served, turn, kv)
             return _completion(parsed, pending.served, turn, pending.replayed)
         finally:
             service.in_flight -= 1
 
-    async def _outcome(pending: "Pending") -> Turn:
+    async def _outcome(pending: "Pending") -> tuple[Turn, object]:
         try:
             return await asyncio.wrap_future(pending.future)
         except HistoryMismatch as exc:
@@ -323,11 +326,11 @@ def create_app(deployment: Deployment, config: ServerConfig = ServerConfig(), ru
                     sent = shown
                 event = await events.get()
             try:
-                turn = await _outcome(pending)
+                turn, kv = await _outcome(pending)
             except ApiError as exc:
                 yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.kind, 'code': exc.code}})}\n\n"
                 return
-            service.finished(parsed, pending.served, turn)
+            service.finished(parsed, pending.served, turn, kv)
             extra = extension(turn, pending.served, pending.replayed)
             if turn.shown.startswith(sent):
                 if len(turn.shown) > len(sent):

@@ -111,9 +111,8 @@ def test_conversations_batched_together_get_the_forms_they_get_one_at_a_time(liv
 def test_a_restarted_server_recovers_a_conversation_from_its_history(live_server):
     api = client(live_server)
     first = talk(api, SCRIPTS[0][:3])
-    live_server.deployment  # the same model, with its conversation cache emptied as by a restart
     app_cache = live_server.server.config.app.state.service.cache
-    app_cache._entries.clear()
+    app_cache.clear()
     messages = []
     for text, turn in zip(SCRIPTS[0][:2], first[:2]):
         messages += [{"role": "user", "content": text}, {"role": "assistant", "content": turn["content"]}]

@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
 
-.PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full gallery
+.PHONY: demo test test-all install ui bench bench-e2e clean ladder ladder-full gallery serve browser
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -28,7 +28,13 @@ ladder: $(VENV_OK)
 ladder-full: $(VENV_OK)
 	$(PY) -m subterra.cli ladder data/workflows/travel_booking.yaml --profile full
 
-test: $(VENV_OK)
+# the chat page's test drives Debian's Chromium (no browser download at run time)
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+	  echo "chromium could not be installed: the chat page's browser test will be skipped"
+
+test: $(VENV_OK) browser
 	$(PY) -m pytest -q
 
 test-all: $(VENV_OK)
@@ -42,7 +48,12 @@ ui: $(VENV_OK)
 	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster_instance.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-# quick benchmarks (paths, corpus, training, eval), one after another; a few minutes each
+# every compiled workflow over HTTP: OpenAI's chat completions at /v1, the chat page at
+# http://127.0.0.1:8000/ (SUBTERRA_API_KEY sets a key; a recompile is picked up while serving)
+serve: $(VENV_OK)
+	$(PY) -m subterra.cli serve --host 127.0.0.1 --port 8000
+
+# quick benchmarks (paths, corpus, training, eval, serve), one after another; a few minutes each
 bench: $(VENV_OK)
 	$(PY) -m bench.run
 

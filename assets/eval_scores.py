@@ -186,8 +186,8 @@ def eval_scores(
         context.log.warning(f"{wf.id}: {why}; serving {serving.model_dir}: {serving.why}"
                             + ("; a full recompile is due" if continued else ""))
     check = dg.AssetCheckResult(
-        check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"strict_pass": strict, "last_good_strict_pass": last_good, "floor": config.min_strict_pass,
+        check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN, description=f"{wf.id}: {why}",
+        metadata={"workflow": wf.id, "strict_pass": strict, "last_good_strict_pass": last_good, "floor": config.min_strict_pass,
                   "max_drop": max_drop, "recompile": trained.get("recompile") or "full", "verdict": why,
                   "serving": serving.model_dir},
     )

@@ -50,7 +50,8 @@ def validated_dataset(context: dg.AssetExecutionContext, config: TrainingSetting
                 check_name=CHECK,
                 passed=result.success,
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"expectations": dg.MetadataValue.md(result.markdown())},
+                description=f"{wf.id}: the corpus gate {'passed' if result.success else 'failed'}",
+                metadata={"workflow": wf.id, "expectations": dg.MetadataValue.md(result.markdown())},
             )
         ],
     )

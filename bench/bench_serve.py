@@ -129,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--seconds", type=float, default=40.0, help="how long each level runs")
     parser.add_argument("--json", default="", help="also write the results to this file")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv or [])
     data, levels = Path(args.data).resolve(), [int(x) for x in args.levels.split(",")]
+    if not (data / "subterra.duckdb").exists():
+        print(f"bench_serve: no compiled workflow in {data} (make demo compiles travel_booking); skipped")
+        return 0
     header(f"serving {args.workflow} from {data}: {args.seconds:.0f} s per level")
     from subterra.serving import serving_model
     from subterra.store import Store
@@ -166,4 +169,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

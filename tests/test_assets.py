@@ -228,6 +228,12 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     held = checks["deployed_route_holds"]
     assert not held.passed and held.severity == dg.AssetCheckSeverity.WARN
     assert "below the floor 0.500" in held.metadata["verdict"].value
+    # checks are kept per asset, not per partition: each result names its workflow
+    assert all(c.metadata["workflow"].value == KEY and c.description.startswith(f"{KEY}: ") for c in checks.values())
+    # which model serves the workflow, as the UI shows it (relative to the data folder) and the server loads it
+    serving = store.read("serving_models", KEY).row(0, named=True)
+    assert serving["model_dir"] == str(Path(trained_folder(settings, store, wf)).relative_to(settings.data_dir))
+    assert serving["version"] and serving["since"] and serving["validation_n"] > 0
     corpus = store.read("synthetic_corpus", KEY)
     validated = store.read("validated_dataset", KEY)
     assert validated.drop("n_tokens").sort("conversation_id").equals(corpus.sort("conversation_id"))

@@ -9,7 +9,8 @@ how many forwards it takes (about a fifth of an evaluation's forwards are decodi
 
 Say lines are stored as the token sequences the program's ``say`` loop sees: the opening token
 (the quote, or the quote merged with the say's first characters) up to and including the token
-that closes the say.
+that closes the say. A model often opens with a sentence of its own ("Perfect.") before a known
+line: after a sentence, the say may take a declared line up again (``after_sentence``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Iterable, Sequence
 from subterra.forms import SAY_HEAD
 
 MAX_LINES = 64  # say lines kept per node: the ones the model writes most are the first it writes
+SENTENCE = "Sure."  # a sentence a say may open with before a known line
 
 
 class SayDrafts:
@@ -28,6 +30,7 @@ class SayDrafts:
     def __init__(self, say_ends: Iterable[int]):
         self.say_ends = frozenset(say_ends)
         self._roots: dict[str, Place] = {}
+        self._continued: dict[str, Place] = {}  # the declared lines as they follow a sentence
         self._lines: dict[str, int] = {}
 
     @classmethod
@@ -37,15 +40,23 @@ class SayDrafts:
 
         drafts = cls(codec.say_ends)
         head = codec.say_head
+        before = codec.encode(SAY_HEAD + SENTENCE)
         for node in codec.wf.nodes.values():
             for line in node.say:
-                ids = codec.encode(SAY_HEAD + json.dumps(line, ensure_ascii=False)[1:-1] + '"}')
+                text = json.dumps(line, ensure_ascii=False)[1:-1] + '"}'
+                ids = codec.encode(SAY_HEAD + text)
                 if ids[: len(head)] == head:
                     drafts.add(node.id, ids[len(head):])
+                # the same line after a sentence of the model's own ("Perfect. Do you ..."), as its
+                # tokens come there (a byte-level BPE merges the space into the next word)
+                ids = codec.encode(SAY_HEAD + SENTENCE + " " + text)
+                if ids[: len(before)] == before:
+                    drafts.add(node.id, ids[len(before):], after_sentence=True)
         return drafts
 
-    def add(self, node: str, tokens: Sequence[int]) -> None:
-        """Keep a say line written (or declared) at ``node``, cut after the token closing it."""
+    def add(self, node: str, tokens: Sequence[int], after_sentence: bool = False) -> None:
+        """Keep a say line written (or declared) at ``node``, cut after the token closing it
+        (``after_sentence``: a declared line as it continues a say after a sentence)."""
         line: list[int] = []
         for token in tokens:
             line.append(token)
@@ -53,18 +64,28 @@ class SayDrafts:
                 break
         else:
             return  # a say that never closed (cut off): nothing to draft from
-        if self._lines.get(node, 0) >= MAX_LINES:
+        if after_sentence:
+            place = self._continued.setdefault(node, Place((), 0))
+        elif self._lines.get(node, 0) >= MAX_LINES:
             return
-        place, kept, new = self.start(node), tuple(line), False
+        else:
+            place = self.start(node)
+        kept, new = tuple(line), False
         for depth, token in enumerate(kept, 1):
             if token not in place.children:
                 place.children[token], new = Place(kept, depth), True
             place = place.children[token]
-        self._lines[node] = self._lines.get(node, 0) + new
+        if not after_sentence:
+            self._lines[node] = self._lines.get(node, 0) + new
 
     def start(self, node: str) -> "Place":
         """The place before a say of ``node``'s first token."""
         return self._roots.setdefault(node, Place((), 0))
+
+    def after_sentence(self, node: str) -> "Place | None":
+        """The place where a say of ``node`` that left the known lines may take one up again,
+        after a sentence of its own; None if the node declares no line."""
+        return self._continued.get(node)
 
     @staticmethod
     def step(place: "Place | None", token: int) -> "Place | None":

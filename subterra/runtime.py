@@ -145,6 +145,7 @@ class Codec:
             if text.startswith(opening) and i not in specials and not {'"', "\\"} & set(text[len(opening):])
         }
         self.starts_word = [t[:1].isspace() for t in texts]
+        self.ends_sentence = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith((".", "!", "?")))
         self.banned_in_say = sorted(banned_say)
         self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
         self.drafts = SayDrafts.of_workflow(self)  # say lines to draft from (subterra.drafts)
@@ -551,10 +552,13 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         say_start = yield from chosen({text: [i] for i, text in codec.say_openers.items()})
     written = [raw[-1]]  # the say's tokens, its opener first: where it stands among known lines
     place = codec.drafts.step(codec.drafts.start(node), raw[-1])
+    restart = codec.drafts.after_sentence(node)  # a say that left the known lines may take one up again
     say_ids: list[int] = []
     say_tail = ""
     closed = False
     for _ in range(max_say_tokens):
+        if place is None and restart is not None and say_ids and say_ids[-1] in codec.ends_sentence:
+            place = restart
         token = yield Choice(None, follow=functools.partial(codec.drafts.after, place) if place is not None else None)
         counter.chosen += 1
         raw.append(token)

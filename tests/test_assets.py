@@ -21,7 +21,7 @@ from subterra.paths import count_paths, edge_coverage, paths_from_table
 from subterra.workflow import Workflow, load_workflow
 
 KEY = "mini_booking"
-SMALL_CORPUS = CorpusSettings(conversations_per_path=2, holdout_scenarios=4)
+SMALL_CORPUS = CorpusSettings(conversations_per_path=2, holdout_scenarios=4, sizing="uniform")  # the mechanics, not the sizes
 TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                                  batch_size=4, max_steps=4, logging_steps=2, save_steps=2)
 

@@ -219,6 +219,9 @@ class ReplayedSays:
         self.turn += 1
         return {"line": self.lines[(self.turn - 1) % len(self.lines)], "n": 0}
 
+    def after_sentence(self, node):
+        return None  # a replayed line is drafted from its start only
+
     def step(self, place, token):
         if not self.replaying:
             place["line"].append(token)
@@ -650,3 +653,28 @@ def test_a_form_holds_no_more_slots_than_one_step_collects(trained, mini_workflo
     except StopIteration as stop:
         form = stop.value[0]
     assert len(form.slots) == 2
+
+
+def test_a_say_that_opens_with_its_own_sentence_is_drafted_from_a_known_line_after_it(trained, mini_workflow):
+    """"Sure. Hello, where are you headed?": after the model's own first sentence, the declared
+    line is known again, so the rest of the say can be drafted (``SayDrafts.after_sentence``)."""
+    import json as json_module
+
+    from subterra.drafts import SENTENCE
+    from subterra.forms import SAY_HEAD
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow)
+    line = "Hello, where are you headed?"
+    before = codec.encode(SAY_HEAD + SENTENCE)
+    after = codec.encode(SAY_HEAD + SENTENCE + " " + json_module.dumps(line)[1:-1] + '"}')[len(before):]
+    place = codec.drafts.after_sentence("greet")
+    assert "Hello".startswith(codec.decode(after[:2]).strip())  # the space, then what tells the line from the others
+    for i, token in enumerate(after):
+        assert token in place.children  # every token of it is known there
+        if i == 1:  # from its first word on, the rest of the line is drafted whole
+            assert codec.drafts.after(place, token, 100) == after[2:]
+        place = codec.drafts.step(place, token)
+    assert after[-1] in codec.say_ends
+    assert codec.drafts.after_sentence("no_such_node") is None

@@ -93,7 +93,7 @@ class Batcher:
         room, each in the row of one that ended (continuous batching), until no row is left."""
         programs = [_settling(job) for job in jobs]
         longest = max(job.length for job in jobs)
-        room = min(self.max_len, len(self.prefix.ids) + max(2 * longest, longest + 1024))
+        room = min(self.max_len, len(self.prefix.ids) + longest + 512)  # room for a few turns more than the longest
         later: list[Job] = []  # queued jobs too long for this run's room: the next run's
 
         def admit(slots: int, own_room: int) -> list:

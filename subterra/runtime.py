@@ -675,7 +675,9 @@ class RowCache:
         param = next(model.parameters())
         layers, kind = range(c.num_hidden_layers), dict(dtype=param.dtype, device=param.device)
         # keys transposed: a query times them is a plain matrix product over the filled part
-        self.keys = [torch.zeros((rows, kv_heads, head_dim, capacity), **kind) for _ in layers]
+        # keys past a row's fill are masked before the softmax (never read); values there are
+        # multiplied by a weight of 0, so they must be finite: zeros
+        self.keys = [torch.empty((rows, kv_heads, head_dim, capacity), **kind) for _ in layers]
         self.values = [torch.zeros((rows, kv_heads, capacity, head_dim), **kind) for _ in layers]
         self.group = c.num_attention_heads // kv_heads
 
@@ -688,7 +690,7 @@ class RowCache:
         """``k`` more rows, empty."""
         import torch
 
-        self.keys = [torch.cat([x, x.new_zeros((k, *x.shape[1:]))]) for x in self.keys]
+        self.keys = [torch.cat([x, x.new_empty((k, *x.shape[1:]))]) for x in self.keys]
         self.values = [torch.cat([x, x.new_zeros((k, *x.shape[1:]))]) for x in self.values]
 
     def restore(self, i: int, state: "RowState") -> None:

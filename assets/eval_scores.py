@@ -187,8 +187,9 @@ def eval_scores(
                             + ("; a full recompile is due" if continued else ""))
     check = dg.AssetCheckResult(
         check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN, description=f"{wf.id}: {why}",
-        metadata={"workflow": wf.id, "strict_pass": strict, "last_good_strict_pass": last_good, "floor": config.min_strict_pass,
-                  "max_drop": max_drop, "recompile": trained.get("recompile") or "full", "verdict": why,
+        # the thresholds as text: settings, not measurements (the UI plots numbers over time)
+        metadata={"workflow": wf.id, "strict_pass": strict, "last_good_strict_pass": last_good,
+                  "floor": dg.MetadataValue.text(f"{config.min_strict_pass:g}"), "max_drop": dg.MetadataValue.text(f"{max_drop:g}"), "recompile": trained.get("recompile") or "full", "verdict": why,
                   "serving": serving.model_dir},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])

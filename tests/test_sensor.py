@@ -219,7 +219,7 @@ def test_an_incremental_recompile_that_does_not_hold_is_followed_by_a_full_one(s
     trained = store.read("trained_weights", KEY).row(0, named=True)
     assert (trained["recompile"], trained["continued_from"]) == ("incremental", good)
     check = {c.check_name: c for c in incremental.get_asset_check_evaluations()}["deployed_route_holds"]
-    assert not check.passed and check.metadata["max_drop"].value == 0.02  # the incremental gate, not max_drop
+    assert not check.passed and check.metadata["max_drop"].value == "0.02"  # the incremental gate, not max_drop
     assert check.metadata["recompile"].value == "incremental"
     assert serving_model(store, KEY).model_dir == good != trained["model_dir"]
     assert "the incremental recompile of mini_booking" in full_recompile_due(store, KEY)

@@ -103,7 +103,7 @@ def eval_scores(
     trained_rows = db.read("trained_weights", wf.id)
     trained = trained_rows.row(0, named=True)
     base_dir = base_model_dir(trained["base_model"], str(settings.get().data_dir))
-    routes = local_routes(config.routes, base_dir, trained["model_dir"])
+    routes = local_routes(config.routes, base_dir, db.located(trained["model_dir"]))
     skipped = [r for r in config.routes if r not in {route.name for route in routes}]
     if skipped:
         context.log.warning(f"{wf.id}: no pretrained base model ({trained['base_model']}): skipping {', '.join(skipped)}")

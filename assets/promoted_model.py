@@ -94,7 +94,7 @@ def promoted_model(
     held_texts = set(corpus.filter(pl.col("split").is_in(REPAIR_SETS))["messages"])  # a repair conversation is none of these
     spoken = training_phrasing(train)  # repair users speak the compile's phrasings (core or wide)
     workflow_paths = paths_from_table(db.read("workflow_paths", wf.id))
-    compile_config = TrainConfig.from_json(Path(current_dir) / "train_config.json")
+    compile_config = TrainConfig.from_json(Path(db.located(current_dir)) / "train_config.json")
     for round_no in range(1, config.rounds + 1):
         clusters = build_map(current).filter(pl.col("route") == route)
         if not clusters.height:
@@ -112,7 +112,7 @@ def promoted_model(
         candidate_dir = str(paths.model_dir(wf.id, tag))
         round_config = replace(
             compile_config,
-            init_from=current_dir,  # continued training: the current weights and their tokenizer
+            init_from=db.located(current_dir),  # continued training: the current weights and their tokenizer
             train_data=str(run_dir / "train.parquet"),
             lexicon_data=str(run_dir / "lexicon.parquet"),
             output_dir=candidate_dir,

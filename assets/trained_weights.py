@@ -66,6 +66,8 @@ def trained_weights(
         workflow=wf.id, train_data=str(train_file), workflow_atoms=workflow_atoms(wf), data_dir=str(paths.data_dir),
     )
     previous = _previous_training(db, wf.id, context.log.info) if config.recompile == "incremental" else None
+    if previous and previous.get("model_dir"):  # where its folder is now (the data folder may have moved)
+        previous = {**previous, "model_dir": db.located(previous["model_dir"])}
     start = continuable(previous, train_config)
     mix = None
     if start is not None:

@@ -78,7 +78,7 @@ def last_good_model(store, workflow: str) -> dict | None:
         row = store.read(GOOD_MODELS, workflow).row(0, named=True)
     except (LookupError, FileNotFoundError):
         return None
-    return row if (Path(row["model_dir"]) / "model.safetensors").exists() else None
+    return row if (Path(store.located(row["model_dir"])) / "model.safetensors").exists() else None
 
 
 def evaluation_of(store, workflow: str, model_dir: str) -> dict | None:
@@ -101,7 +101,13 @@ def serving_model(store, workflow: str) -> Serving:
     """The model that serves ``workflow``, why, and the definition it was compiled from:
     a repair round's promoted weights if one was promoted since the last compile; else the
     compile's own model if it held (or there is no good model to fall back on); else the last
-    good model. ``LookupError`` if the workflow was never compiled."""
+    good model. ``LookupError`` if the workflow was never compiled. Its folder is where it is now
+    (``Store.located``: the data folder may have moved since it was recorded)."""
+    chosen = _serving_model(store, workflow)
+    return Serving(store.located(chosen.model_dir), chosen.why, chosen.definition)
+
+
+def _serving_model(store, workflow: str) -> Serving:
     trained = store.read("trained_weights", workflow).row(0, named=True)
     definition = json.loads(trained.get("definition") or store.read("workflow_definitions", workflow)["definition"][0])
     promoted = _promoted_since(store, workflow, trained)

@@ -108,6 +108,20 @@ class Store:
             elif have[name] != kind:
                 con.execute(f"ALTER TABLE {table} ALTER COLUMN {_quote(name)} SET DATA TYPE {kind}")
 
+    def located(self, path: str) -> str:
+        """Where a folder this database recorded (a model's, ``models/WORKFLOW/NAME``) is now: a
+        relative path is under the database's folder (the data folder); an absolute one recorded
+        in a data folder since moved or copied is taken from this one when it is there."""
+        recorded = Path(path)
+        if not recorded.is_absolute():
+            return str(self.db_path.parent / recorded)
+        parts = recorded.parts
+        if "models" in parts:
+            here = self.db_path.parent.joinpath(*parts[len(parts) - 1 - parts[::-1].index("models"):])
+            if here.exists():
+                return str(here)
+        return path
+
     def read(self, table: str, workflow: str) -> pl.DataFrame:
         """This workflow's rows of ``table``; ``LookupError`` if the asset was never materialized for it."""
         table = self._check(table)

@@ -267,6 +267,20 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert "teacher: offline (template teacher)" in report and "% of frontier quality: n/a" in report
     assert cost["teacher_cost_usd"][0] == 0.0 and cost["compile_cost_usd"][0] == cost["training_cost_usd"][0]
 
+    # the data folder moved (copied elsewhere, the old one gone): the same model serves, from where it is now
+    import shutil
+
+    from subterra.runtime import ChatSession
+    from subterra.serving import serving_model
+    from subterra.store import Store
+
+    moved = settings.data_dir.parent / "moved" / "data"
+    shutil.copytree(settings.data_dir, moved)
+    shutil.rmtree(settings.data_dir)
+    serving = serving_model(Store(moved / "subterra.duckdb"), KEY)
+    assert Path(serving.model_dir) == moved / Path(trained["model_dir"]).relative_to(settings.data_dir)
+    assert ChatSession(serving.model_dir, wf, max_say_tokens=4).respond("Hello").node in wf.nodes
+
 
 def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, resources, instance, monkeypatch, capsys):
     """Compile, evaluate, map the failures, run a repair round whose training wrecks the weights

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.eval_scores import eval_scores
 from assets.loading import snapshot
+from assets.metadata import readable
 from assets.partitions import workflows_partitions
 from resources import StoreResource
 
@@ -35,7 +36,7 @@ def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store:
     table, summary, markdown = build_cost_report(wf, scores, training, references, Prices(**config.model_dump()), spend)
     db.replace_partition("cost_report", wf.id, table)
     return dg.MaterializeResult(
-        metadata={
+        metadata=readable({
             "report": dg.MetadataValue.md(markdown),
             "deployed_route": summary["deployed_route"],
             "baseline": summary["baseline"],
@@ -45,5 +46,5 @@ def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store:
             "pct_of_frontier_quality": summary["pct_of_frontier_quality"],
             "claude": dg.MetadataValue.json(summary["claude"]),
             "breakeven_conversations": summary["breakeven_conversations"],
-        }
+        })
     )

@@ -9,3 +9,4 @@ def snapshot(store, workflow: str):
 
     row = store.read("workflow_definitions", workflow).row(0, named=True)
     return Workflow.from_dict(json.loads(row["definition"]))
+

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.loading import snapshot
+from assets.metadata import readable
 from assets.partitions import workflows_partitions
 from assets.training_config import TrainedWeightsSettings
 from assets.validated_dataset import validated_dataset
@@ -138,7 +139,7 @@ def trained_weights(
     return dg.MaterializeResult(
         metadata={
             **((reported.metadata or {}) if reported else {}),
-            **{k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")},
+            **readable({k: v for k, v in row.items() if k not in ("workflow", "content_hash", "definition", "path_hashes")}),
             "optimizer_resumed": result.optimizer_resumed,  # parameters whose Adam state came from the model continued
             "train_config": dg.MetadataValue.path(str(config_file)),
             "model_dir": dg.MetadataValue.path(str(model_dir)),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from serving_fixtures import live_server  # noqa: F401
 from subterra.flowchart import flowchart, layers
 from subterra.workflow import Workflow, load_workflow
 
@@ -23,12 +24,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-if (HERE / "serving_fixtures.py").exists():
-    from serving_fixtures import live_server  # noqa: F401
-else:
-    @pytest.fixture
-    def live_server():
-        pytest.skip("tests/serving_fixtures.py (the live_server fixture) is not there yet")
 
 
 def assert_laid_out(wf: Workflow, chart: dict) -> None:

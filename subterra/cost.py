@@ -228,7 +228,7 @@ def _markdown(wf, table: pl.DataFrame, summary: dict) -> str:
         f"x token volume {_fmt(summary['volume_factor'], 2)}x.",
         f"One-time compile: ${summary['compile_cost_usd']:.4f} (training compute ${summary['training_cost_usd']:.4f} at "
         f"${summary['prices']['compute_per_hour']}/h, teacher ${summary['teacher_cost_usd']:.4f}); "
-        f"pays for itself after {summary['breakeven_conversations'] if summary['breakeven_conversations'] is not None else 'n/a'} conversations.",
+        f"pays for itself {_after(summary['breakeven_conversations'])}.",
         "",
         f"**{_fmt(quality, 1)}% of frontier quality** ({summary['deployed_route']}, judged, holdout)"
         + (f"; {_fmt(strict, 1)}% of its strict pass rate." if strict is not None else ".")
@@ -275,3 +275,9 @@ def cost_chart(table: pl.DataFrame, deployed: str, baseline: str, compile_cost: 
     fig.savefig(buf, format="png")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _after(conversations: int | None) -> str:
+    if conversations is None:
+        return "after n/a conversations"
+    return f"after {conversations:,} conversation{'' if conversations == 1 else 's'}"

@@ -113,3 +113,11 @@ def test_no_break_even_when_the_compiled_route_is_not_cheaper(wf):
     _, summary, markdown = build_cost_report(wf, SCORES, {"train_seconds": 60.0}, [CONVERSATION], expensive)
     assert summary["breakeven_conversations"] is None
     assert "pays for itself after n/a conversations" in markdown
+
+
+def test_the_break_even_reads_as_a_person_writes_it():
+    from subterra.cost import _after
+
+    assert _after(1) == "after 1 conversation"
+    assert _after(1200) == "after 1,200 conversations"
+    assert _after(None) == "after n/a conversations"

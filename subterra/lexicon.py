@@ -86,8 +86,13 @@ what which who whom where when why how
 """.split())
 
 
+# what an apostrophe leaves of a word ("it's", "I'm", "we're"): a frame whatever values the workflow
+# declares ("O'Neill's" among them leaves an "s" too)
+CONTRACTIONS = frozenset({"s", "m", "re", "ll", "ve", "d", "t"})
+
+
 def with_function_words(lexicon: frozenset[str], wf) -> frozenset[str]:
     """The compile's lexicon and English function words, less every word of the workflow's
     declared values (a workflow with a city called "Hope" keeps "hope" a value word)."""
     inside = {w for slot in wf.slots.values() for v in (slot.values or ()) for w in words(str(v))}
-    return lexicon | (FUNCTION_WORDS - inside)
+    return lexicon | (FUNCTION_WORDS - (inside - CONTRACTIONS))

@@ -1,5 +1,7 @@
 """People's own words: conversations that open with the request, greetings that are never values."""
 
+from pathlib import Path
+
 from subterra.runtime import Codec, courtesy_only
 
 
@@ -143,3 +145,19 @@ def test_training_typed_as_people_type_keeps_every_value_a_span_and_the_holdouts
                     lowered += value.islower()  # a line typed in lower case holds its value so
     assert lowered
     assert noisy.filter(noisy["split"] == "train")["messages"].to_list() != clean.filter(clean["split"] == "train")["messages"].to_list()
+
+
+def test_its_frame_is_cut_from_a_value_even_when_a_declared_value_has_an_apostrophe():
+    """"It's Niamh Keane" gives the name, not "It's Niamh Keane", in a workflow that declares
+    "O'Neill's" among its values (its "s" is what an apostrophe leaves, not a value word)."""
+    from subterra.lexicon import with_function_words
+    from subterra.runtime import value_spans
+    from subterra.workflow import Workflow, load_workflow
+
+    definition = load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml").to_dict()
+    definition["slots"]["destination"]["values"] += ["O'Neill's", "The Crown"]
+    wf = Workflow.from_dict(definition)
+    lexicon = with_function_words(frozenset({"table"}), wf)
+    assert value_spans("It's Niamh Keane", lexicon) == ["Niamh Keane"]
+    assert value_spans("it's 07372 468150", lexicon) == ["07372 468150"]
+    assert "crown" not in lexicon  # a word of a declared value stays a value word

@@ -65,9 +65,6 @@ class Batcher:
             self._queue.put(job)
         return job.future
 
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     def close(self) -> None:
         self._queue.put(None)
 

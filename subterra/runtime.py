@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Sequence
@@ -654,7 +655,12 @@ def _tracked(program, raw: list[int], counter: TurnCounter):
 SHARED_ATTENTION = "subterra_shared_context"
 # what the current forward's attention reads besides the tokens it is given: ``segments`` every
 # row shares, and ``step`` (a ``RowStep``) when the rows' own tokens live in a ``RowCache``
-_SHARED: dict = {"segments": [], "step": None}
+class _PerThread(threading.local):
+    def __init__(self):
+        self.state: dict = {"segments": [], "step": None}
+
+
+_LOCAL = _PerThread()  # per thread: a server runs several models' forwards at once, one thread each
 
 
 class RowCache:
@@ -806,7 +812,7 @@ def _attend(q, own_kt, own_v, allowed, layer: int, scale: float):
     b, kv_heads, m, dim = q.shape
     flat = q.transpose(0, 1).reshape(kv_heads, b * m, dim)
     scores = []
-    for segment in _SHARED["segments"]:
+    for segment in _LOCAL.state["segments"]:
         seg_k, _ = segment[layer]
         part = torch.bmm(flat, seg_k[0].transpose(1, 2))  # [kv_heads, b*m, P]
         scores.append(part.reshape(kv_heads, b, m, -1).transpose(0, 1))
@@ -817,7 +823,7 @@ def _attend(q, own_kt, own_v, allowed, layer: int, scale: float):
     weights = torch.softmax((torch.cat(scores, dim=-1) if len(scores) > 1 else own).float() * scale, dim=-1).to(q.dtype)
     parts = torch.split(weights, [s.shape[-1] for s in scores], dim=-1)
     out = torch.matmul(parts[-1], own_v)
-    for segment, w in zip(_SHARED["segments"], parts[:-1]):
+    for segment, w in zip(_LOCAL.state["segments"], parts[:-1]):
         _, seg_v = segment[layer]
         flat_w = w.transpose(0, 1).reshape(kv_heads, b * m, -1)
         out = out + torch.bmm(flat_w, seg_v[0]).reshape(kv_heads, b, m, dim).transpose(0, 1)
@@ -842,7 +848,7 @@ def _shared_context_attention(module, query, key, value, attention_mask, scaling
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     layer = module.layer_idx
-    step: RowStep | None = _SHARED["step"]
+    step: RowStep | None = _LOCAL.state["step"]
     if step is None:
         allowed = None
         if length > 1:
@@ -880,18 +886,18 @@ class shared_context:
         self.config, self.segments = model.config, segments
 
     def __enter__(self):
-        self.saved = (dict(_SHARED), self.config._attn_implementation)
-        _SHARED.update(segments=self.segments, step=None)
+        self.saved = (dict(_LOCAL.state), self.config._attn_implementation)
+        _LOCAL.state.update(segments=self.segments, step=None)
         self.config._attn_implementation = SHARED_ATTENTION
         return self
 
     def set_step(self, step: RowStep | None) -> None:
-        _SHARED["step"] = step
+        _LOCAL.state["step"] = step
 
     def __exit__(self, *exc):
         saved, self.config._attn_implementation = self.saved
-        _SHARED.clear()
-        _SHARED.update(saved)
+        _LOCAL.state.clear()
+        _LOCAL.state.update(saved)
         return False
 
 

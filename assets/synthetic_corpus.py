@@ -19,8 +19,9 @@ class CorpusSettings(dg.Config):
     min_train_conversations: int = 600
     edge_floor: int = 24
     value_floor: int = 12
-    holdout_scenarios: int = 200  # per test set (holdout, test_unseen)
-    validation_scenarios: Optional[int] = None  # None: as many as holdout_scenarios
+    # per test set (holdout, test_unseen); None: sized from the paths, 2 per path within 100-200
+    holdout_scenarios: Optional[int] = None
+    validation_scenarios: Optional[int] = None  # None: as many as the holdout
     offscript_rate: float = 0.15
     train_offscript_rate: float | None = 0.3
     # of training's off-script turns, the share of corrections (None: a third): naming which slot an old

@@ -64,8 +64,8 @@ class CorpusConfig:
     min_train_conversations: int = 0  # "workflow": a small workflow still gets this many
     edge_floor: int = 24  # "workflow": training conversations through every edge, at least
     value_floor: int = 12  # "workflow": conversations per declared value of an enum slot, at least
-    holdout_scenarios: int = 200
-    validation_scenarios: int | None = None  # None: as many as holdout_scenarios
+    holdout_scenarios: int | None = None  # per test set (holdout, test_unseen); None: sized from the paths (subterra.sizing.heldout_size)
+    validation_scenarios: int | None = None  # None: as many as the holdout
     offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
     train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
     train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
@@ -87,20 +87,17 @@ class CorpusTooLarge(ValueError):
 
 
 def planned_sizes(wf, paths: Sequence[Sequence[str]], config: CorpusConfig) -> dict:
-    from subterra.sizing import train_counts
+    from subterra.sizing import heldout_size, train_counts
 
     per_path = train_counts(wf, paths, config)
+    held = heldout_size(len(paths)) if config.holdout_scenarios is None else config.holdout_scenarios
     return {
         "per_path": per_path,  # training conversations of each path
         "train": sum(per_path),
-        "validation": validation_size(config),
-        "holdout": config.holdout_scenarios,
-        "test_unseen": config.holdout_scenarios,
+        "validation": held if config.validation_scenarios is None else config.validation_scenarios,
+        "holdout": held,
+        "test_unseen": held,
     }
-
-
-def validation_size(config: CorpusConfig) -> int:
-    return config.holdout_scenarios if config.validation_scenarios is None else config.validation_scenarios
 
 
 def build_corpus(
@@ -124,7 +121,7 @@ def build_corpus(
     if total > config.max_conversations:
         raise CorpusTooLarge(
             f"{wf.id}: corpus of {total:,} conversations ({sizes['train']:,} over {len(paths):,} paths + "
-            f"{sizes['validation']} validation + 2 x {config.holdout_scenarios} holdout) exceeds max_conversations={config.max_conversations:,}"
+            f"{sizes['validation']} validation + 2 x {sizes['holdout']} held out) exceeds max_conversations={config.max_conversations:,}"
         )
     reuse = reuse if reuse is not None else Reuse()
     hashes = path_hashes(wf, paths, generation_context(wf, teacher, config))
@@ -149,7 +146,7 @@ def build_corpus(
     order = list(range(len(paths)))
     random.Random(config.seed).shuffle(order)
     held: list[tuple[Scenario, str]] = []  # (scenario, its path's hash)
-    for i in range(config.holdout_scenarios):
+    for i in range(sizes["holdout"]):
         p = order[i % len(paths)]
         scenario = replace(make_scenario(wf, paths[p], "holdout", i, config.seed, config.offscript_rate,
                                          request_share=HELDOUT_REQUEST_SHARE), phrasing=spoken)

@@ -23,6 +23,17 @@ from __future__ import annotations
 from typing import Sequence
 
 
+HELDOUT_PER_PATH = 2  # each path played about twice per held-out set
+HELDOUT_FLOOR = 100  # a 95% interval no wider than +-10 points, however few the paths
+HELDOUT_CAP = 200  # +-7 points at most; more paths share the 200 (every path played once up to 200 paths)
+
+
+def heldout_size(n_paths: int) -> int:
+    """Scenarios per held-out set (validation, holdout, test_unseen) for a workflow of ``n_paths``
+    paths: a 4-path workflow is not played 600 times, a 100-path one still gets its 200."""
+    return min(HELDOUT_CAP, max(HELDOUT_FLOOR, HELDOUT_PER_PATH * n_paths))
+
+
 def target_total(n_paths: int, config) -> int:
     """The training conversations a corpus aims for before coverage top-ups."""
     uniform = n_paths * config.conversations_per_path

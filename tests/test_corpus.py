@@ -153,7 +153,7 @@ def test_oversized_corpus_is_refused_before_generation_with_the_numbers(mini_wor
     with pytest.raises(CorpusTooLarge) as refused:
         build_corpus(mini_workflow, paths, TemplateTeacher(), config, progress=lambda done, total: progress.append(done))
     total = len(paths) * 4 + 3 * 200
-    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths) * 4} over {len(paths)} paths + 200 validation + 2 x 200 holdout) "
+    assert str(refused.value) == (f"mini_booking: corpus of {total:,} conversations ({len(paths) * 4} over {len(paths)} paths + 200 validation + 2 x 200 held out) "
                                   f"exceeds max_conversations=10")
     assert progress == []  # not one conversation was written
 

@@ -66,3 +66,22 @@ def test_a_3000_path_workflow_stays_in_budget_and_covers_every_edge():
     colour = sum(n for path, n in zip(paths, counts) if "q0>q1#0" in path)
     assert colour >= 12 * 4
     assert sum(train_counts(wf, paths, CorpusConfig(conversations_per_path=8, max_train_conversations=800))) == 3000
+
+
+def test_held_out_sets_scale_with_the_paths_within_a_floor_and_a_cap():
+    from subterra.corpus import build_corpus, planned_sizes
+    from subterra.sizing import HELDOUT_CAP, HELDOUT_FLOOR, heldout_size
+    from subterra.teacher import TemplateTeacher
+
+    assert heldout_size(4) == HELDOUT_FLOOR == 100  # a small workflow: the floor keeps the interval useful
+    assert heldout_size(86) == 172  # two plays per path
+    assert heldout_size(3000) == HELDOUT_CAP == 200
+    wf = chain_workflow(2)
+    paths = select_paths(wf).paths
+    config = CorpusConfig(conversations_per_path=1, sizing="uniform")
+    sizes = planned_sizes(wf, paths, config)
+    assert sizes["holdout"] == sizes["test_unseen"] == sizes["validation"] == 100
+    corpus = build_corpus(wf, paths, TemplateTeacher(), config)
+    assert corpus["split"].value_counts().sort("split").rows() == [("holdout", 100), ("test_unseen", 100), ("train", len(paths)), ("validation", 100)]
+    pinned = planned_sizes(wf, paths, CorpusConfig(holdout_scenarios=7, validation_scenarios=3))
+    assert (pinned["holdout"], pinned["validation"]) == (7, 3)

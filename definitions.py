@@ -1,5 +1,6 @@
 """Subterra's Dagster definitions: every asset, check, job, sensor and resource, assembled here."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,10 @@ from jobs import compile_workflow, ladder_workflow
 from resources import (ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource,
                        training_process_client)
 from sensors import incremental_fallback_sensor, workflow_files_sensor
+
+# runs report their progress in the run log; Hugging Face's progress bars ("Loading weights",
+# "Writing model shards") would only reach the daemon's console (read when transformers is imported)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = "") -> dg.Definitions:

@@ -19,7 +19,7 @@ last acted on (``decided``) and the faults of a broken one (``broken``), and per
 content hash last compiled (``compiled``).
 
 A recompile is incremental unless the ``recompile`` resource says ``full`` (its run config says
-which, and so does the run's ``subterra/recompile`` tag).
+which, and so does the run's ``subterra/recompile`` tag: ``first`` for a workflow never compiled).
 """
 
 import hashlib
@@ -90,12 +90,14 @@ def workflow_files_sensor(
             continue
         if compiled.get(wf.id) == wf.content_hash:
             continue
-        if wf.id not in compiled and _compiled_in_store(store, wf.id) == wf.content_hash:
+        in_store = _compiled_in_store(store, wf.id) if wf.id not in compiled else None
+        if in_store == wf.content_hash:
             compiled[wf.id] = wf.content_hash  # compiled already (`make demo`, `subterra compile`): nothing to start
             context.log.info(f"{path.name}: this definition is compiled already; no run")
             if wf.id not in known:
                 new_partitions.append(wf.id)
             continue
+        first = wf.id not in compiled and in_store is None  # nothing to continue from: trained in full
         if wf.id not in known:
             new_partitions.append(wf.id)
         requests.append(
@@ -103,7 +105,7 @@ def workflow_files_sensor(
                 partition_key=wf.id,
                 run_key=f"{wf.id}:{wf.content_hash}",
                 run_config=recompile.run_config(),
-                tags={"subterra/workflow": wf.id, CONTENT_HASH_TAG: wf.short_hash, "subterra/recompile": recompile.get()},
+                tags={"subterra/workflow": wf.id, CONTENT_HASH_TAG: wf.short_hash, "subterra/recompile": "first" if first else recompile.get()},
             )
         )
         compiled[wf.id] = wf.content_hash

@@ -32,7 +32,7 @@ SHOWN = {
     "failure_rate": "failed",
     "tokens_per_conversation": "tokens/conv",
     "tokens_out": "out/conv",
-    "latency_p50_ms": "p50 ms",
+    "latency_p50_ms": "p50 ms/turn (batched)",
     "usd_per_conversation": "$/conv",
 }
 

@@ -251,6 +251,8 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     assert set(scores["set"]) == {"validation", "holdout", "test_unseen", "natural", "validation_natural"}
     # the from-config student has no pretrained base: the two compiled routes run, the orchestrated ones are skipped
     assert set(scores["route"]) == {"compiled", "compiled_prefill"}
+    shown = metadata(result, COMPILE_ASSETS[5])["scores"]
+    assert "batch_turn_p95_ms" in shown and "not what one user waits" in shown and "latency_p95_ms" not in shown
     # per route: 2 per generated set, and every natural conversation in both openings (2 + 1 of them)
     assert store.read("eval_scenarios", KEY).height == 2 * (3 * 2 + 2 * 2 + 1 * 2)
     cost = store.read("cost_report", KEY)

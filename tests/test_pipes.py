@@ -60,3 +60,25 @@ def test_the_training_client_reads_whole_lines_and_reports_a_materialization(tmp
     assert result.success
     [materialization] = result.asset_materializations_for_node("external")
     assert materialization.metadata["steps"].value == 50
+
+
+def test_a_training_stopped_from_the_ui_ends_with_one_line_not_a_traceback(tmp_path, mini_workflow, corpus):
+    """Terminating a run makes Pipes send SIGINT to the training process: it says where its
+    checkpoints are and exits 130, without a KeyboardInterrupt traceback in the daemon's console."""
+    import signal
+
+    from subterra.tokenizer import workflow_atoms
+    from subterra.training import TrainConfig
+    from tests.conftest import TINY
+
+    corpus.write_parquet(tmp_path / "train.parquet")
+    TrainConfig(workflow=mini_workflow.id, train_data=str(tmp_path / "train.parquet"), output_dir=str(tmp_path / "model"),
+                workflow_atoms=workflow_atoms(mini_workflow), max_steps=100_000, logging_steps=1, **TINY).to_json(tmp_path / "c.json")
+    process = subprocess.Popen([sys.executable, "-m", "subterra.cli.train", "--config", str(tmp_path / "c.json")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(process.stdout.readline())["step"] >= 1  # training runs
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert f"training interrupted; its checkpoints stay in {tmp_path / 'model'}.checkpoints" in err

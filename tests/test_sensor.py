@@ -84,6 +84,7 @@ def test_changed_file_recompiles_that_workflow_only(settings, tick):
 
 def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkeypatch):
     first = tick()
+    assert first.run_requests[0].tags["subterra/recompile"] == "first"  # never compiled: nothing to continue from
     path = settings.workflow_file("mini_booking")
     path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
     monkeypatch.delenv("SUBTERRA_RECOMPILE", raising=False)

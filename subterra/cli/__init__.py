@@ -85,6 +85,17 @@ def _with_recompile(run_config: dict | None, recompile: dict) -> dict:
     return {**(run_config or {}), "ops": ops}
 
 
+def _compiled_before(settings, workflow: str) -> bool:
+    import duckdb
+
+    from subterra.store import Store
+
+    try:
+        return Store(settings.db_path).read("trained_weights", workflow).height > 0
+    except (LookupError, duckdb.Error):  # no database, table or row yet
+        return False
+
+
 def _materialize(settings, source: Path, wf, assets_name: str, run_config: dict | None = None, full: bool = False) -> int:
     """Copy the workflow file into the data folder if needed and materialize the named asset list
     for its partition in-process (refused while a sensor or UI run of the workflow executes)."""
@@ -121,7 +132,7 @@ def _materialize(settings, source: Path, wf, assets_name: str, run_config: dict 
     defs = build_definitions(str(settings.data_dir), recompile="full" if full else "")
     instance.add_dynamic_partitions(asset_lists.workflows_partitions.name, [wf.id])
     resources = {key: value for key, value in defs.resources.items()}
-    mode = resources["recompile"].get()
+    mode = resources["recompile"].get() if _compiled_before(settings, wf.id) else "first compile"
     print(f"compiling {wf.id} ({len(wf.nodes)} nodes, hash {wf.short_hash}) into {settings.data_dir} ({mode})")
     result = dg.materialize(
         getattr(asset_lists, assets_name), partition_key=wf.id, resources=resources, instance=instance, tags=_VIA_CLI,

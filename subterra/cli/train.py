@@ -19,9 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="TrainConfig JSON file")
     args = parser.parse_args(argv)
 
-    from subterra.training import TrainConfig, train
+    from subterra.training import TrainConfig
 
     config = TrainConfig.from_json(args.config)
+    try:
+        return _run(config)
+    except KeyboardInterrupt:  # a run terminated from the UI (Pipes forwards it as SIGINT), or Ctrl-C
+        print(f"training interrupted; its checkpoints stay in {config.checkpoint_dir or config.output_dir + '.checkpoints'} "
+              "and a rerun with the same settings resumes from the last one", file=sys.stderr, flush=True)
+        return 130
+
+
+def _run(config) -> int:
+    from subterra.training import train
+
     if os.environ.get("DAGSTER_PIPES_CONTEXT"):
         from dagster_pipes import open_dagster_pipes
 

@@ -2,29 +2,25 @@ import json
 
 import dagster as dg
 
-from assets.eval_scores import eval_scores
 from assets.loading import snapshot
 from assets.metadata import readable
 from assets.partitions import workflows_partitions
+from assets.tables import upstream
+from assets.settings import PriceSettings
 from resources import StoreResource
 
 
-class PriceSettings(dg.Config):
-    frontier_input_per_m: float = 3.00
-    frontier_output_per_m: float = 15.00
-    compiled_input_per_m: float = 0.05
-    compiled_output_per_m: float = 0.23
-    compute_per_hour: float = 0.10
+READS = ('workflow_definitions', 'eval_scores', 'trained_weights', 'validated_dataset', 'synthetic_corpus')  # the tables this asset reads (assets.tables)
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="compile", kinds={"duckdb"})
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("cost_report", READS), group_name="compile", kinds={"duckdb"})
 def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store: StoreResource) -> dg.MaterializeResult:
     """Frontier-with-procedure vs every evaluated route, per conversation and holdout; multiplier
     over the deployed route, compile cost (training plus teacher), break-even, % of frontier
     quality, and which parts used Claude."""
     import polars as pl
 
-    from subterra.cost import Prices, TeacherSpend, build_cost_report
+    from subterra.cost import TeacherSpend, build_cost_report
 
     db = store.get()
     wf = snapshot(db, context.partition_key)
@@ -33,7 +29,7 @@ def cost_report(context: dg.AssetExecutionContext, config: PriceSettings, store:
     holdout = db.read("validated_dataset", wf.id).filter(pl.col("split") == "holdout")
     references = [json.loads(m) for m in holdout["messages"]]
     spend = TeacherSpend.of(db.read("synthetic_corpus", wf.id))
-    table, summary, markdown = build_cost_report(wf, scores, training, references, Prices(**config.model_dump()), spend)
+    table, summary, markdown = build_cost_report(wf, scores, training, references, config.prices(), spend)
     db.replace_partition("cost_report", wf.id, table)
     return dg.MaterializeResult(
         metadata=readable({

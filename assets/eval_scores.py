@@ -1,67 +1,20 @@
-from typing import Optional
-
 import dagster as dg
 
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
-from assets.trained_weights import trained_weights
+from assets.tables import upstream
+from assets.settings import EvalSettings
 from resources import ClaudeResource, SettingsResource, StoreResource
 from subterra.routes import DEPLOYED
-from subterra.runtime import ReadingRules
-
-
-class EvalSettings(dg.Config):
-    scenarios: int = 200  # per generated set (validation, holdout, test_unseen)
-    natural: bool = True  # play the workflow's natural sets too (data/natural/{test,validation}/WORKFLOW.yaml)
-    # the generated sets played; the gate below reads validation, so a model evaluated without it does not hold
-    sets: list[str] = ["validation", "holdout", "test_unseen"]
-    # rows per lockstep batch (fewer if the KV cache would pass max_cache_gb): every step reads the
-    # whole batch's cache, so fewer, larger steps win (400 scenarios: 99 s at 400 rows, 130 s at 100)
-    batch_size: int = 400
-    max_cache_gb: float = 4.0
-    max_say_tokens: int = 96  # the say of a prefilled form (travel_booking's longest in training: 70 tokens)
-    max_form_tokens: int = 160  # free-generation routes: the whole form
-    extra_turns: int = 4
-    # the deployed route only, so a recompile stays quick; list(ROUTES) adds free generation and the
-    # base-model routes (those need a pretrained base model), as the ladder profiles do
-    routes: list[str] = [DEPLOYED]
-    use_lexicon: bool = True  # copy constraint narrowed by the compile's lexicon of procedure words
-    copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
-    fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
-    corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
-    # how people's messages are read (subterra.runtime.ReadingRules describes each and holds its default)
-    courtesy_values: bool = ReadingRules.courtesy_values
-    typed_values: bool = ReadingRules.typed_values
-    edge_slots: bool = ReadingRules.edge_slots
-    function_words: bool = ReadingRules.function_words
-    torch_threads: int = 0  # CPU threads (0: every core)
-    # say tokens fed per forward as a draft from the say lines known at the node (speculative
-    # decoding: what is generated is the same; 0 decodes a say one token per forward)
-    draft_tokens: int = 48
-    # does the model hold (the asset check on the deployed route, a warning: the run goes on, the UI
-    # shows it)? strict pass on ``validation`` (never a test set) at least this, and at most ``max_drop`` below the last
-    # good model's. A model that does not hold is not served and not continued from while an
-    # earlier one that held is there (subterra.serving)
-    min_strict_pass: float = 0.5
-    max_drop: float = 0.1
-    # an incremental recompile (training continued from the last good model) promises a full
-    # recompile's quality: it holds only this close to the model it continues. One that falls
-    # further is not served, and a full recompile of the same definition follows (the sensor
-    # ``incremental_fallback``, ``subterra compile``)
-    incremental_max_drop: float = 0.02
-
-    def eval_config(self):
-        from subterra.evaluation import EvalConfig
-
-        gate = ("min_strict_pass", "max_drop", "incremental_max_drop")  # the asset check's, not the eval's
-        return EvalConfig(**{**{k: v for k, v in self.model_dump().items() if k not in gate}, "routes": tuple(self.routes),
-                             "sets": tuple(self.sets)})
 
 
 CHECK = "deployed_route_holds"
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[trained_weights], group_name="compile", kinds={"duckdb"},
+READS = ('workflow_definitions', 'trained_weights', 'validated_dataset')  # the tables this asset reads (assets.tables)
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("eval_scores", READS), group_name="compile", kinds={"duckdb"},
           check_specs=[dg.AssetCheckSpec(CHECK, asset="eval_scores", blocking=False,
                                          description="the deployed route's validation strict pass is above the floor and "
                                                      "not far below the last good model's (a warning: a compile "
@@ -152,8 +105,9 @@ def eval_scores(
     last_good = good["strict_pass"] if good is not None and good["model_dir"] != trained["model_dir"] else None
     strict = deployed_strict(scores)
     continued = trained.get("recompile") == "incremental" and bool(trained.get("continued_from"))
-    max_drop = min(config.max_drop, config.incremental_max_drop) if continued else config.max_drop
-    passed, why = holds(strict, last_good, config.min_strict_pass, max_drop, continued=continued)
+    gate = config.gate()
+    max_drop = min(gate.max_drop, gate.incremental_max_drop) if continued else gate.max_drop
+    passed, why = holds(strict, last_good, gate.min_strict_pass, max_drop, continued=continued)
     run = pl.DataFrame([{
         "workflow": wf.id, "config": eval_config.to_json(), "routes": played, "user_simulator": users.name,
         "base_model": trained["base_model"], "base_dir": base_dir, "compiled_dir": trained["model_dir"],
@@ -190,7 +144,7 @@ def eval_scores(
         check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN, description=f"{wf.id}: {why}",
         # the thresholds as text: settings, not measurements (the UI plots numbers over time)
         metadata={"workflow": wf.id, "strict_pass": strict, "last_good_strict_pass": last_good,
-                  "floor": dg.MetadataValue.text(f"{config.min_strict_pass:g}"), "max_drop": dg.MetadataValue.text(f"{max_drop:g}"), "recompile": trained.get("recompile") or "full", "verdict": why,
+                  "floor": dg.MetadataValue.text(f"{gate.min_strict_pass:g}"), "max_drop": dg.MetadataValue.text(f"{max_drop:g}"), "recompile": trained.get("recompile") or "full", "verdict": why,
                   "serving": serving.model_dir},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])

@@ -1,12 +1,14 @@
 import dagster as dg
 
-from assets.cost_report import cost_report
 from assets.partitions import workflows_partitions
-from assets.promoted_model import promoted_model
+from assets.tables import upstream
 from resources import StoreResource
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[cost_report, promoted_model], group_name="repair", kinds={"duckdb"})
+READS = ('workflow_definitions', 'eval_scores', 'cost_report')  # the tables this asset reads (assets.tables)
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("ladder", READS, after=('promoted_model',)), group_name="repair", kinds={"duckdb"})
 def ladder(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Every route side by side: strict pass, partial credit, slot accuracy, form validity, failure
     rate, tokens per conversation, p50 latency and $ per conversation (and the promoted model)."""

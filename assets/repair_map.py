@@ -1,11 +1,14 @@
 import dagster as dg
 
-from assets.eval_scores import eval_scores
 from assets.partitions import workflows_partitions
+from assets.tables import upstream
 from resources import StoreResource
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[eval_scores], group_name="repair", kinds={"duckdb"})
+READS = ('workflow_definitions', 'eval_scenarios')  # the tables this asset reads (assets.tables)
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("repair_map", READS), group_name="repair", kinds={"duckdb"})
 def repair_map(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
     """Validation failures clustered by where they first went wrong (error kind, step, edge,
     off-script behaviour, slot), with counts and examples, per route. Only the ``validation``

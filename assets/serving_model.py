@@ -1,12 +1,14 @@
 import dagster as dg
 
-from assets.eval_scores import eval_scores
 from assets.partitions import workflows_partitions
-from assets.promoted_model import promoted_model
+from assets.tables import upstream
 from resources import SettingsResource, StoreResource
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[eval_scores, promoted_model], group_name="compile", kinds={"duckdb"})
+READS = ()  # the tables this asset reads (assets.tables)
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("serving_model", READS, after=('eval_scores', 'promoted_model')), group_name="compile", kinds={"duckdb"})
 def serving_model(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """Which model serves the workflow (what ``subterra serve`` and ``subterra chat`` load), why,
     since when, and its scores; a running server picks it up within seconds."""

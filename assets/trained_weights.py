@@ -1,6 +1,5 @@
 import base64
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -9,24 +8,15 @@ import dagster as dg
 from assets.loading import snapshot
 from assets.metadata import readable
 from assets.partitions import workflows_partitions
-from assets.training_config import TrainedWeightsSettings
-from assets.validated_dataset import validated_dataset
-from resources import SettingsResource, StoreResource
+from assets.tables import upstream
+from assets.settings import TrainedWeightsSettings
+from resources import SettingsResource, StoreResource, launch_training
 
 
-def launch_training(context, client: dg.PipesSubprocessClient, train_config, config_file):
-    """Run ``python -m subterra.cli.train`` on ``train_config`` in its own process through Dagster
-    Pipes (progress streams into the run's log); returns (the reported materialization, TrainResult)."""
-    from subterra.training import RESULT_FILE, TrainResult
-
-    train_config.to_json(config_file)
-    reported = client.run(
-        command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
-    ).get_materialize_result()
-    return reported, TrainResult.from_json(Path(train_config.output_dir) / RESULT_FILE)
+READS = ('workflow_definitions', 'corpus_checks', 'validated_dataset', 'trained_weights')  # the tables this asset reads (assets.tables)
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[validated_dataset], group_name="compile", kinds={"pytorch"},
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("trained_weights", READS), group_name="compile", kinds={"pytorch"},
           pool="subterra_training")  # dagster_instance.yaml: one training at a time
 def trained_weights(
     context: dg.AssetExecutionContext,
@@ -47,7 +37,7 @@ def trained_weights(
     import polars as pl
 
     from subterra.atomic import atomic_path, replace_dir, write_bytes
-    from subterra.incremental import continuable, conversation_hashes, training_mix
+    from subterra.incremental import conversation_hashes, plan_training
     from subterra.plots import loss_curve_png
     from subterra.tokenizer import workflow_atoms
     from subterra.training import RESULT_FILE, TrainResult
@@ -69,24 +59,11 @@ def trained_weights(
     previous = _previous_training(db, wf.id, context.log.info) if config.recompile == "incremental" else None
     if previous and previous.get("model_dir"):  # where its folder is now (the data folder may have moved)
         previous = {**previous, "model_dir": db.located(previous["model_dir"])}
-    start = continuable(previous, train_config)
-    mix = None
-    if start is not None:
-        if previous.get("conversation_hashes") is not None:  # what the last model learnt, conversation by conversation
-            mix = training_mix(learnt, set(previous["conversation_hashes"]), config.mix(), config.seed)
-        else:  # a model trained before those were recorded: by path
-            mix = training_mix(train["path_hash"].to_list(), set(previous["path_hashes"]), config.mix(), config.seed)
-        if not mix.worth_continuing:  # a new corpus format, or a change most conversations speak
-            context.log.info(f"{wf.id}: {mix.changed} of {mix.changed + mix.unchanged} conversations are new to the "
-                             f"last model (at most {config.max_fraction:.0%} are worth continuing on): training from scratch")
-            start, mix = None, None
-    if start is not None:
+    plan = plan_training(previous, train_config, learnt, train["path_hash"].to_list(), config.mix())
+    context.log.info(f"{wf.id}: {plan.why}")
+    start, mix = plan.start, plan.mix
+    if mix is not None:
         train = train.with_columns(pl.Series("weight", mix.weights, dtype=pl.Int64))
-        train_config.init_from = start
-        train_config.epochs, train_config.max_steps, train_config.max_tokens = 1.0, -1, 0  # the mix is the budget
-        train_config.learning_rate = config.continue_learning_rate
-        context.log.info(f"{wf.id}: continuing from {start}: {mix.changed} conversations it was not trained on, "
-                         f"{mix.unchanged} unchanged; a mix of {mix.size}")
     with atomic_path(train_file) as tmp:  # a crash never leaves half a Parquet file for the next run to train on
         train.write_parquet(tmp)
     # one folder per training (its settings, starting weights and data), not per definition: a
@@ -97,7 +74,7 @@ def trained_weights(
     train_config.output_dir = str(model_dir)
     config_file = run_dir / "train_config.json"
     reported = None
-    if mix is not None and mix.changed == 0:  # nothing new to learn (an edit no conversation speaks): the last weights stand
+    if plan.keeps_weights:
         train_config.to_json(config_file)
         if Path(start).resolve() != model_dir.resolve():
             staging = model_dir.with_name(model_dir.name + ".staging")

@@ -2,16 +2,19 @@ import dagster as dg
 
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
-from assets.synthetic_corpus import synthetic_corpus
-from assets.training_config import TrainingSettings
+from assets.tables import upstream
+from assets.settings import TrainingSettings
 from resources import SettingsResource, StoreResource
 
 CHECK = "corpus_quality_gate"
 
 
+READS = ('workflow_definitions', 'synthetic_corpus')  # the tables this asset reads (assets.tables)
+
+
 @dg.asset(
     partitions_def=workflows_partitions,
-    deps=[synthetic_corpus],
+    deps=upstream("validated_dataset", READS),
     group_name="compile",
     kinds={"duckdb", "great_expectations"},
     check_specs=[dg.AssetCheckSpec(CHECK, asset="validated_dataset", blocking=True,

@@ -6,6 +6,9 @@ from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
 from resources import SettingsResource, StoreResource
 
 
+READS = ()  # the tables this asset reads (assets.tables): it reads the workflow's file
+
+
 @dg.asset(partitions_def=workflows_partitions, group_name="compile", kinds={"duckdb"})
 def workflow_graph(context: dg.AssetExecutionContext, settings: SettingsResource, store: StoreResource) -> dg.MaterializeResult:
     """The workflow file, validated, as node and edge tables plus a snapshot of its definition.

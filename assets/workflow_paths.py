@@ -2,7 +2,7 @@ import dagster as dg
 
 from assets.loading import snapshot
 from assets.partitions import workflows_partitions
-from assets.workflow_graph import workflow_graph
+from assets.tables import upstream
 from resources import StoreResource
 from subterra.paths import MAX_STATES
 
@@ -13,7 +13,10 @@ class PathsConfig(dg.Config):
     max_states: int = MAX_STATES  # refuse a workflow whose loops explode the state graph past this
 
 
-@dg.asset(partitions_def=workflows_partitions, deps=[workflow_graph], group_name="compile", kinds={"duckdb"})
+READS = ('workflow_definitions',)  # the tables this asset reads (assets.tables)
+
+
+@dg.asset(partitions_def=workflows_partitions, deps=upstream("workflow_paths", READS), group_name="compile", kinds={"duckdb"})
 def workflow_paths(context: dg.AssetExecutionContext, config: PathsConfig, store: StoreResource) -> dg.MaterializeResult:
     """Every valid path through the graph (exact count; listed up to a cap, then sampled)."""
     from subterra.paths import edge_coverage, paths_table, select_paths

@@ -101,11 +101,10 @@ def continued(seed: SeedCompiles, mix_spec: str, out: Path, optimizer: str = "re
     rows seen, (held-out conversations at the edited line, of which the new line is the more likely))."""
     import polars as pl
 
-    from assets.training_config import TrainedWeightsSettings
     from subterra.incremental import MixConfig, conversation_hashes, training_mix
     from subterra.training import TrainConfig, train
 
-    settings = TrainedWeightsSettings()
+    settings = MixConfig()
     passes, replay, cap, rate = ([float(x) for x in mix_spec.split(":")] + [settings.continue_learning_rate])[:4]
     before = TrainConfig.from_json(seed.model / "train_config.json")
     hashes = conversation_hashes(seed.edited["messages"])
@@ -128,9 +127,9 @@ def main() -> None:
     parser.add_argument("--optimizer", action="append", choices=["resumed", "fresh"],
                         help="the first compile's optimizer state resumed, or a fresh Adam (repeatable; default: resumed)")
     args = parser.parse_args()
-    from assets.training_config import TrainedWeightsSettings
+    from subterra.incremental import MixConfig
 
-    defaults = TrainedWeightsSettings()
+    defaults = MixConfig()
     mixes = [(spec, optimizer) for spec in args.mix or [f"{defaults.changed_passes}:{defaults.replay_ratio}:{defaults.max_fraction}"]
              for optimizer in args.optimizer or ["resumed"]]
     set_threads()

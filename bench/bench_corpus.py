@@ -21,7 +21,7 @@ from subterra.teacher import TemplateTeacher
 from subterra.workflow import Workflow, load_workflow
 
 # the synthetic_corpus asset's defaults
-CONFIG = CorpusConfig(conversations_per_path=8, max_train_conversations=800, holdout_scenarios=200)
+CONFIG = CorpusConfig(holdout_scenarios=200)
 EDITED_NODE = "payment"
 
 

@@ -80,14 +80,11 @@ def main() -> None:
     header("evaluation: batched KV-cached lockstep vs one scenario at a time")
     wf = load_workflow(WORKFLOWS / "travel_booking.yaml")
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(),
-                          CorpusConfig(conversations_per_path=8, max_train_conversations=800, holdout_scenarios=200))
+                          CorpusConfig(holdout_scenarios=200))
     with tempfile.TemporaryDirectory() as folder:
         model_dir, source = compiled_model(wf, corpus, Path(folder))
         print(f"model: {model_dir} ({source})")
-        from assets.eval_scores import EvalSettings
-
-        # the compile's eval settings: rows per batch as eval_scores plays them
-        config = EvalConfig(scenarios=SCENARIOS, batch_size=EvalSettings().batch_size, max_say_tokens=64, routes=(DEPLOYED,))
+        config = EvalConfig(scenarios=SCENARIOS, max_say_tokens=64, routes=(DEPLOYED,))  # the compile's rows per batch
         started = time.perf_counter()
         deployed = local_routes([DEPLOYED], None, model_dir)  # the compiled model on the prefilled form
         batched = evaluate(deployed, wf, corpus, config)

@@ -59,7 +59,7 @@ def matmul_flops(dtype, size: int = 2048, repeats: int = 5) -> float:
 def corpus_ids():
     wf = load_workflow(WORKFLOWS / "travel_booking.yaml")
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(),
-                          CorpusConfig(conversations_per_path=8, max_train_conversations=800, holdout_scenarios=0))
+                          CorpusConfig(holdout_scenarios=0))
     conversations = [json.loads(m) for m in corpus["messages"]]
     spec = StudentSpec(**STUDENT, atoms=tuple(workflow_atoms(wf)))
     tokenizer, _ = load_student(spec, conversations)

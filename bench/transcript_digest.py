@@ -70,6 +70,7 @@ def main(argv=None) -> int:
         rows.write_parquet(corpus)
         train(TrainConfig(workflow=wf.id, train_data=str(corpus), output_dir=str(out), max_steps=args.train_steps,
                           hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, seed=0,
+                          batch_size=16, learning_rate=2e-3, max_length=1536, max_tokens=0, logging_steps=10,
                           workflow_atoms=workflow_atoms(wf)))
         print(f"weights {weights_digest(out)} ({args.train_steps} steps from the validated corpus)")
         model = str(out)

@@ -69,6 +69,20 @@ class WholeLineTempFileMessageReader(dg.PipesMessageReader):
         return "Attempted to read messages from a local temporary file."
 
 
+def launch_training(context, client: dg.PipesSubprocessClient, train_config, config_file):
+    """Run ``python -m subterra.cli.train`` on ``train_config`` in its own process through Dagster
+    Pipes (progress streams into the run's log); returns (the reported materialization, TrainResult)."""
+    from pathlib import Path
+
+    from subterra.training import RESULT_FILE, TrainResult
+
+    train_config.to_json(config_file)
+    reported = client.run(
+        command=[sys.executable, "-m", "subterra.cli.train", "--config", str(config_file)], context=context
+    ).get_materialize_result()
+    return reported, TrainResult.from_json(Path(train_config.output_dir) / RESULT_FILE)
+
+
 def training_process_client() -> dg.PipesSubprocessClient:
     """The client ``trained_weights`` and the repair rounds launch training with."""
     return dg.PipesSubprocessClient(message_reader=WholeLineTempFileMessageReader())

@@ -110,3 +110,19 @@ class ClaudeUser:
 def claude_users(answers: ClaudeAnswers, model: str) -> Users:
     """Claude as the user of an evaluation."""
     return Users(f"claude:{model}", lambda wf, scenario: ClaudeUser(wf, scenario, answers, model))
+
+
+def users_like(scenarios, setup, folder, workflow: str, say=None) -> Users:
+    """The users that played ``scenarios`` (their ``user_simulator``), to play another model the same
+    way: the scripted user, or Claude when ``setup`` (a ``claude_client`` setup) plays that user now;
+    ``ValueError`` if it does not (the two models could not be compared on the same users)."""
+    from subterra.claude_spool import answers_for
+    from subterra.simulator import SCRIPTED
+
+    simulator = scenarios["user_simulator"][0] if "user_simulator" in scenarios.columns else SCRIPTED.name
+    if simulator == SCRIPTED.name:
+        return SCRIPTED
+    if not setup.uses("user") or simulator != f"claude:{setup.settings.user_model}":
+        raise ValueError(f"the evaluation's user was {simulator}; the claude resource does not play that user now, so a "
+                         "candidate could not be compared on the same users (rerun eval_scores first)")
+    return claude_users(answers_for(setup, folder, workflow, say=say), setup.settings.user_model)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import polars as pl
 
@@ -56,21 +56,25 @@ CORPUS_SCHEMA = {
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    conversations_per_path: int = 4
-    max_train_conversations: int = 6000  # the training budget (every edge keeps one conversation past it)
+    conversations_per_path: int = 8  # the target before coverage top-ups ("uniform": each path's share)
+    max_train_conversations: int = 800  # the training budget (every edge keeps one conversation past it)
     # how conversations are shared among paths (subterra.sizing): "workflow" sizes them so every
     # edge and enum value gets a floor of examples, "uniform" gives each path the same share
-    sizing: str = "uniform"
-    min_train_conversations: int = 0  # "workflow": a small workflow still gets this many
+    sizing: Literal["uniform", "workflow"] = "workflow"
+    min_train_conversations: int = 600  # "workflow": a small workflow still gets this many
     edge_floor: int = 24  # "workflow": training conversations through every edge, at least
     value_floor: int = 12  # "workflow": conversations per declared value of an enum slot, at least
     holdout_scenarios: int | None = None  # per test set (holdout, test_unseen); None: sized from the paths (subterra.sizing.heldout_size)
     validation_scenarios: int | None = None  # None: as many as the holdout
     offscript_rate: float = 0.15  # of the holdouts' steps (and of training's, unless set below)
-    train_offscript_rate: float | None = None  # training may see off-script turns more often than users make them
-    train_correction_share: float | None = None  # of training's off-script turns, corrections (None: a third, as the others)
+    train_offscript_rate: float | None = 0.3  # training may see off-script turns more often than users make them (None: offscript_rate)
+    # of training's off-script turns, the share of corrections (None: a third, as the others): naming
+    # which slot an old value was in is the hardest off-script skill
+    train_correction_share: float | None = 0.5
     random_value_rate: float = 0.5
-    phrasings: str = "core"  # the user's generic lines: "core" (the original pools) or "wide" (plus more variety)
+    # the user's generic lines (openers, unclear, off-topic, corrections): "core", the original pools,
+    # or "wide", more variety (a pretrained student generalizes from it; the tiny one does worse with it)
+    phrasings: Literal["core", "wide"] = "core"
     request_share: float = 0.0  # of training conversations, those whose first message is the request itself
     noise_share: float = 0.0  # of training answers, those typed as people type (subterra.noise)
     seed: int = 0

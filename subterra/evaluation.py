@@ -35,7 +35,7 @@ import polars as pl
 
 from subterra.forms import Form, parse_form
 from subterra.judge import judge_aggregates
-from subterra.routes import DEPLOYED, ROUTES, Episode, PlayConfig, Route, Transcript
+from subterra.routes import DEPLOYED, Episode, PlayConfig, Route, Transcript
 from subterra.say_judge import SayJudge
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
@@ -58,11 +58,15 @@ __all__ = ["EvalConfig", "EvalResult", "Transcript", "aggregate", "evaluate", "s
 
 @dataclass(frozen=True)
 class EvalConfig(PlayConfig):
-    scenarios: int = 200  # per generated set
+    scenarios: int = 200  # at most, per generated set (the corpus sizes each set: subterra.sizing.heldout_size)
     extra_turns: int = 4  # a derailed conversation may run this many turns past the reference
-    sets: tuple[str, ...] = CORPUS_SETS  # the generated sets played (natural ones: ``natural``)
-    natural: bool = True  # also play the workflow's natural sets, where they exist
-    routes: tuple[str, ...] = ROUTES
+    # the generated sets played (natural ones: ``natural``); the gate reads validation, so a model
+    # evaluated without it does not hold
+    sets: tuple[str, ...] = CORPUS_SETS
+    natural: bool = True  # also play the workflow's natural sets (data/natural/{test,validation}/WORKFLOW.yaml)
+    # the deployed route only, so a recompile stays quick; ROUTES adds free generation and the
+    # base-model routes (those need a pretrained base model), as the ladder profiles do
+    routes: tuple[str, ...] = (DEPLOYED,)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

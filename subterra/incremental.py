@@ -109,12 +109,13 @@ class Reuse:
 
 @dataclass(frozen=True)
 class MixConfig:
-    """How a continued training run weights its data."""
+    """How a continued training run (an incremental recompile) weights its data, and its learning rate."""
 
     changed_passes: float = 3.0  # times every new or changed conversation is seen
-    replay_ratio: float = 2.0  # unchanged conversations replayed per changed conversation seen
+    replay_ratio: float = 2.0  # unchanged conversations replayed per changed conversation seen (kept when the mix is capped)
     min_fraction: float = 0.1  # the mix is at least this share of the full training set
-    max_fraction: float = 0.5  # and at most this share (above it, a full retrain is as cheap)
+    max_fraction: float = 0.35  # and at most this share (above it, a full retrain is as cheap)
+    continue_learning_rate: float = 5e-4
 
 
 @dataclass
@@ -196,3 +197,41 @@ def continuable(previous: dict | None, config) -> str | None:
     if any(getattr(before, name) != getattr(config, name) for name in ARCHITECTURE):
         return None
     return str(folder)
+
+
+@dataclass
+class TrainingPlan:
+    """How a compile trains: from scratch (``start`` None) or continued from ``start`` on ``mix``."""
+
+    start: str | None
+    mix: Mix | None
+    why: str  # one line for the run's log
+
+    @property
+    def keeps_weights(self) -> bool:
+        """Nothing new to learn (an edit no conversation speaks): the previous weights stand."""
+        return self.mix is not None and self.mix.changed == 0
+
+
+def plan_training(previous: dict | None, train_config, learnt: Sequence[str], path_hashes: Sequence[str],
+                  mix_config: MixConfig = MixConfig()) -> TrainingPlan:
+    """Continue from ``previous`` (the last good model's ``trained_weights`` row, its folder where it
+    is now; None for a full recompile) if ``train_config`` can (``continuable``) and the training rows
+    (their conversation hashes ``learnt``, their ``path_hashes``) are mostly known to it; else train
+    from scratch. Continuing sets ``train_config``'s starting weights, one pass over the mix and the
+    continued learning rate."""
+    start = continuable(previous, train_config)
+    if start is None:
+        return TrainingPlan(None, None, "training from scratch")
+    if previous.get("conversation_hashes") is not None:  # what the last model learnt, conversation by conversation
+        mix = training_mix(learnt, set(previous["conversation_hashes"]), mix_config, train_config.seed)
+    else:  # a model trained before those were recorded: by path
+        mix = training_mix(list(path_hashes), set(previous["path_hashes"]), mix_config, train_config.seed)
+    if not mix.worth_continuing:  # a new corpus format, or a change most conversations speak
+        return TrainingPlan(None, None, f"{mix.changed} of {mix.changed + mix.unchanged} conversations are new to the last "
+                                        f"model (at most {mix_config.max_fraction:.0%} are worth continuing on): training from scratch")
+    train_config.init_from = start
+    train_config.epochs, train_config.max_steps, train_config.max_tokens = 1.0, -1, 0  # the mix is the budget
+    train_config.learning_rate = mix_config.continue_learning_rate
+    return TrainingPlan(start, mix, f"continuing from {start}: {mix.changed} conversations it was not trained on, "
+                                    f"{mix.unchanged} unchanged; a mix of {mix.size}")

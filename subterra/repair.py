@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import polars as pl
 
@@ -125,6 +126,16 @@ def cluster_counts(scenarios: pl.DataFrame, route: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RepairConfig:
+    """A repair round: what it writes (per cluster of validation failures), how it trains and when its
+    weights are promoted."""
+
+    rounds: int = 1  # repair rounds (0: only record the compile's model as promoted)
+    route: str = "compiled_prefill"  # whose failures are repaired and whose validation score gates promotion
+    tolerance: int = 0  # a cluster may grow by this many failures without refusing the promotion
+    epochs: float = 1.0  # training of a round, from the current weights
+    learning_rate: float | None = None  # None: the compile's
+    max_tokens: int = 0  # compute budget of a round (0: no cap)
+    max_steps: int = -1
     per_failure: int = 4  # training conversations per held-out failure of a cluster
     max_per_cluster: int = 24
     max_conversations: int = 400  # all clusters together
@@ -204,3 +215,84 @@ def repair_training_set(train: pl.DataFrame, repair: pl.DataFrame, config: Repai
     n = min(train.height, int(round(config.replay_ratio * repair.height)))
     replay = train.sample(n=n, seed=config.seed) if n else train.head(0)
     return pl.concat([repair, replay.select(repair.columns)], how="vertical_relaxed")
+
+
+@dataclass
+class RepairOutcome:
+    """What the rounds decided: one ``promotions`` row per round (the compile's model first), and
+    per round the clusters' changes and the candidate's scores."""
+
+    decisions: list[dict]
+    changes: list[pl.DataFrame]
+    scores: list[pl.DataFrame]
+
+
+def repair_rounds(
+    wf, corpus: pl.DataFrame, current: pl.DataFrame, paths, teacher, compile_config, model_dir: str,
+    config: RepairConfig, eval_config, users, train_round: Callable, folders: Callable[[str], tuple[Path, str]],
+    say: Callable[[str], None] = print, locate: Callable[[str], str] = str,
+) -> RepairOutcome:
+    """Repair rounds on ``config.route``: each writes training conversations through the failing
+    clusters of ``current`` (the route's validation scenarios), continues training from the
+    current weights (``train_round(train_config, config_file)``, returning a ``TrainResult``),
+    plays the candidate on the same validation scenarios with the same ``users`` and promotes it
+    only if strict pass improves and no cluster grows (``subterra.promotion.decide``).
+    ``folders(tag)`` gives a round's run folder and the candidate's model folder; ``model_dir`` is
+    the compile's model as recorded, ``locate`` where a recorded folder is now. No test set is read
+    by any of it."""
+    from subterra.atomic import atomic_path
+    from subterra.evaluation import evaluate
+    from subterra.promotion import decide, initial_row, promotion_row
+    from subterra.routes import local_routes
+
+    route = config.route
+    current_dir = model_dir
+    outcome = RepairOutcome([initial_row(wf.id, current_dir, route, current)], [], [])
+    train = corpus.filter(pl.col("split") == "train").drop("n_tokens")
+    held_texts = set(corpus.filter(pl.col("split").is_in(REPAIR_SETS))["messages"])  # a repair conversation is none of these
+    spoken = training_phrasing(train)  # repair users speak the compile's phrasings (core or wide)
+    for round_no in range(1, config.rounds + 1):
+        clusters = repair_map(current).filter(pl.col("route") == route)
+        if not clusters.height:
+            say(f"round {round_no}: no held-out failure left on {route}; nothing to repair")
+            break
+        repair = repair_conversations(wf, clusters, paths, teacher, held_texts, round_no, config, phrasing=spoken)
+        run_dir, candidate_dir = folders(f"{Path(model_dir).name}-repair{round_no}")  # the rounds of this compile's model
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "train.parquet") as tmp:
+            repair_training_set(train, repair, config).write_parquet(tmp)
+        with atomic_path(run_dir / "lexicon.parquet") as tmp:
+            pl.concat([train.select(repair.columns), repair], how="vertical_relaxed").write_parquet(tmp)
+        round_config = replace(
+            compile_config,
+            init_from=locate(current_dir),  # continued training: the current weights and their tokenizer
+            train_data=str(run_dir / "train.parquet"),
+            lexicon_data=str(run_dir / "lexicon.parquet"),
+            output_dir=candidate_dir,
+            checkpoint_dir="",
+            epochs=config.epochs,
+            learning_rate=config.learning_rate or compile_config.learning_rate,
+            max_tokens=config.max_tokens,
+            max_steps=config.max_steps,
+        )
+        say(f"round {round_no}: {repair.height} repair conversations through {clusters.height} clusters "
+            f"(+ replay), training from {current_dir}")
+        result = train_round(round_config, run_dir / "train_config.json")
+        evaluated = evaluate(
+            local_routes([route], None, candidate_dir), wf, corpus, eval_config, users=users,
+            progress=lambda name, done, total: say(f"round {round_no} eval {name}: {done}/{total}"),
+        )
+        decision = decide(current, evaluated.scenarios, route, config.tolerance)
+        say(f"round {round_no}: {decision.reason}")
+        if decision.promoted:
+            current_dir, current = candidate_dir, evaluated.scenarios
+        outcome.decisions.append(promotion_row(wf.id, round_no, candidate_dir, current_dir, route, decision))
+        outcome.changes.append(decision.changes.with_columns(pl.lit(round_no).alias("round"), pl.lit(route).alias("route")))
+        outcome.scores.append(evaluated.scores.with_columns(
+            pl.lit(round_no).alias("round"),
+            pl.lit(candidate_dir).alias("model_dir"),
+            pl.lit(repair.height).alias("repair_conversations"),
+            pl.lit(result.train_seconds).alias("train_seconds"),
+            pl.lit(decision.promoted).alias("promoted"),
+        ))
+    return outcome

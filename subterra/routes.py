@@ -61,7 +61,9 @@ PROGRESS_SECONDS = 20.0  # a local route reports how many conversations it has p
 class PlayConfig:
     """How a local route plays: batch size, generation limits, the copy constraint's settings."""
 
-    batch_size: int = 64
+    # rows per lockstep batch (fewer if the KV cache would pass max_cache_gb): every step reads the
+    # whole batch's cache, so fewer, larger steps win
+    batch_size: int = 400
     max_cache_gb: float = 4.0  # fewer rows per batch if their KV cache would take more memory than this
     max_say_tokens: int = 96  # prefilled form: the free ``say`` text (travel_booking's longest in training: 70)
     max_form_tokens: int = 160  # free generation: the whole form

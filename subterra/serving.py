@@ -25,6 +25,19 @@ import polars as pl
 GOOD_MODELS = "good_models"
 
 
+@dataclass(frozen=True)
+class Gate:
+    """When a model holds (``holds``; the ``deployed_route_holds`` check, a warning: the run goes on
+    and the UI shows it). A model that does not hold is not served and not continued from while an
+    earlier one that held is there."""
+
+    min_strict_pass: float = 0.5  # the deployed route's strict pass on validation (never a test set), at least
+    max_drop: float = 0.1  # and at most this far below the last good model's
+    # an incremental recompile promises a full recompile's quality: it holds only this close to the
+    # model it continues; one that falls further is not served, and a full recompile follows
+    incremental_max_drop: float = 0.02
+
+
 def holds(strict: float | None, last_good: float | None, min_strict_pass: float, max_drop: float,
           continued: bool = False) -> tuple[bool, str]:
     """Does a model hold: its deployed route's validation strict pass at least ``min_strict_pass``,

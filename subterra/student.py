@@ -24,7 +24,7 @@ class StudentSpec:
     intermediate_size: int = 512
     num_layers: int = 4
     num_heads: int = 6
-    max_length: int = 1536
+    max_length: int = 4096  # tokens of a training conversation (longer ones are refused by validation)
     atoms: tuple[str, ...] = ()
     data_dir: str = ""  # where named base models are cached ("": SUBTERRA_DATA_DIR or ./data)
 

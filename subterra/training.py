@@ -41,26 +41,27 @@ class TrainConfig:
     train_data: str = ""  # Parquet with the corpus columns (rows of split "train" are used)
     output_dir: str = ""  # the final model folder
     checkpoint_dir: str = ""  # defaults to output_dir + ".checkpoints"
-    base_model: str = "tiny-llama"  # "tiny-llama" | a named base model ("smollm2-135m") | a folder | a hub id
+    base_model: str = StudentSpec.base_model  # "tiny-llama" | a named base model ("smollm2-135m") | a folder | a hub id
     data_dir: str = ""  # where named base models are cached ("": SUBTERRA_DATA_DIR or ./data)
     lexicon_data: str = ""  # Parquet whose train rows the lexicon is learned from ("": train_data)
     workflow_atoms: list[str] = field(default_factory=list)  # node ids and slot names (single tokens)
-    vocab_size: int = 3000
-    hidden_size: int = 192
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 6
+    # the student's size (the tiny student built from config; a pretrained base model has its own)
+    vocab_size: int = StudentSpec.vocab_size
+    hidden_size: int = StudentSpec.hidden_size
+    intermediate_size: int = StudentSpec.intermediate_size
+    num_layers: int = StudentSpec.num_layers
+    num_heads: int = StudentSpec.num_heads
     epochs: float = 3.0
     max_steps: int = -1
-    max_tokens: int = 0  # a compute budget: caps the steps at this many training tokens (0: no cap)
-    batch_size: int = 16
+    max_tokens: int = 1_800_000  # a compute budget: caps the steps at this many training tokens (0: no cap)
+    batch_size: int = 2
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float = 1.5e-3
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
-    max_length: int = 1536
+    max_length: int = StudentSpec.max_length
     seed: int = 0
-    logging_steps: int = 10
+    logging_steps: int = 20
     save_steps: int = 200
     bf16: bool | None = None  # None: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
     # recompute activations during backward: less memory for ~a third more compute. TRL turns it on by

@@ -65,7 +65,7 @@ def mini_workflow():
 @pytest.fixture(scope="session")
 def corpus(mini_workflow):
     paths = select_paths(mini_workflow, cap=100, seed=0).paths
-    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6))
+    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6, sizing="uniform"))
 
 
 @pytest.fixture(scope="session")

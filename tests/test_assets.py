@@ -10,12 +10,11 @@ import polars as pl
 import pytest
 
 from assets import COMPILE_ASSETS, LADDER_ASSETS
-from assets.eval_scores import EvalSettings
-from assets.synthetic_corpus import CorpusSettings
-from assets.training_config import TrainedWeightsSettings, TrainingSettings
+from assets.settings import CorpusSettings, EvalSettings, TrainedWeightsSettings, TrainingSettings
 from assets.workflow_graph import workflow_graph
 from assets.workflow_paths import PathsConfig, workflow_paths
 from conftest import MINI
+from definitions import build_definitions
 from resources import StoreResource
 from subterra.paths import count_paths, edge_coverage, paths_from_table
 from subterra.workflow import Workflow, load_workflow
@@ -91,6 +90,30 @@ def test_definitions_assemble_the_pipeline_without_heavy_imports():
     assert out[1] == "[]"
     [spec] = COMPILE_ASSETS[3].check_specs
     assert spec.blocking and spec.name == "corpus_quality_gate"
+
+
+def test_every_table_an_asset_reads_is_declared_and_its_writer_is_upstream():
+    """The lineage the UI draws is the lineage the code has: each ``read("TABLE")`` in an asset
+    module is in its ``READS``, and the asset's parents are the assets writing those tables."""
+    import ast
+    import importlib
+
+    from assets.tables import WRITTEN_BY, upstream
+
+    graph = build_definitions("/nonexistent").resolve_asset_graph()
+    for asset in LADDER_ASSETS:
+        name = asset.key.to_user_string()
+        module = importlib.import_module(f"assets.{name}")
+        tree = ast.parse(Path(module.__file__).read_text())
+        read = {call.args[0].value for call in ast.walk(tree)
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "read"
+                and call.args and isinstance(call.args[0], ast.Constant)}
+        if any(isinstance(n, ast.Name) and n.id == "snapshot" for n in ast.walk(tree)):
+            read.add("workflow_definitions")  # assets.loading.snapshot reads it
+        assert read <= set(module.READS) <= set(WRITTEN_BY), name
+        parents = {k.to_user_string() for k in graph.get(asset.key).parent_keys}
+        assert parents >= {k.to_user_string() for k in upstream(name, module.READS)}, name
+        assert parents >= {WRITTEN_BY[t] for t in read} - {name}, name
 
 
 def test_graph_and_paths(settings, store, resources, instance):
@@ -289,7 +312,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     (a learning rate of 5): the candidate is evaluated on the same scenarios and refused, the
     compile's model stays promoted, and the ladder has no promoted row. Chat serves whichever model
     is promoted, with the definition its compile was made from."""
-    from assets.promoted_model import RepairSettings
+    from assets.settings import RepairSettings
     from subterra.serving import serving_model
     from subterra.training import RESULT_FILE, TrainResult
 
@@ -400,7 +423,7 @@ def test_no_setting_can_hold_a_credential():
     import dataclasses
     import re
 
-    from assets.cost_report import PriceSettings
+    from assets.settings import PriceSettings
     from resources import SettingsResource, StoreResource, TeacherResource
     from subterra.training import TrainConfig
 
@@ -418,7 +441,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     conversations are the previous rows byte for byte, only the changed paths are written again,
     training continues from the last weights on a mix weighted toward them, and the eval reruns.
     A run configured ``full`` writes everything and trains from scratch."""
-    from assets.training_config import TrainedWeightsSettings
+    from assets.settings import TrainedWeightsSettings
     from subterra.training import RESULT_FILE, TrainResult
 
     assert materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_ANY).success  # a good model to continue

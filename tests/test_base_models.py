@@ -94,7 +94,7 @@ def test_smollm2_fine_tunes_and_plays_every_route(tmp_path):
 
     wf = load_workflow(Path(__file__).parents[1] / "data" / "workflows" / "travel_booking.yaml")
     corpus = build_corpus(wf, select_paths(wf, cap=100, seed=0).paths[:4], TemplateTeacher(),
-                          CorpusConfig(conversations_per_path=1, holdout_scenarios=1))
+                          CorpusConfig(conversations_per_path=1, holdout_scenarios=1, sizing="uniform"))
     corpus.write_parquet(tmp_path / "train.parquet")
     result = train(TrainConfig(workflow=wf.id, train_data=str(tmp_path / "train.parquet"), output_dir=str(tmp_path / "model"),
                                base_model="smollm2-135m", max_steps=2, batch_size=2, learning_rate=3e-4, logging_steps=1))

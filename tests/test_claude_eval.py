@@ -29,7 +29,7 @@ def wf():
 
 @pytest.fixture(scope="module")
 def corpus(wf):
-    return build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), CorpusConfig(conversations_per_path=1, holdout_scenarios=2, offscript_rate=0.3))
+    return build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), CorpusConfig(conversations_per_path=1, holdout_scenarios=2, offscript_rate=0.3, sizing="uniform"))
 
 
 def answers(fake, folder, wf, **settings) -> ClaudeAnswers:

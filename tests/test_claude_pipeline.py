@@ -90,7 +90,7 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
 
     # a repair round: its candidate is played by the same Claude user as the compile's evaluation
     from assets import REPAIR_ASSETS
-    from assets.promoted_model import RepairSettings
+    from assets.settings import RepairSettings
 
     repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5, max_steps=2)
     repaired = materialize(REPAIR_ASSETS, resources, instance, promoted_model=repair)

@@ -18,7 +18,7 @@ from subterra.quality import screen_corpus
 from subterra.teacher import TemplateTeacher
 from subterra.workflow import load_workflow
 
-CONFIG = CorpusConfig(conversations_per_path=2, holdout_scenarios=3, validation_scenarios=0, offscript_rate=0.3)  # the teacher, not the splits
+CONFIG = CorpusConfig(conversations_per_path=2, holdout_scenarios=3, validation_scenarios=0, offscript_rate=0.3, sizing="uniform")  # the teacher, not the splits
 MODEL = "claude-sonnet-5-5"
 
 

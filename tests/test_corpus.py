@@ -24,7 +24,7 @@ def mini_workflow():
 @pytest.fixture(scope="module")
 def corpus(mini_workflow):
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
-    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1)
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, sizing="uniform")
     return build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
 
 
@@ -135,7 +135,7 @@ def test_offscript_behaviour_is_injected(corpus):
 
 def test_deterministic(mini_workflow, corpus):
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
-    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1)
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, sizing="uniform")
     again = build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
     assert again["messages"].to_list() == corpus["messages"].to_list()
 
@@ -149,7 +149,7 @@ def test_unseen_holdout_uses_held_back_phrasings(corpus):
 def test_oversized_corpus_is_refused_before_generation_with_the_numbers(mini_workflow):
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
     progress = []
-    config = CorpusConfig(conversations_per_path=4, holdout_scenarios=200, max_conversations=10)
+    config = CorpusConfig(conversations_per_path=4, holdout_scenarios=200, max_conversations=10, sizing="uniform")
     with pytest.raises(CorpusTooLarge) as refused:
         build_corpus(mini_workflow, paths, TemplateTeacher(), config, progress=lambda done, total: progress.append(done))
     total = len(paths) * 4 + 3 * 200
@@ -218,7 +218,7 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
     from subterra import phrasing as ph
 
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
-    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, phrasings=phrasings)
+    config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, phrasings=phrasings, sizing="uniform")
     corpus = build_corpus(mini_workflow, paths, TemplateTeacher(seed=0), config)
 
     def user_lines(split):
@@ -251,7 +251,7 @@ def test_the_core_corpus_is_the_one_the_measured_compiles_wrote():
 
     wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
     config = CorpusConfig(conversations_per_path=1, max_train_conversations=800, holdout_scenarios=20, train_offscript_rate=0.3,
-                          train_correction_share=0.5)
+                          train_correction_share=0.5, sizing="uniform")
     corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), config)
     digest = hashlib.sha256("\n".join(corpus["messages"]).encode()).hexdigest()[:16]
     assert (corpus.height, digest) == (146, "576f64140cd6e60a")  # format 6
@@ -261,7 +261,7 @@ def test_a_conversation_that_opens_with_the_request_moves_past_the_greeting_with
     """The first message may carry the request ("Lisbon, please."): the agent's first turn is then
     the step after the start, holding the value; the held-out sets open half one way, half the other."""
     wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
-    config = CorpusConfig(conversations_per_path=2, max_train_conversations=100, holdout_scenarios=40, request_share=1.0)
+    config = CorpusConfig(conversations_per_path=2, max_train_conversations=100, holdout_scenarios=40, request_share=1.0, sizing="uniform")
     corpus = build_corpus(wf, select_paths(wf).paths[:10], TemplateTeacher(), config)
     for row in corpus.iter_rows(named=True):
         scenario = json.loads(row["scenario"])

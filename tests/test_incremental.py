@@ -13,7 +13,7 @@ from subterra.teacher import TemplateTeacher
 from subterra.workflow import Workflow, load_workflow
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CONFIG = CorpusConfig(conversations_per_path=3, holdout_scenarios=10, offscript_rate=0.3)
+CONFIG = CorpusConfig(conversations_per_path=3, holdout_scenarios=10, offscript_rate=0.3, sizing="uniform")
 
 
 @pytest.fixture(scope="module")

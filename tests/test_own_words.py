@@ -126,7 +126,7 @@ def test_training_typed_as_people_type_keeps_every_value_a_span_and_the_holdouts
     from subterra.teacher import TemplateTeacher
 
     paths = select_paths(mini_workflow, cap=100, seed=0).paths
-    config = CorpusConfig(conversations_per_path=3, holdout_scenarios=6)
+    config = CorpusConfig(conversations_per_path=3, holdout_scenarios=6, sizing="uniform")
     clean = build_corpus(mini_workflow, paths, TemplateTeacher(), config)
     noisy = build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(**{**config.__dict__, "noise_share": 1.0}))
     held = lambda df: df.filter(df["split"] != "train").sort("conversation_id")["messages"].to_list()  # noqa: E731

@@ -24,7 +24,7 @@ def wf():
 
 @pytest.fixture(scope="module")
 def good(wf) -> pl.DataFrame:
-    corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), CorpusConfig(conversations_per_path=2, holdout_scenarios=4))
+    corpus = build_corpus(wf, select_paths(wf).paths, TemplateTeacher(), CorpusConfig(conversations_per_path=2, holdout_scenarios=4, sizing="uniform"))
     lengths = measure_lengths(corpus, wf, TrainConfig(vocab_size=400))
     return corpus.with_columns(pl.Series("n_tokens", lengths, dtype=pl.Int64))
 

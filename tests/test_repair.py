@@ -96,7 +96,7 @@ def test_repair_users_speak_the_phrasings_the_compile_trained_on(mini_workflow):
     config = RepairConfig(per_failure=3, max_per_cluster=5, offscript_rate=0.3, seed=0)
     for setting, pool in (("core", SEEN), ("wide", WIDE)):
         corpus = build_corpus(mini_workflow, paths, TemplateTeacher(),
-                              CorpusConfig(conversations_per_path=3, holdout_scenarios=6, phrasings=setting))
+                              CorpusConfig(conversations_per_path=3, holdout_scenarios=6, phrasings=setting, sizing="uniform"))
         train = corpus.filter(pl.col("split") == "train")
         assert training_phrasing(train) == pool
         held = set(corpus.filter(pl.col("split") != "train")["messages"])

@@ -200,8 +200,8 @@ def test_an_incremental_recompile_that_does_not_hold_is_followed_by_a_full_one(s
     from test_assets import HOLDS_ANY, HOLDS_NONE, KEY, TINY_TRAINING, materialize, metadata, run_config
 
     from assets import COMPILE_ASSETS
-    from assets.eval_scores import EvalSettings
-    from assets.training_config import TrainedWeightsSettings
+    from assets.settings import EvalSettings
+    from assets.settings import TrainedWeightsSettings
     from subterra.serving import full_recompile_due, serving_model
 
     from subterra.routes import DEPLOYED

@@ -65,7 +65,7 @@ def test_a_3000_path_workflow_stays_in_budget_and_covers_every_edge():
     assert all(seen[e.id] >= 24 for e in wf.edges)
     colour = sum(n for path, n in zip(paths, counts) if "q0>q1#0" in path)
     assert colour >= 12 * 4
-    assert sum(train_counts(wf, paths, CorpusConfig(conversations_per_path=8, max_train_conversations=800))) == 3000
+    assert sum(train_counts(wf, paths, CorpusConfig(conversations_per_path=8, max_train_conversations=800, sizing="uniform"))) == 3000
 
 
 def test_held_out_sets_scale_with_the_paths_within_a_floor_and_a_cap():
@@ -83,5 +83,5 @@ def test_held_out_sets_scale_with_the_paths_within_a_floor_and_a_cap():
     assert sizes["holdout"] == sizes["test_unseen"] == sizes["validation"] == 100
     corpus = build_corpus(wf, paths, TemplateTeacher(), config)
     assert corpus["split"].value_counts().sort("split").rows() == [("holdout", 100), ("test_unseen", 100), ("train", len(paths)), ("validation", 100)]
-    pinned = planned_sizes(wf, paths, CorpusConfig(holdout_scenarios=7, validation_scenarios=3))
+    pinned = planned_sizes(wf, paths, CorpusConfig(holdout_scenarios=7, validation_scenarios=3, sizing="uniform"))
     assert (pinned["holdout"], pinned["validation"]) == (7, 3)

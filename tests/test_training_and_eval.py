@@ -622,7 +622,7 @@ def test_runtime_pieces_are_the_training_tokens_of_smollm2():
     # training's random integer values may lie outside a slot's range, where the runtime offers none:
     # the pieces are compared on values it can offer
     corpus = build_corpus(wf, paths[:20], TemplateTeacher(),
-                          CorpusConfig(conversations_per_path=1, holdout_scenarios=10, random_value_rate=0.0))
+                          CorpusConfig(conversations_per_path=1, holdout_scenarios=10, random_value_rate=0.0, sizing="uniform"))
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     assert_runtime_pieces_are_training_tokens(tokenizer, wf, [json.loads(m) for m in corpus["messages"]])
 

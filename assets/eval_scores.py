@@ -6,7 +6,7 @@ from assets.loading import snapshot
 from assets.partitions import workflows_partitions
 from assets.trained_weights import trained_weights
 from resources import ClaudeResource, SettingsResource, StoreResource
-from subterra.routes import DEPLOYED
+from subterra.routes import DEPLOYED, FRONTIER_ROUTE
 from subterra.runtime import ReadingRules
 
 
@@ -164,7 +164,7 @@ def eval_scores(
         frames[GOOD_MODELS] = good_model_frame(trained_rows, strict, why)
     db.replace_partitions(wf.id, frames)
     serving = serving_model(db, wf.id)
-    failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
+    failures = failure_summary(scenarios.filter(pl.col("route") != FRONTIER_ROUTE))
     metadata = {
         "headline": dg.MetadataValue.md(headline(scores.filter(pl.col("route") == DEPLOYED))),
         "natural_sets": ", ".join(sorted(natural)) or "none (no data/natural file for this workflow)",
@@ -175,7 +175,7 @@ def eval_scores(
     }
     for row in scores.iter_rows(named=True):
         metadata[f"{row['route']}_{row['set']}_strict_pass"] = row["strict_pass"]
-        if row.get("pct_of_frontier_quality") is not None and row["route"] != "frontier":
+        if row.get("pct_of_frontier_quality") is not None and row["route"] != FRONTIER_ROUTE:
             metadata[f"{row['route']}_{row['set']}_pct_of_frontier_quality"] = row["pct_of_frontier_quality"]
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))

@@ -7,11 +7,12 @@ from assets.partitions import workflows_partitions
 from assets.repair_map import repair_map
 from assets.trained_weights import launch_training
 from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
+from subterra.routes import DEPLOYED
 
 
 class RepairSettings(dg.Config):
     rounds: int = 1  # repair rounds (0: only record the compile's model as promoted)
-    route: str = "compiled_prefill"  # whose failures are repaired and whose validation score gates promotion
+    route: str = DEPLOYED  # whose failures are repaired and whose validation score gates promotion
     per_failure: int = 4  # training conversations per held-out failure of a cluster
     max_per_cluster: int = 24
     max_conversations: int = 400

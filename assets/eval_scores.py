@@ -5,7 +5,7 @@ from assets.partitions import workflows_partitions
 from assets.tables import upstream
 from assets.settings import EvalSettings
 from resources import ClaudeResource, SettingsResource, StoreResource
-from subterra.routes import DEPLOYED
+from subterra.routes import DEPLOYED, FRONTIER_ROUTE
 
 
 CHECK = "deployed_route_holds"
@@ -118,19 +118,19 @@ def eval_scores(
         frames[GOOD_MODELS] = good_model_frame(trained_rows, strict, why)
     db.replace_partitions(wf.id, frames)
     serving = serving_model(db, wf.id)
-    failures = failure_summary(scenarios.filter(pl.col("route") != "frontier"))
+    failures = failure_summary(scenarios.filter(pl.col("route") != FRONTIER_ROUTE))
     metadata = {
         "headline": dg.MetadataValue.md(headline(scores.filter(pl.col("route") == DEPLOYED))),
         "natural_sets": ", ".join(sorted(natural)) or "none (no data/natural file for this workflow)",
         "scores": dg.MetadataValue.md(scores.rename(BATCH_LATENCY).to_pandas().to_markdown(index=False, floatfmt=".3f")
-                                      + f"\n\n{BATCH_LATENCY_NOTE.format(batch=eval_config.batch_size)}"),
+                                      + "\n\n" + batch_latency_note(eval_config.batch_size)),
         "where_failures_start": dg.MetadataValue.md(failures.head(20).to_pandas().to_markdown(index=False) if failures.height else "none"),
         "routes": ", ".join(played),
         "claude": dg.MetadataValue.json(setup.status()),
     }
     for row in scores.iter_rows(named=True):
         metadata[f"{row['route']}_{row['set']}_strict_pass"] = row["strict_pass"]
-        if row.get("pct_of_frontier_quality") is not None and row["route"] != "frontier":
+        if row.get("pct_of_frontier_quality") is not None and row["route"] != FRONTIER_ROUTE:
             metadata[f"{row['route']}_{row['set']}_pct_of_frontier_quality"] = row["pct_of_frontier_quality"]
     if answers is not None:
         metadata["claude_answers_requested"] = dg.MetadataValue.json(dict(answers.received))
@@ -152,9 +152,10 @@ def eval_scores(
 
 # the eval plays its conversations as rows of one batch: a turn's latency there is a batch's, not a user's
 BATCH_LATENCY = {"latency_p50_ms": "batch_turn_p50_ms", "latency_p95_ms": "batch_turn_p95_ms"}
-BATCH_LATENCY_NOTE = ("batch_turn_p50/p95_ms: per turn while up to {batch} conversations share each forward pass "
-                      "(the eval's batch), not what one user waits; `subterra serve`'s latency is measured by "
-                      "`python -m bench.bench_serve`.")
+def batch_latency_note(batch: int) -> str:
+    return (f"batch_turn_p50/p95_ms: per turn while up to {batch} conversations share each forward pass "
+            "(the eval's batch), not what one user waits; `subterra serve`'s latency is measured by "
+            "`python -m bench.bench_serve`.")
 
 
 def deployed_strict(scores) -> float | None:

@@ -22,7 +22,7 @@ import torch
 
 from subterra.evaluation import EvalConfig, evaluate
 from subterra.natural import load_natural_sets
-from subterra.routes import local_routes
+from subterra.routes import DEPLOYED, local_routes
 from subterra.serving import serving_model
 from subterra.settings import Settings
 from subterra.store import Store
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
         model = str(out)
     natural, _ = load_natural_sets(wf, settings.natural_dir)
     natural = {k: v for k, v in natural.items() if k == "validation_natural"}
-    config = EvalConfig(scenarios=args.scenarios, batch_size=64, sets=("validation",), routes=("compiled_prefill",))
-    result = evaluate(local_routes(["compiled_prefill"], None, model), wf, rows, config, natural=natural)
+    config = EvalConfig(scenarios=args.scenarios, batch_size=64, sets=("validation",), routes=(DEPLOYED,))
+    result = evaluate(local_routes([DEPLOYED], None, model), wf, rows, config, natural=natural)
     scores = "; ".join(f"{r['set']} {r['strict_pass']:.3f}/{r['partial_credit']:.3f} n {r['scenarios']}"
                        for r in result.scores.iter_rows(named=True))
     print(f"transcripts {played_digest(result.scenarios)} ({scores})")

@@ -19,7 +19,7 @@ import polars as pl
 
 from subterra.evaluation import EvalConfig, evaluate
 from subterra.natural import load_natural_sets
-from subterra.routes import local_routes
+from subterra.routes import DEPLOYED, local_routes
 from subterra.serving import serving_model
 from subterra.settings import Settings
 from subterra.store import Store
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     for problem in problems:
         print(f"skipped: {problem}")
     natural = {k: v for k, v in natural.items() if k == "validation_natural"}  # never a test set
-    base = EvalConfig(scenarios=args.scenarios, batch_size=400, sets=("validation",), routes=("compiled_prefill",))
+    base = EvalConfig(scenarios=args.scenarios, batch_size=400, sets=("validation",), routes=(DEPLOYED,))
     print(f"{wf.id}: model {model}")
     baseline = None
     base_passed: dict[str, bool] = {}
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     for spec in args.variants or [""]:
         config = replace(base, **variant(spec))
         started = time.perf_counter()
-        result = evaluate(local_routes(["compiled_prefill"], None, model), wf, rows, config, natural=natural)
+        result = evaluate(local_routes([DEPLOYED], None, model), wf, rows, config, natural=natural)
         seconds = time.perf_counter() - started
         scores = {r["set"]: r for r in result.scores.iter_rows(named=True)}
         line = []

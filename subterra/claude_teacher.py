@@ -25,6 +25,7 @@ from subterra.claude_client import Request, json_in
 from subterra.claude_spool import ClaudeAnswers
 from subterra.claude_user import intent
 from subterra.forms import Form, parse_form, render_form
+from subterra.offscript import claude_lines
 from subterra.phrasing import fill, templatize
 from subterra.procedure import render_procedure
 from subterra.scenario import Scenario
@@ -37,9 +38,7 @@ customer writes a message, then the assistant answers at the turn's step.
 Write every turn of the plan, in order:
 - "user": the customer's message, in the persona's own voice, doing what the turn's "user" entry says. \
 opener: start the conversation, no details yet. answer: reply to the assistant's last message, giving the values \
-under "gives" and, when there is a "chooses", making that choice clear. unclear: say you did not understand the \
-last message, giving no value. offtopic: ask something unrelated to the procedure, giving no value. correction: \
-correct the value under "corrects" to the one under "gives".
+under "gives" and, when there is a "chooses", making that choice clear. """ + claude_lines("claude_teacher") + """
 - Every value under "gives" appears in "user" exactly as written (the same characters, digits and capitals). \
 Give no other slot values.
 - "say": the assistant's reply at the turn's step, following the step's instruction: brief, warm, specific to \

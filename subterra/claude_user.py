@@ -15,15 +15,14 @@ import json
 
 from subterra.claude_client import Request
 from subterra.claude_spool import ClaudeAnswers
+from subterra.offscript import claude_lines, corrects
 from subterra.scenario import Scenario
 from subterra.simulator import ScriptedUser, Users, UserTurn
 
 INSTRUCTIONS = """You play a customer chatting with a company's assistant, to test the assistant. Each request \
 gives your persona, what you want, the conversation so far, and what your next message must do ("now"):
 opener: start the conversation, no details yet. answer: reply to the assistant's last message, giving the values \
-under "gives" and, when there is a "chooses", making that choice clear. unclear: say you did not understand the \
-assistant's last message, giving no value. offtopic: ask something unrelated, giving no value. correction: correct \
-the value under "corrects" to the one under "gives".
+under "gives" and, when there is a "chooses", making that choice clear. """ + claude_lines("claude_user") + """
 Every value under "gives" appears in your message exactly as written (the same characters, digits and capitals). \
 Give no other values. Stay in the persona's voice; one short message; the "example" only shows the intent.
 Reply with the message text only: no quotes, no labels, no Markdown."""
@@ -36,7 +35,7 @@ def intent(wf, turn: UserTurn, before: dict[str, str]) -> dict:
     out: dict = {"kind": turn.kind}
     if turn.slots:
         out["gives"] = dict(turn.slots)
-    if turn.kind == "correction":
+    if corrects(turn.kind):
         out["corrects"] = {s: before[s] for s in turn.slots}
     if turn.kind == "answer" and turn.edge:
         edge = next(e for e in wf.edges if e.id == turn.edge)

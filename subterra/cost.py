@@ -6,8 +6,9 @@ paid for itself; the share of the frontier's quality the deployed route reaches;
 of the compile used Claude and which stayed offline.
 
 The frontier's cost is measured (Claude's own token usage: the ``frontier`` eval route) when that
-route ran; otherwise it is priced from the ``orchestrated`` route's measured tokens (the same
-procedure and history sent every turn) or, with neither, estimated from characters."""
+route ran; otherwise it is priced from the measured tokens of the route that stands in for it
+(``routes.FRONTIER_PROXY``, ``orchestrated``: the same procedure and history sent every turn) or,
+with neither, estimated from characters. Which route is which is ``subterra.routes.SPECS``."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from subterra.procedure import render_procedure
+from subterra.routes import DEPLOYED_OR_COMPILED, FRONTIER_PROXY, FRONTIER_ROUTE, SPECS
 
 CHARS_PER_TOKEN = 4.0  # estimate for frontier token counts (no frontier tokenizer offline)
-FRONTIER = "frontier_in_context"  # the frontier with the procedure in context, priced (estimated or from orchestrated)
+FRONTIER = "frontier_in_context"  # the frontier with the procedure in context, priced (estimated or from FRONTIER_PROXY)
 MEASURED = "frontier_measured"  # the same, measured: Claude's usage on the ``frontier`` eval route
-FRONTIER_ROUTE = "frontier"  # the eval route of Claude with the procedure in context (subterra.frontier)
 SELF_HOSTED = "self-hosted (compiled prices)"
 
 
@@ -74,9 +75,10 @@ class TeacherSpend:
 
 
 def route_prices(route: str, prices: Prices) -> tuple[float, float]:
-    """$ per million (input, output) tokens of a route: frontier prices for a frontier route, the
-    self-hosted small model's for every local one (base or fine-tuned, the same 135M model)."""
-    if route in (FRONTIER, MEASURED, FRONTIER_ROUTE):
+    """$ per million (input, output) tokens of a route: frontier prices for a frontier route (a
+    hosted one, or the cost report's frontier rows), the self-hosted small model's for every local
+    one (base or fine-tuned, the same 135M model)."""
+    if route in (FRONTIER, MEASURED) or (route in SPECS and not SPECS[route].local):
         return prices.frontier_input_per_m, prices.frontier_output_per_m
     return prices.compiled_input_per_m, prices.compiled_output_per_m
 
@@ -128,22 +130,22 @@ def build_cost_report(
     ``scores`` is the ``eval_scores`` table: every evaluated local route is priced from its
     measured tokens per conversation at the self-hosted prices. The frontier model with the
     procedure in context (``frontier_in_context``) is priced at frontier prices from the
-    ``orchestrated`` route's measured tokens (the same procedure and history sent every turn,
+    ``FRONTIER_PROXY`` route's measured tokens (the same procedure and history sent every turn,
     counted by the small model's tokenizer: labelled as such) or, without it, estimated from the
     characters of ``reference_messages`` (the holdout conversations) at ``CHARS_PER_TOKEN``. When
     the ``frontier`` route ran (Claude with the procedure in context), its measured tokens and
     dollars are a ``frontier_measured`` row, and the baseline. The summary's multiplier compares
-    the baseline with the deployed route (``compiled_prefill``, else ``compiled``) on ``holdout``.
+    the baseline with the deployed route (else another on the fine-tuned weights) on ``holdout``.
     ``training`` is the ``trained_weights`` row (its ``train_seconds`` price the compute),
     ``spend`` what the teacher's answers cost: together the one-time compile cost."""
     measured = {(r["route"], r["set"]): r for r in scores.iter_rows(named=True)}
     holdouts = list(dict.fromkeys(r["set"] for r in scores.iter_rows(named=True)))
     rows = []
     for holdout in holdouts:
-        if ("orchestrated", holdout) in measured:
-            r = measured[("orchestrated", holdout)]
+        if (FRONTIER_PROXY, holdout) in measured:
+            r = measured[(FRONTIER_PROXY, holdout)]
             rows.append(_row(wf, FRONTIER, holdout, r["tokens_in"], r["tokens_out"],
-                             "orchestrated route's measured tokens (small model's tokenizer), at frontier prices", prices))
+                             f"{FRONTIER_PROXY} route's measured tokens (small model's tokenizer), at frontier prices", prices))
         elif holdout == "holdout":
             f_in, f_out = frontier_tokens(wf, reference_messages)
             rows.append(_row(wf, FRONTIER, holdout, f_in, f_out, f"estimated, {CHARS_PER_TOKEN:g} chars/token", prices))
@@ -160,7 +162,7 @@ def build_cost_report(
             rows.append(_row(wf, route, holdout, r["tokens_in"], r["tokens_out"], f"measured in eval, {SELF_HOSTED}", prices))
     table = pl.DataFrame(rows)
     by = {(r["route"], r["set"]): r for r in rows}
-    deployed = next((route for route in ("compiled_prefill", "compiled") if (route, "holdout") in by), None)
+    deployed = next((route for route in DEPLOYED_OR_COMPILED if (route, "holdout") in by), None)
     baseline = next((route for route in (MEASURED, FRONTIER) if (route, "holdout") in by), None)
     if deployed is None or baseline is None:
         raise ValueError(f"{wf.id}: the cost report needs the frontier and a compiled route on 'holdout'")

@@ -35,6 +35,7 @@ import polars as pl
 
 from subterra.forms import Form, parse_form
 from subterra.judge import judge_aggregates
+from subterra.offscript import KINDS
 from subterra.routes import DEPLOYED, Episode, PlayConfig, Route, Transcript
 from subterra.say_judge import SayJudge
 from subterra.scenario import Scenario
@@ -174,10 +175,10 @@ def _scored(wf, scenario_id: str, split: str, expected: list[Form], transcript: 
     strict = len(got) == n and (transcript.ended or natural) and all(right(i) for i in range(n))
     off_total = off_right = 0
     for i, kind in enumerate(transcript.user_kinds):
-        if kind in ("unclear", "offtopic", "correction") and i < len(got) and i > 0:
+        if kind in KINDS and i < len(got) and i > 0:
             off_total += 1
             stayed = got[i].node == got[i - 1].node
-            captured = kind != "correction" or got[i].slots == transcript.user_slots[i]
+            captured = not KINDS[kind].corrects or got[i].slots == transcript.user_slots[i]
             off_right += int(stayed and captured)
     first_error = None
     for i in range(max(n, len(got))):

@@ -25,11 +25,12 @@ from subterra.claude_spool import ClaudeAnswers
 from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, score, select_sets
 from subterra.forms import Form, user_say
 from subterra.procedure import render_procedure
+from subterra.routes import FRONTIER_ROUTE
 from subterra.runtime import TurnRecord
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
-ROUTE = "frontier"
+ROUTE = FRONTIER_ROUTE
 FORM_ONLY = "\nReply with the JSON form only, nothing else."
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from subterra.cost import FRONTIER_ROUTE, MEASURED
+from subterra.cost import MEASURED
 from subterra.evaluation import SET_LABELS, SET_ORDER
-from subterra.routes import ROUTES
+from subterra.routes import ROUTES, SPECS
 
 COLUMNS = [
     "workflow", "route", "set", "model", "scenarios", "strict_pass", "strict_pass_low", "strict_pass_high",
@@ -60,11 +60,12 @@ def build_ladder(scores: pl.DataFrame, cost: pl.DataFrame, promotions: pl.DataFr
         )
 
     for r in scores.iter_rows(named=True):
-        if r["route"] == FRONTIER_ROUTE:
+        spec = SPECS.get(r["route"])
+        if spec is not None and not spec.local:  # priced from Claude's measured usage
             found, model = price.get((MEASURED, r["set"])), "frontier (Claude, procedure in context)"
         else:
             found = price.get((r["route"], r["set"]))
-            model = "base" if r["route"].startswith("orchestrated") else "compiled"
+            model = spec.weights if spec is not None else "compiled"
         add(r, r["route"], model, found["usd_per_conversation"] if found else None)
     if promotions is not None and repair_scores is not None and promotions.height:
         last = promotions.sort("round").row(promotions.height - 1, named=True)

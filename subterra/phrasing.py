@@ -73,6 +73,8 @@ ACKNOWLEDGEMENTS = Pool(
     unseen=("Go on.", "That works."),
     validation=("Cool.", "Fine.", "Alright, carry on."),
 )
+# the off-script kinds' lines: which kind speaks which pool, and answers with which agent lines
+# below, is ``subterra.offscript.KINDS``
 UNCLEAR = Pool(
     seen=("Sorry, what do you mean?", "Hmm, I am not sure.", "Can you say that again?", "Wait, what?",
           "I did not quite get that.", "Could you explain that differently?"),
@@ -162,7 +164,9 @@ def decorations(phrasing: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def lines_digest(setting: str) -> str:
     """A 16-hex digest of every generic line and decoration a corpus with ``phrasings: setting``
     speaks (both of its phrasings), so a recompile's path hashes see a pool that gained lines."""
-    pools = (OPENERS, ACKNOWLEDGEMENTS, UNCLEAR, OFF_TOPIC, CORRECTIONS)
+    from subterra.offscript import KINDS  # here: offscript reads its lines from this module
+
+    pools = (OPENERS, ACKNOWLEDGEMENTS) + tuple(kind.user_lines for kind in KINDS.values())
     spoken = [[list(phrasing_pool(pool, phrasing)) for pool in pools] + [list(d) for d in decorations(phrasing)]
               for phrasing in PHRASINGS[setting]]
     return hashlib.sha256(json.dumps(spoken).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 ``repair_map`` clusters held-out failures by where they first went wrong: the kind of error
 (wrong node, wrong slot, invalid form, ended early, ran on), the step the reference was at, the
 edge the user's answer took into it, the off-script behaviour the user had just shown (unclear,
-off-topic, correction) and the slots that were wrong; with counts and a few examples, per route.
+off-topic, correction: ``subterra.offscript``) and the slots that were wrong; with counts and a few examples, per route.
 
 ``repair_conversations`` writes extra training conversations through the failing clusters of one
 route: scenarios on training paths that take the cluster's edge (or visit its step), with the
@@ -24,8 +24,10 @@ from typing import Callable, Sequence
 
 import polars as pl
 
+from subterra.offscript import KINDS
 from subterra.phrasing import SEEN
-from subterra.scenario import OFFSCRIPT_KINDS, Scenario, make_scenario, path_visit_keys, visit_key
+from subterra.routes import DEPLOYED
+from subterra.scenario import Scenario, make_scenario, path_visit_keys, visit_key
 
 CLUSTER_KEYS = ("kind", "node", "edge", "offscript", "slot")
 # the eval sets a repair round is built on and promoted on: validation only, never a test set
@@ -53,7 +55,7 @@ def failure_site(first_error: str | None) -> dict:
     """Where one failed scenario first went wrong, as the cluster keys."""
     error = json.loads(first_error) if first_error else {}
     user_kind = error.get("user_kind")
-    offscript = user_kind if user_kind in OFFSCRIPT_KINDS else None
+    offscript = user_kind if user_kind in KINDS else None
     kind = error.get("kind", "unknown")
     return {
         "kind": kind,
@@ -130,7 +132,7 @@ class RepairConfig:
     weights are promoted."""
 
     rounds: int = 1  # repair rounds (0: only record the compile's model as promoted)
-    route: str = "compiled_prefill"  # whose failures are repaired and whose validation score gates promotion
+    route: str = DEPLOYED  # whose failures are repaired and whose validation score gates promotion
     tolerance: int = 0  # a cluster may grow by this many failures without refusing the promotion
     epochs: float = 1.0  # training of a round, from the current weights
     learning_rate: float | None = None  # None: the compile's

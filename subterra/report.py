@@ -11,6 +11,7 @@ import textwrap
 
 import polars as pl
 
+from subterra.cost import FRONTIER, MEASURED
 from subterra.evaluation import ordered
 from subterra.routes import DEPLOYED
 
@@ -61,7 +62,7 @@ def format_report(workflow: str, scores: pl.DataFrame, cost: pl.DataFrame, train
                      f"{_interval(r, 'strict_pass'):<22}{_interval(r, 'failure_rate'):<22}{r['partial_credit']:>8.3f}")
     by_route = {(r["route"], r["set"]): r for r in cost.iter_rows(named=True)}
     compiled = by_route.get((DEPLOYED, "holdout")) or next((r for r in cost.iter_rows(named=True) if r["route"] == DEPLOYED), None)
-    frontier = next((r for r in cost.iter_rows(named=True) if r["route"].startswith("frontier")), None)
+    frontier = next((r for r in cost.iter_rows(named=True) if r["route"] in (FRONTIER, MEASURED)), None)
     if compiled is not None:
         first = cost.row(0, named=True)
         line = f"== cost per conversation: compiled {money(compiled['usd_per_conversation'])}"

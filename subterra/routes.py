@@ -2,7 +2,8 @@
 
 A route is a name and how it generates forms: ``play(wf, episodes, config)`` plays held-out
 scenarios against their users (scripted unless told) and returns one ``Transcript`` per scenario, which
-``subterra.evaluation`` scores the same way for every route. The four local routes are a 2 x 2:
+``subterra.evaluation`` scores the same way for every route. ``SPECS`` is the one registry of routes
+(what each is, which one is deployed, how each is priced). The four local routes are a 2 x 2:
 
 | route | weights | system prompt | form |
 |---|---|---|---|
@@ -10,6 +11,9 @@ scenarios against their users (scripted unless told) and returns one ``Transcrip
 | ``orchestrated_prefill`` | the base model | the whole procedure, every turn | the runtime's prefilled form |
 | ``compiled`` | the fine-tuned model | the workflow's one line | free generation |
 | ``compiled_prefill`` | the fine-tuned model | the workflow's one line | the runtime's prefilled form |
+
+The fifth, ``frontier``, is Claude with the whole procedure in context (``subterra.frontier``), played
+when Claude is set up.
 
 The prefilled form is the deployed runtime (``subterra.runtime.fill_form``): its structure is
 forced, the node id is constrained to the workflow's node ids, slot names to its slots and values
@@ -35,23 +39,43 @@ from subterra.runtime import MAX_DRAFT, Codec, ReadingRules, TurnCounter, TurnRe
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
-ROUTES = ("orchestrated", "orchestrated_prefill", "compiled", "compiled_prefill")
-DEPLOYED = "compiled_prefill"
-
-
 @dataclass(frozen=True)
 class RouteSpec:
-    weights: str  # "base" | "compiled"
+    """What a route is, for everything that plays, prices, orders or promotes it."""
+
+    name: str
+    # what writes its forms: "base" (the pretrained model), "compiled" (the fine-tuned one), both
+    # local model folders (``LocalRoute``); "frontier" (Claude, hosted: ``subterra.frontier``)
+    weights: str
     procedure: bool  # the whole procedure in the system prompt (else the one-line assistant text)
     prefill: bool  # the runtime's prefilled, constrained form (else free generation)
+    # how the compiled workflow is served: the quality gates, the repair rounds, the headline and
+    # the cost report's multiplier read its scores
+    deployed: bool = False
+    # its measured tokens price a frontier model with the procedure in context when the frontier
+    # route did not run: the same procedure and history read every turn, the form generated
+    frontier_proxy: bool = False
+
+    @property
+    def local(self) -> bool:
+        """Served by a local model folder, at self-hosted prices (else hosted, at frontier prices)."""
+        return self.weights != "frontier"
 
 
-SPECS = {
-    "orchestrated": RouteSpec("base", procedure=True, prefill=False),
-    "orchestrated_prefill": RouteSpec("base", procedure=True, prefill=True),
-    "compiled": RouteSpec("compiled", procedure=False, prefill=False),
-    "compiled_prefill": RouteSpec("compiled", procedure=False, prefill=True),
-}
+# in ladder order; adding a route is an entry here (and, for a new way of generating forms, its play)
+SPECS = {spec.name: spec for spec in (
+    RouteSpec("orchestrated", "base", procedure=True, prefill=False, frontier_proxy=True),
+    RouteSpec("orchestrated_prefill", "base", procedure=True, prefill=True),
+    RouteSpec("compiled", "compiled", procedure=False, prefill=False),
+    RouteSpec("compiled_prefill", "compiled", procedure=False, prefill=True, deployed=True),
+    RouteSpec("frontier", "frontier", procedure=True, prefill=False),
+)}
+ROUTES = tuple(name for name, spec in SPECS.items() if spec.local)  # what an evaluation plays unless told
+DEPLOYED = next(name for name, spec in SPECS.items() if spec.deployed)
+# whose scores stand for the deployed agent: the deployed route, else another on the fine-tuned weights
+DEPLOYED_OR_COMPILED = (DEPLOYED,) + tuple(name for name, spec in SPECS.items() if spec.weights == "compiled" and not spec.deployed)
+FRONTIER_PROXY = next(name for name, spec in SPECS.items() if spec.frontier_proxy)
+FRONTIER_ROUTE = next(name for name, spec in SPECS.items() if not spec.local)
 
 
 PROGRESS_SECONDS = 20.0  # a local route reports how many conversations it has played at most this often
@@ -267,8 +291,8 @@ def local_routes(names: Sequence[str], base_dir: str | None, compiled_dir: str) 
     folder) and are left out without one."""
     out = []
     for name in names:
-        if name not in SPECS:
-            raise ValueError(f"unknown route {name!r} (known: {', '.join(SPECS)})")
+        if name not in ROUTES:
+            raise ValueError(f"unknown route {name!r} (known: {', '.join(ROUTES)})")
         spec = SPECS[name]
         folder = base_dir if spec.weights == "base" else compiled_dir
         if folder:

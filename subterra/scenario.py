@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 
+from subterra.offscript import KINDS
 from subterra.phrasing import SEEN, UNSEEN, VALIDATION
 from subterra.slot_values import SlotValueSource
 
@@ -20,7 +21,6 @@ SPLITS = ("train", "validation", "holdout", "test_unseen")
 # validation: every choice (settings, runtime rules, repair, the promotion gate) is made on it;
 # holdout (seen phrasings, unseen values) and test_unseen (held-back phrasings) are test sets no
 # decision reads; the natural test set (subterra.natural) is written by people, not generated
-OFFSCRIPT_KINDS = ("unclear", "offtopic", "correction")
 PERSONAS = (  # who the user is, for a model that writes or plays the user's side
     "a busy professional who writes short, clipped messages",
     "a friendly retiree who writes full, polite sentences",
@@ -44,7 +44,7 @@ class Scenario:
     path: tuple[str, ...]
     values: dict[str, str]
     corrections: dict[str, str] = field(default_factory=dict)
-    offscript: dict[str, str] = field(default_factory=dict)  # visit_key -> kind
+    offscript: dict[str, str] = field(default_factory=dict)  # visit_key -> kind (subterra.offscript)
     phrasing: str = SEEN
     seed: int = 0
     opening: str = "greeting"  # "greeting": a bare greeting first; "request": the first message answers the start step
@@ -116,8 +116,8 @@ def make_scenario(
     validation its own ones (``subterra.slot_values``). ``request_share`` of them open with the
     request itself (the start step's answer in the first message) instead of a bare greeting.
 
-    An off-script turn is of each possible kind alike, or, with ``correction_share``, a correction
-    (where one is possible) that often and otherwise one of the others."""
+    An off-script turn is of each possible kind (``subterra.offscript``) alike, or, with
+    ``correction_share``, a correction (where one is possible) that often and otherwise one of the others."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     scenario_seed = int.from_bytes(
@@ -135,13 +135,16 @@ def make_scenario(
     for key, slots_known, node in zip(keys[:-1], known[:-1], [k.split("#")[0] for k in keys[:-1]]):
         if rng.random() >= offscript_rate or (opening == "request" and key == keys[0]):
             continue
-        kinds = [k for k in OFFSCRIPT_KINDS if k != "correction" or (slots_known and len(corrections))]
         # a correction needs a slot the user already gave whose correction differs
-        if "correction" in kinds and not any(corrections[s] != values[s] for s in slots_known):
-            kinds.remove("correction")
-        if correction_share is not None and "correction" in kinds:
-            others = [k for k in kinds if k != "correction"]
-            offscript[key] = "correction" if rng.random() < correction_share or not others else rng.choice(others)
+        correctable = any(corrections[s] != values[s] for s in slots_known)
+        kinds = [k.name for k in KINDS.values() if correctable or not k.corrects]
+        correcting = [k for k in kinds if KINDS[k].corrects]
+        if correction_share is not None and correcting:
+            others = [k for k in kinds if not KINDS[k].corrects]
+            if rng.random() < correction_share or not others:
+                offscript[key] = correcting[0] if len(correcting) == 1 else rng.choice(correcting)  # drawn only among several
+            else:
+                offscript[key] = rng.choice(others)
         else:
             offscript[key] = rng.choice(kinds)
     return Scenario(

@@ -3,8 +3,8 @@
 It answers the step the agent is *actually* at (so a derailed agent stays derailed instead of
 being papered over): at a decision point it takes the branch its scenario takes on that visit,
 at a step that collects slots it provides its values, verbatim, in one of the step's phrasings.
-Where its scenario says so it goes off-script first: an unclear answer, an off-topic question,
-or a correction of a value it gave earlier.
+Where its scenario says so it goes off-script first (``subterra.offscript``): an unclear answer,
+an off-topic question, or a correction of a value it gave earlier.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from subterra import phrasing as ph
+from subterra.offscript import CONFUSED, KINDS, OffScript
 from subterra.scenario import Scenario, visit_key
 
 
 @dataclass(frozen=True)
 class UserTurn:
     text: str
-    kind: str  # opener | answer | unclear | offtopic | correction
+    kind: str  # opener | answer | an off-script kind (subterra.offscript.KINDS)
     slots: dict[str, str] = field(default_factory=dict)  # what this message provides, verbatim
     edge: str | None = None  # the edge an answer takes
 
@@ -72,24 +73,22 @@ class ScriptedUser:
         (``say``, what the agent told the user, matters to a simulator that reads it; not to this one.)"""
         node = self.wf.nodes.get(node_id)
         if node is None:  # an agent that names no real step gets a confused user
-            return self._turn(UserTurn(self.rng.choice(self._pool(ph.UNCLEAR)), "unclear"), node_id)
-        repeat = self._last is not None and self._last.kind in ph_OFFSCRIPT and node_id == self._last_node
+            return self._turn(self._offscript(CONFUSED), node_id)
+        repeat = self._last is not None and self._last.kind in KINDS and node_id == self._last_node
         if not repeat:
             self.visits[node_id] = self.visits.get(node_id, 0) + 1
         if node.is_terminal:
             return None
         key = visit_key(node_id, self.visits.get(node_id, 1))
-        kind = None if repeat else self.pending.pop(key, None)
-        if kind == "correction":
-            turn = self._correction()
-            if turn is not None:
-                return self._turn(turn, node_id)
-            kind = "unclear"
-        if kind == "unclear":
-            return self._turn(UserTurn(self.rng.choice(self._pool(ph.UNCLEAR)), "unclear"), node_id)
-        if kind == "offtopic":
-            return self._turn(UserTurn(self.rng.choice(self._pool(ph.OFF_TOPIC)), "offtopic"), node_id)
+        kind = None if repeat else KINDS.get(self.pending.pop(key, None))
+        if kind is not None:  # a planned correction with nothing left to correct: confused instead
+            return self._turn(self._offscript(kind) or self._offscript(CONFUSED), node_id)
         return self._turn(self._answer(node, key), node_id)
+
+    def _offscript(self, kind: OffScript) -> UserTurn | None:
+        if kind.corrects:
+            return self._correction(kind)
+        return UserTurn(self.rng.choice(self._pool(kind.user_lines)), kind.name)
 
     def _answer(self, node, key: str) -> UserTurn:
         out_edges = self.wf.out_edges(node.id)
@@ -119,7 +118,7 @@ class ScriptedUser:
         text = ph.fill(decorated, shown)
         return UserTurn(text, "answer", slots, edge.id)
 
-    def _correction(self) -> UserTurn | None:
+    def _correction(self, kind: OffScript) -> UserTurn | None:
         # a slot whose value another given slot shares ("2" travellers, "2" bags) cannot be
         # corrected unambiguously by naming its old value
         candidates = [
@@ -132,11 +131,8 @@ class ScriptedUser:
         slot = self.rng.choice(candidates)
         old, new = self.values[slot], self.scenario.corrections[slot]
         self.values[slot] = new
-        template = self.rng.choice(self._pool(ph.CORRECTIONS))
-        return UserTurn(ph.fill(template, {"old": old, "new": new}), "correction", {slot: new})
-
-
-ph_OFFSCRIPT = frozenset({"unclear", "offtopic", "correction"})
+        template = self.rng.choice(self._pool(kind.user_lines))
+        return UserTurn(ph.fill(template, {"old": old, "new": new}), kind.name, {slot: new})
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Protocol, Sequence
 
 from subterra import phrasing as ph
 from subterra.forms import Form, render_form
+from subterra.offscript import KINDS
 from subterra.scenario import Scenario
 from subterra.simulator import ScriptedUser, UserTurn
 
@@ -125,12 +126,8 @@ class TemplateTeacher:
             messages.append({"role": "user", "content": turn.text})
             say = agent_line(wf, step.node, set(step.known), rng)
             prefix = ""
-            if turn.kind == "unclear":
-                prefix = rng.choice(ph.AGENT_UNCLEAR)
-            elif turn.kind == "offtopic":
-                prefix = rng.choice(ph.AGENT_OFF_TOPIC)
-            elif turn.kind == "correction":
-                prefix = ph.fill(rng.choice(ph.AGENT_CORRECTION), {"new": "{%s}" % next(iter(turn.slots))})
+            if turn.kind in KINDS:
+                prefix = KINDS[turn.kind].agent_prefix(turn.slots, rng)
             elif turn.slots:
                 prefix = rng.choice(ph.AGENT_ACKS)
             text = f"{prefix} {say}".strip()

@@ -129,8 +129,10 @@ def test_training_integers_stay_in_the_slots_range_and_a_short_range_is_trained_
 
 
 def test_offscript_behaviour_is_injected(corpus):
+    from subterra.offscript import KINDS
+
     kinds = {k for ks in corpus["offscript"] for k in ks}
-    assert kinds == {"unclear", "offtopic", "correction"}
+    assert kinds == set(KINDS)  # every registered kind
 
 
 def test_deterministic(mini_workflow, corpus):
@@ -216,6 +218,7 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
     """Our generic pools name their held-back lines; training never contains one, in either corpus
     variety; the wide corpus speaks lines the core one never does, the core one only the original lines."""
     from subterra import phrasing as ph
+    from subterra.offscript import KINDS
 
     paths = select_paths(mini_workflow, cap=1000, seed=0).paths
     config = CorpusConfig(conversations_per_path=6, holdout_scenarios=40, offscript_rate=0.3, seed=1, phrasings=phrasings, sizing="uniform")
@@ -228,7 +231,7 @@ def test_training_never_speaks_a_held_back_generic_line_and_the_unseen_holdout_d
     def matcher(lines):
         return [re.compile(re.escape(line).replace(r"\{old\}", ".+").replace(r"\{new\}", ".+")) for line in lines]
 
-    pools = (ph.OPENERS, ph.ACKNOWLEDGEMENTS, ph.UNCLEAR, ph.OFF_TOPIC, ph.CORRECTIONS)
+    pools = (ph.OPENERS, ph.ACKNOWLEDGEMENTS) + tuple(kind.user_lines for kind in KINDS.values())
     for pool in pools:
         assert pool.unseen and not set(pool.unseen) & set(pool.wide) and set(pool.seen) <= set(pool.wide)
         assert ph.phrasing_pool(pool, ph.UNSEEN) == pool.unseen and ph.phrasing_pool(pool, ph.SEEN) == pool.seen

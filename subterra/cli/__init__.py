@@ -182,6 +182,7 @@ def cmd_ladder(args) -> int:
 def print_ladder(workflow: str) -> int:
     import polars as pl
 
+    from subterra.cost import FRONTIER, MEASURED
     from subterra.ladder import format_ladder
     from subterra.store import Store
 
@@ -199,7 +200,7 @@ def print_ladder(workflow: str) -> int:
     print(f"training: {training['train_conversations']} conversations, {training['train_tokens']:,} tokens, "
           f"{training['steps']} steps, {training['train_seconds']:.0f} s ({training['tokens_per_second']:.0f} tokens/s, {training['device']})")
     print(format_ladder(table))
-    frontier = cost.filter(pl.col("route").is_in(["frontier_in_context", "frontier_measured"]))
+    frontier = cost.filter(pl.col("route").is_in([FRONTIER, MEASURED]))
     for r in frontier.iter_rows(named=True):
         print(f"{r['route']} on {r['set']}: ${r['usd_per_conversation']:.5f}/conversation "
               f"({r['tokens_in'] + r['tokens_out']:,.0f} tokens: {r['token_source']})")

@@ -312,7 +312,7 @@ def test_a_packed_step_attends_as_each_rows_own_forward(trained, corpus):
     of its row alone gives (last tokens and the rest of the runs attend apart)."""
     import torch
 
-    from subterra.runtime import RowCache, RowStep, shared_context
+    from subterra.runtime import AttentionContext, RowCache, RowStep
 
     _, model, _, prompts = _sharp_model_and_prompts(trained, corpus)
     prefix, rows = prompts[0][:5], [p[5:] for p in prompts]
@@ -324,10 +324,9 @@ def test_a_packed_step_attends_as_each_rows_own_forward(trained, corpus):
         for ready in ([4, 1, 6], [3, 0, 1], [1, 5, 2]):
             step = RowStep.of(cache, fill, ready)
             tokens = [t for r, k in enumerate(ready) for t in rows[r][fill[r] : fill[r] + k]]
-            with shared_context(model, segments) as attention:
-                attention.set_step(step)
+            with AttentionContext(model, segments, step) as attention:
                 packed = decoder(input_ids=torch.tensor([tokens]), position_ids=(step.token_positions + len(prefix))[None],
-                                 use_cache=False).last_hidden_state[0]
+                                 use_cache=False, attention_context=attention).last_hidden_state[0]
             at = 0
             for r, k in enumerate(ready):
                 fill[r] += k

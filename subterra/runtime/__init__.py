@@ -24,7 +24,7 @@ repository imports them from their module.
 """
 
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.attention import shared_context
+from subterra.runtime.attention import AttentionContext
 from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
 from subterra.runtime.chat import ChatSession
 from subterra.runtime.encoding import END, Codec, ReadingRules
@@ -35,8 +35,8 @@ from subterra.runtime.row_cache import RowCache, RowState, RowStep
 from subterra.runtime.scoring import candidate_scores
 
 __all__ = [
-    "CHOSEN_TYPES", "END", "MAX_DRAFT", "ChatSession", "Choice", "Codec", "Lockstep", "Prefix", "ReadingRules", "RowCache",
+    "CHOSEN_TYPES", "END", "MAX_DRAFT", "AttentionContext", "ChatSession", "Choice", "Codec", "Lockstep", "Prefix", "ReadingRules", "RowCache",
     "RowState", "RowStep", "Score", "TurnCounter", "TurnRecord", "candidate_scores", "courtesy_only", "fill_form",
-    "fits_type", "force", "free_form", "offered_keys", "offered_values", "read_form", "shared_context", "value_spans",
+    "fits_type", "force", "free_form", "offered_keys", "offered_values", "read_form", "value_spans",
     "word_spans",
 ]

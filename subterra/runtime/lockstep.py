@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from subterra.runtime.actions import Choice, Program, Score
-from subterra.runtime.attention import shared_context
+from subterra.runtime.attention import AttentionContext
 from subterra.runtime.row_cache import RowCache, RowState, RowStep
 from subterra.runtime.scoring import score_candidates
 
@@ -65,7 +65,7 @@ class Lockstep:
     padding); each row's own keys and values go to a preallocated ``RowCache`` at its own fill.
 
     Rows may share a ``Prefix``: it is computed once (``encode_prefix``) and every row attends to
-    that one copy (``shared_context``): it is never re-encoded, nor copied per row. A row still
+    that one copy (``AttentionContext``): it is never re-encoded, nor copied per row. A row still
     running when its room is full is cut off (``truncated``). When half the rows are done, the
     batch goes on with the others only, so a few long conversations do not keep paying for the
     finished ones. ``Choice(None)`` bans ``banned_free``; ``Choice(None, mask=NAME)`` bans
@@ -176,7 +176,7 @@ class Lockstep:
                 if not alive[i]:
                     finish(i)
 
-        with torch.inference_mode(), shared_context(self.model, segments) as attention:
+        with torch.inference_mode(), AttentionContext(self.model, segments) as attention:
             while True:
                 if admit is not None and prefix is not None:
                     new = admit(n - sum(alive) + max(0, max_rows - n), room)
@@ -233,12 +233,13 @@ class Lockstep:
                     tokens += queued[i][:k]
                     queued[i] = queued[i][k:]
                 step = RowStep.of(cache, fill, ready)
-                attention.set_step(step)
+                attention.step = step
                 started = time.perf_counter()
                 hidden = self.decoder(
                     input_ids=torch.tensor([tokens], device=self.device),
                     position_ids=(step.token_positions + first)[None].to(self.device),
                     use_cache=False,
+                    attention_context=attention,
                 ).last_hidden_state
                 new = self.head(hidden[0, step.last]).float().cpu().numpy()
                 logits = new if logits is None else np.where(np.asarray(ready)[:, None] > 0, new, logits)

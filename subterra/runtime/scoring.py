@@ -9,7 +9,7 @@ answers a ``Score``, the candidates run as one batch over the context where it l
 from __future__ import annotations
 
 from subterra.runtime.actions import Choice, Score
-from subterra.runtime.attention import shared_context
+from subterra.runtime.attention import AttentionContext
 
 
 def choose(candidates: dict, counted: dict | None = None, whole: bool = False):
@@ -62,7 +62,7 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
 
     ``context`` is the context's key/value tensors as segments (each a list of (key, value) per
     layer, batch 1), ``position`` tokens in all; ``first_logits`` the model's prediction after it.
-    The candidates run as one batch that attends to the context where it lies (``shared_context``),
+    The candidates run as one batch that attends to the context where it lies (``AttentionContext``),
     never copied per candidate.
     """
     import torch
@@ -82,11 +82,12 @@ def candidate_scores(model, context: list[list[tuple]], position: int, first_log
             inputs[row, : len(fed)] = torch.tensor(fed, dtype=torch.long)
         positions = torch.arange(position, position + width)
         device = next(model.parameters()).device
-        with torch.inference_mode(), shared_context(model, context):
+        with torch.inference_mode(), AttentionContext(model, context) as attention:
             out = model(
                 input_ids=inputs.to(device),
                 position_ids=positions.unsqueeze(0).expand(k, -1).to(device),
                 use_cache=False,
+                attention_context=attention,
             )
         logp = torch.log_softmax(out.logits.float().cpu(), -1)
         for c, s in enumerate(seqs):

@@ -35,8 +35,8 @@ from subterra.runtime.row_cache import RowCache, RowState, RowStep
 from subterra.runtime.scoring import candidate_scores
 
 __all__ = [
-    "CHOSEN_TYPES", "END", "MAX_DRAFT", "AttentionContext", "ChatSession", "Choice", "Codec", "Lockstep", "Prefix", "ReadingRules", "RowCache",
-    "RowState", "RowStep", "Score", "TurnCounter", "TurnRecord", "candidate_scores", "courtesy_only", "fill_form",
-    "fits_type", "force", "free_form", "offered_keys", "offered_values", "read_form", "value_spans",
-    "word_spans",
+    "CHOSEN_TYPES", "END", "MAX_DRAFT", "AttentionContext", "ChatSession", "Choice", "Codec", "Lockstep", "Prefix",
+    "ReadingRules", "RowCache", "RowState", "RowStep", "Score", "TurnCounter", "TurnRecord", "candidate_scores",
+    "courtesy_only", "fill_form", "fits_type", "force", "free_form", "offered_keys", "offered_values", "read_form",
+    "value_spans", "word_spans",
 ]

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 from subterra.drafts import SayDrafts
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
-    FIRST_KEY, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST, VALUE_MORE,
+    FIRST_KEY, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
+    VALUE_MORE,
 )
 from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
 

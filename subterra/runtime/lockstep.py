@@ -123,168 +123,243 @@ class Lockstep:
         most ``room`` tokens of its own: they take the rows of finished programs, and new rows up
         to ``max_rows``, and start at once beside the running ones. Rows are numbered in the order
         they came (the programs given first, then each admitted one)."""
+        import torch
+
+        batch = _Run(self, programs, max_len, prefix, resume, on_score, on_finish)
+        with torch.inference_mode(), AttentionContext(self.model, batch.segments) as attention:
+            while True:
+                if admit is not None and prefix is not None:
+                    new = admit(batch.open_rows(max_rows), batch.room)
+                    if new:
+                        batch.admit(new)
+                if not any(batch.alive):
+                    break
+                drafts: dict[int, list[int]] = {}  # row: the drafted tokens it feeds this step
+                if 2 * sum(batch.alive) <= batch.n and batch.n > 1:  # most rows are done: go on with the others only
+                    batch.keep_alive_rows()
+                for i in range(batch.n):
+                    if batch.alive[i]:
+                        batch.prepare(i, drafts)
+                if not batch.feed(attention, drafts, on_step):
+                    break
+        return batch.cut
+
+
+class _Run:
+    """The rows of one ``Lockstep.run`` and the steps that move them on.
+
+    Per row (its position in the batch; ``rows`` maps it to the row number the caller knows): its
+    program, the action it is waiting on (``pending``), the tokens it has ready to feed
+    (``queued``), how many of its own tokens the cache holds (``fill``), the model's prediction
+    after its last one (``logits``), and whether its program still runs (``alive``). ``cut`` is
+    per row number: whether the row ran out of room.
+    """
+
+    def __init__(self, driver: Lockstep, programs: list[Program], max_len: int, prefix: Prefix | None,
+                 resume: Sequence[RowState | None] | None, on_score: Callable[[int, float], None] | None,
+                 on_finish: Callable[[int, RowState | None], None] | None):
+        import numpy as np
+
+        self.driver, self.prefix, self.on_score, self.on_finish = driver, prefix, on_score, on_finish
+        n = len(programs)
+        self.programs = programs
+        self.alive = [True] * n
+        self.pending: list[object] = [None] * n
+        for i in range(n):
+            self.advance(i)
+        self.rows = list(range(n))  # the original row of each batch position (finished rows are dropped)
+        self.cut = [False] * n
+        self.first = len(prefix.ids) if prefix is not None else 0
+        self.room = max(1, max_len - self.first)  # own tokens a row may feed
+        self.segments = [prefix.layers] if prefix is not None else []
+        self.cache = RowCache(driver.model, n, self.room)
+        self.fill = np.zeros(n, dtype=np.int64)  # own tokens fed so far, per row
+        self.queued: list[list[int]] = [[] for _ in range(n)]  # tokens ready to feed, per row
+        self.logits = np.repeat(prefix.logits[None, :], n, axis=0) if prefix is not None else None
+        for i, state in enumerate(resume or ()):
+            if state is not None and 0 < state.length <= self.room:
+                self.cache.restore(i, state)
+                self.fill[i] = state.length
+                if self.logits is None:
+                    self.logits = np.zeros((n, state.logits.shape[-1]), dtype=np.float32)
+                self.logits[i] = state.logits
+
+    @property
+    def n(self) -> int:
+        """The rows of the batch, finished ones included until ``keep_alive_rows``."""
+        return len(self.alive)
+
+    def advance(self, i: int, value=None) -> None:
+        """Send row ``i``'s program ``value`` (None: go on) and keep the action it asks next; a
+        program that ends leaves the row not alive."""
+        program = self.programs[i]
+        try:
+            self.pending[i] = program.send(value) if value is not None else next(program)
+        except StopIteration:
+            self.alive[i] = False
+            self.pending[i] = None
+
+    def finish(self, i: int) -> None:
+        """Row ``i``'s program ended: were its last tokens still to fit? ``on_finish`` gets its
+        keys and values (None if it was cut off or fed nothing)."""
+        import numpy as np
+
+        fill, row = int(self.fill[i]), self.rows[i]
+        self.cut[row] = bool(fill + len(self.queued[i]) > self.room)
+        self.queued[i] = []
+        if self.on_finish is not None:
+            kept = not self.cut[row] and fill > 0
+            self.on_finish(row, RowState(self.cache.saved(i, fill), fill, np.array(self.logits[i])) if kept else None)
+
+    def open_rows(self, max_rows: int) -> int:
+        """How many programs may join: the rows of finished ones, and new rows up to ``max_rows``."""
+        return self.n - sum(self.alive) + max(0, max_rows - self.n)
+
+    def admit(self, new: list[tuple[Program, RowState | None]]) -> None:
+        """Programs that join the run (each with its ``RowState`` or None): the rows of finished
+        programs first, then new ones; each starts after the prefix, or its state."""
+        import numpy as np
+
+        prefix = self.prefix
+        free = [i for i in range(self.n) if not self.alive[i]]
+        grow = max(0, len(new) - len(free))
+        if grow:
+            n = self.n
+            self.cache.grow(grow)
+            self.programs.extend([None] * grow), self.pending.extend([None] * grow), self.rows.extend([0] * grow)
+            self.queued.extend([] for _ in range(grow)), self.alive.extend([False] * grow)
+            self.fill = np.concatenate([self.fill, np.zeros(grow, dtype=np.int64)])
+            self.logits = np.concatenate([self.logits, np.repeat(prefix.logits[None, :], grow, axis=0)])
+            free += list(range(n, n + grow))
+        for i, (program, state) in zip(free, new):
+            self.rows[i], self.programs[i], self.queued[i], self.alive[i] = len(self.cut), program, [], True
+            self.cut.append(False)
+            self.fill[i], self.logits[i] = 0, prefix.logits
+            if state is not None and 0 < state.length <= self.room:
+                self.cache.restore(i, state)
+                self.fill[i], self.logits[i] = state.length, state.logits
+            self.advance(i)
+            if not self.alive[i]:
+                self.finish(i)
+
+    def keep_alive_rows(self) -> None:
+        """Drop the finished rows from the batch (and from the cache): the others go on alone."""
+        import torch
+
+        keep = [i for i in range(self.n) if self.alive[i]]
+        self.cache.keep(torch.tensor(keep, device=self.driver.device))
+        self.programs, self.pending = [self.programs[i] for i in keep], [self.pending[i] for i in keep]
+        self.rows = [self.rows[i] for i in keep]
+        self.queued, self.fill = [self.queued[i] for i in keep], self.fill[keep]
+        self.logits = self.logits[keep] if self.logits is not None else None
+        self.alive = [True] * len(keep)
+
+    def prepare(self, i: int, drafts: dict[int, list[int]]) -> None:
+        """Queue what row ``i`` feeds next: when the last forward predicted after its last token,
+        the candidates it asks to score and its choice (with the draft it offers); then the forced
+        tokens that follow, up to ``max_run``. A row that ended is finished, one out of room cut off."""
+        if not self.queued[i]:  # the last forward predicted after this row's last token
+            self.score(i)
+            self.choose(i, drafts)
+        while self.alive[i] and isinstance(self.pending[i], tuple) and len(self.queued[i]) < self.driver.max_run:
+            self.queued[i].append(self.pending[i][1])
+            self.advance(i)
+        if not self.alive[i]:
+            self.finish(i)
+        elif self.fill[i] >= self.room:  # no room left for what it still has to say
+            self.cut[self.rows[i]], self.alive[i], self.queued[i] = True, False, []
+
+    def score(self, i: int) -> None:
+        """Answer each ``Score`` row ``i`` asks, over the prefix and the row's own tokens."""
+        while isinstance(self.pending[i], Score):
+            fill = int(self.fill[i])
+            context = self.segments + ([self.cache.row(i, fill)] if fill else [])
+            scoring = time.perf_counter()
+            key = score_candidates(self.driver.model, context, self.first + fill, self.logits[i],
+                                   self.pending[i].candidates, self.pending[i].counted)
+            if self.on_score is not None:
+                self.on_score(self.rows[i], time.perf_counter() - scoring)
+            self.advance(i, key)
+
+    def choose(self, i: int, drafts: dict[int, list[int]]) -> None:
+        """Row ``i``'s ``Choice``: the greedy token, queued, and the draft after it (``drafts[i]``)
+        when the row's next action is another choice the draft can answer."""
+        action = self.pending[i]
+        if not isinstance(action, Choice):
+            return
+        driver = self.driver
+        token = greedy(action, self.logits[i], driver.penalties)
+        self.queued[i].append(token)
+        room_left = min(driver.max_run, self.room - int(self.fill[i])) - 1
+        if action.follow is not None and driver.max_draft and room_left > 0:
+            draft = action.follow(token, min(driver.max_draft, room_left))
+            if draft:
+                drafts[i] = draft
+        self.advance(i, token)
+        if i in drafts and self.alive[i] and isinstance(self.pending[i], Choice):
+            self.queued[i] += drafts[i]  # fed now, kept after the forward as far as they hold
+        else:
+            drafts.pop(i, None)
+
+    def feed(self, attention: AttentionContext, drafts: dict[int, list[int]],
+             on_step: Callable[[float], None] | None) -> bool:
+        """One batched forward of every row's ready tokens (up to ``max_run`` and its room),
+        packed into one sequence; keeps each fed row's new prediction and checks its draft
+        (``verify``). False if no row had a token to feed."""
         import numpy as np
         import torch
 
-        n = len(programs)
-        alive = [True] * n
-        pending: list[object] = [self._advance(prog, None, i, alive) for i, prog in enumerate(programs)]
-        rows = list(range(n))  # the original row of each batch position (finished rows are dropped)
-        cut = [False] * n
-        first = len(prefix.ids) if prefix is not None else 0
-        room = max(1, max_len - first)  # own tokens a row may feed
-        segments = [prefix.layers] if prefix is not None else []
-        cache = RowCache(self.model, n, room)
-        fill = np.zeros(n, dtype=np.int64)  # own tokens fed so far, per row
-        queued: list[list[int]] = [[] for _ in range(n)]  # tokens ready to feed, per row
-        logits = np.repeat(prefix.logits[None, :], n, axis=0) if prefix is not None else None
-        for i, state in enumerate(resume or ()):
-            if state is not None and 0 < state.length <= room:
-                cache.restore(i, state)
-                fill[i] = state.length
-                if logits is None:
-                    logits = np.zeros((n, state.logits.shape[-1]), dtype=np.float32)
-                logits[i] = state.logits
+        driver = self.driver
+        ready = [min(len(self.queued[i]), driver.max_run, self.room - int(self.fill[i])) for i in range(self.n)]
+        if not any(ready):
+            return False
+        tokens: list[int] = []
+        for i, k in enumerate(ready):
+            tokens += self.queued[i][:k]
+            self.queued[i] = self.queued[i][k:]
+        step = RowStep.of(self.cache, self.fill, ready)
+        attention.step = step
+        started = time.perf_counter()
+        hidden = driver.decoder(
+            input_ids=torch.tensor([tokens], device=driver.device),
+            position_ids=(step.token_positions + self.first)[None].to(driver.device),
+            use_cache=False,
+            attention_context=attention,
+        ).last_hidden_state
+        new = driver.head(hidden[0, step.last]).float().cpu().numpy()
+        self.logits = new if self.logits is None else np.where(np.asarray(ready)[:, None] > 0, new, self.logits)
+        if drafts:
+            self.verify(drafts, hidden[0], step, ready)
+        if on_step is not None:
+            on_step(time.perf_counter() - started)
+        self.fill += np.asarray(ready, dtype=np.int64)
+        for i in drafts:
+            if not self.alive[i]:
+                self.finish(i)
+        return True
 
-        def finish(i: int) -> None:  # a program ended: were its last tokens still to fit?
-            cut[rows[i]] = bool(fill[i] + len(queued[i]) > room)
-            queued[i] = []
-            if on_finish is not None:
-                kept = not cut[rows[i]] and fill[i] > 0
-                on_finish(rows[i], RowState(cache.saved(i, int(fill[i])), int(fill[i]), np.array(logits[i])) if kept else None)
-
-        def admitted(new: list) -> None:  # programs that join the run: free rows first, then new ones
-            nonlocal n, fill, logits
-            free = [i for i in range(n) if not alive[i]]
-            grow = max(0, len(new) - len(free))
-            if grow:
-                cache.grow(grow)
-                programs.extend([None] * grow), pending.extend([None] * grow), rows.extend([0] * grow)
-                queued.extend([] for _ in range(grow)), alive.extend([False] * grow)
-                fill = np.concatenate([fill, np.zeros(grow, dtype=np.int64)])
-                logits = np.concatenate([logits, np.repeat(prefix.logits[None, :], grow, axis=0)])
-                free += list(range(n, n + grow))
-                n += grow
-            for i, (program, state) in zip(free, new):
-                rows[i], programs[i], queued[i], alive[i] = len(cut), program, [], True
-                cut.append(False)
-                fill[i], logits[i] = 0, prefix.logits
-                if state is not None and 0 < state.length <= room:
-                    cache.restore(i, state)
-                    fill[i], logits[i] = state.length, state.logits
-                pending[i] = self._advance(program, None, i, alive)
-                if not alive[i]:
-                    finish(i)
-
-        with torch.inference_mode(), AttentionContext(self.model, segments) as attention:
-            while True:
-                if admit is not None and prefix is not None:
-                    new = admit(n - sum(alive) + max(0, max_rows - n), room)
-                    if new:
-                        admitted(new)
-                if not any(alive):
-                    break
-                drafts: dict[int, list[int]] = {}  # row: the drafted tokens it feeds this step
-                if 2 * sum(alive) <= n and n > 1:  # most rows are done: go on with the others only
-                    keep = [i for i in range(n) if alive[i]]
-                    cache.keep(torch.tensor(keep, device=self.device))
-                    programs, pending, rows = [programs[i] for i in keep], [pending[i] for i in keep], [rows[i] for i in keep]
-                    queued, fill = [queued[i] for i in keep], fill[keep]
-                    logits = logits[keep] if logits is not None else None
-                    n, alive = len(keep), [True] * len(keep)
-                for i in range(n):
-                    if not alive[i]:
-                        continue
-                    if not queued[i]:  # the last forward predicted after this row's last token
-                        while isinstance(pending[i], Score):
-                            context = segments + ([cache.row(i, int(fill[i]))] if fill[i] else [])
-                            scoring = time.perf_counter()
-                            key = score_candidates(self.model, context, first + int(fill[i]), logits[i],
-                                                   pending[i].candidates, pending[i].counted)
-                            if on_score is not None:
-                                on_score(rows[i], time.perf_counter() - scoring)
-                            pending[i] = self._advance(programs[i], key, i, alive)
-                        action = pending[i]
-                        if isinstance(action, Choice):
-                            token = self._greedy(action, logits[i])
-                            queued[i].append(token)
-                            room_left = min(self.max_run, room - int(fill[i])) - 1
-                            if action.follow is not None and self.max_draft and room_left > 0:
-                                draft = action.follow(token, min(self.max_draft, room_left))
-                                if draft:
-                                    drafts[i] = draft
-                            pending[i] = self._advance(programs[i], token, i, alive)
-                            if i in drafts and alive[i] and isinstance(pending[i], Choice):
-                                queued[i] += drafts[i]  # fed now, kept after the forward as far as they hold
-                            else:
-                                drafts.pop(i, None)
-                    while alive[i] and isinstance(pending[i], tuple) and len(queued[i]) < self.max_run:
-                        queued[i].append(pending[i][1])
-                        pending[i] = self._advance(programs[i], None, i, alive)
-                    if not alive[i]:
-                        finish(i)
-                    elif fill[i] >= room:  # no room left for what it still has to say
-                        cut[rows[i]], alive[i], queued[i] = True, False, []
-                ready = [min(len(queued[i]), self.max_run, room - int(fill[i])) for i in range(n)]
-                if not any(ready):
-                    break
-                tokens: list[int] = []
-                for i, k in enumerate(ready):
-                    tokens += queued[i][:k]
-                    queued[i] = queued[i][k:]
-                step = RowStep.of(cache, fill, ready)
-                attention.step = step
-                started = time.perf_counter()
-                hidden = self.decoder(
-                    input_ids=torch.tensor([tokens], device=self.device),
-                    position_ids=(step.token_positions + first)[None].to(self.device),
-                    use_cache=False,
-                    attention_context=attention,
-                ).last_hidden_state
-                new = self.head(hidden[0, step.last]).float().cpu().numpy()
-                logits = new if logits is None else np.where(np.asarray(ready)[:, None] > 0, new, logits)
-                if drafts:
-                    self._verify(drafts, hidden[0], step, logits, programs, pending, alive, fill, ready)
-                if on_step is not None:
-                    on_step(time.perf_counter() - started)
-                fill += np.asarray(ready, dtype=np.int64)
-                for i in drafts:
-                    if not alive[i]:
-                        finish(i)
-        return cut
-
-    def _greedy(self, action: Choice, row) -> int:
-        return greedy(action, row, self.penalties)
-
-    def _verify(self, drafts: dict[int, list[int]], hidden, step: "RowStep", logits, programs, pending, alive,
-                fill, ready) -> None:
+    def verify(self, drafts: dict[int, list[int]], hidden, step: RowStep, ready: list[int]) -> None:
         """Keep of each row's draft the tokens greedy decoding picks, in order, up to the first it
         does not: the program gets those, ``ready`` counts only them (the rest of the row's cache
         is written over later), and the row's prediction is the one after its last kept token."""
         import torch
 
+        driver = self.driver
         rows = sorted(drafts)
         # each drafting row fed [choice, d1 .. dk]: the predictions after choice .. d(k-1) decide d1 .. dk
         index = torch.cat([torch.arange(int(step.last[i]) - len(drafts[i]), int(step.last[i])) for i in rows])
-        predicted = self.head(hidden[index]).float().cpu().numpy()
+        predicted = driver.head(hidden[index]).float().cpu().numpy()
         at = 0
         for i in rows:
             draft = drafts[i]
             kept = 0
             for j, token in enumerate(draft):
-                if not (alive[i] and isinstance(pending[i], Choice)) or self._greedy(pending[i], predicted[at + j]) != token:
+                action = self.pending[i]
+                if not (self.alive[i] and isinstance(action, Choice)) or greedy(action, predicted[at + j], driver.penalties) != token:
                     break
-                pending[i] = self._advance(programs[i], token, i, alive)
+                self.advance(i, token)
                 kept += 1
             if kept < len(draft):  # the prediction after the last kept token
-                logits[i] = predicted[at + kept]
+                self.logits[i] = predicted[at + kept]
             ready[i] -= len(draft) - kept
             at += len(draft)
-
-    @staticmethod
-    def _advance(prog: Program, value, i: int, alive: list[bool]):
-        try:
-            return prog.send(value) if value is not None else next(prog)
-        except StopIteration:
-            alive[i] = False
-            return None

@@ -7,7 +7,7 @@ from assets.partitions import workflows_partitions
 from assets.trained_weights import trained_weights
 from resources import ClaudeResource, SettingsResource, StoreResource
 from subterra.routes import DEPLOYED
-from subterra.runtime import ReadingRules
+from subterra.runtime.encoding import ReadingRules
 
 
 class EvalSettings(dg.Config):
@@ -29,7 +29,7 @@ class EvalSettings(dg.Config):
     copy_runs: Optional[bool] = None  # with the lexicon, a value is a whole run between procedure words (None: the model's rule)
     fresh_values: bool = True  # a value the conversation holds is not offered for its slot again beside another
     corrections_named: bool = True  # a correction refills the held slot whose value it names, not another of its type
-    # how people's messages are read (subterra.runtime.ReadingRules describes each and holds its default)
+    # how people's messages are read (subterra.runtime.encoding.ReadingRules describes each and holds its default)
     courtesy_values: bool = ReadingRules.courtesy_values
     typed_values: bool = ReadingRules.typed_values
     edge_slots: bool = ReadingRules.edge_slots

@@ -25,7 +25,7 @@ from subterra.claude_spool import ClaudeAnswers
 from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, score, select_sets
 from subterra.forms import Form, user_say
 from subterra.procedure import render_procedure
-from subterra.runtime import TurnRecord
+from subterra.runtime.turns import TurnRecord
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 

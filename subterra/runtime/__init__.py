@@ -15,7 +15,7 @@ One job per module, each depending only on those above it:
 * ``row_cache``: every row's own keys and values, and how a packed step lays its tokens over them;
 * ``attention``: the attention over a shared context, then each row's own tokens;
 * ``scoring``: choosing among candidate sequences (a trie walk, or scored whole);
-* ``form``: the programs of one assistant turn (``fill_form``, ``free_form``);
+* ``turns``: the programs of one assistant turn (``fill_form``, ``free_form``);
 * ``lockstep``: many conversations, one batched forward per step (``Lockstep``);
 * ``chat``: one live conversation (``ChatSession``).
 
@@ -28,11 +28,11 @@ from subterra.runtime.attention import AttentionContext
 from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
 from subterra.runtime.chat import ChatSession
 from subterra.runtime.encoding import END, Codec, ReadingRules
-from subterra.runtime.form import TurnCounter, TurnRecord, fill_form, free_form, read_form
 from subterra.runtime.lockstep import MAX_DRAFT, Lockstep, Prefix
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.row_cache import RowCache, RowState, RowStep
 from subterra.runtime.scoring import candidate_scores
+from subterra.runtime.turns import TurnCounter, TurnRecord, fill_form, free_form, read_form
 
 __all__ = [
     "CHOSEN_TYPES", "END", "MAX_DRAFT", "AttentionContext", "ChatSession", "Choice", "Codec", "Lockstep", "Prefix",

@@ -7,7 +7,7 @@ A program (``Program``: a generator) yields one action at a time and is sent the
 * ``Score``: the most likely of several token sequences, scored whole; its key is sent back.
 
 The drivers (``Lockstep``, ``ChatSession``, ``subterra.conversations``) answer them; the form
-programs (``subterra.runtime.form``) and ``choose`` (``subterra.runtime.scoring``) ask them.
+programs (``subterra.runtime.turns``) and ``choose`` (``subterra.runtime.scoring``) ask them.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ from __future__ import annotations
 from subterra.forms import Form, user_say
 from subterra.runtime.actions import Choice, Score
 from subterra.runtime.encoding import Codec, ReadingRules
-from subterra.runtime.turns import TurnCounter, fill_form
 from subterra.runtime.lockstep import MAX_DRAFT, greedy, penalties
 from subterra.runtime.scoring import score_candidates
+from subterra.runtime.turns import TurnCounter, fill_form
 
 
 class ChatSession:

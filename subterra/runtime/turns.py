@@ -34,6 +34,8 @@ from subterra.runtime.scoring import choose
 
 @dataclass
 class TurnRecord:
+    """One played assistant turn as a transcript keeps it."""
+
     node: str
     slots: dict[str, str]
     say: str

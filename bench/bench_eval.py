@@ -54,7 +54,7 @@ def compiled_model(wf, corpus, folder: Path) -> tuple[str, str]:
 
 def one_at_a_time_chat(model_dir: str, wf, rows: list[dict], max_say: int) -> tuple[float, int]:
     """Every scenario alone through ChatSession; (seconds, assistant turns)."""
-    from subterra.runtime import ChatSession
+    from subterra.runtime.chat import ChatSession
 
     seconds, turns = 0.0, 0
     for row in rows:

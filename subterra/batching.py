@@ -17,7 +17,8 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from subterra.runtime import Lockstep, Prefix, RowState
+from subterra.runtime.lockstep import Lockstep, Prefix
+from subterra.runtime.row_cache import RowState
 
 
 class TooLong(ValueError):

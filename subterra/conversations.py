@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from subterra.forms import Form, user_say
-from subterra.runtime import Choice, Codec, ReadingRules, Score, TurnCounter, fill_form, force
+from subterra.runtime.actions import Choice, Score, force
+from subterra.runtime.encoding import Codec, ReadingRules
+from subterra.runtime.turns import TurnCounter, fill_form
 
 
 class HistoryMismatch(ValueError):

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from subterra.batching import Batcher
-from subterra.runtime import MAX_DRAFT, Codec, Lockstep, ReadingRules
+from subterra.runtime.encoding import Codec, ReadingRules
+from subterra.runtime.lockstep import MAX_DRAFT, Lockstep
 from subterra.serving import Serving, serving_model
 from subterra.workflow import Workflow
 

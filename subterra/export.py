@@ -23,7 +23,8 @@ from pathlib import Path
 
 from subterra.atomic import replace_dir
 from subterra.forms import FORM_KEYS
-from subterra.runtime import CHOSEN_TYPES, END
+from subterra.runtime.candidates import CHOSEN_TYPES
+from subterra.runtime.encoding import END
 from subterra.workflow import Workflow
 
 SERVING_FILE = "subterra_serving.json"

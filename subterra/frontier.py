@@ -26,7 +26,7 @@ from subterra.evaluation import EvalConfig, EvalResult, Transcript, aggregate, s
 from subterra.forms import Form, user_say
 from subterra.procedure import render_procedure
 from subterra.routes import FRONTIER_ROUTE
-from subterra.runtime import TurnRecord
+from subterra.runtime.turns import TurnRecord
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 

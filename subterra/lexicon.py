@@ -3,7 +3,7 @@
 A word that users said many times in training but never as (part of) a slot value belongs to the
 procedure's phrasing ("please", "ticket", "under"), not to a value. The runtime's copy
 constraint uses this lexicon to cut a message into runs of other words between such words and
-sentence breaks; a value is one whole run (``runtime.value_spans``). It is a compile artifact saved
+sentence breaks; a value is one whole run (``runtime.candidates.value_spans``). It is a compile artifact saved
 beside the weights (``value_lexicon.json``), measured on its own in the evaluation
 (``EvalConfig.use_lexicon``, ``copy_runs``: by default the model's own rule, ``whole_runs``); on phrasings training never saw it knows fewer words
 and the model decides more alone.

@@ -13,7 +13,7 @@
   failures: "The front of the plane, please." not read as business). Both repair rounds were
   refused (0.771 -> 0.771 and -> 0.708 pooled), so the profile runs one. The run before, with 14
   correction phrasings instead of 30: 1.000 and 0.542. The same model re-evaluated with the prefilled
-  form's correction rule (``runtime.offered_keys``): 1.000 and 0.625.
+  form's correction rule (``runtime.offers.offered_keys``): 1.000 and 0.625.
 * ``full`` — the published scale, for a GPU: every path, 8 conversations per path, 200 scenarios
   per holdout, three epochs, three repair rounds.
 

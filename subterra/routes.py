@@ -15,13 +15,13 @@ scenarios against their users (scripted unless told) and returns one ``Transcrip
 The fifth, ``frontier``, is Claude with the whole procedure in context (``subterra.frontier``), played
 when Claude is set up.
 
-The prefilled form is the deployed runtime (``subterra.runtime.fill_form``): its structure is
+The prefilled form is the deployed runtime (``subterra.runtime.turns.fill_form``): its structure is
 forced, the node id is constrained to the workflow's node ids, slot names to its slots and values
 to spans of the user's message, so the two ``*_prefill`` rows differ from each other only in
 weights and prompt. The copy constraint's lexicon is a compile artifact: it comes with the
 fine-tuned weights, the base model has none.
 
-A local route plays its scenarios in batches (``runtime.Lockstep``): KV-cached, each row's
+A local route plays its scenarios in batches (``runtime.lockstep.Lockstep``): KV-cached, each row's
 choice or forced stretch fed in one forward; its system prompt (for ``orchestrated*`` the whole
 procedure, ~1,000 tokens) is encoded once per evaluation and shared by every row, never re-encoded. A
 route that generates forms some other way (a hosted model) implements the same ``play``.
@@ -35,7 +35,10 @@ from typing import Callable, Protocol, Sequence
 
 from subterra.forms import user_say
 from subterra.procedure import render_procedure
-from subterra.runtime import MAX_DRAFT, Codec, ReadingRules, TurnCounter, TurnRecord, fill_form, force, free_form
+from subterra.runtime.actions import force
+from subterra.runtime.encoding import Codec, ReadingRules
+from subterra.runtime.lockstep import MAX_DRAFT
+from subterra.runtime.turns import TurnCounter, TurnRecord, fill_form, free_form
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
@@ -97,7 +100,7 @@ class PlayConfig:
     corrections_named: bool = True  # prefilled form: a correction refills the held slot whose value it names (offered_keys)
     torch_threads: int = 0  # CPU threads for the forward passes (0: torch's default, every core)
     draft_tokens: int = MAX_DRAFT  # prefilled form: say tokens drafted per forward from known say lines (0: none)
-    # prefilled form: how people's messages are read (``runtime.ReadingRules``, where each is described)
+    # prefilled form: how people's messages are read (``runtime.encoding.ReadingRules``, where each is described)
     courtesy_values: bool = ReadingRules.courtesy_values
     typed_values: bool = ReadingRules.typed_values
     edge_slots: bool = ReadingRules.edge_slots
@@ -213,7 +216,7 @@ class LocalRoute:
     def play(self, wf, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
              progress: Callable[[int, int], None] | None = None, users: Users = SCRIPTED) -> list[Transcript]:
         from subterra.lexicon import load_lexicon, whole_runs
-        from subterra.runtime import Lockstep
+        from subterra.runtime.lockstep import Lockstep
         from subterra.student import load_compiled
 
         if config.torch_threads:

@@ -41,7 +41,7 @@ from subterra.conversations import (
 )
 from subterra.deployment import Deployment, UnknownWorkflow
 from subterra.phrasing import fill, placeholders
-from subterra.runtime import ReadingRules
+from subterra.runtime.encoding import ReadingRules
 
 log = logging.getLogger("subterra.server")
 PAGE = Path(__file__).parent / "web" / "chat.html"

@@ -1,6 +1,7 @@
 """Shared fixtures: a temporary data folder holding the mini workflow, its DuckDB store, and the
 Dagster resources pointed at both."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -85,6 +86,23 @@ def trained(tmp_path_factory, mini_workflow, corpus):
     logs = []
     result = train(config, on_log=logs.append)
     return config, result, logs
+
+
+def sharp_model_and_prompts(trained, corpus):
+    """The trained tiny model with sharp random weights (every position of the context changes the
+    choice), the ids a free choice may not take, and three conversations' opening prompts."""
+    import torch
+
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    prompts = [tokenizer.apply_chat_template(json.loads(m)[:2], tokenize=True, add_generation_prompt=True)
+               for m in corpus["messages"][:3]]
+    return tokenizer, model, list(tokenizer.all_special_ids), [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
 
 
 # A tiny model trained long enough to follow the mini workflow to its ends (about a minute): what

@@ -295,7 +295,7 @@ def test_whole_pipeline_for_the_mini_workflow(settings, store, resources, instan
     # the data folder moved (copied elsewhere, the old one gone): the same model serves, from where it is now
     import shutil
 
-    from subterra.runtime import ChatSession
+    from subterra.runtime.chat import ChatSession
     from subterra.serving import serving_model
     from subterra.store import Store
 

@@ -16,7 +16,7 @@ from subterra.evaluation import VALIDATION_SETS, score, score_script
 from subterra.forms import FALLBACK_SAY, Form, user_say
 from subterra.natural import load_natural_sets
 from subterra.routes import Transcript
-from subterra.runtime import TurnRecord
+from subterra.runtime.turns import TurnRecord
 from subterra.say_judge import SayJudge
 from subterra.scenario import Scenario
 from subterra.simulator import UserTurn
@@ -166,7 +166,7 @@ def test_a_reply_with_a_placeholder_the_conversation_does_not_hold_is_never_show
 def test_the_placeholder_guard_sits_between_every_route_and_its_user(mini_workflow):
     """The lockstep conversation program shows the user the guarded text and counts the form invalid."""
     from subterra.routes import Episode, conversation_program
-    from subterra.runtime import Codec
+    from subterra.runtime.encoding import Codec
     from subterra.simulator import Users
 
     class Chars:  # a tokenizer stand-in: one id per character

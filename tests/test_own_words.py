@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from subterra.runtime import Codec, courtesy_only
+from subterra.runtime.candidates import courtesy_only
+from subterra.runtime.encoding import Codec
 
 
 def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workflow):
@@ -11,7 +12,7 @@ def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workfl
 
     assert courtesy_only("hiya!!") and courtesy_only("Good morning") and courtesy_only("hey there")
     assert not courtesy_only("Hi Lisbon") and not courtesy_only("Cape Town") and not courtesy_only("2")
-    from subterra.runtime import value_spans
+    from subterra.runtime.candidates import value_spans
 
     assert value_spans("barcelona (BCN)", frozenset({"from"})) == ["barcelona", "BCN"]  # an aside is no part of a value
     assert "barcelona (BCN" not in value_spans("barcelona (BCN)")
@@ -30,7 +31,8 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     import datetime as dt
 
     from subterra.lexicon import load_lexicon, whole_runs
-    from subterra.runtime import TurnCounter, fill_form, offered_values
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import TurnCounter, fill_form
     from subterra.student import load_compiled
     from subterra.typed_values import parsed_values
 
@@ -53,7 +55,7 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert list(offered_values(codec, "March 14th works", None, today)["date"][0]) == ["14 March 2027"]
     assert "date" not in offered_values(Codec(tokenizer, mini_workflow, typed_values=False), "March 14th works", None, today)
     # through the form: whatever the model chooses, a count or a date it holds is the normalised value
-    from subterra.runtime import Lockstep
+    from subterra.runtime.lockstep import Lockstep
 
     driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
     for message in ("two of us, in economy", "March 14th works", "next Friday please"):
@@ -92,7 +94,8 @@ def test_the_slots_a_move_collects_are_filled_first(trained, mini_workflow):
     import datetime as dt
 
     from subterra.lexicon import load_lexicon, whole_runs
-    from subterra.runtime import Lockstep, TurnCounter, fill_form
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.turns import TurnCounter, fill_form
     from subterra.student import load_compiled
 
     model_dir = trained[1].model_dir
@@ -151,7 +154,7 @@ def test_its_frame_is_cut_from_a_value_even_when_a_declared_value_has_an_apostro
     """"It's Niamh Keane" gives the name, not "It's Niamh Keane", in a workflow that declares
     "O'Neill's" among its values (its "s" is what an apostrophe leaves, not a value word)."""
     from subterra.lexicon import with_function_words
-    from subterra.runtime import value_spans
+    from subterra.runtime.candidates import value_spans
     from subterra.workflow import Workflow, load_workflow
 
     definition = load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml").to_dict()

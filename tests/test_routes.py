@@ -1,5 +1,5 @@
 """The route ladder on the tiny student: every route runs on the same scenarios; the prefilled
-form never names an unknown node; the shared system prompt is encoded once and changes nothing."""
+form never names an unknown node; the user reads the say filled in."""
 
 import json
 
@@ -7,9 +7,7 @@ import polars as pl
 import pytest
 
 from subterra.evaluation import EvalConfig, evaluate
-from subterra.procedure import render_procedure
 from subterra.routes import ROUTES, SPECS, local_routes
-from subterra.runtime import Choice, Lockstep, read_form
 
 SMALL = dict(scenarios=2, batch_size=8, max_say_tokens=6, max_form_tokens=24, extra_turns=1)
 
@@ -74,111 +72,6 @@ def test_the_constraint_never_emits_an_unknown_node(random_model, mini_workflow,
     assert (free["form_validity"] == 0.0).all()
 
 
-def test_a_shared_prefix_is_encoded_once_and_changes_nothing(trained, mini_workflow, corpus):
-    """Rows that start from a prefix encoded once (copied into every row's cache) choose the same
-    tokens as rows that feed the prefix themselves."""
-    import torch
-
-    from subterra.runtime import Codec
-    from subterra.student import load_compiled
-
-    tokenizer, model = load_compiled(trained[1].model_dir)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    codec = Codec(tokenizer, mini_workflow)
-    prefix = codec.system(render_procedure(mini_workflow))
-    messages = [codec.user(json.loads(m)[1]["content"]) for m in corpus["messages"][:3]]
-
-    def program(ids, out, n=5):
-        for t in ids:
-            yield ("force", t)
-        for _ in range(n):
-            out.append((yield Choice(None)))
-
-    driver = Lockstep(model, codec.banned_in_say)
-    together = [[] for _ in messages]
-    driver.run([program(prefix + m, o) for m, o in zip(messages, together)], max_len=len(prefix) + 64)
-    shared = [[] for _ in messages]
-    encoded = driver.encode_prefix(prefix)
-    driver.run([program(m, o) for m, o in zip(messages, shared)], max_len=len(prefix) + 64, prefix=encoded)
-    assert shared == together and all(len(o) == 5 for o in shared)
-
-
-def test_a_free_text_is_read_leniently_but_is_not_a_valid_form():
-    form, valid = read_form('{"node": "greet", "slots": {"destination": "Oslo"}, "say": "Hi"}')
-    assert valid and form.node == "greet" and form.slots == {"destination": "Oslo"}
-    form, valid = read_form('Sure! {"node": "ask_date", "slots": {"destination": "Oslo"}, "say": "When')
-    assert not valid and form.node == "ask_date" and form.slots == {"destination": "Oslo"}
-    form, valid = read_form("Hello, how can I help?")
-    assert not valid and form.node == "" and form.slots == {}
-
-
-def test_candidates_scored_over_a_shared_context_equal_a_plain_forward(trained):
-    """Scoring candidates that attend to the context where it lies (a procedure prefix and a
-    row's own tokens, never copied per candidate) gives the log-probabilities of running each
-    context + candidate through the model from scratch."""
-    import torch
-
-    from subterra.runtime import candidate_scores
-    from subterra.student import load_compiled
-
-    tokenizer, model = load_compiled(trained[1].model_dir)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    ids = tokenizer("I would like to fly to Cape Town on 9 May 2027, please.", add_special_tokens=False)["input_ids"]
-    head, tail = ids[:7], ids[7:]
-    candidates = {"a": ids[:3], "b": ids[3:8], "c": [ids[0]], "d": ids[5:7] + ids[1:2]}
-    with torch.inference_mode():
-        first = model(input_ids=torch.tensor([head]), use_cache=True)
-        second = model(input_ids=torch.tensor([tail]), use_cache=True, position_ids=torch.arange(len(head), len(ids))[None],
-                       past_key_values=first.past_key_values)
-    segments = [[(l.keys[:, :, : len(head)], l.values[:, :, : len(head)]) for l in first.past_key_values.layers],
-                [(l.keys[:, :, len(head):], l.values[:, :, len(head):]) for l in first.past_key_values.layers]]
-    got = candidate_scores(model, segments, len(ids), second.logits[0, -1].float().numpy(), candidates)
-    for key, seq in candidates.items():
-        with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids + seq])).logits[0].float()
-        logp = torch.log_softmax(logits, -1)
-        expected = sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(seq))
-        assert got[key] == pytest.approx(expected, abs=1e-3), key
-
-
-def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(trained, corpus):
-    """Rows of very different lengths: once most are done the batch shrinks to the rest, and every
-    row still chooses what it would alone; a row that runs out of room is reported as cut off."""
-    import torch
-
-    from subterra.student import load_compiled
-
-    tokenizer, model = load_compiled(trained[1].model_dir)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    prompts = [tokenizer(json.loads(m)[1]["content"], add_special_tokens=False)["input_ids"] for m in corpus["messages"][:5]]
-    lengths = [2, 3, 12, 2, 40]  # the last needs more room than the cache has
-
-    def program(ids, out, k):
-        for t in ids:
-            yield ("force", t)
-        for _ in range(k):
-            out.append((yield Choice(None)))
-
-    driver = Lockstep(model, list(tokenizer.all_special_ids))
-    together = [[] for _ in prompts]
-    max_len = max(map(len, prompts)) + 20
-    cut = driver.run([program(p, o, k) for p, o, k in zip(prompts, together, lengths)], max_len=max_len)
-    assert cut == [False, False, False, False, True]
-    for p, k, got in zip(prompts, lengths, together):
-        alone: list[int] = []
-        driver.run([program(p, alone, k)], max_len=max_len)
-        assert got == alone
-
-
 def test_templatize_gives_back_the_text_when_filled_and_leaves_literal_braces():
     from subterra.phrasing import fill, placeholders, templatize
 
@@ -195,7 +88,7 @@ def test_the_user_reads_the_say_filled_in_and_a_placeholder_of_nothing_held_is_a
     placeholder naming a value nobody gave stays as written and makes the form invalid."""
     from subterra.forms import Form, render_form, shown_say
     from subterra.routes import Episode, Transcript, conversation_program
-    from subterra.runtime import Codec
+    from subterra.runtime.encoding import Codec
     from subterra.scenario import Scenario
 
     assert shown_say("To {destination}, {{ok}}?", {"destination": "Oslo"}) == ("To Oslo, {ok}?", True)

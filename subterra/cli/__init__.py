@@ -280,7 +280,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from subterra.runtime import ChatSession
+    from subterra.runtime.chat import ChatSession
     from subterra.serving import serving_model
     from subterra.store import Store
     from subterra.workflow import Workflow

@@ -1,0 +1,136 @@
+"""The copy constraint on text: which spans of a user's message a slot value may be copied from,
+and whether a value fits its slot's declared type.
+
+A free slot's value is a verbatim span of the user's last message (whole words), never retyped,
+so it can be chosen but never misspelt; an enum or boolean slot chooses among its declared values
+instead (``CHOSEN_TYPES``). ``Codec.value_candidates`` (``subterra.runtime.encoding``) turns what
+this module allows into token sequences.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+WORD = re.compile(r"\w")
+TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
+SENTENCE_BREAK = ",.;:!?"  # a word ending in one of these ends a value
+CHOSEN_TYPES = ("enum", "boolean")  # slot types chosen among declared values, never copied from the message
+
+# greetings, thanks and fillers: words no slot value is made of only (an English list, not one
+# workflow's words: "hi" is never a destination, "good morning" never a name)
+COURTESY_WORDS = frozenset("""
+hi hello hey hiya howdy heya yo hallo greetings morning afternoon evening good day there
+thanks thank thx ty cheers please pls plz ok okay k yes yeah yep no nope sure um uh hmm er
+well so oh ah right alright great cool fine lovely hm huh sorry excuse me you all folks
+""".split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def courtesy_only(span: str) -> bool:
+    """Is ``span`` made only of greetings, thanks and fillers (so never a slot value)?"""
+    found = re.findall(r"[a-z]+", span.casefold())
+    return bool(found) and all(w in COURTESY_WORDS for w in found) and not re.search(r"\d", span)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
+def fits_type(spec, value: str) -> bool:
+    """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
+    number and date slots take only what reads as one; a string slot whose declared values hold
+    no digit takes no bare number; other strings take anything."""
+    import datetime as dt
+
+    if spec.type == "integer" or spec.type == "number":
+        try:
+            number = int(value) if spec.type == "integer" else float(value)
+        except ValueError:
+            return False
+        low, high = spec.min, spec.max
+        return (low is None or number >= float(low)) and (high is None or number <= float(high))
+    if spec.type == "date":
+        for pattern in ("%d %B %Y", "%Y-%m-%d"):
+            try:
+                dt.datetime.strptime(value, pattern)
+                return True
+            except ValueError:
+                continue
+        return False
+    if spec.values and not any(ch.isdigit() for v in spec.values for ch in v):
+        return not re.fullmatch(r"[\d\s.,:/-]+", value)  # a pool of words: a bare number is not one
+    return True
+
+
+def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: bool = True) -> list[str]:
+    """The spans of ``message`` a slot value may be copied from.
+
+    Without a lexicon: every span of whole words (``word_spans``). With the compile's lexicon of
+    procedure words (words users said around values in training, never inside one): a span
+    neither starts nor ends with a procedure word, and with ``runs_only`` it is a whole run of
+    non-procedure words between procedure words and sentence breaks, so where a value ends is
+    read from the message ("Cape Town", never "Cape"). If the lexicon leaves nothing, every span.
+    """
+    if lexicon and runs_only:
+        runs = _runs(message, lexicon)
+        if runs:
+            return runs
+    spans = word_spans(message)
+    if not lexicon:
+        return spans
+    kept = [s for s in spans if not _edge_words(s) & lexicon]
+    return kept or spans
+
+
+def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
+    from subterra.lexicon import words
+
+    runs: list[str] = []
+    current: list[tuple[int, int]] = []
+
+    def close():
+        if current:
+            text = _span_text(message, current[0][0], current[-1][1])
+            if text and text not in runs:
+                runs.append(text)
+            current.clear()
+
+    for m in TOKEN.finditer(message):
+        found = words(m.group())
+        if found and all(w in lexicon for w in found):
+            close()
+            continue
+        if m.group()[0] in "([":  # an aside starts: "barcelona (BCN)" is two runs
+            close()
+        current.append((m.start(), m.end()))
+        if m.group()[-1] in SENTENCE_BREAK or m.group()[-1] in ")]":
+            close()
+    close()
+    return runs
+
+
+def _span_text(message: str, start: int, end: int) -> str:
+    """The text of a span without the punctuation at its ends (not part of a value); empty if it
+    holds no word or a character a form's JSON string would have to escape."""
+    text = message[start:end].strip(".,!?;:()[]'")
+    return text if text and WORD.search(text) and '"' not in text and "\\" not in text else ""
+
+
+def _edge_words(span: str) -> set[str]:
+    from subterra.lexicon import words
+
+    found = words(span)
+    return {found[0], found[-1]} if found else set()
+
+
+def word_spans(message: str, max_words: int = 6) -> list[str]:
+    """Every span of 1..max_words whole words of ``message``; a span never crosses a sentence
+    break (a word ending in , . ; : ! ?) and drops the punctuation at its ends."""
+    words = [(m.start(), m.end()) for m in TOKEN.finditer(message)]
+    spans: list[str] = []
+    for i in range(len(words)):
+        for j in range(i, min(len(words), i + max_words)):
+            if j > i and (message[words[j - 1][1] - 1] in SENTENCE_BREAK + ")]" or message[words[j][0]] in "(["):
+                break
+            text = _span_text(message, words[i][0], words[j][1])
+            if text and text not in spans:
+                spans.append(text)
+    return spans

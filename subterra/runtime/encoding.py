@@ -1,0 +1,155 @@
+"""The chat format and the form as token ids: what every row of a batch feeds and chooses among.
+
+The form's fixed structure is cut where any tokenizer cuts (a letter meeting punctuation, before a
+space), so a pretrained byte-level BPE sees the very tokens it was trained on; ``Codec`` holds each
+piece as token ids, the node ids and slot names to choose among, the tokens that may end or open a
+``say``, and a slot's allowed values as token sequences (``value_candidates``: the copy constraint
+of ``subterra.runtime.candidates``). ``ReadingRules`` are how people's messages are read.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from subterra.drafts import SayDrafts
+from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
+    FIRST_KEY, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
+    VALUE_MORE,
+)
+from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
+
+END = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class ReadingRules:
+    """How the runtime reads people's messages: each rule chosen on the validation sets
+    (``python -m bench.validate``), the one source of their defaults (eval, chat, serving)."""
+
+    courtesy_values: bool = False  # may a span of only greetings and thanks ("hi", "good morning") be a value?
+    typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
+    edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
+    function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
+
+
+class Codec:
+    """Token-level view of the chat format, shared by every row of a batch."""
+
+    def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
+                 courtesy_values: bool = ReadingRules.courtesy_values, typed_values: bool = ReadingRules.typed_values,
+                 function_words: bool = ReadingRules.function_words):
+        self.tok = tokenizer
+        self.wf = wf
+        if lexicon and function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
+            from subterra.lexicon import with_function_words
+
+            lexicon = with_function_words(lexicon, wf)
+        self.lexicon = lexicon
+        self.runs_only = runs_only
+        self.courtesy_values = courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
+        self.typed_values = typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
+        self._spans_of: tuple[str | None, list[str]] = (None, [])
+        enc = self.encode
+        self.form_head = enc(FORM_HEAD)
+        self.node_candidates = {n: enc(n + NODE_END) for n in wf.nodes}
+        self.slots_key = enc(SLOTS_KEY)
+        self.no_slots = enc(NO_SLOTS)
+        self.first_key = enc(FIRST_KEY)
+        self.next_key = enc(NEXT_KEY)
+        self.key_candidates = {s: enc(s + KEY_END) for s in wf.slots}
+        self.value_head = enc(VALUE_HEAD)
+        self.value_more = enc(VALUE_MORE)
+        self.value_last = enc(VALUE_LAST)
+        head = enc(SAY_HEAD)
+        self.say_head = head[:-1]  # the say opens with the head's last token or a merge of it with the say's start
+        # a form holds the slots one user message provides: at most what one step collects
+        self.max_slots = max(
+            [1] + [len(set(n.collect) | set(e.collect)) for n in wf.nodes.values() for e in wf.out_edges(n.id)]
+            + [len(n.collect) for n in wf.nodes.values()]
+        )
+        self.end_of_turn = enc(END + "\n")
+        self.newline = enc("\n")
+        self.end_id = tokenizer.convert_tokens_to_ids(END)
+        specials = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        # ``say`` ends at its first token holding a quote; such a token may carry text before the
+        # quote and the form's closing brace after it ('?"', '"}'), nothing else
+        self.say_ends: dict[int, tuple[str, str]] = {}
+        banned_say = set(specials)
+        for i, text in enumerate(texts):
+            if "\\" in text:
+                banned_say.add(i)
+            elif '"' in text:
+                before, _, after = text.partition('"')
+                if after in ("", "}"):
+                    self.say_ends[i] = (before, after)
+                else:
+                    banned_say.add(i)
+        # a byte-level BPE merges the quote that opens ``say`` with what follows it (' "{' before
+        # "{destination} ..."): the say opens with one of the tokens that begin with the head's last
+        # token's text, its rest being the say's first characters
+        opening = texts[head[-1]]
+        self.say_openers = {
+            i: text[len(opening):] for i, text in enumerate(texts)
+            if text.startswith(opening) and i not in specials and not {'"', "\\"} & set(text[len(opening):])
+        }
+        self.starts_word = [t[:1].isspace() for t in texts]
+        self.ends_sentence = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith((".", "!", "?")))
+        self.banned_in_say = sorted(banned_say)
+        self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
+        self.drafts = SayDrafts.of_workflow(self)  # say lines to draft from (subterra.drafts)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._encoded(text))
+
+    @functools.cached_property
+    def _encoded(self) -> Callable[[str], tuple[int, ...]]:
+        """The tokenizer, remembering: the rows of a batch encode the same spans over and over."""
+        tok = self.tok
+        return functools.lru_cache(maxsize=1 << 16)(lambda text: tuple(tok(text, add_special_tokens=False)["input_ids"]))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids))
+
+    def system(self, text: str) -> list[int]:
+        return self.encode(f"<|im_start|>system\n{text}<|im_end|>\n")
+
+    def user(self, text: str) -> list[int]:
+        return self.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+    def value_candidates(self, slot: str, message: str, today=None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+        """Allowed values of ``slot`` after ``message``, and which of their tokens are decisions.
+
+        Enum and boolean slots choose among their values (every token counts). Free slots copy a
+        span of whole words of the message: what counts is the span's first token and each token
+        that starts a word (go on or stop); the rest of a word follows from the message. Integer and
+        date slots are also offered what the message says in people's words, normalised ("two of
+        us" -> ``2``, "next Friday" -> the date from ``today``; every token of those counts).
+        """
+        spec = self.wf.slots[slot]
+        if spec.type in CHOSEN_TYPES:
+            values = spec.values if spec.type == "enum" else ("yes", "no")
+            return {v: self.encode(v) for v in values}, None
+        candidates, counted = {}, {}
+        if self._spans_of[0] != message:  # every slot of a turn reads the same message
+            self._spans_of = (message, value_spans(message, self.lexicon, self.runs_only))
+        spans = [v for v in self._spans_of[1] if fits_type(spec, v)]
+        if not spans and spec.type != "string":  # a typed value inside a longer run ("2 adults")
+            spans = [v for v in word_spans(message) if fits_type(spec, v)]
+        if not self.courtesy_values:
+            spans = [v for v in spans if not courtesy_only(v)]
+        for span in spans:
+            ids = self.encode(span)
+            candidates[span] = ids
+            counted[span] = [0] + [j for j in range(1, len(ids)) if self.starts_word[ids[j]]]
+        if self.typed_values and spec.type in ("integer", "date"):
+            from subterra.typed_values import parsed_values
+
+            for value in parsed_values(spec.type, message, today):
+                if value not in candidates and fits_type(spec, value):
+                    ids = self.encode(value)
+                    candidates[value] = ids
+                    counted[value] = list(range(len(ids)))
+        return candidates, counted

@@ -1,0 +1,230 @@
+"""The programs of one assistant turn: a prefilled form (``fill_form``) or a freely written one
+(``free_form``).
+
+``fill_form`` forces the form's fixed structure — ``{"node": "``, ``", "slots": {``, ``"say": "``
+— so the model generates values only, and constrains three of them:
+
+* the node id is one of the workflow's node ids (not its successors: where to go is the model's
+  call);
+* a slot name is one of the workflow's slot names (those ``subterra.runtime.offers`` offers);
+* a slot value is a verbatim span of the user's last message (whole words), an enum value, or
+  yes/no for a boolean — the copy constraint: a value can be chosen but never misspelt.
+
+Decoding is greedy inside those constraints (a trie over the allowed token sequences; values are
+scored whole) and free for ``say`` (a template: ``{slot}`` for a value the conversation holds,
+filled in by ``forms.user_say``, never shown with a placeholder the conversation does not hold;
+its first token may be the opening quote merged with the say's start, as a byte-level BPE merges
+' "{'). ``free_form`` is the other way to fill a form: the model writes the whole turn itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from subterra.forms import FORM_CLOSE, Form
+from subterra.runtime.actions import Choice, Score, force
+from subterra.runtime.encoding import END, Codec
+from subterra.runtime.offers import offered_keys, offered_values
+from subterra.runtime.scoring import choose
+
+
+@dataclass
+class TurnRecord:
+    """One played assistant turn as a transcript keeps it."""
+
+    node: str
+    slots: dict[str, str]
+    say: str
+    raw: str  # the form text as generated
+    valid: bool
+    tokens_in: int
+    tokens_out: int
+    latency_s: float = 0.0
+
+
+class TurnCounter:
+    """Counts forced (input) and chosen (output) tokens of one turn."""
+
+    def __init__(self):
+        self.forced = 0
+        self.chosen = 0
+
+
+def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
+              held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
+              at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None):
+    """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
+
+    The structure is forced; the node id, whether there are slots, each slot name and each value
+    (with what follows it) are chosen among the allowed sequences, at most as many slots as one
+    step of the workflow collects; ``say`` is free text up to its closing quote.
+
+    ``held``: the values the conversation holds so far (``fresh_values``). A value already held
+    for a slot is not offered for it again when the message offers another one: "Lisbon, not
+    Porto" with Porto held can only capture Lisbon. A message whose only candidate is the held
+    value (a step visited again, a value confirmed) still offers it. With ``corrections_named``,
+    the slot names are narrowed the same way (``offered_keys``): a correction refills the slot
+    whose value it names, not another one of the same type.
+
+    ``edge_slots``: the step the form moves to says which slots the move collects
+    (``Workflow.collected_between`` from ``at``, the conversation's step before this turn): when the
+    message offers a value for any of them, the form fills those first, every one the message
+    offers a value for, and only then may add others. "Sept 21" after "when do you fly?", with the
+    model moving on to the party size, is a date for ``departure_date``, never a second ``origin``.
+
+    ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
+    the form's slots (a server streams the say from it).
+    """
+    raw: list[int] = []
+
+    def forced(ids):
+        raw.extend(ids)
+        counter.forced += len(ids)
+        yield from force(ids)
+
+    def chosen(candidates, counted=None, whole=False):
+        return (yield from _tracked(choose(candidates, counted, whole), raw, counter))
+
+    yield from forced(codec.form_head)
+    node = yield from chosen(codec.node_candidates)
+    yield from forced(codec.slots_key)
+    slots: dict[str, str] = {}
+    available = offered_values(codec, last_user, held, today)
+    keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
+    asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
+    if asked:
+        yield from forced(codec.first_key)
+        more = True
+    else:
+        opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
+        more = (yield from chosen(opening)) == "some"
+    while more:
+        unused = [s for s in keys if s not in slots]
+        due = [s for s in asked if s not in slots]
+        key = yield from chosen({s: codec.key_candidates[s] for s in (due or unused)})
+        yield from forced(codec.value_head)
+        values, counted = available[key]
+        room = len(unused) > 1 and len(slots) + 1 < codec.max_slots
+        if len(due) > 1:  # another asked slot is still to fill
+            ends = {"more": codec.value_more}
+        else:
+            ends = {"last": codec.value_last, **({"more": codec.value_more} if room else {})}
+        candidates, decisions = {}, {}
+        for value, ids in values.items():
+            for end, end_ids in ends.items():
+                candidates[(value, end)] = ids + end_ids
+                own = counted[value] if counted else range(len(ids))
+                decisions[(value, end)] = list(own) + list(range(len(ids), len(ids) + len(end_ids)))
+        slots[key], end = yield from chosen(candidates, decisions, whole=True)
+        more = end == "more"
+        if more:
+            yield from forced(codec.next_key)
+    yield from forced(codec.say_head)
+    if len(codec.say_openers) == 1:  # a tokenizer that never merges the opening quote (the tiny one)
+        [(opener, say_start)] = codec.say_openers.items()
+        yield from forced([opener])
+    else:
+        say_start = yield from chosen({text: [i] for i, text in codec.say_openers.items()})
+    written = [raw[-1]]  # the say's tokens, its opener first: where it stands among known lines
+    place = codec.drafts.step(codec.drafts.start(node), raw[-1])
+    restart = codec.drafts.after_sentence(node)  # a say that left the known lines may take one up again
+    say_ids: list[int] = []
+    say_tail = ""
+    closed = False
+    for _ in range(max_say_tokens):
+        if place is None and restart is not None and say_ids and say_ids[-1] in codec.ends_sentence:
+            place = restart
+        token = yield Choice(None, follow=functools.partial(codec.drafts.after, place) if place is not None else None)
+        counter.chosen += 1
+        raw.append(token)
+        written.append(token)
+        place = codec.drafts.step(place, token)
+        if token in codec.say_ends:
+            codec.drafts.add(node, written)
+            say_tail, after = codec.say_ends[token]
+            rest = FORM_CLOSE[1 + len(after):]
+            if rest:
+                yield from forced(codec.encode(rest))
+            closed = True
+            break
+        say_ids.append(token)
+        if on_say is not None:
+            on_say(say_start + codec.decode(say_ids), slots)
+    if not closed:  # ran out of room: the form is invalid; close it so the conversation goes on
+        yield from forced(codec.encode(FORM_CLOSE))
+    yield from forced(codec.end_of_turn)
+    say = say_start + codec.decode(say_ids) + say_tail
+    text = codec.decode(raw).split(END)[0]
+    return Form(node, slots, say), text, closed
+
+
+def free_form(codec: Codec, max_tokens: int, counter: TurnCounter):
+    """The program of one assistant turn generated freely (no prefill, no constraint) up to the
+    end of the turn: returns (Form, raw text, valid). A text that is no form is read leniently
+    for where it says it is (so the simulated user can answer), and is invalid."""
+    ids: list[int] = []
+    ended = False
+    for _ in range(max_tokens):
+        token = yield Choice(None, mask="form")
+        counter.chosen += 1
+        if token == codec.end_id:
+            ended = True
+            break
+        ids.append(token)
+    tail = codec.newline if ended else codec.end_of_turn
+    counter.forced += len(tail)
+    yield from force(tail)
+    text = codec.decode(ids)
+    form, valid = read_form(text)
+    return form, text, valid and ended
+
+
+_NODE_FIELD = re.compile(r'"node"\s*:\s*"([^"]*)"')
+_SLOTS_FIELD = re.compile(r'"slots"\s*:\s*(\{[^{}]*\})')
+_SAY_FIELD = re.compile(r'"say"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def read_form(text: str) -> tuple[Form, bool]:
+    """(form, parsed): the form a generated text holds; if it is not a valid form, whatever node,
+    slots and say can still be read from it."""
+    from subterra.forms import parse_form
+
+    try:
+        return parse_form(text), True
+    except ValueError:
+        pass
+    node = m.group(1) if (m := _NODE_FIELD.search(text)) else ""
+    slots: dict[str, str] = {}
+    if m := _SLOTS_FIELD.search(text):
+        try:
+            found = json.loads(m.group(1))
+            slots = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        except ValueError:
+            slots = {}
+    say = m.group(1) if (m := _SAY_FIELD.search(text)) else ""
+    return Form(node, slots, say), False
+
+
+def _tracked(program, raw: list[int], counter: TurnCounter):
+    """Run a choose program, recording its tokens into ``raw``; all of them are the model's output."""
+    try:
+        action = next(program)
+        while True:
+            if isinstance(action, Score):
+                key = yield action
+                action = program.send(key)
+                continue
+            if isinstance(action, Choice):
+                token = yield action
+            else:
+                token = action[1]
+                yield action
+            counter.chosen += 1
+            raw.append(token)
+            action = program.send(token)
+    except StopIteration as stop:
+        return stop.value

@@ -18,7 +18,7 @@ from subterra.workflow import load_workflow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI = FIXTURES / "mini_booking.yaml"
-TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4)
+TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, batch_size=4, learning_rate=2e-3)
 
 
 @pytest.fixture
@@ -66,7 +66,9 @@ def mini_workflow():
 @pytest.fixture(scope="session")
 def corpus(mini_workflow):
     paths = select_paths(mini_workflow, cap=100, seed=0).paths
-    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(conversations_per_path=3, holdout_scenarios=6, sizing="uniform"))
+    # a small uniform corpus, its off-script turns as often as the held-out sets' (the fixtures' models stay small)
+    return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(
+        conversations_per_path=3, holdout_scenarios=6, sizing="uniform", train_offscript_rate=None, train_correction_share=None))
 
 
 @pytest.fixture(scope="session")

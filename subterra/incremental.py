@@ -25,11 +25,14 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import polars as pl
 
 from subterra.phrasing import lines_digest
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 # bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see:
 # 4: a say is a template ({slot} placeholders for held values); values reserved per type
@@ -38,7 +41,7 @@ from subterra.phrasing import lines_digest
 CORPUS_FORMAT = 6
 
 
-def generation_context(wf, teacher, config) -> dict:
+def generation_context(wf: Workflow, teacher, config) -> dict:
     """What every conversation of this workflow depends on besides its own path."""
     definition = wf.to_dict()
     return {
@@ -59,7 +62,7 @@ def generation_context(wf, teacher, config) -> dict:
     }
 
 
-def path_hashes(wf, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
+def path_hashes(wf: Workflow, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
     """One 16-hex hash per path: its edges, the full definition (texts included) of every node
     it visits, and the shared ``context``. A text edit changes the hash of exactly the paths
     through the edited node (or edge: branch texts belong to their source node)."""

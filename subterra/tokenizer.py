@@ -24,11 +24,14 @@ own it lost 3.5 and 5.5 where it had lost 8.0 and 11.5 (two seeds; README, *Incr
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from subterra.forms import FORM_PIECES
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -97,7 +100,7 @@ def _shaped(tok):
     return tok
 
 
-def workflow_atoms(wf) -> list[str]:
+def workflow_atoms(wf: Workflow) -> list[str]:
     """Identifiers that must be one token each: node ids, slot names, and each slot's placeholder
     in a say line (``{destination}``), a token of its own rather than ``{`` + the slot's name."""
     return list(wf.nodes) + list(wf.slots) + [placeholder(s) for s in wf.slots]

@@ -23,13 +23,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import polars as pl
 
 from subterra.atomic import recover_dir, replace_dir, write_text
 from subterra.lexicon import build_lexicon, save_lexicon
 from subterra.student import StudentSpec, continue_student, load_student
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 RESULT_FILE = "training_result.json"
 OPTIMIZER_FILE = "optimizer.pt"  # the optimizer's state at the end of the training, beside its weights
@@ -122,7 +125,7 @@ def train_conversations(frame: pl.DataFrame, weighted: bool = True) -> list[list
     return [json.loads(m) for m in rows["messages"]]
 
 
-def measure_lengths(corpus: pl.DataFrame, wf, config: TrainConfig | None = None) -> list[int]:
+def measure_lengths(corpus: pl.DataFrame, wf: Workflow, config: TrainConfig | None = None) -> list[int]:
     """Token length of every conversation of ``corpus`` under the student's tokenizer."""
     config = config or TrainConfig()
     spec = config.student()

@@ -148,10 +148,8 @@ def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConf
     ``min_fraction`` and ``max_fraction`` of the rows' count: replay fills it up to the minimum;
     above the maximum the changed rows and the replay shrink together, keeping their ratio, so the
     changed rows may be seen less than once each (a seeded share of them). A continued run that
-    saw mostly changed rows moved the model away from what it had learnt: with 145 changed rows
-    of 688 seen once beside 95 replayed, one travel_booking recompile fell from 0.755 to 0.610
-    holdout strict pass, where 80 seen beside 160 replayed gave 0.800; over six such bases the
-    continued run's own change went from -4.1 to +0.2 points on the mean (``bench.bench_continue``). A
+    sees mostly changed rows moves the model away from what it had learnt, so the replay keeps its
+    ratio (``bench.bench_continue`` measures mixes; ``docs/experiments.md``). A
     change one pass over which is more than the maximum is not worth continuing
     (``Mix.worth_continuing``): a full retrain is as cheap."""
     n = len(hashes_of_rows)

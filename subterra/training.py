@@ -80,8 +80,8 @@ class TrainConfig:
     # keep the optimizer's state in the model folder (``optimizer.pt``, twice the weights' size) and,
     # continuing a folder that has one, start from it: each weight then moves by its own gradient
     # history, where a fresh Adam's first steps move every weight by about the learning rate
-    # whatever its gradient (an incremental recompile lost 3.5 points of holdout strict pass with a
-    # fresh Adam and gained 1.0 resuming; ``bench.bench_continue``)
+    # whatever its gradient, which undoes some of what the model had learnt (``bench.bench_continue``
+    # measures both; ``docs/experiments.md``)
     optimizer_state: bool = True
 
     def to_json(self, path: str | os.PathLike) -> None:

@@ -19,14 +19,14 @@ install: $(VENV_OK)
 # its sensor (which reads the database) starts no second compile of travel_booking
 demo: $(VENV_OK)
 	mkdir -p $(DAGSTER_HOME_DIR) && cp dagster_instance.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(PY) -m subterra.cli compile data/workflows/travel_booking.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(PY) -m subterra_dagster compile data/workflows/travel_booking.yaml
 
 # the four routes side by side on SmolLM2-135M (quick: about an hour on a 2-core CPU; full: a GPU)
 ladder: $(VENV_OK)
-	$(PY) -m subterra.cli ladder data/workflows/travel_booking.yaml --profile quick
+	$(PY) -m subterra_dagster ladder data/workflows/travel_booking.yaml --profile quick
 
 ladder-full: $(VENV_OK)
-	$(PY) -m subterra.cli ladder data/workflows/travel_booking.yaml --profile full
+	$(PY) -m subterra_dagster ladder data/workflows/travel_booking.yaml --profile full
 
 # the chat page's test drives Debian's Chromium (no browser download at run time)
 browser:
@@ -64,7 +64,7 @@ bench-e2e: $(VENV_OK)
 # every shipped example and every gallery workflow compiled with the defaults, one table of their
 # test numbers (hours on a 2-core CPU; its own data folder, .gallery/; not part of `make test`)
 gallery: $(VENV_OK)
-	SUBTERRA_DATA_DIR=$(CURDIR)/.gallery $(PY) -m subterra.cli gallery data/workflows data/gallery/workflows
+	SUBTERRA_DATA_DIR=$(CURDIR)/.gallery $(PY) -m subterra_dagster gallery data/workflows data/gallery/workflows
 
 clean:
 	rm -rf data/subterra.duckdb* data/models data/runs .dagster_home

@@ -34,8 +34,8 @@ EDITED_NODE = "payment"
 def compile_once(data_dir: Path, instance, mode: str, seed: int = 0) -> tuple[float, dict[str, float]]:
     import dagster as dg
 
-    from assets import COMPILE_ASSETS
-    from definitions import build_definitions
+    from subterra_dagster.assets import COMPILE_ASSETS
+    from subterra_dagster.definitions import build_definitions
 
     resources = dict(build_definitions(str(data_dir)).resources)
     run_config = {"ops": {"synthetic_corpus": {"config": {"recompile": mode}},
@@ -122,7 +122,7 @@ def one_seed(base: Path, seed: int) -> dict:
     """The three compiles with training seed ``seed`` in their own data folder."""
     import dagster as dg
 
-    from assets import workflows_partitions
+    from subterra_dagster.assets import workflows_partitions
     from subterra.paths import path_nodes, select_paths
     from subterra.workflow import load_workflow
 

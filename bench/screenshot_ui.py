@@ -51,8 +51,8 @@ def compile_mini(data: Path, home: Path) -> None:
     """The mini workflow compiled into ``data``, its runs and materializations in ``home``."""
     import dagster as dg
 
-    from assets import COMPILE_ASSETS, workflows_partitions
-    from definitions import build_definitions
+    from subterra_dagster.assets import COMPILE_ASSETS, workflows_partitions
+    from subterra_dagster.definitions import build_definitions
 
     run_config = dg.RunConfig(ops={
         "synthetic_corpus": {"config": {"conversations_per_path": 2, "holdout_scenarios": 4, "sizing": "uniform"}},

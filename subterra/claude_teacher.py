@@ -19,7 +19,7 @@ the validation gate rejects, as it rejects one whose user message lost a value's
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from subterra.claude_client import Request, json_in
 from subterra.claude_spool import ClaudeAnswers
@@ -30,6 +30,9 @@ from subterra.phrasing import fill, templatize
 from subterra.procedure import render_procedure
 from subterra.scenario import Scenario
 from subterra.teacher import Conversation, Script, TemplateTeacher, script
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 INSTRUCTIONS = """You write training conversations for a customer-service assistant that follows a fixed procedure (below). \
 Each request gives a persona for the customer and a plan: the turns of one conversation, in order. In every turn the \
@@ -53,7 +56,7 @@ per planned turn."""
 PROCEDURE_HEADER = "The procedure the assistant follows:\n"
 
 
-def plan_of(wf, scenario: Scenario, plan: Script, example: Conversation) -> dict:
+def plan_of(wf: Workflow, scenario: Scenario, plan: Script, example: Conversation) -> dict:
     """The turns Claude is asked to word: what the user does (``claude_user.intent``) and where the
     agent is, with the template teacher's wording of the agent's turn as an example."""
     turns = []
@@ -68,7 +71,7 @@ def plan_of(wf, scenario: Scenario, plan: Script, example: Conversation) -> dict
     return {"conversation": scenario.id, "persona": scenario.persona, "turns": turns}
 
 
-def assemble(wf, plan: Script, text: str) -> tuple[list[dict[str, str]], str | None]:
+def assemble(wf: Workflow, plan: Script, text: str) -> tuple[list[dict[str, str]], str | None]:
     """The conversation's messages from Claude's answer, or ``([system], why)`` if it is malformed."""
     try:
         data = json_in(text)
@@ -103,7 +106,7 @@ class ClaudeTeacher:
         self.template = TemplateTeacher(seed)
         self.name = f"claude:{model}"
 
-    def request(self, wf, scenario: Scenario, plan: Script) -> Request:
+    def request(self, wf: Workflow, scenario: Scenario, plan: Script) -> Request:
         example = self.template.conversation(wf, scenario)
         return Request(
             purpose="teacher",
@@ -114,7 +117,7 @@ class ClaudeTeacher:
             label=scenario.id,
         )
 
-    def conversations(self, wf, scenarios: Sequence[Scenario]) -> list[Conversation]:
+    def conversations(self, wf: Workflow, scenarios: Sequence[Scenario]) -> list[Conversation]:
         if not scenarios:
             return []
         plans = [script(wf, s) for s in scenarios]

@@ -11,6 +11,8 @@ values verbatim) is replaced by the scripted wording and counted in ``fallbacks`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 
 from subterra.claude_client import Request
@@ -18,6 +20,9 @@ from subterra.claude_spool import ClaudeAnswers
 from subterra.offscript import claude_lines, corrects
 from subterra.scenario import Scenario
 from subterra.simulator import ScriptedUser, Users, UserTurn
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 INSTRUCTIONS = """You play a customer chatting with a company's assistant, to test the assistant. Each request \
 gives your persona, what you want, the conversation so far, and what your next message must do ("now"):
@@ -28,7 +33,7 @@ Give no other values. Stay in the persona's voice; one short message; the "examp
 Reply with the message text only: no quotes, no labels, no Markdown."""
 
 
-def intent(wf, turn: UserTurn, before: dict[str, str]) -> dict:
+def intent(wf: Workflow, turn: UserTurn, before: dict[str, str]) -> dict:
     """What a scripted user's turn does, for a model that words it: its kind, the values it gives
     (verbatim), the value a correction replaces (``before``: the values until now), the choice a
     branch answer makes, and the scripted wording as an example."""
@@ -45,7 +50,7 @@ def intent(wf, turn: UserTurn, before: dict[str, str]) -> dict:
     return out
 
 
-def goal_of(wf, scenario: Scenario) -> dict:
+def goal_of(wf: Workflow, scenario: Scenario) -> dict:
     """What the user wants: the choices their path makes and their values."""
     edges = {e.id: e for e in wf.edges}
     choices = [edges[e].when or edges[e].target for e in scenario.path if edges[e].kind == "branch"]
@@ -53,7 +58,7 @@ def goal_of(wf, scenario: Scenario) -> dict:
 
 
 class ClaudeUser:
-    def __init__(self, wf, scenario: Scenario, answers: ClaudeAnswers, model: str, max_tokens: int = 2048):
+    def __init__(self, wf: Workflow, scenario: Scenario, answers: ClaudeAnswers, model: str, max_tokens: int = 2048):
         self.wf = wf
         self.scenario = scenario
         self.answers = answers

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import polars as pl
 
@@ -33,6 +33,9 @@ from subterra.paths import path_id
 from subterra.phrasing import PHRASINGS
 from subterra.scenario import Scenario, make_scenario
 from subterra.teacher import Conversation, Teacher
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 CORPUS_SCHEMA = {
     "workflow": pl.String,
@@ -90,7 +93,7 @@ class CorpusTooLarge(ValueError):
     pass
 
 
-def planned_sizes(wf, paths: Sequence[Sequence[str]], config: CorpusConfig) -> dict:
+def planned_sizes(wf: Workflow, paths: Sequence[Sequence[str]], config: CorpusConfig) -> dict:
     from subterra.sizing import heldout_size, train_counts
 
     per_path = train_counts(wf, paths, config)
@@ -105,7 +108,7 @@ def planned_sizes(wf, paths: Sequence[Sequence[str]], config: CorpusConfig) -> d
 
 
 def build_corpus(
-    wf,
+    wf: Workflow,
     paths: Sequence[Sequence[str]],
     teacher: Teacher,
     config: CorpusConfig = CorpusConfig(),
@@ -220,7 +223,7 @@ def _text(conv: Conversation) -> str:
     return json.dumps(conv.messages, ensure_ascii=False)
 
 
-def draw_unlike(wf, teacher: Teacher, held_texts: set[str], draw: Callable[[int], Scenario]):
+def draw_unlike(wf: Workflow, teacher: Teacher, held_texts: set[str], draw: Callable[[int], Scenario]):
     """(scenario, conversation) for training: ``draw(attempt)`` redrawn until the teacher makes it
     a conversation whose text is none of ``held_texts`` (the holdouts')."""
     for attempt in range(20):
@@ -231,7 +234,7 @@ def draw_unlike(wf, teacher: Teacher, held_texts: set[str], draw: Callable[[int]
     raise RuntimeError(f"{wf.id}: could not draw a training conversation unlike the holdouts")
 
 
-def corpus_row(wf, scenario: Scenario, conv: Conversation, teacher_name: str, path_hash: str | None = None) -> dict:
+def corpus_row(wf: Workflow, scenario: Scenario, conv: Conversation, teacher_name: str, path_hash: str | None = None) -> dict:
     """One row of the corpus table (``CORPUS_SCHEMA``): a scenario and its rendered conversation
     (``path_hash``: None for conversations no recompile reuses, such as a repair round's)."""
     return {

@@ -12,6 +12,8 @@ with neither, estimated from characters. Which route is which is ``subterra.rout
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import base64
 import io
 import json
@@ -22,6 +24,9 @@ import polars as pl
 
 from subterra.procedure import render_procedure
 from subterra.routes import DEPLOYED_OR_COMPILED, FRONTIER_PROXY, FRONTIER_ROUTE, SPECS
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 CHARS_PER_TOKEN = 4.0  # estimate for frontier token counts (no frontier tokenizer offline)
 FRONTIER = "frontier_in_context"  # the frontier with the procedure in context, priced (estimated or from FRONTIER_PROXY)
@@ -38,7 +43,7 @@ class Prices:
     compute_per_hour: float = 0.10  # the machine a compile runs on (this CPU); a GPU node costs more
 
 
-def frontier_tokens(wf, reference_messages: list[list[dict]]) -> tuple[float, float]:
+def frontier_tokens(wf: Workflow, reference_messages: list[list[dict]]) -> tuple[float, float]:
     """Mean (input, output) tokens per conversation for the frontier route: on every assistant
     turn the procedure plus the whole history is sent; the form is generated. Estimated at
     ``CHARS_PER_TOKEN`` characters per token."""
@@ -83,7 +88,7 @@ def route_prices(route: str, prices: Prices) -> tuple[float, float]:
     return prices.compiled_input_per_m, prices.compiled_output_per_m
 
 
-def _row(wf, route: str, holdout: str, tokens_in: float, tokens_out: float, source: str, prices: Prices) -> dict:
+def _row(wf: Workflow, route: str, holdout: str, tokens_in: float, tokens_out: float, source: str, prices: Prices) -> dict:
     p_in, p_out = route_prices(route, prices)
     cost = (tokens_in * p_in + tokens_out * p_out) / 1e6
     total = tokens_in + tokens_out
@@ -118,7 +123,7 @@ def claude_parts(spend: TeacherSpend, scores: pl.DataFrame) -> dict[str, str]:
 
 
 def build_cost_report(
-    wf,
+    wf: Workflow,
     scores: pl.DataFrame,
     training: dict,
     reference_messages: list[list[dict]],
@@ -209,7 +214,7 @@ def _fmt(x, digits=2) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
-def _markdown(wf, table: pl.DataFrame, summary: dict) -> str:
+def _markdown(wf: Workflow, table: pl.DataFrame, summary: dict) -> str:
     lines = [
         f"## Cost per conversation: {wf.id}",
         "",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import polars as pl
 
@@ -40,6 +40,9 @@ from subterra.routes import DEPLOYED, Episode, PlayConfig, Route, Transcript
 from subterra.say_judge import SayJudge
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 ROUTE = DEPLOYED  # the route a transcript is scored as unless told
 CORPUS_SETS = ("validation", "holdout", "test_unseen")  # generated: splits of the corpus table
@@ -118,7 +121,7 @@ def select_sets(rows: pl.DataFrame, config: EvalConfig) -> list[dict]:
     return selected
 
 
-def say_verdicts(wf, transcript: Transcript, judge: SayJudge | None, values=()) -> list[str | None]:
+def say_verdicts(wf: Workflow, transcript: Transcript, judge: SayJudge | None, values=()) -> list[str | None]:
     """Per turn: None if the reply the user read fits the step the agent took, else why not."""
     judge = judge or SayJudge(wf)
     held: dict[str, str] = {}
@@ -129,7 +132,7 @@ def say_verdicts(wf, transcript: Transcript, judge: SayJudge | None, values=()) 
     return out
 
 
-def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript, route: str = ROUTE,
+def score(wf: Workflow, scenario: Scenario, reference: list[dict], transcript: Transcript, route: str = ROUTE,
           judge: SayJudge | None = None) -> dict:
     """A generated scenario's transcript against its reference conversation."""
     expected = [parse_form(m["content"]) for m in reference if m["role"] == "assistant"]
@@ -138,7 +141,7 @@ def score(wf, scenario: Scenario, reference: list[dict], transcript: Transcript,
                    same_slots=lambda got, want: got == want, natural=False)
 
 
-def score_script(wf, scenario: Scenario, script, transcript: Transcript, route: str = ROUTE,
+def score_script(wf: Workflow, scenario: Scenario, script, transcript: Transcript, route: str = ROUTE,
                  judge: SayJudge | None = None) -> dict:
     """A natural conversation's transcript against its script: a turn is right when its step, its
     slots (``natural.normalise``d) and its reply fit; partial credit is the share of turns right
@@ -155,7 +158,7 @@ def score_script(wf, scenario: Scenario, script, transcript: Transcript, route: 
                    same_slots=same, natural=True)
 
 
-def _scored(wf, scenario_id: str, split: str, expected: list[Form], transcript: Transcript, route: str,
+def _scored(wf: Workflow, scenario_id: str, split: str, expected: list[Form], transcript: Transcript, route: str,
             says: list[str | None], same_slots, natural: bool) -> dict:
     got = transcript.turns
     n = len(expected)
@@ -342,7 +345,7 @@ def natural_episodes(natural, set_name: str) -> list[Episode]:
 
 def evaluate(
     routes: Sequence[Route],
-    wf,
+    wf: Workflow,
     rows: pl.DataFrame,
     config: EvalConfig = EvalConfig(),
     progress: Callable[[str, int, int], None] | None = None,

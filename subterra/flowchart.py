@@ -10,7 +10,12 @@ draws the boxes and routes the edges from these coordinates.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections import deque
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 NODE_WIDTH = 168  # a node's box, in pixels
 NODE_HEIGHT = 44
@@ -20,7 +25,7 @@ MARGIN = 24  # around the drawing
 BACK_ROOM = 120  # more on the right, when edges go back up more than one layer (or loop on a node)
 
 
-def layers(wf) -> dict[str, int]:
+def layers(wf: Workflow) -> dict[str, int]:
     """Each node's layer: its shortest distance from the start. Nodes the start cannot reach
     (a valid workflow has none) go into one layer below the rest."""
     layer = {wf.start: 0}
@@ -37,7 +42,7 @@ def layers(wf) -> dict[str, int]:
     return layer
 
 
-def flowchart(wf) -> dict:
+def flowchart(wf: Workflow) -> dict:
     """The workflow ``wf`` laid out for drawing: ``nodes`` with the top-left corner (``x``, ``y``)
     of their ``node_width`` x ``node_height`` box and their ``layer`` (``layer_gap`` pixels apart),
     ``edges`` in the workflow's order, and the drawing's ``width`` and ``height``."""

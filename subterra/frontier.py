@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import polars as pl
 
@@ -30,11 +30,14 @@ from subterra.runtime.turns import TurnRecord
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
 
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
+
 ROUTE = FRONTIER_ROUTE
 FORM_ONLY = "\nReply with the JSON form only, nothing else."
 
 
-def frontier_request(wf, history: list[tuple[str, str]], model: str, label: str, max_tokens: int = 4096) -> Request:
+def frontier_request(wf: Workflow, history: list[tuple[str, str]], model: str, label: str, max_tokens: int = 4096) -> Request:
     return Request(
         purpose="frontier",
         model=model,
@@ -61,7 +64,7 @@ def read_form(text: str) -> Form | None:
     return Form(node, slots, say)
 
 
-def play(answers: ClaudeAnswers, wf, row: dict, config: EvalConfig, model: str, users: Users) -> dict:
+def play(answers: ClaudeAnswers, wf: Workflow, row: dict, config: EvalConfig, model: str, users: Users) -> dict:
     """One held-out scenario with Claude as the agent; its scored row."""
     scenario = Scenario.from_json(row["scenario"])
     reference = json.loads(row["messages"])
@@ -99,7 +102,7 @@ def play(answers: ClaudeAnswers, wf, row: dict, config: EvalConfig, model: str, 
 
 def evaluate_frontier(
     answers: ClaudeAnswers,
-    wf,
+    wf: Workflow,
     rows: pl.DataFrame,
     model: str,
     config: EvalConfig = EvalConfig(),

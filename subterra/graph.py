@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import polars as pl
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 
 def node_kind(node) -> str:
@@ -12,7 +17,7 @@ def node_kind(node) -> str:
     return "decision" if node.is_decision else "step"
 
 
-def node_table(wf) -> pl.DataFrame:
+def node_table(wf: Workflow) -> pl.DataFrame:
     """One row per node, in file order."""
     return pl.DataFrame(
         [
@@ -34,7 +39,7 @@ def node_table(wf) -> pl.DataFrame:
     )
 
 
-def edge_table(wf) -> pl.DataFrame:
+def edge_table(wf: Workflow) -> pl.DataFrame:
     """One row per edge, in file order."""
     return pl.DataFrame(
         [
@@ -55,7 +60,7 @@ def edge_table(wf) -> pl.DataFrame:
     )
 
 
-def graph_summary(wf) -> dict:
+def graph_summary(wf: Workflow) -> dict:
     """Counts and the content hash, as asset metadata."""
     nodes = list(wf.nodes.values())
     return {

@@ -25,11 +25,14 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import polars as pl
 
 from subterra.phrasing import lines_digest
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 # bump when the teacher, the scenarios or the corpus rows change in a way a path hash cannot see:
 # 4: a say is a template ({slot} placeholders for held values); values reserved per type
@@ -38,7 +41,7 @@ from subterra.phrasing import lines_digest
 CORPUS_FORMAT = 6
 
 
-def generation_context(wf, teacher, config) -> dict:
+def generation_context(wf: Workflow, teacher, config) -> dict:
     """What every conversation of this workflow depends on besides its own path."""
     definition = wf.to_dict()
     return {
@@ -59,7 +62,7 @@ def generation_context(wf, teacher, config) -> dict:
     }
 
 
-def path_hashes(wf, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
+def path_hashes(wf: Workflow, paths: Sequence[Sequence[str]], context: dict) -> list[str]:
     """One 16-hex hash per path: its edges, the full definition (texts included) of every node
     it visits, and the shared ``context``. A text edit changes the hash of exactly the paths
     through the edited node (or edge: branch texts belong to their source node)."""
@@ -145,10 +148,8 @@ def training_mix(hashes_of_rows: Sequence[str], known: set[str], config: MixConf
     ``min_fraction`` and ``max_fraction`` of the rows' count: replay fills it up to the minimum;
     above the maximum the changed rows and the replay shrink together, keeping their ratio, so the
     changed rows may be seen less than once each (a seeded share of them). A continued run that
-    saw mostly changed rows moved the model away from what it had learnt: with 145 changed rows
-    of 688 seen once beside 95 replayed, one travel_booking recompile fell from 0.755 to 0.610
-    holdout strict pass, where 80 seen beside 160 replayed gave 0.800; over six such bases the
-    continued run's own change went from -4.1 to +0.2 points on the mean (``bench.bench_continue``). A
+    sees mostly changed rows moves the model away from what it had learnt, so the replay keeps its
+    ratio (``bench.bench_continue`` measures mixes; ``docs/experiments.md``). A
     change one pass over which is more than the maximum is not worth continuing
     (``Mix.worth_continuing``): a full retrain is as cheap."""
     n = len(hashes_of_rows)

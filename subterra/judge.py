@@ -14,6 +14,8 @@ that conversation's scores empty, with the reason in ``judge_error``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 
 import polars as pl
@@ -23,6 +25,9 @@ from subterra.claude_spool import ClaudeAnswers
 from subterra.claude_user import goal_of
 from subterra.procedure import render_procedure
 from subterra.scenario import Scenario
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 CRITERIA = ("task_success", "information_accuracy", "consistency", "graceful_handling", "naturalness")
 PREFIXES = ("judge_", "judge2_")  # the first judge, the second
@@ -47,7 +52,7 @@ Reply with one JSON object and nothing else: {"task_success": n, "information_ac
 PROCEDURE_HEADER = "The procedure the assistant must follow:\n"
 
 
-def judge_request(wf, row: dict, scenario: Scenario, expected_end: str, model: str, max_tokens: int = 4096) -> Request:
+def judge_request(wf: Workflow, row: dict, scenario: Scenario, expected_end: str, model: str, max_tokens: int = 4096) -> Request:
     """The request that judges one evaluated conversation (a row of ``eval_scenarios``)."""
     turns = [
         {"customer": t.get("user", ""), "assistant": t["say"], "step": t["node"], "captured": t["slots"]}
@@ -84,7 +89,7 @@ def read_scores(text: str) -> dict[str, int]:
     return scores
 
 
-def judge_scenarios(answers: ClaudeAnswers, wf, scenarios: pl.DataFrame, references: pl.DataFrame,
+def judge_scenarios(answers: ClaudeAnswers, wf: Workflow, scenarios: pl.DataFrame, references: pl.DataFrame,
                     models: list[str]) -> pl.DataFrame:
     """``scenarios`` (rows of ``eval_scenarios``, any route) with the judges' columns added.
 

@@ -15,9 +15,12 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from subterra.forms import parse_form
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 LEXICON_FILE = "value_lexicon.json"
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -91,7 +94,7 @@ what which who whom where when why how
 CONTRACTIONS = frozenset({"s", "m", "re", "ll", "ve", "d", "t"})
 
 
-def with_function_words(lexicon: frozenset[str], wf) -> frozenset[str]:
+def with_function_words(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]:
     """The compile's lexicon and English function words, less every word of the workflow's
     declared values (a workflow with a city called "Hope" keeps "hope" a value word)."""
     inside = {w for slot in wf.slots.values() for v in (slot.values or ()) for w in words(str(v))}

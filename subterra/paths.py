@@ -22,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import networkx as nx
 import polars as pl
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 Path = tuple[str, ...]  # edge ids in order
 
@@ -44,7 +47,7 @@ def path_id(path: Sequence[str]) -> str:
 class StateGraph:
     """The reachable (node, visit counts within its component) states of a workflow, with counts."""
 
-    def __init__(self, wf, max_states: int = MAX_STATES):
+    def __init__(self, wf: Workflow, max_states: int = MAX_STATES):
         self.wf = wf
         self.max_states = max_states
         graph = nx.DiGraph()
@@ -222,23 +225,23 @@ class StateGraph:
             stack.append((t, 0))
 
 
-def count_paths(wf, max_states: int = MAX_STATES) -> int:
+def count_paths(wf: Workflow, max_states: int = MAX_STATES) -> int:
     """Exact number of paths, without enumerating them; ``PathSpaceTooLarge`` past ``max_states``."""
     return StateGraph(wf, max_states).total
 
 
-def iter_paths(wf, max_states: int = MAX_STATES) -> Iterator[Path]:
+def iter_paths(wf: Workflow, max_states: int = MAX_STATES) -> Iterator[Path]:
     """Every path, one at a time, depth first in file order of the edges."""
     return StateGraph(wf, max_states).walk()
 
 
-def path_nodes(wf, path: Sequence[str]) -> tuple[str, ...]:
+def path_nodes(wf: Workflow, path: Sequence[str]) -> tuple[str, ...]:
     """The start node, then the target of each edge of the path."""
     targets = {e.id: e.target for e in wf.edges}
     return (wf.start,) + tuple(targets[e] for e in path)
 
 
-def edge_coverage(wf, paths) -> set[str]:
+def edge_coverage(wf: Workflow, paths) -> set[str]:
     """Edge ids that at least one of the paths takes."""
     return {e for p in paths for e in p}
 
@@ -250,7 +253,7 @@ class PathSelection:
     sampled: bool
 
 
-def select_paths(wf, cap: int = 5000, seed: int = 0, max_states: int = MAX_STATES) -> PathSelection:
+def select_paths(wf: Workflow, cap: int = 5000, seed: int = 0, max_states: int = MAX_STATES) -> PathSelection:
     """All paths if there are at most ``cap``; else a deterministic sample covering every edge.
 
     ``PathSpaceTooLarge`` if the loops allow more than ``max_states`` states.
@@ -287,7 +290,7 @@ PATHS_SCHEMA = {"workflow": pl.String, "path_id": pl.String, "edges": pl.List(pl
                 "n_edges": pl.Int64, "terminal": pl.String, "outcome": pl.String}
 
 
-def paths_table(wf, selection: PathSelection) -> pl.DataFrame:
+def paths_table(wf: Workflow, selection: PathSelection) -> pl.DataFrame:
     """One row per selected path: workflow, path_id, edges, nodes, n_edges, terminal, outcome."""
     rows = []
     for path in selection.paths:

@@ -10,9 +10,8 @@ adding training variety never changes what ``test_unseen`` measures, and validat
 their own. A corpus speaks the original
 lines (``phrasings: core``, the default) or those plus more variety (``wide``: openers 8 -> 15,
 unclear 6 -> 18, off-topic 6 -> 12, corrections 5 -> 30, more prefixes and suffixes). A pretrained
-student learns from the variety (SmolLM2 quick ladder: test_unseen 0.250 -> 0.333); the tiny
-from-scratch student on its token budget does worse with it (holdout 0.87 -> 0.55 in one e2e run),
-so the profiles choose.
+student learns from the variety; the tiny from-scratch student on its token budget does worse
+with it (``docs/experiments.md``), so the profiles choose.
 """
 
 from __future__ import annotations

@@ -3,8 +3,13 @@ is *not* compiled (surface orchestration), and what the cost report prices."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def render_procedure(wf) -> str:
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
+
+
+def render_procedure(wf: Workflow) -> str:
     lines = [
         wf.assistant,
         f"Follow this procedure ({wf.title or wf.id}) step by step. Reply on every turn with a JSON form "

@@ -6,14 +6,7 @@
   24 scenarios per holdout played by each of the four routes (the orchestrated routes carry the
   ~1,000-token procedure and run to the turn limit); one repair round of at most 32 repair
   conversations plus 16 replayed ones. Sized for SmolLM2 training at ~240 tokens/s with the
-  full-logits loss. Measured (fresh clone, ``make ladder`` at 3153d60, two repair rounds, niced jobs beside it):
-  training 86 steps in 18 minutes (260 tokens/s), the four routes' eval 32 minutes (orchestrated 8,
-  orchestrated_prefill 16, compiled 4, compiled_prefill 3), each repair round 6; 63 minutes in all.
-  compiled_prefill strict pass 0.917 on holdout and 0.625 on test_unseen (8 of its 9 unseen
-  failures: "The front of the plane, please." not read as business). Both repair rounds were
-  refused (0.771 -> 0.771 and -> 0.708 pooled), so the profile runs one. The run before, with 14
-  correction phrasings instead of 30: 1.000 and 0.542. The same model re-evaluated with the prefilled
-  form's correction rule (``runtime.offers.offered_keys``): 1.000 and 0.625.
+  full-logits loss; one repair round (the measured run times and scores: ``docs/experiments.md``).
 * ``full`` — the published scale, for a GPU: every path, 8 conversations per path, 200 scenarios
   per holdout, three epochs, three repair rounds.
 

@@ -12,6 +12,8 @@ training and evaluation, listed with their reason, and the suite bounds their sh
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import os
 import re
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from subterra.forms import parse_form, shown_say
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
 SPLITS = ["train", "validation", "holdout", "test_unseen"]
@@ -96,7 +101,7 @@ def _faults(facts: dict) -> str | None:
     return "; ".join(faults) or None
 
 
-def screen_corpus(corpus: pl.DataFrame, wf) -> tuple[pl.DataFrame, pl.DataFrame]:
+def screen_corpus(corpus: pl.DataFrame, wf: Workflow) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the conversations fit to train and evaluate on, the rejected ones with their reason).
 
     A conversation is rejected when its teacher's output was malformed (``teacher_error``) or a
@@ -152,7 +157,7 @@ def _gx_context():
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def validate_corpus(corpus: pl.DataFrame, wf, max_length: int, rejected: int = 0) -> CorpusValidation:
+def validate_corpus(corpus: pl.DataFrame, wf: Workflow, max_length: int, rejected: int = 0) -> CorpusValidation:
     """Run the suite over ``corpus`` (the corpus table plus an ``n_tokens`` column); ``rejected``
     conversations were screened out of it before (``screen_corpus``)."""
     import great_expectations as gx

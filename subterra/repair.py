@@ -20,7 +20,7 @@ import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import polars as pl
 
@@ -28,6 +28,9 @@ from subterra.offscript import KINDS
 from subterra.phrasing import SEEN
 from subterra.routes import DEPLOYED
 from subterra.scenario import Scenario, make_scenario, path_visit_keys, visit_key
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 CLUSTER_KEYS = ("kind", "node", "edge", "offscript", "slot")
 # the eval sets a repair round is built on and promoted on: validation only, never a test set
@@ -147,7 +150,7 @@ class RepairConfig:
     seed: int = 0
 
 
-def cluster_paths(wf, site: dict, paths: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+def cluster_paths(wf: Workflow, site: dict, paths: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
     """The training paths through a cluster: those taking its edge, else those visiting its step."""
     if site.get("edge"):
         return [tuple(p) for p in paths if site["edge"] in p]
@@ -156,7 +159,7 @@ def cluster_paths(wf, site: dict, paths: Sequence[Sequence[str]]) -> list[tuple[
     return [tuple(p) for p in paths]
 
 
-def repair_plan(wf, clusters: pl.DataFrame, paths: Sequence[Sequence[str]], round_no: int, config: RepairConfig = RepairConfig()):
+def repair_plan(wf: Workflow, clusters: pl.DataFrame, paths: Sequence[Sequence[str]], round_no: int, config: RepairConfig = RepairConfig()):
     """(site, path, index) of every repair conversation: through each cluster of ``clusters``
     (rows of one route's repair map, most failures first), within the round's caps."""
     planned: list[tuple[dict, list[tuple[str, ...]], int]] = []
@@ -177,7 +180,7 @@ def repair_plan(wf, clusters: pl.DataFrame, paths: Sequence[Sequence[str]], roun
 
 
 def repair_conversations(
-    wf, clusters: pl.DataFrame, paths, teacher, held_texts: set[str], round_no: int, config: RepairConfig = RepairConfig(),
+    wf: Workflow, clusters: pl.DataFrame, paths, teacher, held_texts: set[str], round_no: int, config: RepairConfig = RepairConfig(),
     phrasing: str = SEEN,
 ) -> pl.DataFrame:
     """The round's repair conversations as corpus rows (split ``train``, ids ``repairN-00000``).
@@ -230,7 +233,7 @@ class RepairOutcome:
 
 
 def repair_rounds(
-    wf, corpus: pl.DataFrame, current: pl.DataFrame, paths, teacher, compile_config, model_dir: str,
+    wf: Workflow, corpus: pl.DataFrame, current: pl.DataFrame, paths, teacher, compile_config, model_dir: str,
     config: RepairConfig, eval_config, users, train_round: Callable, folders: Callable[[str], tuple[Path, str]],
     say: Callable[[str], None] = print, locate: Callable[[str], str] = str,
 ) -> RepairOutcome:

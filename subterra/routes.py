@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from subterra.forms import user_say
 from subterra.procedure import render_procedure
@@ -41,6 +41,9 @@ from subterra.runtime.lockstep import MAX_DRAFT
 from subterra.runtime.turns import TurnCounter, TurnRecord, fill_form, free_form
 from subterra.scenario import Scenario
 from subterra.simulator import SCRIPTED, Users
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -143,11 +146,11 @@ class Transcript:
 class Route(Protocol):
     name: str
 
-    def play(self, wf, episodes: Sequence[Episode], config, progress: Callable[[int, int], None] | None = None,
+    def play(self, wf: Workflow, episodes: Sequence[Episode], config, progress: Callable[[int, int], None] | None = None,
              users: Users = SCRIPTED) -> list[Transcript]: ...
 
 
-def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_prefix: int, out: Transcript, clock,
+def conversation_program(codec: Codec, wf: Workflow, episode: Episode, turn_program, n_prefix: int, out: Transcript, clock,
                          users: Users = SCRIPTED):
     """One scenario, start to end, as a lockstep program (after the shared system prompt).
 
@@ -192,7 +195,7 @@ def conversation_program(codec: Codec, wf, episode: Episode, turn_program, n_pre
             return
 
 
-def _parses(raw: str, wf) -> bool:
+def _parses(raw: str, wf: Workflow) -> bool:
     from subterra.forms import parse_form
 
     try:
@@ -210,10 +213,10 @@ class LocalRoute:
     procedure: bool
     prefill: bool
 
-    def system_prompt(self, wf) -> str:
+    def system_prompt(self, wf: Workflow) -> str:
         return render_procedure(wf) if self.procedure else wf.assistant
 
-    def play(self, wf, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
+    def play(self, wf: Workflow, episodes: Sequence[Episode], config: PlayConfig = PlayConfig(),
              progress: Callable[[int, int], None] | None = None, users: Users = SCRIPTED) -> list[Transcript]:
         from subterra.lexicon import load_lexicon, whole_runs
         from subterra.runtime.lockstep import Lockstep

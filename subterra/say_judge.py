@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from subterra.forms import parse_form
 from subterra.phrasing import placeholders
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 MIN_SCORE = 0.6
 MAX_LINES_PER_NODE = 60  # known lines per step from the training conversations (the workflow's always count)
@@ -34,7 +37,7 @@ def words(text: str) -> list[str]:
 class SayJudge:
     """Judges replies of one workflow; ``lines`` adds say templates per node (from training)."""
 
-    def __init__(self, wf, lines: dict[str, Iterable[str]] | None = None):
+    def __init__(self, wf: Workflow, lines: dict[str, Iterable[str]] | None = None):
         self.wf = wf
         known: dict[str, dict[frozenset, None]] = defaultdict(dict)
         for node in wf.nodes.values():
@@ -60,7 +63,7 @@ class SayJudge:
         return frozenset(words(_PLACEHOLDER.sub(" ", line)))
 
     @classmethod
-    def from_corpus(cls, wf, rows) -> "SayJudge":
+    def from_corpus(cls, wf: Workflow, rows) -> "SayJudge":
         """A judge that knows the say lines of the corpus's training conversations too."""
         import json
 

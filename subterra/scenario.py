@@ -8,6 +8,8 @@ evaluation replays the same scenario against the compiled model with a scripted 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 import random
@@ -16,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from subterra.offscript import KINDS
 from subterra.phrasing import SEEN, UNSEEN, VALIDATION
 from subterra.slot_values import SlotValueSource
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 SPLITS = ("train", "validation", "holdout", "test_unseen")
 # validation: every choice (settings, runtime rules, repair, the promotion gate) is made on it;
@@ -50,7 +55,7 @@ class Scenario:
     opening: str = "greeting"  # "greeting": a bare greeting first; "request": the first message answers the start step
     noise: float = 0.0  # share of the user's answers typed as people type (subterra.noise); training only
 
-    def choices(self, wf) -> dict[str, str]:
+    def choices(self, wf: Workflow) -> dict[str, str]:
         """visit_key(node, visit) -> the edge id the user's reply takes there."""
         edges = {e.id: e for e in wf.edges}
         visits: dict[str, int] = {}
@@ -77,7 +82,7 @@ class Scenario:
         return cls(**data)
 
 
-def path_visit_keys(wf, path) -> list[str]:
+def path_visit_keys(wf: Workflow, path) -> list[str]:
     """visit_key of every node a path arrives at, in order (start first, terminal last)."""
     edges = {e.id: e for e in wf.edges}
     nodes = [wf.start] + [edges[e].target for e in path]
@@ -89,7 +94,7 @@ def path_visit_keys(wf, path) -> list[str]:
     return keys
 
 
-def collected_before(wf, path) -> list[set[str]]:
+def collected_before(wf: Workflow, path) -> list[set[str]]:
     """For each node arrival on the path, the slots the user has provided before that arrival."""
     edges = {e.id: e for e in wf.edges}
     known: set[str] = set()
@@ -102,7 +107,7 @@ def collected_before(wf, path) -> list[set[str]]:
 
 
 def make_scenario(
-    wf,
+    wf: Workflow,
     path,
     split: str,
     index: int,

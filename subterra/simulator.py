@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from subterra import phrasing as ph
 from subterra.offscript import CONFUSED, KINDS, OffScript
 from subterra.scenario import Scenario, visit_key
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class UserTurn:
 
 
 class ScriptedUser:
-    def __init__(self, wf, scenario: Scenario):
+    def __init__(self, wf: Workflow, scenario: Scenario):
         self.wf = wf
         self.scenario = scenario
         self.rng = random.Random(scenario.seed ^ 0x5EED5EED)

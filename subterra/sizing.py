@@ -20,7 +20,10 @@ first conversations whatever the others get (an incremental recompile reuses the
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 
 HELDOUT_PER_PATH = 2  # each path played about twice per held-out set
@@ -40,7 +43,7 @@ def target_total(n_paths: int, config) -> int:
     return min(config.max_train_conversations, max(config.min_train_conversations, uniform))
 
 
-def requirements(wf, paths: Sequence[Sequence[str]], edge_floor: int, value_floor: int) -> list[tuple[list[int], int]]:
+def requirements(wf: Workflow, paths: Sequence[Sequence[str]], edge_floor: int, value_floor: int) -> list[tuple[list[int], int]]:
     """(the paths that serve it, how many conversations it needs) per edge and per enum slot."""
     edges = {e.id: e for e in wf.edges}
     through: dict[str, list[int]] = {}
@@ -60,7 +63,7 @@ def requirements(wf, paths: Sequence[Sequence[str]], edge_floor: int, value_floo
     return out
 
 
-def train_counts(wf, paths: Sequence[Sequence[str]], config) -> list[int]:
+def train_counts(wf: Workflow, paths: Sequence[Sequence[str]], config) -> list[int]:
     """Training conversations per path (``config``: a ``CorpusConfig``)."""
     n = len(paths)
     if n == 0:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from subterra import phrasing as ph
 from subterra.forms import Form, render_form
 from subterra.offscript import KINDS
 from subterra.scenario import Scenario
 from subterra.simulator import ScriptedUser, UserTurn
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 MAX_TURNS_FACTOR = 3  # a guard against a runaway conversation: 3 x (path length + 1) assistant turns
 
@@ -42,7 +45,7 @@ class Conversation:
 class Teacher(Protocol):
     name: str
 
-    def conversations(self, wf, scenarios: Sequence[Scenario]) -> list[Conversation]: ...
+    def conversations(self, wf: Workflow, scenarios: Sequence[Scenario]) -> list[Conversation]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Script:
         return [s.node for s in self.steps]
 
 
-def script(wf, scenario: Scenario) -> Script:
+def script(wf: Workflow, scenario: Scenario) -> Script:
     """The scenario played by its scripted user against an agent that follows the workflow."""
     user = ScriptedUser(wf, scenario)
     turn: UserTurn = user.opener()
@@ -96,7 +99,7 @@ def script(wf, scenario: Scenario) -> Script:
             offscript.append(turn.kind)
 
 
-def agent_line(wf, node_id: str, known: set[str], rng: random.Random) -> str:
+def agent_line(wf: Workflow, node_id: str, known: set[str], rng: random.Random) -> str:
     """One of the node's say lines whose placeholders are all known, as written (a template: the
     runtime fills ``{slot}`` from the values the conversation holds); the prompt if there is none."""
     node = wf.nodes[node_id]
@@ -114,10 +117,10 @@ class TemplateTeacher:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def conversations(self, wf, scenarios: Sequence[Scenario]) -> list[Conversation]:
+    def conversations(self, wf: Workflow, scenarios: Sequence[Scenario]) -> list[Conversation]:
         return [self.conversation(wf, s) for s in scenarios]
 
-    def conversation(self, wf, scenario: Scenario) -> Conversation:
+    def conversation(self, wf: Workflow, scenario: Scenario) -> Conversation:
         rng = random.Random(scenario.seed ^ (self.seed * 0x9E3779B1) ^ 0xA6E47)
         plan = script(wf, scenario)
         messages = [{"role": "system", "content": wf.assistant}]

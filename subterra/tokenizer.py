@@ -16,19 +16,22 @@ A slot's placeholder in a say line (``{destination}``) is a token of its own too
 name between braces. With the name token in both places, the row of ``destination`` that picks
 the slot a value goes to was also the row a say line's placeholder is written with: editing the
 words beside a placeholder ("Your flight to {destination}" -> "Your trip to {destination}") moved
-the slot choice of held-out values: an incremental recompile of such an edit lost 7-12 points
-of holdout strict pass where an edit of a line without one lost 2.5. With placeholders of their
-own it lost 3.5 and 5.5 where it had lost 8.0 and 11.5 (two seeds; README, *Incremental recompiles*).
+the slot choice of held-out values, and an incremental recompile of such an edit lost far more
+than one of a line without a placeholder. A placeholder token of its own keeps the two apart
+(the measurements: ``docs/experiments.md``, *Placeholder tokens*).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from subterra.forms import FORM_PIECES
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -97,7 +100,7 @@ def _shaped(tok):
     return tok
 
 
-def workflow_atoms(wf) -> list[str]:
+def workflow_atoms(wf: Workflow) -> list[str]:
     """Identifiers that must be one token each: node ids, slot names, and each slot's placeholder
     in a say line (``{destination}``), a token of its own rather than ``{`` + the slot's name."""
     return list(wf.nodes) + list(wf.slots) + [placeholder(s) for s in wf.slots]

@@ -23,13 +23,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import polars as pl
 
 from subterra.atomic import recover_dir, replace_dir, write_text
 from subterra.lexicon import build_lexicon, save_lexicon
 from subterra.student import StudentSpec, continue_student, load_student
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 RESULT_FILE = "training_result.json"
 OPTIMIZER_FILE = "optimizer.pt"  # the optimizer's state at the end of the training, beside its weights
@@ -77,8 +80,8 @@ class TrainConfig:
     # keep the optimizer's state in the model folder (``optimizer.pt``, twice the weights' size) and,
     # continuing a folder that has one, start from it: each weight then moves by its own gradient
     # history, where a fresh Adam's first steps move every weight by about the learning rate
-    # whatever its gradient (an incremental recompile lost 3.5 points of holdout strict pass with a
-    # fresh Adam and gained 1.0 resuming; ``bench.bench_continue``)
+    # whatever its gradient, which undoes some of what the model had learnt (``bench.bench_continue``
+    # measures both; ``docs/experiments.md``)
     optimizer_state: bool = True
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -122,7 +125,7 @@ def train_conversations(frame: pl.DataFrame, weighted: bool = True) -> list[list
     return [json.loads(m) for m in rows["messages"]]
 
 
-def measure_lengths(corpus: pl.DataFrame, wf, config: TrainConfig | None = None) -> list[int]:
+def measure_lengths(corpus: pl.DataFrame, wf: Workflow, config: TrainConfig | None = None) -> list[int]:
     """Token length of every conversation of ``corpus`` under the student's tokenizer."""
     config = config or TrainConfig()
     spec = config.student()

@@ -39,7 +39,7 @@ def store(settings) -> Store:
 @pytest.fixture
 def resources(settings) -> dict:
     """The resources of ``definitions.py``, pointed at the temporary data folder."""
-    from definitions import build_definitions
+    from subterra_dagster.definitions import build_definitions
 
     return dict(build_definitions(str(settings.data_dir)).resources)
 
@@ -49,7 +49,7 @@ def instance():
     """An in-memory Dagster instance with the mini workflow's partition added."""
     import dagster as dg
 
-    from assets import workflows_partitions
+    from subterra_dagster.assets import workflows_partitions
 
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(workflows_partitions.name, ["mini_booking"])

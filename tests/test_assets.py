@@ -9,13 +9,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets import COMPILE_ASSETS, LADDER_ASSETS
-from assets.settings import CorpusSettings, EvalSettings, TrainedWeightsSettings, TrainingSettings
-from assets.workflow_graph import workflow_graph
-from assets.workflow_paths import PathsConfig, workflow_paths
+from subterra_dagster.assets import COMPILE_ASSETS, LADDER_ASSETS
+from subterra_dagster.assets.settings import CorpusSettings, EvalSettings, TrainedWeightsSettings, TrainingSettings
+from subterra_dagster.assets.workflow_graph import workflow_graph
+from subterra_dagster.assets.workflow_paths import PathsConfig, workflow_paths
 from conftest import MINI
-from definitions import build_definitions
-from resources import StoreResource
+from subterra_dagster.definitions import build_definitions
+from subterra_dagster.resources import StoreResource
 from subterra.paths import count_paths, edge_coverage, paths_from_table
 from subterra.workflow import Workflow, load_workflow
 
@@ -78,7 +78,7 @@ def test_definitions_assemble_the_pipeline_without_heavy_imports():
     import sys
 
     code = (
-        "import sys, definitions\n"
+        "import sys\nfrom subterra_dagster import definitions\n"
         "defs = definitions.defs\n"
         "assert defs.resolve_job_def('compile_workflow') and defs.resolve_job_def('ladder_workflow')\n"
         "assert defs.resolve_sensor_def('workflow_files_sensor')\n"
@@ -98,12 +98,12 @@ def test_every_table_an_asset_reads_is_declared_and_its_writer_is_upstream():
     import ast
     import importlib
 
-    from assets.tables import WRITTEN_BY, upstream
+    from subterra_dagster.assets.tables import WRITTEN_BY, upstream
 
     graph = build_definitions("/nonexistent").resolve_asset_graph()
     for asset in LADDER_ASSETS:
         name = asset.key.to_user_string()
-        module = importlib.import_module(f"assets.{name}")
+        module = importlib.import_module(f"subterra_dagster.assets.{name}")
         tree = ast.parse(Path(module.__file__).read_text())
         read = {call.args[0].value for call in ast.walk(tree)
                 if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "read"
@@ -186,7 +186,7 @@ def test_a_workflow_whose_loops_explode_is_refused_with_the_numbers(settings, st
 
 
 def test_an_oversized_corpus_is_refused_with_the_numbers_and_the_last_one_stays(settings, store, resources, instance):
-    from assets.synthetic_corpus import synthetic_corpus
+    from subterra_dagster.assets.synthetic_corpus import synthetic_corpus
 
     assert materialize([workflow_graph, workflow_paths, synthetic_corpus], resources, instance).success
     before = store.read("synthetic_corpus", KEY)
@@ -312,7 +312,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     (a learning rate of 5): the candidate is evaluated on the same scenarios and refused, the
     compile's model stays promoted, and the ladder has no promoted row. Chat serves whichever model
     is promoted, with the definition its compile was made from."""
-    from assets.settings import RepairSettings
+    from subterra_dagster.assets.settings import RepairSettings
     from subterra.serving import serving_model
     from subterra.training import RESULT_FILE, TrainResult
 
@@ -352,7 +352,7 @@ def test_ladder_refuses_a_repair_that_makes_the_holdout_worse(settings, store, r
     # promote the candidate by hand, and give the workflow a newer definition no model was made from
     import io
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
 
     promoted = decisions.with_columns(
         pl.when(pl.col("round") == 1).then(pl.col("candidate_dir")).otherwise(pl.col("model_dir")).alias("model_dir"),
@@ -377,7 +377,7 @@ def test_a_failed_or_refused_recompile_keeps_the_last_good_model_and_chat_on_it(
     the model, its row and the definition it was compiled from stay, and `subterra chat` uses them."""
     import io
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
 
     assert materialize(COMPILE_ASSETS[:5], resources, instance).success
     good = store.read("trained_weights", KEY).row(0, named=True)
@@ -423,8 +423,8 @@ def test_no_setting_can_hold_a_credential():
     import dataclasses
     import re
 
-    from assets.settings import PriceSettings
-    from resources import SettingsResource, StoreResource, TeacherResource
+    from subterra_dagster.assets.settings import PriceSettings
+    from subterra_dagster.resources import SettingsResource, StoreResource, TeacherResource
     from subterra.training import TrainConfig
 
     credential = re.compile(r"(^|_)(api_?key|key|secret|token|password|passwd|credentials?|auth)($|_)")
@@ -441,7 +441,7 @@ def test_a_recompile_after_a_one_node_edit_is_incremental_and_full_on_request(se
     conversations are the previous rows byte for byte, only the changed paths are written again,
     training continues from the last weights on a mix weighted toward them, and the eval reruns.
     A run configured ``full`` writes everything and trains from scratch."""
-    from assets.settings import TrainedWeightsSettings
+    from subterra_dagster.assets.settings import TrainedWeightsSettings
     from subterra.training import RESULT_FILE, TrainResult
 
     assert materialize(COMPILE_ASSETS, resources, instance, eval_scores=HOLDS_ANY).success  # a good model to continue
@@ -519,7 +519,7 @@ def test_a_compile_that_does_not_hold_leaves_the_last_good_model_serving_and_is_
     (a full recompile, another seed) writes a folder of its own: the good model's files stay."""
     import io
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
     from subterra.serving import serving_model
 
     path = settings.workflow_file(KEY)

@@ -7,9 +7,9 @@ import logging
 import polars as pl
 import pytest
 
-from assets import COMPILE_ASSETS
+from subterra_dagster.assets import COMPILE_ASSETS
 from claude_fake import KEY
-from resources import ClaudeResource
+from subterra_dagster.resources import ClaudeResource
 from test_assets import KEY as WORKFLOW, failure_text, materialize, metadata
 
 CORPUS_STAGES = COMPILE_ASSETS[:3]  # graph, paths, corpus

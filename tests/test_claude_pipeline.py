@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from assets import COMPILE_ASSETS
+from subterra_dagster.assets import COMPILE_ASSETS
 from test_assets import KEY as WORKFLOW, failure_text, materialize, metadata
 from test_claude_assets import claude_resource
 
@@ -80,7 +80,7 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     report = metadata(result, COMPILE_ASSETS[6])["report"]
     assert f"**{row['pct_of_frontier_quality']:,.1f}% of frontier quality**" in report and "than frontier_measured" in report
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
 
     monkeypatch.setenv("SUBTERRA_DATA_DIR", str(settings.data_dir))
     assert main(["report", WORKFLOW]) == 0
@@ -89,8 +89,8 @@ def test_a_compile_with_claude_end_to_end(fake_claude, settings, store, resource
     assert "\nserving: " in out  # which model answers, and why
 
     # a repair round: its candidate is played by the same Claude user as the compile's evaluation
-    from assets import REPAIR_ASSETS
-    from assets.settings import RepairSettings
+    from subterra_dagster.assets import REPAIR_ASSETS
+    from subterra_dagster.assets.settings import RepairSettings
 
     repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5, max_steps=2)
     repaired = materialize(REPAIR_ASSETS, resources, instance, promoted_model=repair)

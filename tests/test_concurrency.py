@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from assets import COMPILE_ASSETS, REPAIR_ASSETS
+from subterra_dagster.assets import COMPILE_ASSETS, REPAIR_ASSETS
 
 ROOT = Path(__file__).parent.parent
 
@@ -80,7 +80,7 @@ def test_a_second_subterra_compile_of_a_workflow_is_refused(settings, monkeypatc
     import subprocess
     import sys
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(settings.compile_lock("mini_booking"))],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -101,7 +101,7 @@ def test_subterra_compile_is_refused_while_a_run_of_the_workflow_executes(settin
     compile` shares through DAGSTER_HOME; a stale run of a crashed `subterra compile` is no obstacle."""
     from dagster._core.test_utils import create_run_for_test
 
-    from subterra.cli import main
+    from subterra_dagster.cli import main
 
     home = tmp_path / "dagster_home"
     home.mkdir()

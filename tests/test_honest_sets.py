@@ -42,8 +42,8 @@ def _user_lines(messages: str) -> list[str]:
 
 
 def test_no_test_set_line_value_or_scenario_reaches_training_repair_or_the_gate(settings, store, resources, instance):
-    from assets import LADDER_ASSETS
-    from assets.settings import RepairSettings
+    from subterra_dagster.assets import LADDER_ASSETS
+    from subterra_dagster.assets.settings import RepairSettings
 
     repair = RepairSettings(rounds=1, per_failure=1, max_per_cluster=2, max_conversations=4, replay_ratio=0.5, max_steps=2)
     result = materialize(LADDER_ASSETS, resources, instance, promoted_model=repair)

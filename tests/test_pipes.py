@@ -8,8 +8,8 @@ import time
 
 import dagster as dg
 
-from definitions import build_definitions
-from resources.pipes import WholeLineTempFileMessageReader, whole_lines
+from subterra_dagster.definitions import build_definitions
+from subterra_dagster.resources.pipes import WholeLineTempFileMessageReader, whole_lines
 
 # writes one message in two halves with a pause between them, as a slow write can look to a
 # reader; Dagster's own reader parses the first half, and its thread dies

@@ -9,7 +9,7 @@ from subterra.routes import ROUTES
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_a_profile_is_valid_run_config_of_the_ladder_job(name):
-    from definitions import defs
+    from subterra_dagster.definitions import defs
 
     job = defs.resolve_job_def("ladder_workflow")
     dg.validate_run_config(job, PROFILES[name].run_config())  # raises on an unknown or mistyped setting
@@ -19,9 +19,9 @@ def test_a_profile_is_valid_run_config_of_the_ladder_job(name):
 def test_subterra_ladder_adds_the_recompile_mode_to_a_profile(mode):
     """`subterra ladder [--full]` runs a profile with the recompile mode of its two stages added,
     the profile's own settings of those stages kept."""
-    from definitions import defs
-    from resources import RecompileResource
-    from subterra.cli import _with_recompile
+    from subterra_dagster.definitions import defs
+    from subterra_dagster.resources import RecompileResource
+    from subterra_dagster.cli import _with_recompile
 
     config = _with_recompile(QUICK.run_config(), RecompileResource(mode=mode).run_config())
     dg.validate_run_config(defs.resolve_job_def("ladder_workflow"), config)

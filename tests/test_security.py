@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
-from assets.workflow_graph import workflow_graph
+from subterra_dagster.assets.workflow_graph import workflow_graph
 from subterra.phrasing import fill
 from subterra.settings import Settings
 from subterra.workflow import ID
@@ -80,7 +80,7 @@ FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "execfile"}
 
 
 def python_sources() -> list[Path]:
-    return sorted(p for folder in ("subterra", "assets", "resources", "sensors", "jobs") for p in (ROOT / folder).rglob("*.py"))
+    return sorted(p for folder in ("subterra", "subterra_dagster") for p in (ROOT / folder).rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", python_sources(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -4,8 +4,8 @@ one still being written."""
 import dagster as dg
 import pytest
 
-from resources import RecompileResource, SettingsResource, StoreResource
-from sensors import workflow_files_sensor
+from subterra_dagster.resources import RecompileResource, SettingsResource, StoreResource
+from subterra_dagster.sensors import workflow_files_sensor
 from subterra.workflow import load_workflow, parse_workflow_text
 
 
@@ -88,7 +88,7 @@ def test_a_recompile_is_incremental_unless_full_is_chosen(settings, tick, monkey
     path = settings.workflow_file("mini_booking")
     path.write_text(path.read_text().replace("Ask for the departure date.", "Ask for the date of departure."))
     monkeypatch.delenv("SUBTERRA_RECOMPILE", raising=False)
-    from definitions import build_definitions
+    from subterra_dagster.definitions import build_definitions
 
     job = build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow")
     for chosen, expected in (("", "incremental"), ("full", "full")):
@@ -166,8 +166,8 @@ def test_a_file_still_being_written_starts_no_run(settings, instance):
 
 def test_a_run_for_content_that_has_changed_since_is_refused(settings, store, resources, instance):
     """A run carries the content hash the sensor saw; a file edited again before it started is not compiled."""
-    from assets.partitions import CONTENT_HASH_TAG
-    from assets.workflow_graph import workflow_graph
+    from subterra_dagster.assets.partitions import CONTENT_HASH_TAG
+    from subterra_dagster.assets.workflow_graph import workflow_graph
 
     seen = load_workflow(settings.workflow_file("mini_booking")).short_hash
     ok = dg.materialize([workflow_graph], partition_key="mini_booking", resources=resources, instance=instance,
@@ -183,7 +183,7 @@ def test_a_run_for_content_that_has_changed_since_is_refused(settings, store, re
 
 def fallback(run_result: dg.ExecuteInProcessResult, instance, resources: dict):
     """The incremental-fallback sensor on a finished run (what the daemon hands it)."""
-    from sensors import incremental_fallback_sensor
+    from subterra_dagster.sensors import incremental_fallback_sensor
 
     context = dg.build_run_status_sensor_context(
         sensor_name=incremental_fallback_sensor.name, dagster_instance=instance,
@@ -199,9 +199,9 @@ def test_an_incremental_recompile_that_does_not_hold_is_followed_by_a_full_one(s
     once; the full recompile's run, held or not, asks for nothing more."""
     from test_assets import HOLDS_ANY, HOLDS_NONE, KEY, TINY_TRAINING, materialize, metadata, run_config
 
-    from assets import COMPILE_ASSETS
-    from assets.settings import EvalSettings
-    from assets.settings import TrainedWeightsSettings
+    from subterra_dagster.assets import COMPILE_ASSETS
+    from subterra_dagster.assets.settings import EvalSettings
+    from subterra_dagster.assets.settings import TrainedWeightsSettings
     from subterra.serving import full_recompile_due, serving_model
 
     from subterra.routes import DEPLOYED
@@ -232,7 +232,7 @@ def test_an_incremental_recompile_that_does_not_hold_is_followed_by_a_full_one(s
     assert request.tags["subterra/full_after"] == incremental.dagster_run.run_id
     ops = request.run_config["ops"]
     assert ops["synthetic_corpus"]["config"]["recompile"] == ops["trained_weights"]["config"]["recompile"] == "full"
-    from definitions import build_definitions
+    from subterra_dagster.definitions import build_definitions
 
     dg.validate_run_config(build_definitions(str(settings.data_dir)).resolve_job_def("compile_workflow"), request.run_config)
 

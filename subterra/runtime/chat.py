@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from subterra.forms import Form, user_say
 from subterra.runtime.actions import Choice, Score
 from subterra.runtime.encoding import Codec, ReadingRules
 from subterra.runtime.lockstep import MAX_DRAFT, greedy, penalties
 from subterra.runtime.scoring import score_candidates
 from subterra.runtime.turns import TurnCounter, fill_form
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 
 class ChatSession:
@@ -19,7 +24,7 @@ class ChatSession:
     the first greedy decoding would not pick; the cache is cut back to what was kept).
     """
 
-    def __init__(self, model_dir: str, wf, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
+    def __init__(self, model_dir: str, wf: Workflow, max_say_tokens: int = 96, max_draft: int = MAX_DRAFT,
                  rules: ReadingRules = ReadingRules(), today=None):
         import numpy as np
         import torch

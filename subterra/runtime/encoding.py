@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
@@ -19,6 +19,9 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
     VALUE_MORE,
 )
 from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
+
+if TYPE_CHECKING:
+    from subterra.workflow import Workflow
 
 END = "<|im_end|>"
 
@@ -37,7 +40,7 @@ class ReadingRules:
 class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
-    def __init__(self, tokenizer, wf, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
+    def __init__(self, tokenizer, wf: Workflow, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
                  courtesy_values: bool = ReadingRules.courtesy_values, typed_values: bool = ReadingRules.typed_values,
                  function_words: bool = ReadingRules.function_words):
         self.tok = tokenizer

@@ -1,10 +1,10 @@
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import RepairSettings
-from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource, launch_training
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import RepairSettings
+from subterra_dagster.resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource, launch_training
 
 
 READS = ('workflow_definitions', 'trained_weights', 'eval_runs', 'eval_scenarios', 'validated_dataset', 'workflow_paths')  # the tables this asset reads (assets.tables)

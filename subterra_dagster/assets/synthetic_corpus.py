@@ -2,11 +2,11 @@ import json
 
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import CorpusSettings
-from resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import CorpusSettings
+from subterra_dagster.resources import ClaudeResource, SettingsResource, StoreResource, TeacherResource
 
 
 READS = ('workflow_definitions', 'workflow_paths', 'synthetic_corpus')  # the tables this asset reads (assets.tables)

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from assets import COMPILE_ASSETS, LADDER_ASSETS
+from subterra_dagster.assets import COMPILE_ASSETS, LADDER_ASSETS
 
 compile_workflow = dg.define_asset_job(
     "compile_workflow",

@@ -2,8 +2,8 @@ import json
 
 import dagster as dg
 
-from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
-from resources import SettingsResource, StoreResource
+from subterra_dagster.assets.partitions import CONTENT_HASH_TAG, workflows_partitions
+from subterra_dagster.resources import SettingsResource, StoreResource
 
 
 READS = ()  # the tables this asset reads (assets.tables): it reads the workflow's file

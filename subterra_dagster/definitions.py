@@ -5,11 +5,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import LADDER_ASSETS
-from jobs import compile_workflow, ladder_workflow
-from resources import (ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource,
+from subterra_dagster.assets import LADDER_ASSETS
+from subterra_dagster.jobs import compile_workflow, ladder_workflow
+from subterra_dagster.resources import (ClaudeResource, RecompileResource, SettingsResource, StoreResource, TeacherResource,
                        training_process_client)
-from sensors import incremental_fallback_sensor, workflow_files_sensor
+from subterra_dagster.sensors import incremental_fallback_sensor, workflow_files_sensor
 
 # runs report their progress in the run log; Hugging Face's progress bars ("Loading weights",
 # "Writing model shards") would only reach the daemon's console (read when transformers is imported)

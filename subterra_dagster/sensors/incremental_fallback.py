@@ -12,9 +12,9 @@ Off with the ``recompile`` resource's ``fall_back_to_full`` (or ``SUBTERRA_RECOM
 
 import dagster as dg
 
-from assets.partitions import CONTENT_HASH_TAG
-from jobs import compile_workflow, ladder_workflow
-from resources import RecompileResource, StoreResource
+from subterra_dagster.assets.partitions import CONTENT_HASH_TAG
+from subterra_dagster.jobs import compile_workflow, ladder_workflow
+from subterra_dagster.resources import RecompileResource, StoreResource
 
 FALLBACK_OF_TAG = "subterra/full_after"  # the run whose incremental recompile did not hold
 

@@ -1,8 +1,8 @@
 import dagster as dg
 
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from resources import SettingsResource, StoreResource
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.resources import SettingsResource, StoreResource
 
 
 READS = ()  # the tables this asset reads (assets.tables)

@@ -27,9 +27,9 @@ import json
 
 import dagster as dg
 
-from assets.partitions import CONTENT_HASH_TAG, workflows_partitions
-from jobs import compile_workflow
-from resources import RecompileResource, SettingsResource, StoreResource
+from subterra_dagster.assets.partitions import CONTENT_HASH_TAG, workflows_partitions
+from subterra_dagster.jobs import compile_workflow
+from subterra_dagster.resources import RecompileResource, SettingsResource, StoreResource
 
 
 def _state(cursor: str | None) -> dict:

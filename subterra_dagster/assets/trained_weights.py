@@ -5,12 +5,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.metadata import readable
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import TrainedWeightsSettings
-from resources import SettingsResource, StoreResource, launch_training
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.metadata import readable
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import TrainedWeightsSettings
+from subterra_dagster.resources import SettingsResource, StoreResource, launch_training
 
 
 READS = ('workflow_definitions', 'corpus_checks', 'validated_dataset', 'trained_weights')  # the tables this asset reads (assets.tables)

@@ -1,10 +1,10 @@
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import TrainingSettings
-from resources import SettingsResource, StoreResource
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import TrainingSettings
+from subterra_dagster.resources import SettingsResource, StoreResource
 
 CHECK = "corpus_quality_gate"
 

@@ -1,8 +1,8 @@
 import dagster as dg
 
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from resources import StoreResource
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.resources import StoreResource
 
 
 READS = ('workflow_definitions', 'eval_scores', 'cost_report')  # the tables this asset reads (assets.tables)

@@ -1,10 +1,10 @@
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import EvalSettings
-from resources import ClaudeResource, SettingsResource, StoreResource
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import EvalSettings
+from subterra_dagster.resources import ClaudeResource, SettingsResource, StoreResource
 from subterra.routes import DEPLOYED, FRONTIER_ROUTE
 
 

@@ -2,12 +2,12 @@ import json
 
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.metadata import readable
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from assets.settings import PriceSettings
-from resources import StoreResource
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.metadata import readable
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.assets.settings import PriceSettings
+from subterra_dagster.resources import StoreResource
 
 
 READS = ('workflow_definitions', 'eval_scores', 'trained_weights', 'validated_dataset', 'synthetic_corpus')  # the tables this asset reads (assets.tables)

@@ -1,9 +1,9 @@
 import dagster as dg
 
-from assets.loading import snapshot
-from assets.partitions import workflows_partitions
-from assets.tables import upstream
-from resources import StoreResource
+from subterra_dagster.assets.loading import snapshot
+from subterra_dagster.assets.partitions import workflows_partitions
+from subterra_dagster.assets.tables import upstream
+from subterra_dagster.resources import StoreResource
 from subterra.paths import MAX_STATES
 
 

@@ -1,4 +1,0 @@
-from sensors.incremental_fallback import incremental_fallback_sensor
-from sensors.workflow_files import workflow_files_sensor
-
-__all__ = ["incremental_fallback_sensor", "workflow_files_sensor"]

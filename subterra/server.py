@@ -262,16 +262,20 @@ def create_app(deployment: Deployment, config: ServerConfig = ServerConfig(), ru
             raise ApiError(429, f"{service.in_flight} requests are in progress, the most this server takes; try again shortly",
                            kind="rate_limit_error", code="too_many_requests", headers={"Retry-After": "1"})
         service.in_flight += 1
+        streaming = False  # a stream is in progress until its last event: it releases its place itself
         try:
             parsed = parse_request(await request.body(), config)
             if parsed["stream"]:
-                return await _streamed(parsed)
+                response = await _streamed(parsed)
+                streaming = True
+                return response
             pending = await asyncio.to_thread(service.start_turn, parsed)
             turn, kv = await _outcome(pending)
             service.finished(parsed, pending.served, turn, kv)
             return _completion(parsed, pending.served, turn, pending.replayed)
         finally:
-            service.in_flight -= 1
+            if not streaming:
+                service.in_flight -= 1
 
     async def _outcome(pending: "Pending") -> tuple[Turn, object]:
         try:
@@ -315,6 +319,13 @@ def create_app(deployment: Deployment, config: ServerConfig = ServerConfig(), ru
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         async def stream():
+            try:
+                async for piece in events_of():
+                    yield piece
+            finally:  # the last event sent, or the client gone
+                service.in_flight -= 1
+
+        async def events_of():
             yield chunk({"role": "assistant", "content": ""})
             sent, event, blocked = "", first, False
             while event is not None:

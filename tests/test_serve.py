@@ -85,6 +85,22 @@ def test_a_stream_sends_the_say_as_it_is_written(live_server):
     assert len(pieces) >= 2 and all(pieces)  # more than one piece: written, not sent at the end
 
 
+def test_a_stream_gives_its_place_among_the_concurrent_requests_back_once(live_server):
+    """A streamed request counts toward ``--max-concurrent`` until its last event or until the
+    client leaves (the stream's own ``finally``), and gives its place back exactly once."""
+    service = live_server.server.config.app.state.service
+    body = {"model": "mini_booking", "stream": True, "messages": [{"role": "user", "content": SCRIPTS[0][0]}]}
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", timeout=60, json=body) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))  # the stream has begun; leave early
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", timeout=60, json=body) as r:
+        assert [line for line in r.iter_lines() if line.startswith("data: ")][-1] == "data: [DONE]"
+    for _ in range(250):
+        if service.in_flight == 0:
+            break
+        threading.Event().wait(0.02)
+    assert service.in_flight == 0
+
+
 def test_a_say_streams_without_an_open_or_unheld_placeholder():
     assert streamable("Flying to {desti", {"destination": "Oslo"}) == "Flying to "
     assert streamable("Flying to {destination} on", {"destination": "Oslo"}) == "Flying to Oslo on"

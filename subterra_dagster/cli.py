@@ -66,13 +66,14 @@ def _with_recompile(run_config: dict | None, recompile: dict) -> dict:
 
 
 def _compiled_before(settings, workflow: str) -> bool:
+    """Has ``workflow`` a trained model in the database (else this compile is its first)?"""
     import duckdb
 
     from subterra.store import Store
 
     try:
         return Store(settings.db_path).read("trained_weights", workflow).height > 0
-    except (LookupError, duckdb.Error):  # no database, table or row yet
+    except (FileNotFoundError, LookupError, duckdb.Error):  # no database, table or row yet
         return False
 
 

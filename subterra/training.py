@@ -376,6 +376,10 @@ def train(config: TrainConfig, on_log: Callable[[dict], None] | None = None) -> 
         processing_class=tokenizer,
         callbacks=[Progress()],
     )
+    if on_log is not None:  # progress goes to on_log; transformers' own printing would repeat it on stdout
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     train_tokens_per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started

@@ -12,8 +12,9 @@ from subterra_dagster.resources import (ClaudeResource, RecompileResource, Setti
 from subterra_dagster.sensors import incremental_fallback_sensor, workflow_files_sensor
 
 # runs report their progress in the run log; Hugging Face's progress bars ("Loading weights",
-# "Writing model shards") would only reach the daemon's console (read when transformers is imported)
+# "Writing model shards") and datasets' would only reach the daemon's console (read at import)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Dropping fully masked examples", "Map"
 
 
 def build_definitions(data_dir: str = "", db_path: str = "", recompile: str = "") -> dg.Definitions:

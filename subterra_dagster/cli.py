@@ -7,7 +7,6 @@ in-process: compile | ladder | gallery.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path

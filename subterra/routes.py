@@ -108,6 +108,7 @@ class PlayConfig:
     typed_values: bool = ReadingRules.typed_values
     edge_slots: bool = ReadingRules.edge_slots
     function_words: bool = ReadingRules.function_words
+    moves_need_values: bool = ReadingRules.moves_need_values
 
 
 @dataclass
@@ -236,7 +237,8 @@ class LocalRoute:
         def turn_program(message: str, counter: TurnCounter, held: dict[str, str], at: str | None, today=None):
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
-                                 config.corrections_named, today, at, config.edge_slots)
+                                 config.corrections_named, today, at, config.edge_slots,
+                                 moves_need_values=config.moves_need_values)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

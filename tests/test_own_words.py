@@ -164,3 +164,30 @@ def test_its_frame_is_cut_from_a_value_even_when_a_declared_value_has_an_apostro
     assert value_spans("It's Niamh Keane", lexicon) == ["Niamh Keane"]
     assert value_spans("it's 07372 468150", lexicon) == ["07372 468150"]
     assert "crown" not in lexicon  # a word of a declared value stays a value word
+
+
+def test_a_move_that_collects_a_value_needs_one_in_the_message(trained, mini_workflow):
+    """``moves_need_values``: a bare greeting can keep the greeting step, never move on as if it
+    had named a city; a message with a value, or a held one, may move on."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import TurnCounter, fill_form, moves_offered
+    from subterra.student import load_compiled
+
+    model_dir = trained[1].model_dir
+    tokenizer, model = load_compiled(model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
+    bare = moves_offered(codec, offered_values(codec, "hiya", None, None), None, None)
+    assert list(bare) == ["greet"]  # every other step lies past the destination question
+    assert "ask_date" in moves_offered(codec, offered_values(codec, "hi, Lisbon please", None, None), None, None)
+    assert "ask_date" in moves_offered(codec, {}, {"destination": "Lisbon"}, None)  # held: nothing to name again
+    driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
+    forms = []
+
+    def program(message):
+        form, _raw, _valid = yield from fill_form(codec, message, 8, TurnCounter(), {}, moves_need_values=True)
+        forms.append(form)
+
+    driver.run([program(m) for m in ("hiya", "hello there", "good morning")], 512)
+    assert forms and all(mini_workflow.collected_between(None, f.node) == () for f in forms)

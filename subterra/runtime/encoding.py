@@ -35,6 +35,7 @@ class ReadingRules:
     typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
     edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
+    moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
 
 
 class Codec:

@@ -56,7 +56,8 @@ class TurnCounter:
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
               held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
-              at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None):
+              at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None,
+              moves_need_values: bool = False):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -76,6 +77,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     offers a value for, and only then may add others. "Sept 21" after "when do you fly?", with the
     model moving on to the party size, is a date for ``departure_date``, never a second ``origin``.
 
+    ``moves_need_values``: a move that surely collects a slot (``Workflow.collected_between``) is
+    offered only when the message offers a value for it or the conversation holds one: a bare "hi"
+    can stay at the greeting, never move on to the next question as if it had named a city.
+
     ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
     the form's slots (a server streams the say from it).
     """
@@ -89,11 +94,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     def chosen(candidates, counted=None, whole=False):
         return (yield from _tracked(choose(candidates, counted, whole), raw, counter))
 
+    available = offered_values(codec, last_user, held, today)
     yield from forced(codec.form_head)
-    node = yield from chosen(codec.node_candidates)
+    node = yield from chosen(moves_offered(codec, available, held, at) if moves_need_values else codec.node_candidates)
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
-    available = offered_values(codec, last_user, held, today)
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
     if asked:
@@ -160,6 +165,14 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     say = say_start + codec.decode(say_ids) + say_tail
     text = codec.decode(raw).split(END)[0]
     return Form(node, slots, say), text, closed
+
+
+def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None) -> dict[str, list[int]]:
+    """The node candidates whose move from ``at`` has a value for every slot it surely collects."""
+    known = set(available) | set(held or ())
+    moves = {n: ids for n, ids in codec.node_candidates.items()
+             if all(s in known for s in codec.wf.collected_between(at, n))}
+    return moves or codec.node_candidates
 
 
 def free_form(codec: Codec, max_tokens: int, counter: TurnCounter):

@@ -109,6 +109,7 @@ class PlayConfig:
     edge_slots: bool = ReadingRules.edge_slots
     function_words: bool = ReadingRules.function_words
     moves_need_values: bool = ReadingRules.moves_need_values
+    answers_move_on: bool = ReadingRules.answers_move_on
 
 
 @dataclass
@@ -238,7 +239,7 @@ class LocalRoute:
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
                                  config.corrections_named, today, at, config.edge_slots,
-                                 moves_need_values=config.moves_need_values)
+                                 moves_need_values=config.moves_need_values, answers_move_on=config.answers_move_on)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

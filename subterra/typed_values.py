@@ -30,7 +30,7 @@ _PEOPLE_COUNT = re.compile(r"\b(\d+)\s+(?:adults?|kids?|children|child|teens?|te
                            r"passengers?|travell?ers?|guests?|seniors?|students?)\b", re.I)
 _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                         r"mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|week|weeks|weekend|fortnight|days?)\b", re.I)
-_DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d)")
+_DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
 
 
 @functools.lru_cache(maxsize=1 << 14)

@@ -57,7 +57,7 @@ class TurnCounter:
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
               held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
               at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None,
-              moves_need_values: bool = False):
+              moves_need_values: bool = False, answers_move_on: bool = False):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -81,6 +81,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     offered only when the message offers a value for it or the conversation holds one: a bare "hi"
     can stay at the greeting, never move on to the next question as if it had named a city.
 
+    ``answers_move_on``: a message that gives a number or a date the step asks for, and the
+    conversation does not hold yet, is an answer: the form does not keep the step ("the 2nd of
+    July" after "when do you fly?" moves on), unless the step has a move back to itself.
+
     ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
     the form's slots (a server streams the say from it).
     """
@@ -96,7 +100,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
 
     available = offered_values(codec, last_user, held, today)
     yield from forced(codec.form_head)
-    node = yield from chosen(moves_offered(codec, available, held, at) if moves_need_values else codec.node_candidates)
+    node = yield from chosen(moves_offered(codec, available, held, at, moves_need_values, answers_move_on))
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
@@ -167,11 +171,23 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     return Form(node, slots, say), text, closed
 
 
-def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None) -> dict[str, list[int]]:
-    """The node candidates whose move from ``at`` has a value for every slot it surely collects."""
-    known = set(available) | set(held or ())
+def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,
+                  need_values: bool = True, answers_move_on: bool = False) -> dict[str, list[int]]:
+    """The node candidates after a message offering ``available`` values: with ``need_values``,
+    those whose move from ``at`` has a value for every slot it surely collects; with
+    ``answers_move_on``, not ``at`` itself when the message answers its question with a number or
+    a date (see ``fill_form``). Every node when nothing would be left."""
+    held = held or {}
+    known = set(available) | set(held)
     moves = {n: ids for n, ids in codec.node_candidates.items()
-             if all(s in known for s in codec.wf.collected_between(at, n))}
+             if not need_values or all(s in known for s in codec.wf.collected_between(at, n))}
+    if answers_move_on and at in moves and len(moves) > 1:
+        wf = codec.wf
+        onward = [e for e in wf.out_edges(at)]
+        asked = {s for e in onward for s in wf.nodes[at].collect + e.collect}
+        answered = [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
+        if answered and all(e.target != at for e in onward):
+            moves.pop(at)
     return moves or codec.node_candidates
 
 

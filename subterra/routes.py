@@ -110,6 +110,7 @@ class PlayConfig:
     function_words: bool = ReadingRules.function_words
     moves_need_values: bool = ReadingRules.moves_need_values
     answers_move_on: bool = ReadingRules.answers_move_on
+    only_asked_values: bool = ReadingRules.only_asked_values
 
 
 @dataclass
@@ -239,7 +240,8 @@ class LocalRoute:
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
                                  config.corrections_named, today, at, config.edge_slots,
-                                 moves_need_values=config.moves_need_values, answers_move_on=config.answers_move_on)
+                                 moves_need_values=config.moves_need_values, answers_move_on=config.answers_move_on,
+                                 only_asked_values=config.only_asked_values)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

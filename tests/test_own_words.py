@@ -191,3 +191,59 @@ def test_a_move_that_collects_a_value_needs_one_in_the_message(trained, mini_wor
 
     driver.run([program(m) for m in ("hiya", "hello there", "good morning")], 512)
     assert forms and all(mini_workflow.collected_between(None, f.node) == () for f in forms)
+
+
+def test_a_number_or_date_the_step_asks_for_moves_the_conversation_on(trained, mini_workflow):
+    """``answers_move_on``: "the 3rd of August" after "when do you leave?" cannot keep the date
+    step; a message with no date can, and so can a date the conversation already holds (a
+    correction). An ordinal is never a count."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+    from subterra.typed_values import parsed_values
+
+    today = dt.date(2027, 3, 1)
+    assert parsed_values("integer", "the 2nd of July", today) == () and parsed_values("integer", "2 of us on the 3rd", today) == ("2",)
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon"}
+
+    def moves(message, held=held, on=True):
+        return moves_offered(codec, offered_values(codec, message, held, today), held, "ask_date", answers_move_on=on)
+
+    assert "ask_date" not in moves("the 3rd of August") and "ask_count" in moves("the 3rd of August")
+    assert "ask_date" in moves("the 3rd of August", on=False)
+    assert "ask_date" in moves("sorry, what?")
+    assert "ask_date" in moves("make that the 4th of August", {**held, "date": "3 August 2027"})
+
+
+def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained, mini_workflow):
+    """``only_asked_values``: handing over to a person holds no value, whatever the message
+    offers; keeping a step may refill only a held slot whose value the message names."""
+    import copy
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.turns import TurnCounter, fill_form
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
+    held = {"destination": "Lisbon", "date": "3 August 2027"}
+    forms = {}
+    for to, message in (("human", "get me an agent, I hate typing Oslo"), ("ask_count", "not Lisbon, Oslo")):
+        moving = copy.copy(codec)  # the model's node choice made for it: the move under test
+        moving.node_candidates = {to: codec.node_candidates[to]}
+
+        def program(to=to, message=message, moving=moving):
+            form, _raw, _valid = yield from fill_form(moving, message, 8, TurnCounter(), held, at="ask_count",
+                                                      only_asked_values=True)
+            forms[to] = form
+
+        driver.run([program()], 512)
+    assert forms["human"].slots == {}
+    assert set(forms["ask_count"].slots) <= {"destination"}

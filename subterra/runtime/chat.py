@@ -99,7 +99,7 @@ class ChatSession:
         self._buffer.extend(self.codec.user(text))
         program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held, today=self.today, at=self.at,
                             edge_slots=self.edge_slots, moves_need_values=self.rules.moves_need_values,
-                            answers_move_on=self.rules.answers_move_on)
+                            answers_move_on=self.rules.answers_move_on, only_asked_values=self.rules.only_asked_values)
         value = None
         try:
             action = next(program)

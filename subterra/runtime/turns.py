@@ -28,7 +28,7 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.encoding import END, Codec
-from subterra.runtime.offers import offered_keys, offered_values
+from subterra.runtime.offers import named_held, offered_keys, offered_values
 from subterra.runtime.scoring import choose
 
 
@@ -57,7 +57,7 @@ class TurnCounter:
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
               held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
               at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None,
-              moves_need_values: bool = False, answers_move_on: bool = False):
+              moves_need_values: bool = False, answers_move_on: bool = False, only_asked_values: bool = False):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -85,6 +85,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     conversation does not hold yet, is an answer: the form does not keep the step ("the 2nd of
     July" after "when do you fly?" moves on), unless the step has a move back to itself.
 
+    ``only_asked_values``: the form holds only the slots its move collects and held ones whose
+    value the message names (a correction): "can I just speak to someone, I hate typing" hands
+    over holding nothing, never a name "hate typing".
+
     ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
     the form's slots (a server streams the say from it).
     """
@@ -104,12 +108,15 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
+    if only_asked_values:
+        asked_or_named = set(codec.wf.collected_between(at, node)) | named_held(codec, last_user, held or {})
+        keys = [s for s in keys if s in asked_or_named]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
     if asked:
         yield from forced(codec.first_key)
         more = True
     else:
-        opening = {"none": codec.no_slots, **({"some": codec.first_key} if available else {})}
+        opening = {"none": codec.no_slots, **({"some": codec.first_key} if keys else {})}
         more = (yield from chosen(opening)) == "some"
     while more:
         unused = [s for s in keys if s not in slots]

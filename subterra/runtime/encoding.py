@@ -37,7 +37,7 @@ class ReadingRules:
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
     only_asked_values: bool = False  # the form holds only what its move collects, or a held value it corrects
-    answers_move_on: bool = False  # a number or date the step asks for, not yet held, is an answer: the step is not kept
+    answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
 
 
 class Codec:

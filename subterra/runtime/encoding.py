@@ -36,7 +36,7 @@ class ReadingRules:
     edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
-    only_asked_values: bool = False  # the form holds only what its move collects, or a held value it corrects
+    only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
 
 

@@ -70,15 +70,24 @@ class AttentionContext:
         keys[step.token_rows, :, :, step.token_positions] = key[0].transpose(0, 1)
         values[step.token_rows, :, step.token_positions] = value[0].transpose(0, 1)
         q = query[0].reshape(kv_heads, group, length, dim)
-        out = query.new_empty(length, heads, dim)
-        for run in step.runs:
+        out = query.new_empty(kv_heads, group, length, dim)
+        shared = [(seg_k[0].transpose(1, 2), seg_v[0]) for seg_k, seg_v in (segment[layer] for segment in self.segments)]
+        for run in step.runs:  # each row over its own cache as it lies (views, no copy)
             end = run.start + run.n
-            mine = q[:, :, run.start : end].reshape(1, kv_heads, group * run.n, dim)
-            own_kt = keys[run.row : run.row + 1, :, :, : run.length]
-            own_v = values[run.row : run.row + 1, :, : run.length]
-            mine = self._attend(mine, own_kt, own_v, run.blocked, layer, scale)
-            out[run.start : end] = mine.reshape(heads, run.n, dim).transpose(0, 1)
-        return out[None]
+            mine = q[:, :, run.start : end].reshape(kv_heads, group * run.n, dim)
+            own = torch.bmm(mine, keys[run.row, :, :, : run.length])
+            if run.blocked is not None:
+                own[:, :, run.length - run.n :].masked_fill_(run.blocked, float("-inf"))
+            scores = torch.cat([torch.bmm(mine, seg_kt) for seg_kt, _ in shared] + [own], dim=-1) if shared else own
+            weights = torch.softmax(scores.float() * scale, dim=-1).to(query.dtype)
+            mine = torch.bmm(weights[:, :, weights.shape[-1] - run.length :], values[run.row, :, : run.length])
+            at = 0
+            for seg_kt, seg_v in shared:
+                width = seg_kt.shape[-1]
+                mine = mine + torch.bmm(weights[:, :, at : at + width], seg_v)
+                at += width
+            out[:, :, run.start : end] = mine.view(kv_heads, group, run.n, dim)
+        return out.view(heads, length, dim).transpose(0, 1)[None]
 
     def _attend(self, q, own_kt, own_v, blocked, layer: int, scale: float):
         """Attention of ``q`` [b, kv_heads, m, dim] over the shared segments, then its own keys

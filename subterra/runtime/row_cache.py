@@ -46,6 +46,16 @@ class RowCache:
         self.keys = [torch.cat([x, x.new_empty((k, *x.shape[1:]))]) for x in self.keys]
         self.values = [torch.cat([x, x.new_empty((k, *x.shape[1:]))]) for x in self.values]
 
+    def widen(self, capacity: int) -> None:
+        """Room for ``capacity`` positions per row (more than it has), what the rows hold kept."""
+        def wider(x, axis: int):
+            out = x.new_empty((*x.shape[:axis], capacity, *x.shape[axis + 1 :]))
+            out.narrow(axis, 0, x.shape[axis]).copy_(x)
+            return out
+
+        self.keys = [wider(k, 3) for k in self.keys]
+        self.values = [wider(v, 2) for v in self.values]
+
     def restore(self, i: int, state: "RowState") -> None:
         """Row ``i`` starts with ``state``'s keys and values (its first ``state.length`` positions)."""
         for layer, (k, v) in enumerate(state.layers):

@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from subterra.runtime.lockstep import Lockstep, Prefix
+from subterra.runtime.lockstep import GROWTH, Lockstep, Prefix
 from subterra.runtime.row_cache import RowState
 
 
@@ -87,11 +87,12 @@ class Batcher:
             self._run(jobs)
 
     def _run(self, jobs: list[Job]) -> None:
-        """One lockstep run: ``jobs`` first, then every job queued while it runs that fits its
-        room, each in the row of one that ended (continuous batching), until no row is left."""
+        """One lockstep run: ``jobs`` first, then every job queued while it runs, each in the row
+        of one that ended (continuous batching), until no row is left. Its room starts a few turns
+        longer than its longest job and grows for a longer one that joins."""
         programs = [_settling(job) for job in jobs]
         longest = max(job.length for job in jobs)
-        room = min(self.max_len, len(self.prefix.ids) + longest + 512)  # room for a few turns more than the longest
+        room = min(self.max_len, len(self.prefix.ids) + longest + GROWTH)
         later: list[Job] = []  # queued jobs too long for this run's room: the next run's
 
         def admit(slots: int, own_room: int) -> list:
@@ -108,13 +109,13 @@ class Batcher:
                     later.append(job)
                     continue
                 jobs.append(job)
-                out.append((_settling(job), job.resume))
+                out.append((_settling(job), job.resume, job.length))
             return out
 
         try:
             self.driver.run(programs, room, prefix=self.prefix, resume=[job.resume for job in jobs],
                             on_finish=lambda row, state: jobs[row].resolve(state),  # answered as soon as it ends
-                            admit=admit, max_rows=self.max_batch)
+                            admit=admit, max_rows=self.max_batch, grow_to=self.max_len)
         except Exception as exc:  # a fault of the runtime fails this run's requests, not the server
             for job in jobs:
                 if job.outcome is None:

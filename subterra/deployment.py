@@ -84,7 +84,8 @@ class Deployment:
         self._current: dict[str, ServedModel] = {}
         self._retired: dict[str, ServedModel] = {}
         self._checked: dict[str, float] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the loaded models (held only while they are read or changed)
+        self._looking = threading.Lock()  # one look at the serving models at a time, and the load it leads to
 
     def workflows(self) -> list[str]:
         """The workflows that have a compiled model."""
@@ -101,8 +102,10 @@ class Deployment:
             raise UnknownWorkflow(f"no compiled model for workflow {workflow!r}") from exc
 
     def current(self, workflow: str) -> ServedModel:
-        """The model new conversations of ``workflow`` get (loading or swapping it if due)."""
-        with self._lock:
+        """The model new conversations of ``workflow`` get (loading or swapping it if due). A look
+        at the store (and the load it leads to) holds up the new conversations, never the turns
+        of those going on (``version``)."""
+        with self._looking:
             served = self._current.get(workflow)
             due = time.monotonic() - self._checked.get(workflow, float("-inf")) >= self.refresh_seconds
             if served is not None and not due:
@@ -120,11 +123,12 @@ class Deployment:
             if served is not None and served.model_dir == model_dir and served.version == model_version(model_dir):
                 return served
             fresh = ServedModel.load(Workflow.from_dict(serving.definition), model_dir, serving.why, self.max_batch, self.rules)
-            if served is not None:
-                served.retired_at = time.time()
-                self._retired[served.version] = served
-            self._current[workflow] = fresh
-            self._let_go()
+            with self._lock:
+                if served is not None:
+                    served.retired_at = time.time()
+                    self._retired[served.version] = served
+                self._current[workflow] = fresh
+                self._let_go()
             return fresh
 
     def version(self, workflow: str, version: str) -> ServedModel | None:
@@ -149,7 +153,7 @@ class Deployment:
                 del self._retired[version]
 
     def close(self) -> None:
-        with self._lock:
+        with self._looking, self._lock:
             for served in self.loaded():
                 served.batcher.close()
             self._current.clear()

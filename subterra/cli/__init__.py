@@ -177,6 +177,11 @@ def cmd_serve(args) -> int:
     from subterra.server import ServerConfig, create_app
     from subterra.store import Store
 
+    import torch
+
+    # the forwards of every model share these threads; one core is left to the HTTP side (a thread
+    # more on the small products of a small model mostly waits, spinning, on the others)
+    torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 1) - 1))
     settings = _settings()
     config = ServerConfig(api_key=os.environ.get("SUBTERRA_API_KEY") or None, max_batch=args.max_batch,
                           max_concurrent=args.max_concurrent, log_text=args.log_text)
@@ -186,7 +191,8 @@ def cmd_serve(args) -> int:
     workflows = deployment.workflows()
     print(f"serving {', '.join(workflows) or 'no compiled workflow yet (subterra compile FILE first)'} on "
           f"http://{args.host}:{args.port} (chat page: /, API: /v1/chat/completions; "
-          f"{'API key required' if config.api_key else 'no API key set: SUBTERRA_API_KEY sets one'})", flush=True)
+          f"{'API key required' if config.api_key else 'no API key set: SUBTERRA_API_KEY sets one'}; "
+          f"{torch.get_num_threads()} torch threads)", flush=True)
     uvicorn.run(create_app(deployment, config), host=args.host, port=args.port, log_level="info",
                 access_log=not args.no_access_log)
     return 0
@@ -220,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="requests to a workflow that share a forward pass (1: one at a time)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="CPU threads for the forward passes (default 0: every core but one, at least one)")
     p.add_argument("--max-concurrent", type=int, default=256, help="requests in progress at once; more are answered 429")
     p.add_argument("--log-text", action="store_true", help="log the users' messages and the says (off: no user text in logs)")
     p.add_argument("--no-access-log", action="store_true", help="no line per request (method, path, status)")

@@ -60,34 +60,39 @@ class AttentionContext:
         scale = scaling if scaling is not None else dim**-0.5
         step = self.step
         if step is None:
-            allowed = None
+            blocked = None
             if length > 1:
-                allowed = torch.ones(length, length, dtype=torch.bool, device=query.device).tril().repeat(group, 1)
+                blocked = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1).repeat(group, 1)
             q = query.reshape(batch, kv_heads, group * length, dim)
-            out = self._attend(q, key.transpose(2, 3), value, allowed, layer, scale)
+            out = self._attend(q, key.transpose(2, 3), value, blocked, layer, scale)
             return out.reshape(batch, heads, length, dim).transpose(1, 2).contiguous()
         keys, values = step.cache.keys[layer], step.cache.values[layer]
         keys[step.token_rows, :, :, step.token_positions] = key[0].transpose(0, 1)
         values[step.token_rows, :, step.token_positions] = value[0].transpose(0, 1)
-        q = query[0]  # [heads, T, dim]
-        out = torch.zeros(length, heads, dim, dtype=query.dtype, device=query.device)
-        rows = step.last.shape[0]
-        main = q[:, step.last].transpose(0, 1).reshape(rows, kv_heads, group, dim)
-        main = self._attend(main, keys[..., : step.width], values[:, :, : step.width], step.main_allowed, layer, scale)
-        out[step.last[step.fed]] = main.reshape(rows, heads, dim)[step.fed]
-        for runs in step.extra:
-            s, e = runs.index.shape
-            extra = q[:, runs.index].transpose(0, 1).reshape(s, kv_heads, group * e, dim)
-            ek = keys[..., : runs.width].index_select(0, runs.rows)  # only the filled part is copied
-            ev = values[:, :, : runs.width].index_select(0, runs.rows)
-            extra = self._attend(extra, ek, ev, runs.allowed, layer, scale).reshape(s, heads, e, dim).transpose(1, 2)
-            out[runs.index[runs.valid]] = extra[runs.valid]
-        return out[None]
+        q = query[0].reshape(kv_heads, group, length, dim)
+        out = query.new_empty(kv_heads, group, length, dim)
+        shared = [(seg_k[0].transpose(1, 2), seg_v[0]) for seg_k, seg_v in (segment[layer] for segment in self.segments)]
+        for run in step.runs:  # each row over its own cache as it lies (views, no copy)
+            end = run.start + run.n
+            mine = q[:, :, run.start : end].reshape(kv_heads, group * run.n, dim)
+            own = torch.bmm(mine, keys[run.row, :, :, : run.length])
+            if run.blocked is not None:
+                own[:, :, run.length - run.n :].masked_fill_(run.blocked, float("-inf"))
+            scores = torch.cat([torch.bmm(mine, seg_kt) for seg_kt, _ in shared] + [own], dim=-1) if shared else own
+            weights = torch.softmax(scores.float() * scale, dim=-1).to(query.dtype)
+            mine = torch.bmm(weights[:, :, weights.shape[-1] - run.length :], values[run.row, :, : run.length])
+            at = 0
+            for seg_kt, seg_v in shared:
+                width = seg_kt.shape[-1]
+                mine = mine + torch.bmm(weights[:, :, at : at + width], seg_v)
+                at += width
+            out[:, :, run.start : end] = mine.view(kv_heads, group, run.n, dim)
+        return out.view(heads, length, dim).transpose(0, 1)[None]
 
-    def _attend(self, q, own_kt, own_v, allowed, layer: int, scale: float):
+    def _attend(self, q, own_kt, own_v, blocked, layer: int, scale: float):
         """Attention of ``q`` [b, kv_heads, m, dim] over the shared segments, then its own keys
-        (transposed, [b, kv_heads, dim, n]) and values [b, kv_heads, n, dim] where ``allowed``
-        (broadcast to [b, kv_heads, m, n], or None)."""
+        (transposed, [b, kv_heads, dim, n]) and values [b, kv_heads, n, dim] but where ``blocked``
+        (None, or [m, k]: over the last k of them)."""
         import torch
 
         b, kv_heads, m, dim = q.shape
@@ -98,8 +103,8 @@ class AttentionContext:
             part = torch.bmm(flat, seg_k[0].transpose(1, 2))  # [kv_heads, b*m, P]
             scores.append(part.reshape(kv_heads, b, m, -1).transpose(0, 1))
         own = torch.matmul(q, own_kt)
-        if allowed is not None:
-            own = own.masked_fill(~allowed, float("-inf"))
+        if blocked is not None:
+            own[..., own.shape[-1] - blocked.shape[-1] :].masked_fill_(blocked, float("-inf"))
         scores.append(own)
         weights = torch.softmax((torch.cat(scores, dim=-1) if len(scores) > 1 else own).float() * scale, dim=-1).to(q.dtype)
         parts = torch.split(weights, [s.shape[-1] for s in scores], dim=-1)

@@ -19,6 +19,7 @@ from subterra.runtime.scoring import score_candidates
 
 MAX_RUN = 64  # a row feeds at most this many tokens in one forward
 MAX_DRAFT = 48  # drafted tokens a row feeds after its choice (``Choice.follow``)
+GROWTH = 512  # a run's room that grows for an admitted program takes this many tokens more, so it grows seldom
 
 
 @dataclass
@@ -107,8 +108,9 @@ class Lockstep:
         on_score: Callable[[int, float], None] | None = None,
         resume: Sequence["RowState | None"] | None = None,
         on_finish: Callable[[int, "RowState | None"], None] | None = None,
-        admit: Callable[[int, int], list[tuple[Program, "RowState | None"]]] | None = None,
+        admit: Callable[[int, int], list[tuple[Program, "RowState | None", int]]] | None = None,
         max_rows: int = 0,
+        grow_to: int = 0,
     ) -> list[bool]:
         """Run every program to its end (or to ``max_len`` tokens, prefix included) after the
         shared ``prefix`` if any; returns which rows were truncated. ``on_step`` gets each batched
@@ -119,19 +121,21 @@ class Lockstep:
         conversation's between its turns; None if the row was cut off or fed nothing).
 
         Continuous batching: ``admit(slots, room)``, asked before every step, hands over new
-        programs (with their ``RowState`` or None) for up to ``slots`` rows, each needing at
-        most ``room`` tokens of its own: they take the rows of finished programs, and new rows up
-        to ``max_rows``, and start at once beside the running ones. Rows are numbered in the order
-        they came (the programs given first, then each admitted one)."""
+        programs (each with its ``RowState`` or None, and the tokens of its own it may need, at
+        most ``room``) for up to ``slots`` rows: they take the rows of finished programs, and new
+        rows up to ``max_rows``, and start at once beside the running ones. The room may grow up
+        to ``grow_to`` tokens (prefix included) for a program that needs more than ``max_len``.
+        Rows are numbered in the order they came (the programs given first, then each admitted one)."""
         import torch
 
         batch = _Run(self, programs, max_len, prefix, resume, on_score, on_finish)
+        limit = max(batch.room, grow_to - batch.first)  # the room a row may grow to
         with torch.inference_mode(), AttentionContext(self.model, batch.segments) as attention:
             while True:
                 if admit is not None and prefix is not None:
-                    new = admit(batch.open_rows(max_rows), batch.room)
+                    new = admit(batch.open_rows(max_rows), limit)
                     if new:
-                        batch.admit(new)
+                        batch.admit(new, limit)
                 if not any(batch.alive):
                     break
                 drafts: dict[int, list[int]] = {}  # row: the drafted tokens it feeds this step
@@ -215,11 +219,16 @@ class _Run:
         """How many programs may join: the rows of finished ones, and new rows up to ``max_rows``."""
         return self.n - sum(self.alive) + max(0, max_rows - self.n)
 
-    def admit(self, new: list[tuple[Program, RowState | None]]) -> None:
-        """Programs that join the run (each with its ``RowState`` or None): the rows of finished
-        programs first, then new ones; each starts after the prefix, or its state."""
+    def admit(self, new: list[tuple[Program, RowState | None, int]], limit: int) -> None:
+        """Programs that join the run (each with its ``RowState`` or None and the tokens of its own
+        it may need): the rows of finished programs first, then new ones; each starts after the
+        prefix, or its state. The room grows (up to ``limit``) for one that needs more."""
         import numpy as np
 
+        need = max(length for _, _, length in new)
+        if need > self.room:
+            self.room = min(limit, need + GROWTH)
+            self.cache.widen(self.room)
         prefix = self.prefix
         free = [i for i in range(self.n) if not self.alive[i]]
         grow = max(0, len(new) - len(free))
@@ -231,7 +240,7 @@ class _Run:
             self.fill = np.concatenate([self.fill, np.zeros(grow, dtype=np.int64)])
             self.logits = np.concatenate([self.logits, np.repeat(prefix.logits[None, :], grow, axis=0)])
             free += list(range(n, n + grow))
-        for i, (program, state) in zip(free, new):
+        for i, (program, state, _) in zip(free, new):
             self.rows[i], self.programs[i], self.queued[i], self.alive[i] = len(self.cut), program, [], True
             self.cut.append(False)
             self.fill[i], self.logits[i] = 0, prefix.logits

@@ -28,11 +28,10 @@ class RowCache:
         kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         param = next(model.parameters())
         layers, kind = range(c.num_hidden_layers), dict(dtype=param.dtype, device=param.device)
-        # keys transposed: a query times them is a plain matrix product over the filled part
-        # keys past a row's fill are masked before the softmax (never read); values there are
-        # multiplied by a weight of 0, so they must be finite: zeros
+        # keys transposed: a query times them is a plain matrix product over the filled part;
+        # a row's attention reads only its own filled positions, so the rest is never initialised
         self.keys = [torch.empty((rows, kv_heads, head_dim, capacity), **kind) for _ in layers]
-        self.values = [torch.zeros((rows, kv_heads, capacity, head_dim), **kind) for _ in layers]
+        self.values = [torch.empty((rows, kv_heads, capacity, head_dim), **kind) for _ in layers]
         self.group = c.num_attention_heads // kv_heads
 
     def keep(self, index) -> None:
@@ -45,7 +44,17 @@ class RowCache:
         import torch
 
         self.keys = [torch.cat([x, x.new_empty((k, *x.shape[1:]))]) for x in self.keys]
-        self.values = [torch.cat([x, x.new_zeros((k, *x.shape[1:]))]) for x in self.values]
+        self.values = [torch.cat([x, x.new_empty((k, *x.shape[1:]))]) for x in self.values]
+
+    def widen(self, capacity: int) -> None:
+        """Room for ``capacity`` positions per row (more than it has), what the rows hold kept."""
+        def wider(x, axis: int):
+            out = x.new_empty((*x.shape[:axis], capacity, *x.shape[axis + 1 :]))
+            out.narrow(axis, 0, x.shape[axis]).copy_(x)
+            return out
+
+        self.keys = [wider(k, 3) for k in self.keys]
+        self.values = [wider(v, 2) for v in self.values]
 
     def restore(self, i: int, state: "RowState") -> None:
         """Row ``i`` starts with ``state``'s keys and values (its first ``state.length`` positions)."""
@@ -78,15 +87,16 @@ class RowState:
 
 
 @dataclass
-class RunGroup:
-    """Rows of a ``RowStep`` feeding runs of similar length: their tokens but the last, attended
-    over copies of these rows' caches."""
+class RowRun:
+    """The tokens one row feeds in a ``RowStep``: packed at ``start``..``start + n``, they see its
+    first ``length`` positions (its cache up to and with them); ``blocked`` [group * n, n]
+    (query (g, j) at g * n + j) masks the later tokens of the run itself, None for one token."""
 
-    rows: object  # [s] the rows
-    index: object  # [s, E] packed index of each of their other tokens (padded to the group's longest)
-    valid: object  # [s, E] bool
-    allowed: object  # [s, 1, group * E, width]
-    width: int
+    row: int
+    start: int
+    n: int
+    length: int
+    blocked: object
 
 
 @dataclass
@@ -94,22 +104,16 @@ class RowStep:
     """One forward over a ``RowCache``, its rows' tokens packed into one sequence (no padding).
 
     Row r feeds ``ready[r]`` tokens, written at positions ``fill[r]`` on; each sees its row's
-    positions up to its own. Attention runs in two parts, so that its cost follows the tokens fed,
-    not rows x longest run: every row's *last* token (the one whose prediction is read) as one
-    batched decode over all rows' caches, and the rest of the longer runs (``extra``) over the
-    caches of those rows only, grouped by run length (up to 2, 4, 8, ... tokens): each group's
-    runs are padded to its longest, not to the longest of the step (a drafted say line of 48
-    tokens beside drafts of 3 padded the extra attention's work to 2.3x what it needed).
+    positions up to its own. Attention runs row by row (``runs``), each over its own row of the
+    cache as it lies, up to its own length: its cost follows each row's own context, never the
+    longest row's, and no row's keys are copied.
     """
 
     cache: RowCache
     token_rows: object  # [T] the row of each packed token
     token_positions: object  # [T] where it is written
     last: object  # [rows] the packed index of each row's last token (0 for a row feeding none)
-    fed: object  # [rows] bool: the row feeds tokens this step
-    main_allowed: object  # [rows, 1, 1, width]
-    width: int
-    extra: list["RunGroup"] = field(default_factory=list)  # the rows feeding more than one token, by run length
+    runs: list[RowRun] = field(default_factory=list)  # the rows that feed tokens this step
 
     @classmethod
     def of(cls, cache: RowCache, fill, ready) -> "RowStep":
@@ -120,24 +124,14 @@ class RowStep:
         starts = np.concatenate([[0], np.cumsum(ready)[:-1]])
         token_rows = np.repeat(np.arange(len(ready)), ready)
         token_positions = np.concatenate([fill[r] + np.arange(k) for r, k in enumerate(ready)]) if ready.sum() else np.zeros(0, np.int64)
-        fed = ready > 0
-        last = np.where(fed, starts + ready - 1, 0)
-        last_pos = np.where(fed, fill + ready - 1, 0)
-        width = int(last_pos.max()) + 1
-        main_allowed = np.arange(width)[None, :] <= last_pos[:, None]
+        last = np.where(ready > 0, starts + ready - 1, 0)
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        step = cls(cache, t(token_rows), t(token_positions), t(last), t(fed), t(main_allowed[:, None, None, :]), width)
-        longer = np.flatnonzero(ready > 1)
-        lengths = np.ceil(np.log2(ready[longer] - 1)).astype(np.int64)  # a run's other tokens, by powers of 2
-        for length in np.unique(lengths):
-            extra = longer[lengths == length]
-            e = int(ready[extra].max()) - 1
-            j = np.arange(e)[None, :]
-            valid = j < (ready[extra] - 1)[:, None]
-            index = np.where(valid, starts[extra][:, None] + j, starts[extra][:, None])
-            positions = np.where(valid, fill[extra][:, None] + j, fill[extra][:, None])
-            extra_width = int(positions.max()) + 1
-            allowed = np.arange(extra_width)[None, None, :] <= positions[:, :, None]  # [s, E, width]
-            allowed = np.tile(allowed[:, None], (1, 1, cache.group, 1))  # query (g, j) at g * E + j
-            step.extra.append(RunGroup(t(extra), t(index), t(valid), t(allowed), extra_width))
-        return step
+        runs = []
+        for r in np.flatnonzero(ready).tolist():
+            n, at = int(ready[r]), int(fill[r])
+            blocked = None
+            if n > 1:  # a token of the run sees the run's tokens up to its own
+                later = np.arange(n)[None, :] > np.arange(n)[:, None]
+                blocked = t(np.tile(later, (cache.group, 1)))
+            runs.append(RowRun(r, int(starts[r]), n, at + n, blocked))
+        return cls(cache, t(token_rows), t(token_positions), t(last), runs)

@@ -78,8 +78,8 @@ class CorpusConfig:
     # the user's generic lines (openers, unclear, off-topic, corrections): "core", the original pools,
     # or "wide", more variety (a pretrained student generalizes from it; the tiny one does worse with it)
     phrasings: Literal["core", "wide"] = "core"
-    request_share: float = 0.5  # of training conversations, those whose first message is the request itself
-    noise_share: float = 0.5  # of training answers, those typed as people type (subterra.noise)
+    request_share: float = 0.0  # of training conversations, those whose first message is the request itself
+    noise_share: float = 0.0  # of training answers, those typed as people type (subterra.noise)
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
 

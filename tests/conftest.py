@@ -68,8 +68,7 @@ def corpus(mini_workflow):
     paths = select_paths(mini_workflow, cap=100, seed=0).paths
     # a small uniform corpus, its off-script turns as often as the held-out sets' (the fixtures' models stay small)
     return build_corpus(mini_workflow, paths, TemplateTeacher(), CorpusConfig(
-        conversations_per_path=3, holdout_scenarios=6, sizing="uniform", train_offscript_rate=None, train_correction_share=None,
-        request_share=0.0, noise_share=0.0))
+        conversations_per_path=3, holdout_scenarios=6, sizing="uniform", train_offscript_rate=None, train_correction_share=None))
 
 
 @pytest.fixture(scope="session")

@@ -135,14 +135,15 @@ class Workflow:
             object.__setattr__(self, "_out", index)
         return index.get(node_id, ())
 
-    def collected_between(self, at: str | None, to: str) -> tuple[str, ...]:
+    def collected_between(self, at: str | None, to: str, surely: bool = True) -> tuple[str, ...]:
         """The slots a move from step ``at`` to step ``to`` surely collects: those every shortest
         way between them collects (along a way, every edge's: a move past several steps, as when a
         first message carries the whole request, collects every step's; across ways, only what
         all of them do: paying by card or with miles both lead to the booking, only one collects
         the miles number). ``at`` None is before the conversation (the start). A step kept
-        (``to`` == ``at``) collects only what every loop on it does."""
-        key = (at, to)
+        (``to`` == ``at``) collects only what every loop on it does. With ``surely`` False, what
+        the move may collect: what any of the shortest ways does (the miles number too)."""
+        key = (at, to, surely)
         memo = self.__dict__.setdefault("_between", {})
         if key in memo:
             return memo[key]
@@ -153,6 +154,8 @@ class Workflow:
         def step(e: Edge) -> tuple[str, ...]:
             return tuple(dict.fromkeys(self.nodes[e.source].collect + e.collect))
         def common(ways: list[tuple[str, ...]]) -> tuple[str, ...]:
+            if not surely:
+                return tuple(dict.fromkeys(s for w in ways for s in w))
             return tuple(s for s in ways[0] if all(s in w for w in ways[1:])) if ways else ()
 
         if to == source:

@@ -84,6 +84,7 @@ def test_a_move_collects_the_slots_of_the_steps_it_passes(mini_workflow):
 
     travel = load_workflow(Path(__file__).parents[1] / "data" / "workflows" / "travel_booking.yaml")
     assert travel.collected_between("payment", "booked") == ()  # by card or with miles: only one collects the number
+    assert "loyalty_number" in travel.collected_between("payment", "booked", surely=False)  # but the move may hold it
     assert travel.collected_between(None, "choose_cabin") == ("destination", "origin", "departure_date", "travellers")
 
 

@@ -85,7 +85,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     conversation does not hold yet, is an answer: the form does not keep the step ("the 2nd of
     July" after "when do you fly?" moves on), unless the step has a move back to itself.
 
-    ``only_asked_values``: the form holds only the slots its move collects and held ones whose
+    ``only_asked_values``: the form holds only the slots its move may collect (along any of its
+    shortest ways: paying with miles holds the miles number) and held ones whose
     value the message names (a correction): "can I just speak to someone, I hate typing" hands
     over holding nothing, never a name "hate typing".
 
@@ -109,7 +110,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     if only_asked_values:
-        asked_or_named = set(codec.wf.collected_between(at, node)) | named_held(codec, last_user, held or {})
+        asked_or_named = set(codec.wf.collected_between(at, node, surely=False)) | named_held(codec, last_user, held or {})
         keys = [s for s in keys if s in asked_or_named]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
     if asked:

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - started
         scores = {r["set"]: r for r in result.scores.iter_rows(named=True)}
         line = []
-        for name in ("validation", "validation_natural"):
+        for name in (*config.sets, "validation_natural"):
             r = scores.get(name)
             if r is None:
                 continue

@@ -43,6 +43,16 @@ def parsed_values(slot_type: str, message: str, today: dt.date | None = None) ->
     return ()
 
 
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_MONTH_AFTER = re.compile(rf"^\s*(?:of\s+)?{_MONTH}\b", re.I)
+_MONTH_BEFORE = re.compile(rf"\b{_MONTH}\s*$", re.I)
+
+
+def _is_day(text: str, number: re.Match) -> bool:
+    """Is this number the day of a date ("6 November", "November 6")? Then it is no count."""
+    return bool(_MONTH_AFTER.match(text[number.end():]) or _MONTH_BEFORE.search(text[:number.start()]))
+
+
 def _integers(message: str) -> tuple[str, ...]:
     from text_to_num import alpha2digit
 
@@ -50,7 +60,7 @@ def _integers(message: str) -> tuple[str, ...]:
         converted = alpha2digit(message, "en", threshold=0)
     except Exception:  # the parser's own failure on odd input is no value
         converted = message
-    found = [str(int(m.group())) for m in _DIGITS.finditer(converted)]
+    found = [str(int(m.group())) for m in _DIGITS.finditer(converted) if not _is_day(converted, m)]
     if _ALONE.search(message):
         found.append("1")
     groups = [int(m.group(1)) for m in _PEOPLE_COUNT.finditer(converted)]

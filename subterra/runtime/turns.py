@@ -28,7 +28,7 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.encoding import END, Codec
-from subterra.runtime.offers import named_held, offered_keys, offered_values
+from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
 
 
@@ -110,7 +110,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     if only_asked_values:
-        asked_or_named = set(codec.wf.collected_between(at, node, surely=False)) | named_held(codec, last_user, held or {})
+        asked_or_named = set(codec.wf.collected_between(at, node, surely=False)) | _named(last_user, held or {})
         keys = [s for s in keys if s in asked_or_named]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
     if asked:
@@ -177,6 +177,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     say = say_start + codec.decode(say_ids) + say_tail
     text = codec.decode(raw).split(END)[0]
     return Form(node, slots, say), text, closed
+
+
+def _named(message: str, held: dict[str, str]) -> set[str]:
+    """The held slots whose value ``message`` says as whole words, in any case ("not Tokyo")."""
+    return {s for s, v in held.items() if v and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", message, re.I)}
 
 
 def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,

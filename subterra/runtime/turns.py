@@ -196,7 +196,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
              if not need_values or all(s in known for s in codec.wf.collected_between(at, n))}
     if answers_move_on and at in moves and len(moves) > 1:
         wf = codec.wf
-        onward = [e for e in wf.out_edges(at)]
+        onward = wf.out_edges(at)
         asked = {s for e in onward for s in wf.nodes[at].collect + e.collect}
         answered = [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
         if answered and all(e.target != at for e in onward):

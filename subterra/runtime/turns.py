@@ -86,7 +86,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     July" after "when do you fly?" moves on), unless the step has a move back to itself.
 
     ``only_asked_values``: the form holds only the slots its move may collect (along any of its
-    shortest ways: paying with miles holds the miles number) and held ones whose
+    shortest ways: paying with miles holds the miles number), those its step asks for, and held ones whose
     value the message names (a correction): "can I just speak to someone, I hate typing" hands
     over holding nothing, never a name "hate typing".
 
@@ -110,7 +110,9 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
     if only_asked_values:
-        asked_or_named = set(codec.wf.collected_between(at, node, surely=False)) | _named(last_user, held or {})
+        wf = codec.wf
+        step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
+        asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | _named(last_user, held or {})
         keys = [s for s in keys if s in asked_or_named]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
     if asked:

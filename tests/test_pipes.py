@@ -73,7 +73,8 @@ def test_a_training_stopped_from_the_ui_ends_with_one_line_not_a_traceback(tmp_p
 
     corpus.write_parquet(tmp_path / "train.parquet")
     TrainConfig(workflow=mini_workflow.id, train_data=str(tmp_path / "train.parquet"), output_dir=str(tmp_path / "model"),
-                workflow_atoms=workflow_atoms(mini_workflow), max_steps=100_000, logging_steps=1, **TINY).to_json(tmp_path / "c.json")
+                workflow_atoms=workflow_atoms(mini_workflow), max_steps=100_000, max_tokens=0, logging_steps=1,
+                **TINY).to_json(tmp_path / "c.json")  # no token budget: it runs until stopped
     process = subprocess.Popen([sys.executable, "-m", "subterra.cli.train", "--config", str(tmp_path / "c.json")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert json.loads(process.stdout.readline())["step"] >= 1  # training runs

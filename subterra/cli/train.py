@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     from subterra.training import TrainConfig
 
     config = TrainConfig.from_json(args.config)
+    # a daemon started from a background shell hands its children SIGINT ignored: the stop still counts
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run(config)
     except KeyboardInterrupt:  # a run terminated from the UI (Pipes forwards it as SIGINT), or Ctrl-C

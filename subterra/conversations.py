@@ -102,8 +102,7 @@ def answer(codec: Codec, start: Conversation, message: str, max_say_tokens: int,
     counter = TurnCounter()
     form, _raw, _valid = yield from recorded(
         fill_form(codec, message, max_say_tokens, counter, dict(start.held), today=today, at=start.at,
-                  edge_slots=rules.edge_slots, on_say=on_say, moves_need_values=rules.moves_need_values,
-                  answers_move_on=rules.answers_move_on, only_asked_values=rules.only_asked_values), fed)
+                  rules=rules, on_say=on_say), fed)
     held = {**start.held, **form.slots}
     node = wf.nodes.get(form.node)
     shown, _complete = user_say(form.say, held, node.say if node else ())

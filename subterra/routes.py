@@ -30,7 +30,7 @@ route that generates forms some other way (a hosted model) implements the same `
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from subterra.forms import user_say
@@ -111,6 +111,11 @@ class PlayConfig:
     moves_need_values: bool = ReadingRules.moves_need_values
     answers_move_on: bool = ReadingRules.answers_move_on
     only_asked_values: bool = ReadingRules.only_asked_values
+    answers_pick_moves: bool = ReadingRules.answers_pick_moves
+    say_from_lines: bool = ReadingRules.say_from_lines
+
+    def reading_rules(self) -> ReadingRules:
+        return ReadingRules(**{f.name: getattr(self, f.name) for f in fields(ReadingRules)})
 
 
 @dataclass
@@ -232,16 +237,15 @@ class LocalRoute:
         tokenizer, model = load_compiled(self.model_dir)
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
-        codec = Codec(tokenizer, wf, lexicon, runs, config.courtesy_values, config.typed_values, config.function_words)
+        rules = config.reading_rules()
+        codec = Codec(tokenizer, wf, lexicon, runs, rules.courtesy_values, rules.typed_values, rules.function_words)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 
         def turn_program(message: str, counter: TurnCounter, held: dict[str, str], at: str | None, today=None):
             if self.prefill:
                 return fill_form(codec, message, config.max_say_tokens, counter, held if config.fresh_values else None,
-                                 config.corrections_named, today, at, config.edge_slots,
-                                 moves_need_values=config.moves_need_values, answers_move_on=config.answers_move_on,
-                                 only_asked_values=config.only_asked_values)
+                                 config.corrections_named, today, at, rules)
             return free_form(codec, config.max_form_tokens, counter)
 
         transcripts = [Transcript(e.scenario.id) for e in episodes]

@@ -109,6 +109,16 @@ def agent_line(wf: Workflow, node_id: str, known: set[str], rng: random.Random) 
     return rng.choice(usable)
 
 
+def say_openings(corrected: Sequence[str] = ()) -> tuple[str, ...]:
+    """Every way the template teacher opens a say before the step's line: nothing, an
+    acknowledgement, an off-script kind's reply, or a correction's naming the corrected slot."""
+    kinds = [k for k in KINDS.values() if not k.corrects]
+    corrections = [ph.fill(line, {"new": "{%s}" % slot}) for k in KINDS.values() if k.corrects
+                   for line in getattr(ph, k.agent_lines) for slot in corrected]
+    return tuple(dict.fromkeys([*ph.AGENT_ACKS, *(line for k in kinds for line in getattr(ph, k.agent_lines)),
+                                *corrections]))
+
+
 class TemplateTeacher:
     """Offline teacher: renders the agent's turns from the workflow's own texts."""
 

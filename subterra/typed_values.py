@@ -19,7 +19,7 @@ import re
 from subterra.slot_values import format_date
 
 # a party of one said without a number
-_ALONE = re.compile(r"\b(just me|only me|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
+_ALONE = re.compile(r"\b(just me|only me|me only|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
 # a party said as who comes ("me and a friend", "my wife and I", "2 adults and 3 kids")
 _PERSON = (r"friend|wife|husband|partner|spouse|daughter|son|kid|child|baby|toddler|mum|mom|mother|dad|father|"
            r"brother|sister|colleague|coworker|boss|girlfriend|boyfriend|fianc[eé]e?|grandma|grandpa|"
@@ -30,6 +30,12 @@ _PEOPLE_COUNT = re.compile(r"\b(\d+)\s+(?:adults?|kids?|children|child|teens?|te
                            r"passengers?|travell?ers?|guests?|seniors?|students?)\b", re.I)
 _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                         r"mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|week|weeks|weekend|fortnight|days?)\b", re.I)
+# what dateparser reads wrong, said the way it reads right: "the day after tomorrow" is not
+# tomorrow, "a week from today" is not a week ago
+_RELATIVE = ((re.compile(r"\b(?:the\s+)?day\s+after\s+tomorrow\b", re.I), "in 2 days"),
+             (re.compile(r"\b((?:a|an|one|two|three|four|five|six|\d+)\s+(?:days?|weeks?|fortnights?))\s+"
+                         r"(?:from|after)\s+(?:today|now)\b", re.I), r"in \1"))
+_NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
 
 
@@ -78,6 +84,8 @@ def _dates(message: str, today: dt.date | None) -> tuple[str, ...]:
     base = dt.datetime.combine(today or dt.date.today(), dt.time())
     settings = {"RELATIVE_BASE": base, "PREFER_DATES_FROM": "future", "DATE_ORDER": "DMY",
                 "RETURN_AS_TIMEZONE_AWARE": False}
+    for pattern, said in _RELATIVE:
+        message = pattern.sub(said, message)
     try:
         found = dateparser.search.search_dates(message, languages=["en"], settings=settings) or []
     except Exception:  # the parser's own failure on odd input is no value
@@ -86,7 +94,7 @@ def _dates(message: str, today: dt.date | None) -> tuple[str, ...]:
     for text, when in found:
         if re.fullmatch(r"\d+", text.strip()):  # a bare number is a count, not a day
             continue
-        if not re.search(r"\d", text) and not _DAY_WORDS.search(text):  # "in April": a month, no day
-            continue
+        if not re.search(r"\d", text) and (not _DAY_WORDS.search(text) or _NO_DAY.search(text)):
+            continue  # "in April", "some day next month": no day named
         out.append(format_date(when.date()))
     return tuple(dict.fromkeys(out))

@@ -1,9 +1,12 @@
 """People's own words: conversations that open with the request, greetings that are never values."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from subterra.runtime.candidates import courtesy_only
-from subterra.runtime.encoding import Codec
+from subterra.runtime.encoding import NO_RULES, Codec
+
+NEEDING = replace(NO_RULES, moves_need_values=True)
 
 
 def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workflow):
@@ -47,6 +50,9 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert parsed_values("date", "next Friday", today) == ("5 March 2027",)
     assert parsed_values("date", "next Friday", dt.date(2027, 6, 1)) == ("4 June 2027",)  # anchored to the day
     assert parsed_values("date", "sometime in April", today) == ()  # a month is no day
+    assert parsed_values("date", "the day after tomorrow", today) == ("3 March 2027",)  # not tomorrow
+    assert parsed_values("date", "a week from today", today) == ("8 March 2027",)  # not a week ago
+    assert parsed_values("date", "the cheapest day next month", today) == ()
     model_dir = trained[1].model_dir
     tokenizer, model = load_compiled(model_dir)
     codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
@@ -111,7 +117,8 @@ def test_the_slots_a_move_collects_are_filled_first(trained, mini_workflow):
 
         def program(at=at, moving=moving):
             form, _raw, _valid = yield from fill_form(moving, "Lima, Sept 21, 2 of us", 8, TurnCounter(), held,
-                                                      today=dt.date(2027, 3, 1), at=at, edge_slots=True)
+                                                      today=dt.date(2027, 3, 1), at=at,
+                                                      rules=replace(NO_RULES, edge_slots=True))
             forms[at] = form
 
         driver.run([program()], 512)
@@ -179,15 +186,16 @@ def test_a_move_that_collects_a_value_needs_one_in_the_message(trained, mini_wor
     model_dir = trained[1].model_dir
     tokenizer, model = load_compiled(model_dir)
     codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
-    bare = moves_offered(codec, offered_values(codec, "hiya", None, None), None, None)
+    bare = moves_offered(codec, offered_values(codec, "hiya", None, None), None, None, NEEDING)
     assert list(bare) == ["greet"]  # every other step lies past the destination question
-    assert "ask_date" in moves_offered(codec, offered_values(codec, "hi, Lisbon please", None, None), None, None)
-    assert "ask_date" in moves_offered(codec, {}, {"destination": "Lisbon"}, None)  # held: nothing to name again
+    assert "ask_date" in moves_offered(codec, offered_values(codec, "hi, Lisbon please", None, None), None, None, NEEDING)
+    assert "ask_date" in moves_offered(codec, {}, {"destination": "Lisbon"}, None, NEEDING)  # held: nothing to name again
     driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
     forms = []
 
     def program(message):
-        form, _raw, _valid = yield from fill_form(codec, message, 8, TurnCounter(), {}, moves_need_values=True)
+        form, _raw, _valid = yield from fill_form(codec, message, 8, TurnCounter(), {},
+                                                  rules=replace(NO_RULES, moves_need_values=True))
         forms.append(form)
 
     driver.run([program(m) for m in ("hiya", "hello there", "good morning")], 512)
@@ -212,13 +220,20 @@ def test_a_number_or_date_the_step_asks_for_moves_the_conversation_on(trained, m
     codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
     held = {"destination": "Lisbon"}
 
-    def moves(message, held=held, on=True):
-        return moves_offered(codec, offered_values(codec, message, held, today), held, "ask_date", answers_move_on=on)
+    def moves(message, held=held, on=True, at="ask_date", pick=False):
+        rules = replace(NO_RULES, moves_need_values=True, answers_move_on=on, answers_pick_moves=pick)
+        return moves_offered(codec, offered_values(codec, message, held, today), held, at, rules)
 
     assert "ask_date" not in moves("the 3rd of August") and "ask_count" in moves("the 3rd of August")
     assert "ask_date" in moves("the 3rd of August", on=False)
     assert "ask_date" in moves("sorry, what?")
     assert "ask_date" in moves("make that the 4th of August", {**held, "date": "3 August 2027"})
+    # answers_pick_moves: the answer goes along a way that collects it, never to a handover
+    both = {**held, "date": "3 August 2027"}
+    assert {"confirm", "human", "cancel"} <= set(moves("2 of us in economy", both, at="ask_count"))
+    picked = moves("2 of us in economy", both, at="ask_count", pick=True)
+    assert "confirm" in picked and not {"human", "cancel", "ask_count"} & set(picked)
+    assert "human" in moves("can I talk to a person?", both, at="ask_count", pick=True)  # no answer: every move
 
 
 def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained, mini_workflow):
@@ -243,10 +258,36 @@ def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained,
 
         def program(to=to, message=message, moving=moving):
             form, _raw, _valid = yield from fill_form(moving, message, 8, TurnCounter(), held, at="ask_count",
-                                                      only_asked_values=True)
+                                                      rules=replace(NO_RULES, only_asked_values=True))
             forms[to] = form
 
         driver.run([program()], 512)
     assert forms["human"].slots == {}
     # kept at the count step: what the step asks for, or the named correction; never the held date it does not name
     assert set(forms["ask_count"].slots) <= {"destination", "travellers", "cabin"}
+
+
+def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini_workflow):
+    """``say_from_lines``: whatever the model, the say is one of the chosen step's own lines whose
+    placeholders the form holds, opened as the teacher opens one, never another step's line; a
+    correction's opening names only a slot the form holds. Without the rule the say is written freely."""
+    from subterra.phrasing import placeholders
+    from subterra.runtime.chat import ChatSession
+    from subterra.runtime.encoding import ReadingRules
+
+    messages = ["hello", "Lisbon please", "the 3rd of August", "no wait, Oslo not Lisbon", "2 of us in economy", "yes"]
+    chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12)
+    for message in messages:
+        form = chat.respond(message)
+        taught = chat.codec.say_lines(form.node, tuple(form.slots))
+        assert form.say in taught, (message, form)
+        assert any(form.say.endswith(line) for line in mini_workflow.nodes[form.node].say), form
+        assert all(p in chat.held for p in placeholders(form.say)), form
+        if chat.ended:
+            break
+    codec = chat.codec
+    assert "Okay, I cancelled it." in codec.say_lines("cancel") and "Great. Okay, I cancelled it." in codec.say_lines("cancel")
+    assert not any("{destination}" in line for line in codec.say_lines("cancel"))  # nothing corrected
+    assert any(line.startswith("Got it, I have changed that to {destination}.") for line in codec.say_lines("cancel", ("destination",)))
+    free = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, rules=ReadingRules(say_from_lines=False))
+    assert free.respond("hello").say  # written token by token (this few-step model writes no known line)

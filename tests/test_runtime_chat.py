@@ -5,6 +5,7 @@ import json
 
 from subterra.forms import parse_form
 from subterra.runtime.chat import ChatSession
+from subterra.runtime.encoding import ReadingRules
 
 
 def test_chat_session_answers_with_forms(trained, mini_workflow):
@@ -57,12 +58,13 @@ def test_a_chat_session_with_drafts_answers_as_one_without(trained, mini_workflo
     does not write), every form is the one token-by-token decoding gives, and the cache holds
     exactly the conversation's tokens."""
     messages = ["Hello!", "I'd like to book", "Paris", "no, I meant Lima", "yes", "thanks"]
-    plain = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, max_draft=0)
+    free = ReadingRules(say_from_lines=False)  # drafts speed a say written freely
+    plain = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, max_draft=0, rules=free)
     plain.codec.drafts = replayed = ReplayedSays()
     expected = [plain.respond(m) for m in messages]
     replayed.replaying = True
     for drafts in ("what the model writes", "right for two tokens", "the workflow's lines"):
-        chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12)
+        chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, rules=free)
         if drafts != "the workflow's lines":
             chat.codec.drafts, replayed.right = replayed, 2 if drafts == "right for two tokens" else None
         assert [chat.respond(m) for m in messages] == expected, drafts

@@ -51,7 +51,6 @@ class ChatSession:
         self.ended = False
         self.held: dict[str, str] = {}  # the values captured so far (see fill_form)
         self.at: str | None = None  # the step the conversation is at
-        self.edge_slots = rules.edge_slots
         self.rules = rules
 
     @property
@@ -98,8 +97,7 @@ class ChatSession:
         """The model's form after the user's message ``text``, its ``say`` filled in as the user reads it."""
         self._buffer.extend(self.codec.user(text))
         program = fill_form(self.codec, text, self.max_say, TurnCounter(), self.held, today=self.today, at=self.at,
-                            edge_slots=self.edge_slots, moves_need_values=self.rules.moves_need_values,
-                            answers_move_on=self.rules.answers_move_on, only_asked_values=self.rules.only_asked_values)
+                            rules=self.rules)
         value = None
         try:
             action = next(program)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
-    FIRST_KEY, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
+    FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
 )
 from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
@@ -38,6 +38,13 @@ class ReadingRules:
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
     only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
+    answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
+    say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
+
+
+# a form with no reading rule of its own (the copy constraint and the held values only)
+NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
+                        answers_pick_moves=False, say_from_lines=False)
 
 
 class Codec:
@@ -109,6 +116,26 @@ class Codec:
 
     def encode(self, text: str) -> list[int]:
         return list(self._encoded(text))
+
+    @functools.cache
+    def say_lines(self, node: str, slots: tuple[str, ...] = ()) -> dict[str, list[int]]:
+        """The says a model is taught at ``node`` (templates): each of the step's own lines, opened
+        the ways the training's teacher opens one (``teacher.say_openings``; ``slots``: the form's,
+        which a correction's opening may name), as a form holds them: from the say's opening
+        token through the form's close, tokenized as in training."""
+        import json
+
+        from subterra.teacher import say_openings
+
+        head = self.say_head
+        lines = {}
+        for opening in say_openings(slots):
+            for line in self.wf.nodes[node].say:
+                text = f"{opening} {line}".strip()
+                ids = self.encode(SAY_HEAD + json.dumps(text, ensure_ascii=False)[1:-1] + FORM_CLOSE)
+                if ids[: len(head)] == head:
+                    lines[text] = ids[len(head):]
+        return lines
 
     @functools.cached_property
     def _encoded(self) -> Callable[[str], tuple[int, ...]]:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from subterra.forms import FORM_CLOSE, Form
+from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.encoding import END, Codec
+from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
 
@@ -56,8 +57,8 @@ class TurnCounter:
 
 def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCounter,
               held: dict[str, str] | None = None, corrections_named: bool = True, today=None,
-              at: str | None = None, edge_slots: bool = False, on_say: Callable[[str, dict], None] | None = None,
-              moves_need_values: bool = False, answers_move_on: bool = False, only_asked_values: bool = False):
+              at: str | None = None, rules: ReadingRules = NO_RULES,
+              on_say: Callable[[str, dict], None] | None = None):
     """The program of one assistant turn on a prefilled form: returns (Form, raw text, valid).
 
     The structure is forced; the node id, whether there are slots, each slot name and each value
@@ -70,6 +71,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     value (a step visited again, a value confirmed) still offers it. With ``corrections_named``,
     the slot names are narrowed the same way (``offered_keys``): a correction refills the slot
     whose value it names, not another one of the same type.
+
+    ``rules`` (``ReadingRules``; by default none) read the message:
 
     ``edge_slots``: the step the form moves to says which slots the move collects
     (``Workflow.collected_between`` from ``at``, the conversation's step before this turn): when the
@@ -90,6 +93,13 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     value the message names (a correction): "can I just speak to someone, I hate typing" hands
     over holding nothing, never a name "hate typing".
 
+    ``answers_pick_moves``: with ``answers_move_on``, such an answer also decides where the form
+    goes: only along a way that collects it ("Sept 21" after "when do you fly?" is never a handover).
+
+    ``say_from_lines``: the say is one the model was taught at the chosen step — one of the step's own
+    lines whose placeholders the form holds, opened as the teacher opens them ("Thanks. ..."), decoded
+    greedily among them; free text only at a step with no such line.
+
     ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
     the form's slots (a server streams the say from it).
     """
@@ -105,16 +115,16 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
 
     available = offered_values(codec, last_user, held, today)
     yield from forced(codec.form_head)
-    node = yield from chosen(moves_offered(codec, available, held, at, moves_need_values, answers_move_on))
+    node = yield from chosen(moves_offered(codec, available, held, at, rules))
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
-    if only_asked_values:
+    if rules.only_asked_values:
         wf = codec.wf
         step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
         asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | _named(last_user, held or {})
         keys = [s for s in keys if s in asked_or_named]
-    asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if edge_slots else []
+    asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if rules.edge_slots else []
     if asked:
         yield from forced(codec.first_key)
         more = True
@@ -143,6 +153,15 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         if more:
             yield from forced(codec.next_key)
     yield from forced(codec.say_head)
+    holding = {**(held or {}), **slots}
+    lines = {line: ids for line, ids in codec.say_lines(node, tuple(slots)).items()
+             if all(p in holding for p in placeholders(line))} if rules.say_from_lines else {}
+    if lines:
+        say = yield from chosen(lines)
+        if on_say is not None:
+            on_say(say, slots)
+        yield from forced(codec.end_of_turn)
+        return Form(node, slots, say), codec.decode(raw).split(END)[0], True
     if len(codec.say_openers) == 1:  # a tokenizer that never merges the opening quote (the tiny one)
         [(opener, say_start)] = codec.say_openers.items()
         yield from forced([opener])
@@ -187,23 +206,45 @@ def _named(message: str, held: dict[str, str]) -> set[str]:
 
 
 def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,
-                  need_values: bool = True, answers_move_on: bool = False) -> dict[str, list[int]]:
-    """The node candidates after a message offering ``available`` values: with ``need_values``,
-    those whose move from ``at`` has a value for every slot it surely collects; with
-    ``answers_move_on``, not ``at`` itself when the message answers its question with a number or
-    a date (see ``fill_form``). Every node when nothing would be left."""
+                  rules: ReadingRules) -> dict[str, list[int]]:
+    """The node candidates after a message offering ``available`` values: with
+    ``moves_need_values``, those whose move from ``at`` has a value for every slot it surely
+    collects; with ``answers_move_on``, not ``at`` itself when the message answers its question
+    with a number or a date, and with ``answers_pick_moves`` only a move that collects the answer (see
+    ``fill_form``). Every node when nothing would be left."""
     held = held or {}
+    wf = codec.wf
     known = set(available) | set(held)
     moves = {n: ids for n, ids in codec.node_candidates.items()
-             if not need_values or all(s in known for s in codec.wf.collected_between(at, n))}
-    if answers_move_on and at in moves and len(moves) > 1:
-        wf = codec.wf
+             if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
+    if rules.answers_move_on and at in moves and len(moves) > 1:
         onward = wf.out_edges(at)
-        asked = {s for e in onward for s in wf.nodes[at].collect + e.collect}
-        answered = [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
+        answered = _answered(codec, available, held, at)
         if answered and all(e.target != at for e in onward):
             moves.pop(at)
+            if rules.answers_pick_moves:
+                moves = _collecting(wf, moves, at, answered) or moves
     return moves or codec.node_candidates
+
+
+def _answered(codec: Codec, available: dict, held: dict[str, str], at: str) -> list[str]:
+    """The slots ``at`` asks for that the message answers: a number or a date it offers, not yet held."""
+    wf = codec.wf
+    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    return [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
+
+
+def _collecting(wf, moves: dict, at: str, answered: list[str]) -> dict:
+    """The moves that collect an answered slot: a step the answer's own branch leads to, or one
+    further on when the move surely collects more than that branch does (the message said more:
+    "Sept 21, two of us" may pass the party-size question; "Sept 21" alone never passes its
+    large-group branch to a handover)."""
+    direct = {e.target: set(wf.nodes[at].collect + e.collect) for e in wf.out_edges(at)
+              if set(answered) & set(wf.nodes[at].collect + e.collect)}
+    branch = set.union(*direct.values()) if direct else set()
+    return {n: ids for n, ids in moves.items()
+            if set(answered) & set(wf.collected_between(at, n, surely=False))
+            and (n in direct or set(wf.collected_between(at, n)) - branch)}
 
 
 def free_form(codec: Codec, max_tokens: int, counter: TurnCounter):

@@ -157,9 +157,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     lines = {line: ids for line, ids in codec.say_lines(node, tuple(slots)).items()
              if all(p in holding for p in placeholders(line))} if rules.say_from_lines else {}
     if lines:
-        say = yield from chosen(lines)
-        if on_say is not None:
-            on_say(say, slots)
+        say = yield from _tracked(_taught_say(codec, lines, slots, on_say), raw, counter)
         yield from forced(codec.end_of_turn)
         return Form(node, slots, say), codec.decode(raw).split(END)[0], True
     if len(codec.say_openers) == 1:  # a tokenizer that never merges the opening quote (the tiny one)
@@ -198,6 +196,28 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     say = say_start + codec.decode(say_ids) + say_tail
     text = codec.decode(raw).split(END)[0]
     return Form(node, slots, say), text, closed
+
+
+def _taught_say(codec: Codec, lines: dict[str, list[int]], slots: dict, on_say):
+    """Decode one of ``lines`` (say texts and their tokens through the form's close) greedily, a
+    token at a time: the model picks wherever the lines part, the rest is forced; ``on_say`` hears
+    the say so far after every token, as a freely written say's listener does."""
+    live, written, closed = list(lines), [], False
+    while True:
+        depth = len(written)
+        options = sorted({lines[k][depth] for k in live})
+        if len(options) > 1:
+            token = yield Choice(options)
+        else:
+            token = options[0]
+            yield ("force", token)
+        written.append(token)
+        live = [k for k in live if lines[k][depth] == token]
+        if len(live) == 1 and len(lines[live[0]]) == len(written):
+            return live[0]
+        closed = closed or token in codec.say_ends
+        if on_say is not None and not closed:
+            on_say(codec.say_openers.get(written[0], "") + codec.decode(written[1:]), slots)
 
 
 def _named(message: str, held: dict[str, str]) -> set[str]:

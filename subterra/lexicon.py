@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+import stopwordsiso
+
 from subterra.forms import parse_form
 
 if TYPE_CHECKING:
@@ -72,9 +74,11 @@ def load_lexicon(folder: str | Path) -> frozenset[str]:
 
 
 # English words that are a message's frame, never a whole value: pronouns, auxiliaries,
-# prepositions, request verbs, fillers and the words of relative time ("next month"). Not "of",
-# "the", "and", "new" (inside names: "Isle of Man", "New York"); ``with_function_words`` also
-# keeps out any word of the workflow's own declared values.
+# prepositions, request verbs, fillers and the words of relative time ("next month"), and the
+# stopwords-iso English list ("anyone", "somewhere", "thats"). Not "of", "the", "and", "new"
+# (inside names: "Isle of Man", "New York"); ``with_function_words`` also keeps out any word of
+# the workflow's own declared values.
+NAME_WORDS = frozenset({"new", "of", "the", "and"})
 FUNCTION_WORDS = frozenset("""
 i im me my mine myself we us our you your it its s m re ll ve d t don dont this that these those there here
 a an am is are was were be been being do does did doing have has had having will would shall
@@ -86,7 +90,7 @@ maybe perhaps probably hi hello hey hiya yes yeah yep no nope ok okay sure um uh
 ah right sorry hm cheers good morning afternoon evening day night today tonight tomorrow
 yesterday week weeks weekend month months year next last soon asap sometime someday some any
 what which who whom where when why how
-""".split())
+""".split()) | (frozenset(stopwordsiso.stopwords("en")) - NAME_WORDS)
 
 
 # what an apostrophe leaves of a word ("it's", "I'm", "we're"): a frame whatever values the workflow

@@ -98,8 +98,15 @@ what which who whom where when why how
 CONTRACTIONS = frozenset({"s", "m", "re", "ll", "ve", "d", "t"})
 
 
+# a declared value made of words ("Cape Town", "O'Neill"), not an address or an id whose pieces
+# ("anna@mail.it", "INV-2041") are no words of a name
+_WORDS_ONLY = re.compile(r"[^\W\d_]+(?:[\s'’-][^\W\d_]+)*")
+
+
 def with_function_words(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]:
     """The compile's lexicon and English function words, less every word of the workflow's
-    declared values (a workflow with a city called "Hope" keeps "hope" a value word)."""
-    inside = {w for slot in wf.slots.values() for v in (slot.values or ()) for w in words(str(v))}
+    declared values made of words (a workflow with a city called "Hope" keeps "hope" a value word;
+    an e-mail address ending ".it" does not keep "it")."""
+    inside = {w for slot in wf.slots.values() for v in (slot.values or ()) if _WORDS_ONLY.fullmatch(str(v))
+              for w in words(str(v))}
     return lexicon | (FUNCTION_WORDS - (inside - CONTRACTIONS))

@@ -79,6 +79,9 @@ class CorpusConfig:
     # or "wide", more variety (a pretrained student generalizes from it; the tiny one does worse with it)
     phrasings: Literal["core", "wide"] = "core"
     request_share: float = 0.0  # of training conversations, those whose first message is the request itself
+    # a request answers the start step and, drawn alike from 1 to this many, the steps after it
+    # ("I'm Ana Ruiz, my invoice is wrong": a name and a billing question in one message)
+    request_steps: int = 1
     noise_share: float = 0.0  # of training answers, those typed as people type (subterra.noise)
     seed: int = 0
     max_conversations: int = 100_000  # refuse before generating anything larger
@@ -198,7 +201,7 @@ def build_corpus(
         scenarios = [
             replace(
                 make_scenario(wf, paths[p], "train", k, config.seed + 7919 * attempt, train_offscript, config.random_value_rate,
-                              config.train_correction_share, config.request_share),
+                              config.train_correction_share, config.request_share, config.request_steps),
                 id=f"train-{path_id(paths[p])}-{k:03d}",
                 phrasing=spoken,
                 noise=config.noise_share,

@@ -56,6 +56,7 @@ def generation_context(wf: Workflow, teacher, config) -> dict:
         "train_correction_share": config.train_correction_share,
         "random_value_rate": config.random_value_rate,
         "request_share": getattr(config, "request_share", 0.0),
+        **({"request_steps": config.request_steps} if getattr(config, "request_steps", 1) > 1 else {}),  # 1: as before it
         **({"noise_share": config.noise_share} if getattr(config, "noise_share", 0.0) else {}),  # 0: the hashes as before it
         # core: the hashes of format 4 (its lines never change); another setting: its lines, which may grow
         **({"phrasings": config.phrasings, "lines": lines_digest(config.phrasings)} if config.phrasings != "core" else {}),

@@ -53,6 +53,7 @@ class Scenario:
     phrasing: str = SEEN
     seed: int = 0
     opening: str = "greeting"  # "greeting": a bare greeting first; "request": the first message answers the start step
+    opening_steps: int = 1  # a request: how many steps its first message answers (the start step and those after it)
     noise: float = 0.0  # share of the user's answers typed as people type (subterra.noise); training only
 
     def choices(self, wf: Workflow) -> dict[str, str]:
@@ -116,10 +117,12 @@ def make_scenario(
     random_value_rate: float = 0.0,
     correction_share: float | None = None,
     request_share: float = 0.0,
+    request_steps: int = 1,
 ) -> Scenario:
     """A seeded scenario on ``path`` for ``split``; the test splits draw reserved slot values only,
     validation its own ones (``subterra.slot_values``). ``request_share`` of them open with the
-    request itself (the start step's answer in the first message) instead of a bare greeting.
+    request itself (the start step's answer in the first message) instead of a bare greeting, and
+    answer from 1 to ``request_steps`` steps of the path in it (drawn alike; never its ending).
 
     An off-script turn is of each possible kind (``subterra.offscript``) alike, or, with
     ``correction_share``, a correction (where one is possible) that often and otherwise one of the others."""
@@ -136,9 +139,12 @@ def make_scenario(
     keys = path_visit_keys(wf, path)
     known = collected_before(wf, path)
     opening = "request" if request_share > 0 and random.Random(scenario_seed ^ 0x0BE7).random() < request_share else "greeting"
+    # its own draw: request_steps 1 leaves every scenario as it was
+    steps = 1 + random.Random(scenario_seed ^ 0x57E95).randrange(request_steps) if opening == "request" else 1
+    steps = max(1, min(steps, len(keys) - 1))
     offscript: dict[str, str] = {}
     for key, slots_known, node in zip(keys[:-1], known[:-1], [k.split("#")[0] for k in keys[:-1]]):
-        if rng.random() >= offscript_rate or (opening == "request" and key == keys[0]):
+        if rng.random() >= offscript_rate or (opening == "request" and key in keys[:steps]):
             continue
         # a correction needs a slot the user already gave whose correction differs
         correctable = any(corrections[s] != values[s] for s in slots_known)
@@ -162,4 +168,5 @@ def make_scenario(
         phrasing={"test_unseen": UNSEEN, "validation": VALIDATION}.get(split, SEEN),
         seed=scenario_seed,
         opening=opening,
+        opening_steps=steps,
     )

@@ -27,6 +27,7 @@ class UserTurn:
     kind: str  # opener | answer | an off-script kind (subterra.offscript.KINDS)
     slots: dict[str, str] = field(default_factory=dict)  # what this message provides, verbatim
     edge: str | None = None  # the edge an answer takes
+    more_edges: tuple[str, ...] = ()  # a first message answering several steps: the edges after ``edge``
 
 
 class ScriptedUser:
@@ -61,7 +62,9 @@ class ScriptedUser:
     # -- the conversation ----------------------------------------------------------------
     def opener(self) -> UserTurn:
         """The first message: a bare greeting, or (a scenario that opens with the request) the
-        start step's answer, after a greeting half the time; its ``edge`` then says where it leads."""
+        start step's answer, after a greeting half the time; its ``edge`` then says where it leads.
+        A scenario's ``opening_steps`` answers that many steps in it, one after the other ("I'm Ana
+        Ruiz. My invoice is wrong."; ``more_edges``)."""
         greeting = self.rng.choice(self._pool(ph.OPENERS))
         if getattr(self.scenario, "opening", "greeting") != "request":
             return self._turn(UserTurn(greeting, "opener"), None)
@@ -69,7 +72,17 @@ class ScriptedUser:
         self.visits[start.id] = 1
         answer = self._answer(start, visit_key(start.id, 1))
         text = f"{greeting} {answer.text}" if self.rng.random() < 0.5 else answer.text
-        return self._turn(UserTurn(text, "answer", answer.slots, answer.edge), start.id)
+        slots, edges, at = dict(answer.slots), [answer.edge], start.id
+        for _ in range(getattr(self.scenario, "opening_steps", 1) - 1):
+            node = self.wf.nodes[next(e.target for e in self.wf.out_edges(at) if e.id == edges[-1])]
+            if node.is_terminal:
+                break
+            self.visits[node.id] = self.visits.get(node.id, 0) + 1
+            more = self._answer(node, visit_key(node.id, self.visits[node.id]))
+            text, at = f"{text} {more.text}", node.id
+            slots.update(more.slots)
+            edges.append(more.edge)
+        return self._turn(UserTurn(text, "answer", slots, edges[0], tuple(edges[1:])), at)
 
     def reply(self, node_id: str, say: str = "") -> UserTurn | None:
         """The user's message after the agent's turn at ``node_id``; None after a terminal node.

@@ -81,8 +81,9 @@ def script(wf: Workflow, scenario: Scenario) -> Script:
     edges: list[str] = []
     offscript: list[str] = []
     if turn.edge is not None:  # the first message is the request: the agent's first turn is the step it leads to
-        edges.append(turn.edge)
-        node_id = next(e.target for e in wf.out_edges(node_id) if e.id == turn.edge)
+        for edge in (turn.edge, *turn.more_edges):
+            edges.append(edge)
+            node_id = next(e.target for e in wf.out_edges(node_id) if e.id == edge)
     limit = MAX_TURNS_FACTOR * (len(scenario.path) + 1)
     while True:
         known |= set(turn.slots)

@@ -279,3 +279,30 @@ def test_a_conversation_that_opens_with_the_request_moves_past_the_greeting_with
     assert all(json.loads(s)["opening"] == "request" for s in train["scenario"])
     held = [json.loads(s)["opening"] for s in corpus.filter(pl.col("split") == "holdout")["scenario"]]
     assert 10 <= held.count("request") <= 30 and 10 <= held.count("greeting") <= 30
+
+
+def test_a_request_may_answer_several_steps_in_its_first_message_and_the_held_out_sets_stay_as_they_were():
+    """``request_steps``: a training request answers the start step and up to that many steps after
+    it in one message ("Lisbon, from Dublin, on 3 May"); the agent's first turn is the step after
+    the last one answered, holding every value given. Held-out conversations never change."""
+    wf = load_workflow(__import__("pathlib").Path("data/workflows/travel_booking.yaml"))
+    paths = select_paths(wf).paths[:10]
+    base = dict(conversations_per_path=4, max_train_conversations=100, holdout_scenarios=20, request_share=1.0, sizing="uniform")
+    one = build_corpus(wf, paths, TemplateTeacher(), CorpusConfig(**base))
+    many = build_corpus(wf, paths, TemplateTeacher(), CorpusConfig(**base, request_steps=3))
+    held = lambda df: df.filter(pl.col("split") != "train").sort("conversation_id")["messages"].to_list()  # noqa: E731
+    assert held(one) == held(many)
+    answered = []
+    for row in many.filter(pl.col("split") == "train").iter_rows(named=True):
+        scenario, messages = json.loads(row["scenario"]), json.loads(row["messages"])
+        first = json.loads(messages[2]["content"])
+        steps = scenario["opening_steps"]
+        answered.append(steps)
+        node = wf.start
+        for edge in row["edges"][:steps]:
+            node = next(e.target for e in wf.out_edges(node) if e.id == edge)
+        assert first["node"] == node  # past every step the message answered
+        for slot, value in first["slots"].items():
+            assert value in messages[1]["content"] and scenario["values"][slot] == value
+        assert set(first["slots"]) == set(wf.collected_between(None, node))
+    assert set(answered) == {1, 2, 3}

@@ -113,11 +113,11 @@ class Codec:
         self.banned_in_say = sorted(banned_say)
         self.masks = {"form": sorted(specials - {self.end_id})}  # free generation may end its turn
         self.drafts = SayDrafts.of_workflow(self)  # say lines to draft from (subterra.drafts)
+        self._say_lines: dict[tuple, dict[str, list[int]]] = {}
 
     def encode(self, text: str) -> list[int]:
         return list(self._encoded(text))
 
-    @functools.cache
     def say_lines(self, node: str, slots: tuple[str, ...] = ()) -> dict[str, list[int]]:
         """The says a model is taught at ``node`` (templates): each of the step's own lines, opened
         the ways the training's teacher opens one (``teacher.say_openings``; ``slots``: the form's,
@@ -127,8 +127,11 @@ class Codec:
 
         from subterra.teacher import say_openings
 
+        known = self._say_lines.get((node, slots))
+        if known is not None:  # every row of a batch asks again at the same step
+            return known
         head = self.say_head
-        lines = {}
+        lines = self._say_lines[(node, slots)] = {}
         for opening in say_openings(slots):
             for line in self.wf.nodes[node].say:
                 text = f"{opening} {line}".strip()

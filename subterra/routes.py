@@ -112,6 +112,7 @@ class PlayConfig:
     answers_move_on: bool = ReadingRules.answers_move_on
     only_asked_values: bool = ReadingRules.only_asked_values
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
+    values_alone_move_on: bool = ReadingRules.values_alone_move_on
     say_from_lines: bool = ReadingRules.say_from_lines
 
     def reading_rules(self) -> ReadingRules:

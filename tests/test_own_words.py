@@ -239,6 +239,37 @@ def test_a_number_or_date_the_step_asks_for_moves_the_conversation_on(trained, m
     assert "human" in moves("can I talk to a person?", both, at="ask_count", pick=True)  # no answer: every move
 
 
+def test_a_message_that_is_little_but_a_value_for_the_asked_slot_moves_on(trained, mini_workflow):
+    """``values_alone_move_on``: "porto" or "quito please" answering "where would you like to fly?"
+    cannot keep the step; a long message with one stray word ("it's about my trip, sorry"), a
+    value that is not shaped like the slot's declared values, or a held slot can."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.candidates import shaped_like
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+    from subterra.workflow import Slot
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+
+    def moves(message, held=None, on=True):
+        rules = replace(NO_RULES, moves_need_values=True, answers_move_on=True, values_alone_move_on=on)
+        return moves_offered(codec, offered_values(codec, message, held), held, "greet", rules, message)
+
+    for message in ("porto", "quito please", "Cape Town!"):
+        assert "greet" not in moves(message) and "ask_date" in moves(message), message
+        assert "greet" in moves(message, on=False), message
+    assert "greet" in moves("it's about my trip, sorry, what do you need from me")
+    assert "greet" in moves("porto", {"destination": "Porto"})  # held: a repeat may keep the step
+    miles = Slot(name="miles", type="string", values=("SKY-482913", "SKY-107254"))
+    assert shaped_like(miles, "sky-120845") and not shaped_like(miles, "transaction refused")
+    mail = Slot(name="email", type="string", values=("ana@mail.it",))
+    assert shaped_like(mail, "bo@x.io") and not shaped_like(mail, "bereavement")
+    city = Slot(name="city", type="string", values=("Cape Town", "Oslo"))
+    assert shaped_like(city, "dublin ireland") and not shaped_like(city, "not sure where we want to go")
+
+
 def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained, mini_workflow):
     """``only_asked_values``: handing over to a person holds no value, whatever the message
     offers; keeping a step may fill what the step asks for and refill a held slot whose value the

@@ -80,6 +80,25 @@ def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: 
     return kept or spans
 
 
+def value_runs(message: str, lexicon: frozenset[str]) -> list[str]:
+    """The runs of non-procedure words of ``message`` (none without a lexicon)."""
+    return _runs(message, lexicon) if lexicon else []
+
+
+def shaped_like(spec, value: str) -> bool:
+    """Does ``value`` look like one of the slot's declared values: with digits (an id, a phone
+    number) or an ``@`` as some of them have, without as some of them are, and no more words than
+    the longest of them plus one? A slot with no declared values takes any value."""
+    declared = [str(v) for v in spec.values or ()]
+    if not declared:
+        return True
+    for mark in (str.isdigit, "@".__eq__):
+        has = any(mark(ch) for ch in value)
+        if not any(any(mark(ch) for ch in v) == has for v in declared):
+            return False
+    return len(value.split()) <= max(len(v.split()) for v in declared) + 1
+
+
 def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
     from subterra.lexicon import words
 

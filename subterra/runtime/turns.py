@@ -28,6 +28,7 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
+from subterra.runtime.candidates import shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -93,6 +94,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     value the message names (a correction): "can I just speak to someone, I hate typing" hands
     over holding nothing, never a name "hate typing".
 
+    ``values_alone_move_on``: with ``answers_move_on``, a message that is nothing but a value for a
+    text slot the step asks for, shaped like the slot's declared values, is such an answer too
+    ("warsaw" after "which city are you leaving from?").
+
     ``answers_pick_moves``: with ``answers_move_on``, such an answer also decides where the form
     goes: only along a way that collects it ("Sept 21" after "when do you fly?" is never a handover).
 
@@ -115,7 +120,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
 
     available = offered_values(codec, last_user, held, today)
     yield from forced(codec.form_head)
-    node = yield from chosen(moves_offered(codec, available, held, at, rules))
+    node = yield from chosen(moves_offered(codec, available, held, at, rules, last_user))
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
@@ -226,7 +231,7 @@ def _named(message: str, held: dict[str, str]) -> set[str]:
 
 
 def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,
-                  rules: ReadingRules) -> dict[str, list[int]]:
+                  rules: ReadingRules, message: str = "") -> dict[str, list[int]]:
     """The node candidates after a message offering ``available`` values: with
     ``moves_need_values``, those whose move from ``at`` has a value for every slot it surely
     collects; with ``answers_move_on``, not ``at`` itself when the message answers its question
@@ -240,6 +245,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     if rules.answers_move_on and at in moves and len(moves) > 1:
         onward = wf.out_edges(at)
         answered = _answered(codec, available, held, at)
+        if not answered and rules.values_alone_move_on:
+            answered = _answered_alone(codec, available, held, at, message)
         if answered and all(e.target != at for e in onward):
             moves.pop(at)
             if rules.answers_pick_moves:
@@ -252,6 +259,23 @@ def _answered(codec: Codec, available: dict, held: dict[str, str], at: str) -> l
     wf = codec.wf
     asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
     return [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
+
+
+def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
+    """The text slot ``at`` asks for that ``message`` answers with little but a value: the message's
+    one run of non-frame words, at least half its words, is offered for the slot, not yet held, and
+    has the shape of the slot's declared values (``shaped_like``): "warsaw" after "which city are you
+    leaving from?", never "transaction refused" for a miles number nor "it's about a bereavement"
+    for a name."""
+    from subterra.lexicon import words
+
+    wf = codec.wf
+    runs = value_runs(message, codec.lexicon)
+    if len(runs) != 1 or 2 * len(words(runs[0])) < len(words(message)):
+        return []
+    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    return [s for s in asked if wf.slots[s].type == "string" and s in available and s not in held
+            and runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
 
 
 def _collecting(wf, moves: dict, at: str, answered: list[str]) -> dict:

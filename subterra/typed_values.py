@@ -40,13 +40,41 @@ _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def parsed_values(slot_type: str, message: str, today: dt.date | None = None) -> tuple[str, ...]:
-    """Canonical values of a slot of ``slot_type`` that ``message`` states in people's words."""
+def parsed_values(slot_type: str, message: str, today: dt.date | None = None, low=None, high=None) -> tuple[str, ...]:
+    """Canonical values of a slot of ``slot_type`` that ``message`` states in people's words; a
+    date slot's range (``low``, ``high``) places a two-digit year in its century ("5/5/95", a date
+    of birth, is 1995)."""
     if slot_type == "integer":
         return _integers(message)
     if slot_type == "date":
-        return _dates(message, today)
+        return _dates(message, today, _day(low), _day(high))
     return ()
+
+
+def _day(bound) -> dt.date | None:
+    if bound is None or isinstance(bound, dt.date):
+        return bound
+    try:
+        return dt.date.fromisoformat(str(bound))
+    except ValueError:
+        return None
+
+
+def _in_range(day: dt.date, low: dt.date | None, high: dt.date | None) -> dt.date:
+    """``day``, or the same day a century earlier or later when only that one lies in the range."""
+    def inside(d):
+        return (low is None or d >= low) and (high is None or d <= high)
+
+    if inside(day):
+        return day
+    for years in (-100, 100):
+        try:
+            moved = day.replace(year=day.year + years)
+        except ValueError:  # 29 February
+            continue
+        if inside(moved):
+            return moved
+    return day
 
 
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
@@ -78,7 +106,7 @@ def _integers(message: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _dates(message: str, today: dt.date | None) -> tuple[str, ...]:
+def _dates(message: str, today: dt.date | None, low: dt.date | None = None, high: dt.date | None = None) -> tuple[str, ...]:
     import dateparser.search
 
     base = dt.datetime.combine(today or dt.date.today(), dt.time())
@@ -96,5 +124,5 @@ def _dates(message: str, today: dt.date | None) -> tuple[str, ...]:
             continue
         if not re.search(r"\d", text) and (not _DAY_WORDS.search(text) or _NO_DAY.search(text)):
             continue  # "in April", "some day next month": no day named
-        out.append(format_date(when.date()))
+        out.append(format_date(_in_range(when.date(), low, high)))
     return tuple(dict.fromkeys(out))

@@ -49,6 +49,9 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert parsed_values("date", "the 3rd of August", today) == ("3 August 2027",)
     assert parsed_values("date", "next Friday", today) == ("5 March 2027",)
     assert parsed_values("date", "next Friday", dt.date(2027, 6, 1)) == ("4 June 2027",)  # anchored to the day
+    # a two-digit year lands in the slot's range: a date of birth "5/5/95" is 1995, not 2095
+    assert parsed_values("date", "5/5/95", today, "1930-01-01", "2009-12-31") == ("5 May 1995",)
+    assert parsed_values("date", "born 8 Feb 1996", today, "1930-01-01", "2009-12-31") == ("8 February 1996",)
     assert parsed_values("date", "sometime in April", today) == ()  # a month is no day
     assert parsed_values("date", "the day after tomorrow", today) == ("3 March 2027",)  # not tomorrow
     assert parsed_values("date", "a week from today", today) == ("8 March 2027",)  # not a week ago

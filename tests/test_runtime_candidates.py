@@ -48,3 +48,18 @@ def test_a_value_must_fit_its_slot_type():
     city = Slot("origin", values=("Lyon", "New York"))
     assert fits_type(city, "Zurich") and not fits_type(city, "3")  # a pool of words takes no bare number
     assert fits_type(Slot("loyalty", values=("SKY-120845",)), "SKY-555") and fits_type(Slot("note"), "42")
+
+
+def test_a_value_is_shaped_as_the_slots_declared_values_are():
+    """Where every declared value has a digit (ids, phone numbers), a value needs one; where every
+    one is an e-mail address, a value is one, and where none is, none; a pool of words takes no id."""
+    phone = Slot("phone", values=("07700 900123", "+44 20 7946 0958"))
+    assert fits_type(phone, "07506 218834") and not fits_type(phone, "h.jennings@talk21.com")
+    reference = Slot("booking_ref", values=("CQ9H2F", "AB12CD"))
+    assert fits_type(reference, "NB8X3R") and not fits_type(reference, "Eze")
+    surname = Slot("passenger_surname", values=("Obi", "Agarwal"))
+    assert fits_type(surname, "Eze") and not fits_type(surname, "FM3K8B") and not fits_type(surname, "12")
+    email = Slot("email", values=("ana@mail.it", "bo@x.io"))
+    assert fits_type(email, "h.jennings@talk21.com") and not fits_type(email, "Henrik Dahl")
+    device = Slot("device", values=("MeetWave Room Kit", "Jabra Speak"))
+    assert fits_type(device, "Logitech C920")  # a name with a model number in it is still words

@@ -36,8 +36,11 @@ def courtesy_only(span: str) -> bool:
 @functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
 def fits_type(spec, value: str) -> bool:
     """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
-    number and date slots take only what reads as one; a string slot whose declared values hold
-    no digit takes no bare number; other strings take anything."""
+    number and date slots take only what reads as one; a string slot takes what is shaped as its
+    declared values are: no bare number nor id ("FM3K8B") where none has a digit, a digit where
+    every one has one (a booking reference is never "Eze"), an e-mail address where every one is
+    one and none where none is (a phone number is never "h.jennings@talk21.com"); a slot with no
+    declared values takes anything."""
     import datetime as dt
 
     if spec.type == "integer" or spec.type == "number":
@@ -55,9 +58,22 @@ def fits_type(spec, value: str) -> bool:
             except ValueError:
                 continue
         return False
-    if spec.values and not any(ch.isdigit() for v in spec.values for ch in v):
-        return not re.fullmatch(r"[\d\s.,:/-]+", value)  # a pool of words: a bare number is not one
+    if not spec.values:
+        return True
+    declared = [str(v) for v in spec.values]
+    if all("@" in v for v in declared) != ("@" in value) and (all("@" in v for v in declared) or not any("@" in v for v in declared)):
+        return False  # an address where every declared value is one, none where none is
+    if all(any(ch.isdigit() for ch in v) for v in declared) and not any(ch.isdigit() for ch in value):
+        return False  # ids, phone numbers: a value without a digit is not one
+    if not any(ch.isdigit() for v in declared for ch in v):  # no bare number where no declared value has a digit
+        if re.fullmatch(r"[\d\s.,:/-]+", value):
+            return False
+    if all(_WORDS.fullmatch(v) for v in declared):  # a pool of words (names, cities): an id is not one
+        return not re.fullmatch(r"(?=\S*\d)(?=\S*[^\W\d])\S+", value)
     return True
+
+
+_WORDS = re.compile(r"[^\W\d_]+(?:[\s'’.-]+[^\W\d_]+)*\.?")
 
 
 def value_spans(message: str, lexicon: frozenset[str] = frozenset(), runs_only: bool = True) -> list[str]:

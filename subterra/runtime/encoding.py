@@ -184,7 +184,7 @@ class Codec:
         if self.typed_values and spec.type in ("integer", "date"):
             from subterra.typed_values import parsed_values
 
-            for value in parsed_values(spec.type, message, today):
+            for value in parsed_values(spec.type, message, today, spec.min, spec.max):
                 if value not in candidates and fits_type(spec, value):
                     ids = self.encode(value)
                     candidates[value] = ids

@@ -58,8 +58,7 @@ class ServedModel:
 
         version = model_version(model_dir)
         tokenizer, model = load_compiled(str(model_dir))
-        codec = Codec(tokenizer, wf, load_lexicon(str(model_dir)), whole_runs(str(model_dir)), rules.courtesy_values,
-                      rules.typed_values, rules.function_words)
+        codec = Codec(tokenizer, wf, load_lexicon(str(model_dir)), whole_runs(str(model_dir)), rules)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_run=MAX_RUN, max_draft=MAX_DRAFT)
         prefix = driver.encode_prefix(codec.system(wf.assistant))
         room = getattr(model.config, "max_position_embeddings", 8192) or 8192

@@ -239,7 +239,7 @@ class LocalRoute:
         lexicon = load_lexicon(self.model_dir) if config.use_lexicon else frozenset()
         runs = whole_runs(self.model_dir) if config.copy_runs is None else config.copy_runs
         rules = config.reading_rules()
-        codec = Codec(tokenizer, wf, lexicon, runs, rules.courtesy_values, rules.typed_values, rules.function_words)
+        codec = Codec(tokenizer, wf, lexicon, runs, rules)
         driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=config.draft_tokens)
         prefix = driver.encode_prefix(codec.system(self.system_prompt(wf)))
 

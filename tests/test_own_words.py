@@ -4,7 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from subterra.runtime.candidates import courtesy_only
-from subterra.runtime.encoding import NO_RULES, Codec
+from subterra.runtime.encoding import NO_RULES, Codec, ReadingRules
 
 NEEDING = replace(NO_RULES, moves_need_values=True)
 
@@ -24,7 +24,7 @@ def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workfl
     codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
     assert codec.value_candidates("destination", "hiya")[0] == {}  # nothing to copy: the form can hold no value
     assert "Porto" in codec.value_candidates("destination", "hi, Porto please")[0]
-    lenient = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir), courtesy_values=True)
+    lenient = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir), rules=replace(ReadingRules(), courtesy_values=True))
     assert "hiya" in lenient.value_candidates("destination", "hiya")[0]
 
 
@@ -62,7 +62,7 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     offered = offered_values(codec, "two of us, in economy", None, today)
     assert list(offered["travellers"][0]) == ["2"] and "economy" in offered["cabin"][0]
     assert list(offered_values(codec, "March 14th works", None, today)["date"][0]) == ["14 March 2027"]
-    assert "date" not in offered_values(Codec(tokenizer, mini_workflow, typed_values=False), "March 14th works", None, today)
+    assert "date" not in offered_values(Codec(tokenizer, mini_workflow, rules=replace(ReadingRules(), typed_values=False)), "March 14th works", None, today)
     # through the form: whatever the model chooses, a count or a date it holds is the normalised value
     from subterra.runtime.lockstep import Lockstep
 

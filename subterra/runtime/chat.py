@@ -35,8 +35,7 @@ class ChatSession:
 
         self.torch, self.np = torch, np
         self.tokenizer, self.model = load_compiled(model_dir)
-        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), rules.courtesy_values,
-                           rules.typed_values, rules.function_words)
+        self.codec = Codec(self.tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir), rules)
         self.today = today  # relative dates ("next Friday") are read from this day (None: the real today)
         self.wf = wf
         self.max_say = max_say_tokens

@@ -52,18 +52,17 @@ class Codec:
     """Token-level view of the chat format, shared by every row of a batch."""
 
     def __init__(self, tokenizer, wf: Workflow, lexicon: frozenset[str] = frozenset(), runs_only: bool = True,
-                 courtesy_values: bool = ReadingRules.courtesy_values, typed_values: bool = ReadingRules.typed_values,
-                 function_words: bool = ReadingRules.function_words):
+                 rules: ReadingRules = ReadingRules()):
         self.tok = tokenizer
         self.wf = wf
-        if lexicon and function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
+        if lexicon and rules.function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
             from subterra.lexicon import with_function_words
 
             lexicon = with_function_words(lexicon, wf)
         self.lexicon = lexicon
         self.runs_only = runs_only
-        self.courtesy_values = courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
-        self.typed_values = typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
+        self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
+        self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)

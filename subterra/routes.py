@@ -113,6 +113,7 @@ class PlayConfig:
     only_asked_values: bool = ReadingRules.only_asked_values
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
+    first_message_answers: bool = ReadingRules.first_message_answers
     say_from_lines: bool = ReadingRules.say_from_lines
 
     def reading_rules(self) -> ReadingRules:

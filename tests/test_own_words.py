@@ -244,7 +244,7 @@ def test_a_number_or_date_the_step_asks_for_moves_the_conversation_on(trained, m
 
 def test_a_message_that_is_little_but_a_value_for_the_asked_slot_moves_on(trained, mini_workflow):
     """``values_alone_move_on``: "porto" or "quito please" answering "where would you like to fly?"
-    cannot keep the step; a long message with one stray word ("it's about my trip, sorry"), a
+    (or opening the conversation, with ``first_message_answers``) cannot keep the step; a long message with one stray word ("it's about my trip, sorry"), a
     value that is not shaped like the slot's declared values, or a held slot can."""
     from subterra.lexicon import load_lexicon, whole_runs
     from subterra.runtime.candidates import shaped_like
@@ -256,13 +256,16 @@ def test_a_message_that_is_little_but_a_value_for_the_asked_slot_moves_on(traine
     tokenizer, _ = load_compiled(trained[1].model_dir)
     codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
 
-    def moves(message, held=None, on=True):
-        rules = replace(NO_RULES, moves_need_values=True, answers_move_on=True, values_alone_move_on=on)
-        return moves_offered(codec, offered_values(codec, message, held), held, "greet", rules, message)
+    def moves(message, held=None, on=True, at="greet", first=False):
+        rules = replace(NO_RULES, moves_need_values=True, answers_move_on=True, values_alone_move_on=on,
+                        first_message_answers=first)
+        return moves_offered(codec, offered_values(codec, message, held), held, at, rules, message)
 
     for message in ("porto", "quito please", "Cape Town!"):
         assert "greet" not in moves(message) and "ask_date" in moves(message), message
         assert "greet" in moves(message, on=False), message
+        # the first message of a conversation answers the start step's question
+        assert "greet" in moves(message, at=None) and "greet" not in moves(message, at=None, first=True), message
     assert "greet" in moves("it's about my trip, sorry, what do you need from me")
     assert "greet" in moves("porto", {"destination": "Porto"})  # held: a repeat may keep the step
     miles = Slot(name="miles", type="string", values=("SKY-482913", "SKY-107254"))

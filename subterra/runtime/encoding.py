@@ -40,12 +40,14 @@ class ReadingRules:
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is nothing but a value shaped like the asked slot's is an answer ("warsaw")
+    first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
-                        answers_pick_moves=False, values_alone_move_on=False, say_from_lines=False)
+                        answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
+                        say_from_lines=False)
 
 
 class Codec:

@@ -94,9 +94,10 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     value the message names (a correction): "can I just speak to someone, I hate typing" hands
     over holding nothing, never a name "hate typing".
 
-    ``values_alone_move_on``: with ``answers_move_on``, a message that is nothing but a value for a
+    ``values_alone_move_on``: with ``answers_move_on``, a message that is little but a value for a
     text slot the step asks for, shaped like the slot's declared values, is such an answer too
-    ("warsaw" after "which city are you leaving from?").
+    ("warsaw" after "which city are you leaving from?"); with ``first_message_answers`` these read a
+    conversation's first message as an answer to the start step's question ("hi, CQ9H2F").
 
     ``answers_pick_moves``: with ``answers_move_on``, such an answer also decides where the form
     goes: only along a way that collects it ("Sept 21" after "when do you fly?" is never a handover).
@@ -242,15 +243,16 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     known = set(available) | set(held)
     moves = {n: ids for n, ids in codec.node_candidates.items()
              if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
-    if rules.answers_move_on and at in moves and len(moves) > 1:
-        onward = wf.out_edges(at)
-        answered = _answered(codec, available, held, at)
+    step = at if at is not None or not rules.first_message_answers else wf.start  # a first message answers the start's question
+    if rules.answers_move_on and step in moves and len(moves) > 1:
+        onward = wf.out_edges(step)
+        answered = _answered(codec, available, held, step)
         if not answered and rules.values_alone_move_on:
-            answered = _answered_alone(codec, available, held, at, message)
-        if answered and all(e.target != at for e in onward):
-            moves.pop(at)
+            answered = _answered_alone(codec, available, held, step, message)
+        if answered and all(e.target != step for e in onward):
+            moves.pop(step)
             if rules.answers_pick_moves:
-                moves = _collecting(wf, moves, at, answered) or moves
+                moves = _collecting(wf, moves, step, answered) or moves
     return moves or codec.node_candidates
 
 

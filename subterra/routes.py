@@ -114,6 +114,7 @@ class PlayConfig:
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
     first_message_answers: bool = ReadingRules.first_message_answers
+    branch_words: bool = ReadingRules.branch_words
     say_from_lines: bool = ReadingRules.say_from_lines
 
     def reading_rules(self) -> ReadingRules:

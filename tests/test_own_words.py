@@ -276,6 +276,36 @@ def test_a_message_that_is_little_but_a_value_for_the_asked_slot_moves_on(traine
     assert shaped_like(city, "dublin ireland") and not shaped_like(city, "not sure where we want to go")
 
 
+def test_words_said_for_one_branch_only_move_along_that_branch(trained, mini_workflow):
+    """``branch_words``: "forget it all" at the count step says a word only the give-up branch's
+    training lines say: the form may only cancel. A question keeps the step too (an aside), and a
+    message that answers the step's question is left to the answer rules."""
+    from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS, load_lexicon, whole_runs
+    from subterra.runtime.branch_words import branch_words, pointed_branch
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    words_of = branch_words(mini_workflow, FUNCTION_WORDS | NAME_WORDS)
+    assert "human" in words_of["ask_count"]["human"] and "forget" in words_of["ask_count"]["cancel"]
+    assert not words_of["ask_count"]["human"] & words_of["ask_count"]["cancel"]
+    assert "greet" not in words_of  # one way on: no decision
+    assert pointed_branch(words_of, "ask_count", "ok forget it all") == "cancel"
+    assert pointed_branch(words_of, "ask_count", "forget it, get me a human") is None  # two branches named
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon", "date": "3 August 2027"}
+
+    def moves(message, on=True):
+        rules = replace(NO_RULES, moves_need_values=True, branch_words=on)
+        return moves_offered(codec, offered_values(codec, message, held), held, "ask_count", rules, message)
+
+    assert set(moves("ok forget it all")) == {"cancel"}
+    assert {"ask_count", "human"} <= set(moves("ok forget it all", on=False))
+    assert set(moves("forget it? can I still change the date")) == {"ask_count", "cancel"}  # a question: an aside
+    assert "confirm" in moves("forget economy, 2 of us in business")  # an answer: the branch words stand aside
+
+
 def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained, mini_workflow):
     """``only_asked_values``: handing over to a person holds no value, whatever the message
     offers; keeping a step may fill what the step asks for and refill a held slot whose value the

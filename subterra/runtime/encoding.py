@@ -41,13 +41,14 @@ class ReadingRules:
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is nothing but a value shaped like the asked slot's is an answer ("warsaw")
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
+    branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
                         answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        say_from_lines=False)
+                        branch_words=False, say_from_lines=False)
 
 
 class Codec:
@@ -147,6 +148,14 @@ class Codec:
         """The tokenizer, remembering: the rows of a batch encode the same spans over and over."""
         tok = self.tok
         return functools.lru_cache(maxsize=1 << 16)(lambda text: tuple(tok(text, add_special_tokens=False)["input_ids"]))
+
+    @functools.cached_property
+    def branch_words(self) -> dict[str, dict[str, frozenset[str]]]:
+        """Per decision step, the words said for one of its branches only (``runtime.branch_words``)."""
+        from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
+        from subterra.runtime.branch_words import branch_words
+
+        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids))

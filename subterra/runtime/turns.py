@@ -28,7 +28,8 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.candidates import shaped_like, value_runs
+from subterra.runtime.branch_words import past, pointed_branch
+from subterra.runtime.candidates import CHOSEN_TYPES, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -253,7 +254,21 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             moves.pop(step)
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered) or moves
+    if rules.branch_words and step in moves and not _offers_asked(wf, available, step):
+        pointed = pointed_branch(codec.branch_words, step, message)
+        if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
+            reach, branch = past(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
+            aside = "?" in message or _named(message, held)  # too for a question or a correction
+            moves = {n: ids for n, ids in moves.items()
+                     if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
     return moves or codec.node_candidates
+
+
+def _offers_asked(wf, available: dict, at: str) -> bool:
+    """Does the message offer a value for a slot ``at`` asks for ("the address is EX2 5DW")? An enum
+    or yes/no slot is offered whatever the message says: not an answer by itself."""
+    return any(s in available and wf.slots[s].type not in CHOSEN_TYPES
+               for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
 
 
 def _answered(codec: Codec, available: dict, held: dict[str, str], at: str) -> list[str]:

@@ -47,14 +47,3 @@ def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | Non
     said = set(words(message))
     pointed = [target for target, own in branches.items() if own & said]
     return pointed[0] if len(pointed) == 1 else None
-
-
-def past(wf: Workflow, node: str) -> set[str]:
-    """``node`` and every node reachable from it."""
-    seen, todo = {node}, [node]
-    while todo:
-        for edge in wf.out_edges(todo.pop()):
-            if edge.target not in seen:
-                seen.add(edge.target)
-                todo.append(edge.target)
-    return seen

@@ -28,11 +28,12 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.branch_words import past, pointed_branch
+from subterra.runtime.branch_words import pointed_branch
 from subterra.runtime.candidates import CHOSEN_TYPES, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
+from subterra.workflow import reachable
 
 
 @dataclass
@@ -257,7 +258,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     if rules.branch_words and step in moves and not _offers_asked(wf, available, step):
         pointed = pointed_branch(codec.branch_words, step, message)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
-            reach, branch = past(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
+            reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
             moves = {n: ids for n, ids in moves.items()
                      if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}

@@ -10,14 +10,14 @@ step's moves to that branch and what lies past it (``ReadingRules.branch_words``
 
 from __future__ import annotations
 
+import re
+
 from subterra.lexicon import words
 from subterra.phrasing import SEEN, phrasing_pool
 from subterra.workflow import Workflow
 
 
 def _said(edge) -> set[str]:
-    import re
-
     text = " ".join((edge.when, *phrasing_pool(edge.user, SEEN)))
     return set(words(re.sub(r"\{[^}]*\}", " ", text)))
 

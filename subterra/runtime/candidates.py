@@ -61,7 +61,8 @@ def fits_type(spec, value: str) -> bool:
     if not spec.values:
         return True
     declared = [str(v) for v in spec.values]
-    if all("@" in v for v in declared) != ("@" in value) and (all("@" in v for v in declared) or not any("@" in v for v in declared)):
+    addresses = {"@" in v for v in declared}
+    if len(addresses) == 1 and ("@" in value) not in addresses:
         return False  # an address where every declared value is one, none where none is
     if all(any(ch.isdigit() for ch in v) for v in declared) and not any(ch.isdigit() for ch in value):
         return False  # ids, phone numbers: a value without a digit is not one

@@ -39,7 +39,7 @@ class ReadingRules:
     only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
-    values_alone_move_on: bool = True  # a message that is nothing but a value shaped like the asked slot's is an answer ("warsaw")
+    values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's

@@ -360,3 +360,44 @@ def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini
     assert any(line.startswith("Got it, I have changed that to {destination}.") for line in codec.say_lines("cancel", ("destination",)))
     free = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, rules=ReadingRules(say_from_lines=False))
     assert free.respond("hello").say  # written token by token (this few-step model writes no known line)
+
+
+def test_an_enum_value_the_message_names_is_the_only_choice_and_an_answer(trained, mini_workflow):
+    """``named_choices``: "2 of us in business" offers the cabin only "business" (the model never picks
+    another declared value the message does not say); naming one answers the step that asks for it
+    ("business please" leaves the count step for the confirmation), and an enum not named is no
+    value a move can count on ("not sure yet" cannot confirm). A span naming an enum's value is no
+    text slot's value ("business class" is no destination)."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.candidates import named_choices
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    drinks = ("latte", "chai latte", "flat white", "semi-skimmed")
+    assert named_choices(drinks, "a latte and a CHAI LATTE") == ("latte", "chai latte")
+    assert named_choices(drinks, "one chai latte") == ("chai latte",)  # the longer value, not the one inside it
+    assert named_choices(drinks, "two flat-whites, semi skimmed") == ("flat white", "semi-skimmed")
+    assert named_choices(drinks, "something chocolatey") == ()
+    assert named_choices(("morning", "afternoon"), "Good morning! the afternoon suits me") == ("afternoon",)
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    lexicon, runs = load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir)
+    named = Codec(tokenizer, mini_workflow, lexicon, runs, ReadingRules())
+    unnamed = Codec(tokenizer, mini_workflow, lexicon, runs, replace(ReadingRules(), named_choices=False))
+    assert list(named.value_candidates("cabin", "2 of us in business")[0]) == ["business"]
+    assert set(unnamed.value_candidates("cabin", "2 of us in business")[0]) == {"economy", "business"}
+    assert set(named.value_candidates("cabin", "2 of us, whichever is cheaper")[0]) == {"economy", "business"}
+    assert not any("business" in v for v in named.value_candidates("destination", "business class to Oslo")[0])
+    assert "Oslo" in named.value_candidates("destination", "business class to Oslo")[0]
+
+    held = {"destination": "Lisbon", "date": "3 August 2027", "travellers": "2"}
+
+    def moves(codec, message):
+        rules = replace(NO_RULES, moves_need_values=True, answers_move_on=True, answers_pick_moves=True,
+                        named_choices=codec.named_choices)
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "ask_count", rules, message))
+
+    assert moves(named, "business please") == {"confirm"}
+    assert "ask_count" in moves(unnamed, "business please")
+    assert "confirm" not in moves(named, "hmm, not sure yet") and "confirm" in moves(unnamed, "hmm, not sure yet")

@@ -170,3 +170,24 @@ def word_spans(message: str, max_words: int = 6) -> list[str]:
             if text and text not in spans:
                 spans.append(text)
     return spans
+
+
+GREETING_TIMES = re.compile(r"\bgood\s+(?:morning|afternoon|evening|day|night)\b", re.I)  # a greeting, not a time of day
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def named_choices(values: tuple[str, ...], message: str) -> tuple[str, ...]:
+    """The declared values of an enum slot that ``message`` names as whole words, in any case,
+    a hyphen read as a space and a plural ``s`` allowed ("two oat lattes", "semi skimmed");
+    a value inside a longer named one is not named by it ("chai latte" names no "latte"), and a
+    greeting names no time of day ("good morning")."""
+    text = GREETING_TIMES.sub(" ", message.casefold().replace("-", " "))
+    found: list[tuple[int, int, str]] = []
+    for value in values:
+        words = str(value).casefold().replace("-", " ").split()
+        if not words:
+            continue
+        pattern = r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?:s|es)?(?!\w)"
+        found += [(m.start(), m.end(), value) for m in re.finditer(pattern, text)]
+    alone = {v for s, e, v in found if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in found)}
+    return tuple(v for v in values if v in alone)

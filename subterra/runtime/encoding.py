@@ -18,7 +18,7 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
 )
-from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, value_spans, word_spans
+from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, named_choices, value_spans, word_spans
 
 if TYPE_CHECKING:
     from subterra.workflow import Workflow
@@ -42,13 +42,14 @@ class ReadingRules:
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
+    named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
                         answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        branch_words=False, say_from_lines=False)
+                        branch_words=False, named_choices=False, say_from_lines=False)
 
 
 class Codec:
@@ -66,6 +67,7 @@ class Codec:
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
         self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
+        self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
@@ -157,6 +159,11 @@ class Codec:
 
         return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS)
 
+    def _names_choices(self, texts) -> bool:
+        """Does any of ``texts`` name a declared value of an enum slot (``named_choices``)?"""
+        choices = tuple(v for spec in self.wf.slots.values() if spec.type == "enum" for v in spec.values)
+        return any(named_choices(choices, str(t)) for t in texts)
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids))
 
@@ -169,7 +176,10 @@ class Codec:
     def value_candidates(self, slot: str, message: str, today=None) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
         """Allowed values of ``slot`` after ``message``, and which of their tokens are decisions.
 
-        Enum and boolean slots choose among their values (every token counts). Free slots copy a
+        Enum and boolean slots choose among their values (every token counts); with the
+        ``named_choices`` rule, an enum among those the message names when it names any
+        (``named_choices``: "cappuccino, please" offers only cappuccino), and a span naming an enum's
+        value is no text slot's value unless its declared values name one too. Free slots copy a
         span of whole words of the message: what counts is the span's first token and each token
         that starts a word (go on or stop); the rest of a word follows from the message. Integer and
         date slots are also offered what the message says in people's words, normalised ("two of
@@ -178,6 +188,8 @@ class Codec:
         spec = self.wf.slots[slot]
         if spec.type in CHOSEN_TYPES:
             values = spec.values if spec.type == "enum" else ("yes", "no")
+            if spec.type == "enum" and self.named_choices:
+                values = named_choices(tuple(values), message) or values
             return {v: self.encode(v) for v in values}, None
         candidates, counted = {}, {}
         if self._spans_of[0] != message:  # every slot of a turn reads the same message
@@ -187,6 +199,8 @@ class Codec:
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
         if not self.courtesy_values:
             spans = [v for v in spans if not courtesy_only(v)]
+        if self.named_choices and spec.type == "string" and not self._names_choices(spec.values):
+            spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         for span in spans:
             ids = self.encode(span)
             candidates[span] = ids

@@ -29,7 +29,7 @@ from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import pointed_branch
-from subterra.runtime.candidates import CHOSEN_TYPES, shaped_like, value_runs
+from subterra.runtime.candidates import CHOSEN_TYPES, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -242,20 +242,23 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     ``fill_form``). Every node when nothing would be left."""
     held = held or {}
     wf = codec.wf
-    known = set(available) | set(held)
+    named = _named_enums(wf, message) if rules.named_choices else set()
+    # what the message gives: with ``named_choices`` an enum only when it names one of its values
+    given = {s for s in available if not rules.named_choices or wf.slots[s].type != "enum" or s in named}
+    known = given | set(held)
     moves = {n: ids for n, ids in codec.node_candidates.items()
              if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
     step = at if at is not None or not rules.first_message_answers else wf.start  # a first message answers the start's question
     if rules.answers_move_on and step in moves and len(moves) > 1:
         onward = wf.out_edges(step)
-        answered = _answered(codec, available, held, step)
+        answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
         if answered and all(e.target != step for e in onward):
             moves.pop(step)
             if rules.answers_pick_moves:
-                moves = _collecting(wf, moves, step, answered) or moves
-    if rules.branch_words and step in moves and not _offers_asked(wf, available, step):
+                moves = _collecting(wf, moves, step, answered, given) or moves
+    if rules.branch_words and step in moves and not _offers_asked(wf, available, step, named):
         pointed = pointed_branch(codec.branch_words, step, message)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
@@ -265,18 +268,27 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     return moves or codec.node_candidates
 
 
-def _offers_asked(wf, available: dict, at: str) -> bool:
+def _offers_asked(wf, available: dict, at: str, named: set[str]) -> bool:
     """Does the message offer a value for a slot ``at`` asks for ("the address is EX2 5DW")? An enum
-    or yes/no slot is offered whatever the message says: not an answer by itself."""
-    return any(s in available and wf.slots[s].type not in CHOSEN_TYPES
+    or yes/no slot is offered whatever the message says: not an answer by itself, unless the message
+    names one of the enum's values (``named``, with ``named_choices``: "a latte, please")."""
+    return any(s in available and (wf.slots[s].type not in CHOSEN_TYPES or s in named)
                for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
 
 
-def _answered(codec: Codec, available: dict, held: dict[str, str], at: str) -> list[str]:
-    """The slots ``at`` asks for that the message answers: a number or a date it offers, not yet held."""
+def _named_enums(wf, message: str) -> set[str]:
+    """The enum slots ``message`` names a declared value of (``named_choices``)."""
+    return {s for s, spec in wf.slots.items() if spec.type == "enum" and named_choices(tuple(spec.values), message)}
+
+
+def _answered(codec: Codec, available: dict, held: dict[str, str], at: str, named: set[str] = frozenset()) -> list[str]:
+    """The slots ``at`` asks for that the message answers: a number or a date it offers, not yet
+    held; an enum it names a value of (``named``, with ``named_choices``: "large"; held or not, as
+    a loop asks again)."""
     wf = codec.wf
     asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
-    return [s for s in asked if wf.slots[s].type in ("integer", "date") and s in available and s not in held]
+    return [s for s in asked if s in available and (
+        (wf.slots[s].type in ("integer", "date") and s not in held) or s in named)]
 
 
 def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
@@ -296,17 +308,18 @@ def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str
             and runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
 
 
-def _collecting(wf, moves: dict, at: str, answered: list[str]) -> dict:
+def _collecting(wf, moves: dict, at: str, answered: list[str], given: set[str]) -> dict:
     """The moves that collect an answered slot: a step the answer's own branch leads to, or one
-    further on when the move surely collects more than that branch does (the message said more:
-    "Sept 21, two of us" may pass the party-size question; "Sept 21" alone never passes its
-    large-group branch to a handover)."""
+    further on when the move surely collects more than that branch does, of what the message gives
+    (``given``; the message said more: "Sept 21, two of us" may pass the party-size question;
+    "Sept 21" alone never passes its large-group branch to a handover, nor does a value held from an
+    earlier round of a loop)."""
     direct = {e.target: set(wf.nodes[at].collect + e.collect) for e in wf.out_edges(at)
               if set(answered) & set(wf.nodes[at].collect + e.collect)}
     branch = set.union(*direct.values()) if direct else set()
     return {n: ids for n, ids in moves.items()
             if set(answered) & set(wf.collected_between(at, n, surely=False))
-            and (n in direct or set(wf.collected_between(at, n)) - branch)}
+            and (n in direct or (set(wf.collected_between(at, n)) - branch) & given)}
 
 
 def free_form(codec: Codec, max_tokens: int, counter: TurnCounter):

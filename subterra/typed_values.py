@@ -35,6 +35,12 @@ _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thu
 _RELATIVE = ((re.compile(r"\b(?:the\s+)?day\s+after\s+tomorrow\b", re.I), "in 2 days"),
              (re.compile(r"\b((?:a|an|one|two|three|four|five|six|\d+)\s+(?:days?|weeks?|fortnights?))\s+"
                          r"(?:from|after)\s+(?:today|now)\b", re.I), r"in \1"))
+_MONTH_NAME = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+               r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?")
+_ORDINAL_DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+_WRITTEN_DATE = re.compile(  # a day and a month name (a year if said), or a numeric day/month(/year)
+    rf"\b(?:(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)[a-z]*,?\s+(?:the\s+)?)?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}(?:,?\s+\d{{4}})?|{_MONTH_NAME}\s+{_ORDINAL_DAY}(?:,?\s+\d{{4}})?"
+    r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
 _NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
 
@@ -60,14 +66,17 @@ def _day(bound) -> dt.date | None:
         return None
 
 
-def _in_range(day: dt.date, low: dt.date | None, high: dt.date | None) -> dt.date:
-    """``day``, or the same day a century earlier or later when only that one lies in the range."""
+def _in_range(day: dt.date, low: dt.date | None, high: dt.date | None, said: str = "") -> dt.date:
+    """``day``, or the nearest year that puts it in the range when the message said a date but no year:
+    a year away when it named none ("Tuesday 31st August", an incident that lies behind, not ahead),
+    a century away for a two-digit year ("5/5/95", a date of birth); a four-digit year is kept."""
     def inside(d):
         return (low is None or d >= low) and (high is None or d <= high)
 
-    if inside(day):
-        return day
-    for years in (-100, 100):
+    if inside(day) or re.search(r"\d{4}", said) or not re.search(r"\d", said):
+        return day  # a year said is kept, and so is a day said from today ("next Friday")
+    two_digit_year = re.search(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2}\b|'\d{2}\b", said)
+    for years in ((-100, 100, -1, 1) if two_digit_year else (-1, 1, -100, 100)):
         try:
             moved = day.replace(year=day.year + years)
         except ValueError:  # 29 February
@@ -114,15 +123,21 @@ def _dates(message: str, today: dt.date | None, low: dt.date | None = None, high
                 "RETURN_AS_TIMEZONE_AWARE": False}
     for pattern, said in _RELATIVE:
         message = pattern.sub(said, message)
+    found = []
+    for written in _WRITTEN_DATE.finditer(message):  # dates written out are read alone: the search reads
+        when = dateparser.parse(written.group(), languages=["en"], settings=settings)  # "the M6 on the 20th
+        if when is not None:  # of August" as one date, and misses "3 May" after "the A40"
+            found.append((written.group(), when))
+            message = message.replace(written.group(), " , ")
     try:
-        found = dateparser.search.search_dates(message, languages=["en"], settings=settings) or []
+        found += dateparser.search.search_dates(message, languages=["en"], settings=settings) or []
     except Exception:  # the parser's own failure on odd input is no value
-        found = []
+        pass
     out = []
     for text, when in found:
         if re.fullmatch(r"\d+", text.strip()):  # a bare number is a count, not a day
             continue
         if not re.search(r"\d", text) and (not _DAY_WORDS.search(text) or _NO_DAY.search(text)):
             continue  # "in April", "some day next month": no day named
-        out.append(format_date(_in_range(when.date(), low, high)))
+        out.append(format_date(_in_range(when.date(), low, high, text)))
     return tuple(dict.fromkeys(out))

@@ -53,6 +53,12 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert parsed_values("date", "5/5/95", today, "1930-01-01", "2009-12-31") == ("5 May 1995",)
     assert parsed_values("date", "born 8 Feb 1996", today, "1930-01-01", "2009-12-31") == ("8 February 1996",)
     assert parsed_values("date", "sometime in April", today) == ()  # a month is no day
+    # a day said without a year takes the year that puts it in the slot's range (an incident lies behind)
+    autumn, past = dt.date(2027, 9, 10), ("2026-09-01", "2027-08-31")
+    assert parsed_values("date", "Tuesday 31st August", autumn, *past) == ("31 August 2027",)
+    assert parsed_values("date", "31 August 2028", autumn, *past) == ("31 August 2028",)  # a year said is kept
+    assert parsed_values("date", "on the M6 on the 20th of august", autumn, *past) == ("20 August 2027",)
+    assert parsed_values("date", "I was on the A40 on 3 May", autumn, *past) == ("3 May 2027",)
     assert parsed_values("date", "the day after tomorrow", today) == ("3 March 2027",)  # not tomorrow
     assert parsed_values("date", "a week from today", today) == ("8 March 2027",)  # not a week ago
     assert parsed_values("date", "the cheapest day next month", today) == ()

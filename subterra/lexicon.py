@@ -104,9 +104,14 @@ _WORDS_ONLY = re.compile(r"[^\W\d_]+(?:[\s'’-][^\W\d_]+)*")
 
 
 def with_function_words(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]:
-    """The compile's lexicon and English function words, less every word of the workflow's
-    declared values made of words (a workflow with a city called "Hope" keeps "hope" a value word;
-    an e-mail address ending ".it" does not keep "it")."""
+    """The compile's lexicon and the workflow's frame words (``frame_words``)."""
+    return lexicon | frame_words(wf)
+
+
+def frame_words(wf: Workflow) -> frozenset[str]:
+    """English function words, less every word of the workflow's declared values made of words (a
+    workflow with a city called "Hope" keeps "hope" a value word; an e-mail address ending ".it"
+    does not keep "it")."""
     inside = {w for slot in wf.slots.values() for v in (slot.values or ()) if _WORDS_ONLY.fullmatch(str(v))
               for w in words(str(v))}
-    return lexicon | (FUNCTION_WORDS - (inside - CONTRACTIONS))
+    return FUNCTION_WORDS - (inside - CONTRACTIONS)

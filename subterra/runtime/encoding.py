@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
+from subterra.lexicon import words
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
@@ -59,10 +60,12 @@ class Codec:
                  rules: ReadingRules = ReadingRules()):
         self.tok = tokenizer
         self.wf = wf
-        if lexicon and rules.function_words:  # English frame words cut runs too ("Seoul next month": "Seoul")
-            from subterra.lexicon import with_function_words
+        self.frame = frozenset()  # English frame words: never a whole value ("anyone" in "Hello, anyone there?")
+        if rules.function_words:  # they cut runs too ("Seoul next month": "Seoul")
+            from subterra.lexicon import frame_words
 
-            lexicon = with_function_words(lexicon, wf)
+            self.frame = frame_words(wf)
+            lexicon = lexicon | self.frame if lexicon else lexicon
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
@@ -199,6 +202,8 @@ class Codec:
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
         if not self.courtesy_values:
             spans = [v for v in spans if not courtesy_only(v)]
+        if self.frame:
+            spans = [v for v in spans if not (said := set(words(v))) or not said <= self.frame]
         if self.named_choices and spec.type == "string" and not self._names_choices(spec.values):
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         for span in spans:

@@ -410,3 +410,18 @@ def test_an_enum_value_the_message_names_is_the_only_choice_and_an_answer(traine
     assert moves(named, "business please") == {"confirm"}
     assert "ask_count" in moves(unnamed, "business please")
     assert "confirm" not in moves(named, "hmm, not sure yet") and "confirm" in moves(unnamed, "hmm, not sure yet")
+
+
+def test_a_name_written_capitalised_leaves_out_the_lower_case_words_around_it():
+    """``names_by_case``: for a slot of proper names, "I'm booking for my mother, Marisol Vega" offers
+    the name, never "mother"; a message in lower case throughout keeps its words ("warsaw"), and an
+    id keeps its digits whatever its case."""
+    from subterra.runtime.candidates import capitalised_values, written_as_names
+    from subterra.workflow import Slot
+
+    assert capitalised_values(Slot(name="patient", values=("Marisol Vega", "Lotte de Vries")))
+    assert not capitalised_values(Slot(name="device", values=("laptop", "Meeting kiosk")))
+    assert written_as_names("I'm booking for my mother, Marisol Vega.", ["mother", "Marisol Vega"]) == ["Marisol Vega"]
+    assert written_as_names("hi, hope you're well. warsaw", ["hope", "warsaw"]) == ["hope", "warsaw"]
+    assert written_as_names("Paris. or maybe lyon", ["Paris", "lyon"]) == ["Paris", "lyon"]  # a sentence's first word
+    assert written_as_names("it's ab-2041 for Dana Reyes", ["ab-2041", "Dana Reyes"]) == ["ab-2041", "Dana Reyes"]

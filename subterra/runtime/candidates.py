@@ -191,3 +191,30 @@ def named_choices(values: tuple[str, ...], message: str) -> tuple[str, ...]:
         found += [(m.start(), m.end(), value) for m in re.finditer(pattern, text)]
     alone = {v for s, e, v in found if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in found)}
     return tuple(v for v in values if v in alone)
+
+
+def capitalised_values(spec) -> bool:
+    """Are the slot's declared values proper names, capitalised ("Marisol Vega", "Lotte de Vries")?"""
+    declared = [str(v) for v in spec.values or ()]
+    return bool(declared) and all(_capitalised(v) for v in declared)
+
+
+def _capitalised(text: str) -> bool:
+    """Are the first and last word of ``text`` capitalised ("Lotte de Vries")?"""
+    found = re.findall(r"[^\W\d_]+", text)
+    return bool(found) and found[0][:1].isupper() and found[-1][:1].isupper()
+
+
+def written_as_names(message: str, spans: list[str]) -> list[str]:
+    """Of ``spans``, the ones a message that writes a name capitalised means: when some span is
+    capitalised where a sentence does not start ("booking for my mother, Marisol Vega"), the
+    spans written in lower case are left out ("mother"); a message in lower case throughout keeps
+    them all ("warsaw")."""
+    def mid_sentence(span: str) -> bool:
+        at = message.find(span)
+        before = message[:at].rstrip()
+        return at > 0 and bool(before) and before[-1] not in ".!?"
+
+    if not any(_capitalised(s) and mid_sentence(s) for s in spans):
+        return spans
+    return [s for s in spans if _capitalised(s) or any(ch.isdigit() for ch in s)]

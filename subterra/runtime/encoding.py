@@ -19,7 +19,9 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
 )
-from subterra.runtime.candidates import CHOSEN_TYPES, courtesy_only, fits_type, named_choices, value_spans, word_spans
+from subterra.runtime.candidates import (
+    CHOSEN_TYPES, capitalised_values, courtesy_only, fits_type, named_choices, value_spans, word_spans, written_as_names,
+)
 
 if TYPE_CHECKING:
     from subterra.workflow import Workflow
@@ -43,6 +45,7 @@ class ReadingRules:
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
+    names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
@@ -50,7 +53,7 @@ class ReadingRules:
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
                         answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        branch_words=False, named_choices=False, say_from_lines=False)
+                        branch_words=False, names_by_case=False, named_choices=False, say_from_lines=False)
 
 
 class Codec:
@@ -70,6 +73,7 @@ class Codec:
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
         self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
+        self.names_by_case = rules.names_by_case  # a name written capitalised leaves out the lower-case spans
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
@@ -206,6 +210,8 @@ class Codec:
             spans = [v for v in spans if not (said := set(words(v))) or not said <= self.frame]
         if self.named_choices and spec.type == "string" and not self._names_choices(spec.values):
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
+        if self.names_by_case and spec.type == "string" and capitalised_values(spec):
+            spans = written_as_names(message, spans)  # "my mother, Marisol Vega": not "mother"
         for span in spans:
             ids = self.encode(span)
             candidates[span] = ids

@@ -38,8 +38,10 @@ _RELATIVE = ((re.compile(r"\b(?:the\s+)?day\s+after\s+tomorrow\b", re.I), "in 2 
 _MONTH_NAME = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
                r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?")
 _ORDINAL_DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
-_WRITTEN_DATE = re.compile(  # a day and a month name (a year if said), or a numeric day/month(/year)
-    rf"\b(?:(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)[a-z]*,?\s+(?:the\s+)?)?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}(?:,?\s+\d{{4}})?|{_MONTH_NAME}\s+{_ORDINAL_DAY}(?:,?\s+\d{{4}})?"
+_WEEKDAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)[a-z]*,?\s+(?:the\s+)?"
+_YEAR = r"(?:,?\s+\d{4})?"
+_WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said), or a numeric day/month(/year)
+    rf"\b(?:{_WEEKDAY})?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}{_YEAR}|{_MONTH_NAME}\s+{_ORDINAL_DAY}{_YEAR}"
     r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
 _NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count

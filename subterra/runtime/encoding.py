@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
-from subterra.lexicon import words
+from subterra.lexicon import frame_words, words
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
@@ -63,12 +63,10 @@ class Codec:
                  rules: ReadingRules = ReadingRules()):
         self.tok = tokenizer
         self.wf = wf
-        self.frame = frozenset()  # English frame words: never a whole value ("anyone" in "Hello, anyone there?")
-        if rules.function_words:  # they cut runs too ("Seoul next month": "Seoul")
-            from subterra.lexicon import frame_words
-
-            self.frame = frame_words(wf)
-            lexicon = lexicon | self.frame if lexicon else lexicon
+        # English frame words: never a whole value ("anyone" in "Hello, anyone there?"), and they cut runs
+        # too ("Seoul next month": "Seoul")
+        self.frame = frame_words(wf) if rules.function_words else frozenset()
+        lexicon = lexicon | self.frame if lexicon else lexicon
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
@@ -166,10 +164,13 @@ class Codec:
 
         return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS)
 
+    @functools.cached_property
+    def _enum_values(self) -> tuple[str, ...]:
+        return tuple(v for spec in self.wf.slots.values() if spec.type == "enum" for v in spec.values)
+
     def _names_choices(self, texts) -> bool:
         """Does any of ``texts`` name a declared value of an enum slot (``named_choices``)?"""
-        choices = tuple(v for spec in self.wf.slots.values() if spec.type == "enum" for v in spec.values)
-        return any(named_choices(choices, str(t)) for t in texts)
+        return any(named_choices(self._enum_values, str(t)) for t in texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids))

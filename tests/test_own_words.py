@@ -27,6 +27,7 @@ def test_a_greeting_or_a_thanks_is_never_offered_as_a_value(trained, mini_workfl
     # a message of English frame words only offers none of them ("anyone" is no city)
     assert codec.value_candidates("destination", "Hello, anyone there?")[0] == {}
     assert "Oslo" in codec.value_candidates("destination", "anyone there? Oslo")[0]
+    assert "of us" not in codec.value_candidates("destination", "just the two of us")[0]  # joiners of names are none either
     lenient = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir), rules=replace(ReadingRules(), courtesy_values=True, function_words=False))
     assert "hiya" in lenient.value_candidates("destination", "hiya")[0]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
-from subterra.lexicon import frame_words, words
+from subterra.lexicon import NAME_WORDS, frame_words, words
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
@@ -67,6 +67,7 @@ class Codec:
         # too ("Seoul next month": "Seoul")
         self.frame = frame_words(wf) if rules.function_words else frozenset()
         lexicon = lexicon | self.frame if lexicon else lexicon
+        self._no_value = self.frame | NAME_WORDS if self.frame else frozenset()  # "of us" is none either
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
@@ -207,8 +208,8 @@ class Codec:
             spans = [v for v in word_spans(message) if fits_type(spec, v)]
         if not self.courtesy_values:
             spans = [v for v in spans if not courtesy_only(v)]
-        if self.frame:
-            spans = [v for v in spans if not (said := set(words(v))) or not said <= self.frame]
+        if self._no_value:
+            spans = [v for v in spans if not (said := set(words(v))) or not said <= self._no_value]
         if self.named_choices and spec.type == "string" and not self._names_choices(spec.values):
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         if self.names_by_case and spec.type == "string" and capitalised_values(spec):

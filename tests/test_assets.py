@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,7 @@ from conftest import MINI
 from subterra_dagster.definitions import build_definitions
 from subterra_dagster.resources import StoreResource
 from subterra.paths import count_paths, edge_coverage, paths_from_table
+from subterra.runtime.encoding import NO_RULES
 from subterra.workflow import Workflow, load_workflow
 
 KEY = "mini_booking"
@@ -25,8 +27,10 @@ TINY_TRAINING = TrainingSettings(vocab_size=400, hidden_size=32, intermediate_si
                                  batch_size=4, max_steps=4, logging_steps=2, save_steps=2)
 
 
+# the mechanics of gates and promotion, with the model making every choice: the reading rules read the mini
+# workflow's short conversations well enough that a four-step model (or a wrecked repair) would pass them
 SMALL_EVAL = EvalSettings(scenarios=2, batch_size=4, max_say_tokens=8, max_form_tokens=40,
-                          routes=["compiled", "compiled_prefill"])
+                          routes=["compiled", "compiled_prefill"], **asdict(NO_RULES))
 # four training steps make no working model: with no floor, such a model holds (it becomes the last good model)
 HOLDS_ANY = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 0.0, "max_drop": 1.0, "incremental_max_drop": 1.0})
 HOLDS_NONE = EvalSettings(**{**SMALL_EVAL.model_dump(), "min_strict_pass": 1.01})

@@ -65,9 +65,9 @@ class Codec:
         self.wf = wf
         # English frame words: never a whole value ("anyone" in "Hello, anyone there?"), and they cut runs
         # too ("Seoul next month": "Seoul")
-        self.frame = frame_words(wf) if rules.function_words else frozenset()
-        lexicon = lexicon | self.frame if lexicon else lexicon
-        self._no_value = self.frame | NAME_WORDS if self.frame else frozenset()  # "of us" is none either
+        frame = frame_words(wf) if rules.function_words else frozenset()
+        lexicon = lexicon | frame if lexicon else lexicon
+        self._no_value = frame | NAME_WORDS if frame else frozenset()  # nor frame words and name joiners ("of us")
         self.lexicon = lexicon
         self.runs_only = runs_only
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?

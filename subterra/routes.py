@@ -117,6 +117,7 @@ class PlayConfig:
     branch_words: bool = ReadingRules.branch_words
     names_by_case: bool = ReadingRules.names_by_case
     named_choices: bool = ReadingRules.named_choices
+    said_values: bool = ReadingRules.said_values
     say_from_lines: bool = ReadingRules.say_from_lines
 
     def reading_rules(self) -> ReadingRules:

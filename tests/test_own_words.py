@@ -426,3 +426,27 @@ def test_a_name_written_capitalised_leaves_out_the_lower_case_words_around_it():
     assert written_as_names("hi, hope you're well. warsaw", ["hope", "warsaw"]) == ["hope", "warsaw"]
     assert written_as_names("Paris. or maybe lyon", ["Paris", "lyon"]) == ["Paris", "lyon"]  # a sentence's first word
     assert written_as_names("it's ab-2041 for Dana Reyes", ["ab-2041", "Dana Reyes"]) == ["ab-2041", "Dana Reyes"]
+
+
+def test_a_declared_value_said_word_for_word_is_offered_whole(trained, mini_workflow):
+    """``said_values``: a declared value holding frame words and digits ("in 10 minutes": "in" is a
+    frame word, which cuts the run) is offered whole when the message says it, in the message's case;
+    the frame cut stays for everything else."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.candidates import said_values
+    from subterra.student import load_compiled
+    from subterra.workflow import parse_workflow_text
+
+    assert said_values(["in 10 minutes", "at 7:30", "as soon as possible"], "IN 10 minutes, or at 7:30!") == ["IN 10 minutes", "at 7:30"]
+    assert said_values(["Cape Town"], "to cape-town please") == ["cape-town"]
+    assert said_values(["in 10 minutes"], "in 100 minutes") == []  # whole words only
+
+    text = (Path(__file__).parent / "fixtures" / "mini_booking.yaml").read_text()
+    wf = parse_workflow_text(text.replace("values: [Lisbon,", "values: [in 10 minutes, Lisbon,", 1), "mini_booking.yaml")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    lexicon, runs = load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir)
+    said = Codec(tokenizer, wf, lexicon, runs, ReadingRules())
+    cut = Codec(tokenizer, wf, lexicon, runs, replace(ReadingRules(), said_values=False))
+    assert "in 10 minutes" in said.value_candidates("destination", "I'll be there in 10 minutes")[0]
+    assert "in 10 minutes" not in cut.value_candidates("destination", "I'll be there in 10 minutes")[0]
+    assert "Oslo" in said.value_candidates("destination", "in 10 minutes, Oslo")[0]

@@ -193,6 +193,18 @@ def named_choices(values: tuple[str, ...], message: str) -> tuple[str, ...]:
     return tuple(v for v in values if v in alone)
 
 
+def said_values(values, message: str) -> list[str]:
+    """The spans of ``message`` that say one of a slot's declared values word for word, in any
+    case ("I'll be there in 10 minutes" says "in 10 minutes", frame words and all), longest first."""
+    found: dict[str, None] = {}
+    for value in sorted((str(v) for v in values or ()), key=len, reverse=True):
+        words = value.split()
+        if words:
+            pattern = r"(?<!\w)" + r"[\s-]+".join(map(re.escape, words)) + r"(?!\w)"
+            found.update(dict.fromkeys(m.group(0) for m in re.finditer(pattern, message, re.I)))
+    return list(found)
+
+
 def capitalised_values(spec) -> bool:
     """Are the slot's declared values proper names, capitalised ("Marisol Vega", "Lotte de Vries")?"""
     declared = [str(v) for v in spec.values or ()]

@@ -20,7 +20,8 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
     VALUE_MORE,
 )
 from subterra.runtime.candidates import (
-    CHOSEN_TYPES, capitalised_values, courtesy_only, fits_type, named_choices, value_spans, word_spans, written_as_names,
+    CHOSEN_TYPES, capitalised_values, courtesy_only, fits_type, named_choices, said_values, value_spans, word_spans,
+    written_as_names,
 )
 
 if TYPE_CHECKING:
@@ -47,13 +48,15 @@ class ReadingRules:
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
+    said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
                         answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        branch_words=False, names_by_case=False, named_choices=False, say_from_lines=False)
+                        branch_words=False, names_by_case=False, named_choices=False, said_values=False,
+                        say_from_lines=False)
 
 
 class Codec:
@@ -74,6 +77,7 @@ class Codec:
         self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
         self.names_by_case = rules.names_by_case  # a name written capitalised leaves out the lower-case spans
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
+        self.said_values = rules.said_values  # a declared value said word for word is offered whole
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
@@ -192,7 +196,9 @@ class Codec:
         span of whole words of the message: what counts is the span's first token and each token
         that starts a word (go on or stop); the rest of a word follows from the message. Integer and
         date slots are also offered what the message says in people's words, normalised ("two of
-        us" -> ``2``, "next Friday" -> the date from ``today``; every token of those counts).
+        us" -> ``2``, "next Friday" -> the date from ``today``; every token of those counts). With the
+        ``said_values`` rule, a span saying one of the slot's declared values word for word is offered
+        whole, whatever frame words it holds ("in 10 minutes").
         """
         spec = self.wf.slots[slot]
         if spec.type in CHOSEN_TYPES:
@@ -214,6 +220,8 @@ class Codec:
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         if self.names_by_case and spec.type == "string" and capitalised_values(spec):
             spans = written_as_names(message, spans)  # "my mother, Marisol Vega": not "mother"
+        if self.said_values and spec.values:  # "in 10 minutes", though "in" is a frame word
+            spans = [v for v in said_values(spec.values, message) if v not in spans and fits_type(spec, v)] + spans
         for span in spans:
             ids = self.encode(span)
             candidates[span] = ids

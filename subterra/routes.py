@@ -115,6 +115,7 @@ class PlayConfig:
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
     first_message_answers: bool = ReadingRules.first_message_answers
     branch_words: bool = ReadingRules.branch_words
+    yes_no_words: bool = ReadingRules.yes_no_words
     names_by_case: bool = ReadingRules.names_by_case
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values

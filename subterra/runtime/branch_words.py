@@ -6,6 +6,10 @@ said for one branch of the step and for no other, and is no English function wor
 (``lexicon.FUNCTION_WORDS``): "lost" for the card-was-lost branch, when "stolen" is said for both
 ("It's lost, not stolen"). A message whose content words point at exactly one branch narrows the
 step's moves to that branch and what lies past it (``ReadingRules.branch_words``).
+
+A yes and a no are words of a branch too, in whatever words people say them (``yes_no``: "yep",
+"sure", "fine" are a yes, "nah" a no): the branch whose lines say yes, when no other branch's do,
+is the one "yep, book those" points at (``ReadingRules.yes_no_words``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,31 @@ from subterra.phrasing import SEEN, phrasing_pool
 from subterra.workflow import Workflow
 
 
-def _said(edge) -> set[str]:
-    text = " ".join((edge.when, *phrasing_pool(edge.user, SEEN)))
-    return set(words(re.sub(r"\{[^}]*\}", " ", text)))
+# how people say yes and no; a yes after "not" ("not sure", "isn't fine") is none, and "ok", "okay",
+# "alright" are no yes: they open a message whatever follows ("Okay, I'll think about it")
+YES = frozenset("yes yeah yep yup yea sure fine absolutely definitely certainly".split())
+NO = frozenset("no nope nah".split())
+NOT = frozenset({"not", "never", "t"})  # "t": what words() leaves of "isn't", "don't"
+SAYS_YES, SAYS_NO = "<yes>", "<no>"  # never a word (words() holds no "<")
 
 
-def branch_words(wf: Workflow, frame: frozenset[str]) -> dict[str, dict[str, frozenset[str]]]:
-    """Per decision step, per branch target, the words said for that branch only (no frame words)."""
+def yes_no(text: str) -> set[str]:
+    """``{SAYS_YES}`` or ``{SAYS_NO}`` when ``text`` says a yes or a no, and not both."""
+    said = words(text)
+    found = {SAYS_YES for i, w in enumerate(said) if w in YES and not (i and said[i - 1] in NOT)}
+    found |= {SAYS_NO for w in said if w in NO}
+    return found if len(found) == 1 else set()
+
+
+def _said(edge, answers: bool = False) -> set[str]:
+    lines = (edge.when, *phrasing_pool(edge.user, SEEN))
+    said = set(words(re.sub(r"\{[^}]*\}", " ", " ".join(lines))))
+    return said | {a for line in lines for a in yes_no(line)} if answers else said
+
+
+def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False) -> dict[str, dict[str, frozenset[str]]]:
+    """Per decision step, per branch target, the words said for that branch only (no frame words);
+    with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words."""
     out: dict[str, dict[str, frozenset[str]]] = {}
     for node in wf.nodes:
         edges = wf.out_edges(node)
@@ -31,19 +53,20 @@ def branch_words(wf: Workflow, frame: frozenset[str]) -> dict[str, dict[str, fro
             continue
         said: dict[str, set[str]] = {}
         for e in edges:  # two ways to the same step (pay by card, pay with miles) are one branch here
-            said.setdefault(e.target, set()).update(_said(e) - frame)
+            said.setdefault(e.target, set()).update(_said(e, answers) - frame)
         if len(said) < 2:
             continue
         out[node] = {t: frozenset(w - set().union(*(o for u, o in said.items() if u != t))) for t, w in said.items()}
     return out
 
 
-def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | None, message: str) -> str | None:
+def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | None, message: str,
+                   answers: bool = False) -> str | None:
     """The one branch of ``at`` whose branch words (``words_of``, from ``branch_words``) ``message``
-    says, if exactly one is pointed at."""
+    says, if exactly one is pointed at; with ``answers``, its yes or no counts as a word."""
     branches = words_of.get(at) if at is not None else None
     if not branches:
         return None
-    said = set(words(message))
+    said = set(words(message)) | (yes_no(message) if answers else set())
     pointed = [target for target, own in branches.items() if own & said]
     return pointed[0] if len(pointed) == 1 else None

@@ -46,6 +46,7 @@ class ReadingRules:
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
+    yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
@@ -55,7 +56,7 @@ class ReadingRules:
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
                         answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        branch_words=False, names_by_case=False, named_choices=False, said_values=False,
+                        branch_words=False, yes_no_words=False, names_by_case=False, named_choices=False, said_values=False,
                         say_from_lines=False)
 
 
@@ -77,6 +78,7 @@ class Codec:
         self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
         self.names_by_case = rules.names_by_case  # a name written capitalised leaves out the lower-case spans
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
+        self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
@@ -167,7 +169,7 @@ class Codec:
         from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
         from subterra.runtime.branch_words import branch_words
 
-        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS)
+        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words)
 
     @functools.cached_property
     def _enum_values(self) -> tuple[str, ...]:

@@ -259,7 +259,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given) or moves
     if rules.branch_words and step in moves and not _offers_asked(wf, available, step, named):
-        pointed = pointed_branch(codec.branch_words, step, message)
+        pointed = pointed_branch(codec.branch_words, step, message, rules.yes_no_words)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction

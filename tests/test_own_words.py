@@ -316,6 +316,28 @@ def test_words_said_for_one_branch_only_move_along_that_branch(trained, mini_wor
     assert "confirm" in moves("forget economy, 2 of us in business")  # an answer: the branch words stand aside
 
 
+def test_a_yes_or_a_no_however_said_points_at_the_branch_whose_lines_say_it():
+    """``yes_no_words``: at the confirmation, only the confirming branch's lines say yes ("Yes,
+    confirm.") and only the declining one's say no: "yep, book it" confirms and "nah" declines,
+    though "book" is said for both; "not sure", a yes and a no together, and a filler "okay" say
+    neither."""
+    from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
+    from subterra.runtime.branch_words import SAYS_NO, SAYS_YES, branch_words, pointed_branch, yes_no
+    from subterra.workflow import load_workflow
+
+    assert yes_no("Yep, book those") == {SAYS_YES} and yes_no("nah, too much") == {SAYS_NO}
+    assert yes_no("not sure yet") == set() and yes_no("yes... well no") == set()
+    assert yes_no("Okay, I'll think about it") == set() and yes_no("isn't fine") == set()
+    wf = load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml")
+    plain = branch_words(wf, FUNCTION_WORDS | NAME_WORDS)
+    words_of = branch_words(wf, FUNCTION_WORDS | NAME_WORDS, answers=True)
+    assert SAYS_YES in words_of["confirm"]["done"] and SAYS_NO in words_of["confirm"]["cancel"]
+    assert pointed_branch(words_of, "confirm", "yep, book it", answers=True) == "done"
+    assert pointed_branch(words_of, "confirm", "nah", answers=True) == "cancel"
+    assert pointed_branch(words_of, "confirm", "not sure, book it?", answers=True) is None
+    assert pointed_branch(plain, "confirm", "yep, book it") is None  # without the rule: "book" is said for both
+
+
 def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained, mini_workflow):
     """``only_asked_values``: handing over to a person holds no value, whatever the message
     offers; keeping a step may fill what the step asks for and refill a held slot whose value the

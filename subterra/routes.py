@@ -113,10 +113,13 @@ class PlayConfig:
     only_asked_values: bool = ReadingRules.only_asked_values
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
+    values_carry_on: bool = ReadingRules.values_carry_on
+    spans_once: bool = ReadingRules.spans_once
     first_message_answers: bool = ReadingRules.first_message_answers
     branch_words: bool = ReadingRules.branch_words
     yes_no_words: bool = ReadingRules.yes_no_words
     names_by_case: bool = ReadingRules.names_by_case
+    names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values
     say_from_lines: bool = ReadingRules.say_from_lines

@@ -53,7 +53,7 @@ def parsed_values(slot_type: str, message: str, today: dt.date | None = None, lo
     date slot's range (``low``, ``high``) places a two-digit year in its century ("5/5/95", a date
     of birth, is 1995)."""
     if slot_type == "integer":
-        return _integers(message)
+        return counts(message)
     if slot_type == "date":
         return _dates(message, today, _day(low), _day(high))
     return ()
@@ -98,7 +98,8 @@ def _is_day(text: str, number: re.Match) -> bool:
     return bool(_MONTH_AFTER.match(text[number.end():]) or _MONTH_BEFORE.search(text[:number.start()]))
 
 
-def _integers(message: str) -> tuple[str, ...]:
+def counts(message: str) -> tuple[str, ...]:
+    """The numbers ``message`` says as counts, in digits or words ("two of us" -> 2), never a date's day."""
     from text_to_num import alpha2digit
 
     try:

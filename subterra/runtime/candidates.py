@@ -208,10 +208,10 @@ def said_values(values, message: str) -> list[str]:
 def capitalised_values(spec) -> bool:
     """Are the slot's declared values proper names, capitalised ("Marisol Vega", "Lotte de Vries")?"""
     declared = [str(v) for v in spec.values or ()]
-    return bool(declared) and all(_capitalised(v) for v in declared)
+    return bool(declared) and all(is_capitalised(v) for v in declared)
 
 
-def _capitalised(text: str) -> bool:
+def is_capitalised(text: str) -> bool:
     """Are the first and last word of ``text`` capitalised ("Lotte de Vries")?"""
     found = re.findall(r"[^\W\d_]+", text)
     return bool(found) and found[0][:1].isupper() and found[-1][:1].isupper()
@@ -227,6 +227,6 @@ def written_as_names(message: str, spans: list[str]) -> list[str]:
         before = message[:at].rstrip()
         return at > 0 and bool(before) and before[-1] not in ".!?"
 
-    if not any(_capitalised(s) and mid_sentence(s) for s in spans):
+    if not any(is_capitalised(s) and mid_sentence(s) for s in spans):
         return spans
-    return [s for s in spans if _capitalised(s) or any(ch.isdigit() for ch in s)]
+    return [s for s in spans if is_capitalised(s) or any(ch.isdigit() for ch in s)]

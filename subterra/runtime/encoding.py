@@ -44,10 +44,13 @@ class ReadingRules:
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
+    values_carry_on: bool = True  # a message answering several steps' questions moves past them all ("2 tickets Chicago to Havana")
+    spans_once: bool = True  # a span the form holds for one text slot is not offered to another
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
+    names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
@@ -55,8 +58,10 @@ class ReadingRules:
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
-                        answers_pick_moves=False, values_alone_move_on=False, first_message_answers=False,
-                        branch_words=False, yes_no_words=False, names_by_case=False, named_choices=False, said_values=False,
+                        answers_pick_moves=False, values_alone_move_on=False, values_carry_on=False, spans_once=False,
+                        first_message_answers=False,
+                        branch_words=False, yes_no_words=False, names_by_case=False, names_ahead_capitalised=False,
+                         named_choices=False, said_values=False,
                         say_from_lines=False)
 
 

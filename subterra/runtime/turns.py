@@ -104,6 +104,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     ``answers_pick_moves``: with ``answers_move_on``, such an answer also decides where the form
     goes: only along a way that collects it ("Sept 21" after "when do you fly?" is never a handover).
 
+    ``values_carry_on``: a message answering the questions of two steps or more moves past them all
+    (``_carried``: "2 tickets Chicago to Havana on August 20th" at the greeting goes to the cabin).
+    ``spans_once``: a span the form holds for one slot is not offered to another text slot ("Havana"
+    the destination, "Chicago" the origin).
+
     ``say_from_lines``: the say is one the model was taught at the chosen step — one of the step's own
     lines whose placeholders the form holds, opened as the teacher opens them ("Thanks. ..."), decoded
     greedily among them; free text only at a step with no such line.
@@ -145,6 +150,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         key = yield from chosen({s: codec.key_candidates[s] for s in (due or unused)})
         yield from forced(codec.value_head)
         values, counted = available[key]
+        if rules.spans_once and codec.wf.slots[key].type == "string":  # "Chicago to Havana": one city each
+            values = {v: ids for v, ids in values.items() if v not in slots.values()} or values
         room = len(unused) > 1 and len(slots) + 1 < codec.max_slots
         if len(due) > 1:  # another asked slot is still to fill
             ends = {"more": codec.value_more}
@@ -245,6 +252,9 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     named = _named_enums(wf, message) if rules.named_choices else set()
     # what the message gives: with ``named_choices`` an enum only when it names one of its values
     given = {s for s in available if not rules.named_choices or wf.slots[s].type != "enum" or s in named}
+    if rules.names_ahead_capitalised:  # a name the step does not ask for is given only written as one ("extra" is none)
+        step_asks = set(_asked(wf, at if at is not None else wf.start))
+        given = {s for s in given if s in step_asks or not _names_only_lower(wf.slots[s], available[s][0])}
     known = given | set(held)
     moves = {n: ids for n, ids in codec.node_candidates.items()
              if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
@@ -258,6 +268,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             moves.pop(step)
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given) or moves
+    if rules.values_carry_on:  # "2 tickets Chicago to Havana on August 20th": past every step it answers
+        moves = _carried(wf, moves, at, held, available, message) or moves
     if rules.branch_words and step in moves and not _offers_asked(wf, available, step, named):
         pointed = pointed_branch(codec.branch_words, step, message, rules.yes_no_words)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
@@ -266,6 +278,74 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             moves = {n: ids for n, ids in moves.items()
                      if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
     return moves or codec.node_candidates
+
+
+def _carried(wf, moves: dict, at: str | None, held: dict[str, str], available: dict, message: str) -> dict:
+    """``values_carry_on``: when the message answers the question of the step and of the step after
+    it, and maybe more ("2 tickets Chicago to Havana on August 20th" at the greeting), the moves to
+    the furthest step it carries the conversation to. A step is answered when it asks for values the
+    conversation does not hold and the message gives every one of them surely (``_sure``), a text
+    slot a span of its own (two slots never share "Havana"); a step that asks for nothing (a
+    decision) ends the carry. None when the message answers fewer than two steps."""
+    sure = {s: _sure(wf.slots[s], available[s][0], message) for s in available}
+    start = at if at is not None else wf.start
+    ways: dict[str, tuple[str, ...]] = {start: ()}  # a step reached, with the slots answered on the way
+    frontier, furthest, depth = [start], {}, 0
+    while frontier:
+        reached: dict[str, tuple[str, ...]] = {}
+        for node in frontier:
+            for e in wf.out_edges(node):
+                asked = [s for s in dict.fromkeys(wf.nodes[node].collect + e.collect) if s not in held]
+                if e.target in ways or e.target in reached or not asked or not all(sure.get(s) for s in asked):
+                    continue
+                carried = ways[node] + tuple(asked)
+                if _apart([sure[s] for s in carried if wf.slots[s].type == "string"]):
+                    reached[e.target] = carried
+        depth += 1
+        ways.update(reached)
+        frontier = list(reached)
+        if depth >= 2 and reached:
+            furthest = reached
+    return {n: ids for n, ids in moves.items() if n in furthest}
+
+
+def _sure(spec, offered: dict, message: str) -> set[str]:
+    """The values of a slot a message surely gives, to carry a conversation past its step: a text
+    slot's spans shaped as its declared values (capitalised when they are names: "Chicago", never
+    "adults"), a number said as a count (never the day of a date), a date, a named enum value; never
+    a yes/no."""
+    from subterra.runtime.candidates import capitalised_values, is_capitalised
+    from subterra.typed_values import counts
+
+    if spec.type == "string":
+        names = capitalised_values(spec)
+        return {v for v in offered if shaped_like(spec, v) and (not names or is_capitalised(v))}
+    if spec.type == "integer":
+        return set(offered) & set(counts(message))
+    if spec.type in ("date", "enum"):
+        return set(offered)
+    return set()
+
+
+def _apart(options: list[set[str]], taken: tuple[str, ...] = ()) -> bool:
+    """Can each of ``options`` have a span of its own, no two the same or one inside another?"""
+    if not options:
+        return True
+    first, rest = options[0], options[1:]
+    return any(_apart(rest, taken + (v,)) for v in first
+               if not any(v.casefold() in t.casefold() or t.casefold() in v.casefold() for t in taken))
+
+
+def _asked(wf, at: str) -> tuple[str, ...]:
+    """The slots step ``at`` asks for: its own and its branches'."""
+    return tuple(dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect))
+
+
+def _names_only_lower(spec, offered: dict) -> bool:
+    """Is a slot of proper names (``capitalised_values``) offered no capitalised span?"""
+    from subterra.runtime.candidates import capitalised_values, is_capitalised
+
+    return spec.type == "string" and capitalised_values(spec) and not any(is_capitalised(v) for v in offered)
 
 
 def _offers_asked(wf, available: dict, at: str, named: set[str]) -> bool:

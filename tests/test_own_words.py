@@ -472,3 +472,65 @@ def test_a_declared_value_said_word_for_word_is_offered_whole(trained, mini_work
     assert "in 10 minutes" in said.value_candidates("destination", "I'll be there in 10 minutes")[0]
     assert "in 10 minutes" not in cut.value_candidates("destination", "I'll be there in 10 minutes")[0]
     assert "Oslo" in said.value_candidates("destination", "in 10 minutes, Oslo")[0]
+
+
+def _two_cities_and_a_passenger():
+    """The mini workflow asking for the origin beside the destination, and the lead passenger at the
+    confirmation: two text slots one message may fill, and a name further on."""
+    from subterra.workflow import parse_workflow_text
+
+    text = (Path(__file__).parent / "fixtures" / "mini_booking.yaml").read_text()
+    text = text.replace("  cabin: {type: enum, values: [economy, business]}\n",
+                        "  cabin: {type: enum, values: [economy, business]}\n"
+                        "  origin: {description: city of departure, values: [Porto, Rome, Kyiv]}\n"
+                        "  passenger: {description: lead passenger, values: [Ana Ruiz, Bo Lee]}\n")
+    text = text.replace("    collect: [destination]\n", "    collect: [destination, origin]\n", 1)
+    text = text.replace("    prompt: Ask for confirmation.\n", "    prompt: Ask for confirmation.\n    collect: [passenger]\n", 1)
+    return parse_workflow_text(text, "mini_booking.yaml")
+
+
+def test_a_first_message_answering_several_steps_moves_past_them_with_one_span_per_slot(trained):
+    """``values_carry_on``: "Porto to Lisbon on 3 August 2027, 2 of us in business" answers the
+    greeting's, the date's and the count's questions: the form goes to the confirmation, and with
+    ``spans_once`` holds each city once ("Lisbon" never both origin and destination). A message
+    answering one step only, or giving a city in lower case where names are capitalised, carries
+    nothing; and ``names_ahead_capitalised``: a lower-case word is no name a move further on counts
+    on ("booking for kids" cannot pass the confirmation's question about the passenger)."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import TurnCounter, fill_form, moves_offered
+    from subterra.student import load_compiled
+
+    wf = _two_cities_and_a_passenger()
+    model_dir = trained[1].model_dir
+    tokenizer, model = load_compiled(model_dir)
+    codec = Codec(tokenizer, wf, load_lexicon(model_dir), whole_runs(model_dir))
+    today = dt.date(2027, 3, 1)
+
+    def moves(message, at=None, held=None, **rules):
+        chosen = replace(ReadingRules(), **rules)
+        return set(moves_offered(codec, offered_values(codec, message, held, today), held, at, chosen, message))
+
+    request = "Porto to Lisbon on 3 August 2027, 2 of us in business"
+    assert moves(request) == {"confirm"}
+    assert len(moves(request, values_carry_on=False)) > 1
+    assert moves("porto to lisbon, 3 August 2027, 2 of us in business") != {"confirm"}  # no city written as one
+    assert moves("Porto to Lisbon please") != {"confirm"} and "ask_count" not in moves("Porto to Lisbon please")
+    held = {"destination": "Lisbon", "origin": "Porto", "date": "3 August 2027"}
+    assert "done" in moves("2 of us in business, booking for kids", "ask_count", held, names_ahead_capitalised=False)
+    assert "done" not in moves("2 of us in business, booking for kids", "ask_count", held)
+    assert "done" in moves("2 of us in business, booking for Ana Ruiz", "ask_count", held)
+
+    forms = {}
+    for once in (True, False):
+        def program(once=once):
+            rules = replace(ReadingRules(), spans_once=once)
+            form, _raw, _valid = yield from fill_form(codec, request, 8, TurnCounter(), {}, today=today, rules=rules)
+            forms[once] = form
+
+        Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0).run([program()], 512)
+    assert forms[True].node == "confirm"
+    assert {forms[True].slots["origin"], forms[True].slots["destination"]} == {"Porto", "Lisbon"}

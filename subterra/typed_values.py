@@ -43,6 +43,7 @@ _YEAR = r"(?:,?\s+\d{4})?"
 _WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said), or a numeric day/month(/year)
     rf"\b(?:{_WEEKDAY})?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}{_YEAR}|{_MONTH_NAME}\s+{_ORDINAL_DAY}{_YEAR}"
     r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
+_ROUND_THE_CLOCK = re.compile(r"\b24\s*/\s*7\b(?![/.-]\d)")  # "down 24/7" is all the time, no 24 July
 _NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
 
@@ -126,6 +127,7 @@ def _dates(message: str, today: dt.date | None, low: dt.date | None = None, high
                 "RETURN_AS_TIMEZONE_AWARE": False}
     for pattern, said in _RELATIVE:
         message = pattern.sub(said, message)
+    message = _ROUND_THE_CLOCK.sub(" ", message)
     found = []
     for written in _WRITTEN_DATE.finditer(message):  # dates written out are read alone: the search reads
         when = dateparser.parse(written.group(), languages=["en"], settings=settings)  # "the M6 on the 20th

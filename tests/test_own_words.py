@@ -51,6 +51,8 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert "5" in parsed_values("integer", "two adults and three kids", today)
     assert parsed_values("date", "March 14th", today) == ("14 March 2027",)
     assert parsed_values("date", "the 3rd of August", today) == ("3 August 2027",)
+    assert parsed_values("date", "the wifi drops 24/7", today) == ()  # round the clock, not 24 July
+    assert parsed_values("date", "on 24/7/2027", today) == ("24 July 2027",)
     assert parsed_values("date", "next Friday", today) == ("5 March 2027",)
     assert parsed_values("date", "next Friday", dt.date(2027, 6, 1)) == ("4 June 2027",)  # anchored to the day
     # a two-digit year lands in the slot's range: a date of birth "5/5/95" is 1995, not 2095

@@ -19,7 +19,7 @@ import re
 from subterra.slot_values import format_date
 
 # a party of one said without a number
-_ALONE = re.compile(r"\b(just me|only me|me only|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
+_ALONE = re.compile(r"\b(just me|only me|(?:just|only) for me|me only|me alone|myself|by myself|on my own|alone|solo|just one|one person)\b", re.I)
 # a party said as who comes ("me and a friend", "my wife and I", "2 adults and 3 kids")
 _PERSON = (r"friend|wife|husband|partner|spouse|daughter|son|kid|child|baby|toddler|mum|mom|mother|dad|father|"
            r"brother|sister|colleague|coworker|boss|girlfriend|boyfriend|fianc[eé]e?|grandma|grandpa|"

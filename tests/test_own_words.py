@@ -536,3 +536,25 @@ def test_a_first_message_answering_several_steps_moves_past_them_with_one_span_p
         Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0).run([program()], 512)
     assert forms[True].node == "confirm"
     assert {forms[True].slots["origin"], forms[True].slots["destination"]} == {"Porto", "Lisbon"}
+
+
+def test_a_count_beyond_the_asked_slots_range_answers_the_step(trained, mini_workflow):
+    """``out_of_range_answers``: "about 25 of us" where a booking takes at most 9 answers the count
+    question all the same: the step is not kept, and no move that collects the count is offered (the
+    person, the cancellation remain); a count in range is left to the other rules."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon", "date": "3 August 2027"}
+
+    def moves(message, on=True):
+        rules = replace(ReadingRules(), out_of_range_answers=on)
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "ask_count", rules, message))
+
+    assert "ask_count" not in moves("umm about 25 of us, a choir") and "confirm" not in moves("umm about 25 of us, a choir")
+    assert "human" in moves("umm about 25 of us, a choir")
+    assert "ask_count" in moves("umm about 25 of us, a choir", on=False)

@@ -264,7 +264,10 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
-        if answered and all(e.target != step for e in onward):
+        beyond = _beyond_range(wf, step, available, held, message) if rules.out_of_range_answers and not answered else []
+        if beyond and all(e.target != step for e in onward):  # "about 25 of us" where at most 6 are booked:
+            moves.pop(step)  # answered all the same, along a way that does not collect it (the large group's)
+        elif answered and all(e.target != step for e in onward):
             moves.pop(step)
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given) or moves
@@ -369,6 +372,25 @@ def _answered(codec: Codec, available: dict, held: dict[str, str], at: str, name
     asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
     return [s for s in asked if s in available and (
         (wf.slots[s].type in ("integer", "date") and s not in held) or s in named)]
+
+
+def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: str) -> list[str]:
+    """The number slots ``at`` asks for, not yet held, that the message answers with a count
+    outside the slot's range only ("about 25 singers" for a party of at most 6)."""
+    from subterra.typed_values import counts
+
+    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    said = [int(n) for n in counts(message)]
+    out = []
+    for s in asked:
+        spec = wf.slots[s]
+        if spec.type != "integer" or s in held or s in available or not said:
+            continue
+        low = float(spec.min) if spec.min is not None else float("-inf")
+        high = float(spec.max) if spec.max is not None else float("inf")
+        if all(not low <= n <= high for n in said):
+            out.append(s)
+    return out
 
 
 def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:

@@ -113,7 +113,6 @@ class PlayConfig:
     only_asked_values: bool = ReadingRules.only_asked_values
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
-    names_answer: bool = ReadingRules.names_answer
     out_of_range_answers: bool = ReadingRules.out_of_range_answers
     values_carry_on: bool = ReadingRules.values_carry_on
     spans_once: bool = ReadingRules.spans_once

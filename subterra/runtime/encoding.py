@@ -44,7 +44,6 @@ class ReadingRules:
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
-    names_answer: bool = True  # a name written as one, capitalised mid-sentence, answers the step asking for it ("... to Kyoto in autumn?")
     out_of_range_answers: bool = True  # a count beyond the asked slot's range answers the step too ("about 25 of us")
     values_carry_on: bool = True  # a message answering several steps' questions moves past them all ("2 tickets Chicago to Havana")
     spans_once: bool = True  # a span the form holds for one text slot is not offered to another
@@ -60,7 +59,7 @@ class ReadingRules:
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
-                        answers_pick_moves=False, values_alone_move_on=False, names_answer=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
+                        answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
                         first_message_answers=False,
                         branch_words=False, yes_no_words=False, names_by_case=False, names_ahead_capitalised=False,
                          named_choices=False, said_values=False,

@@ -264,8 +264,6 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
-        if not answered and rules.names_answer:
-            answered = _answered_by_name(wf, available, held, step, message)
         beyond = _beyond_range(wf, step, available, held, message) if rules.out_of_range_answers and not answered else []
         if beyond and all(e.target != step for e in onward):  # "about 25 of us" where at most 6 are booked:
             moves.pop(step)  # answered all the same, along a way that does not collect it (the large group's)
@@ -393,17 +391,6 @@ def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: s
         if all(not low <= n <= high for n in said):
             out.append(s)
     return out
-
-
-def _answered_by_name(wf, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
-    """The slot of proper names ``at`` asks for, not yet held, that the message answers with a name
-    written as one, capitalised where no sentence starts ("could you help me get to Kyoto sometime
-    in the autumn?")."""
-    from subterra.runtime.candidates import capitalised_values, is_capitalised, mid_sentence
-
-    return [s for s in _asked(wf, at) if s in available and s not in held and wf.slots[s].type == "string"
-            and capitalised_values(wf.slots[s])
-            and any(is_capitalised(v) and mid_sentence(message, v) and shaped_like(wf.slots[s], v) for v in available[s][0])]
 
 
 def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:

@@ -43,6 +43,7 @@ _YEAR = r"(?:,?\s+\d{4})?"
 _WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said), or a numeric day/month(/year)
     rf"\b(?:{_WEEKDAY})?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}{_YEAR}|{_MONTH_NAME}\s+{_ORDINAL_DAY}{_YEAR}"
     r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
+_A_THING = re.compile(r"\b(the|that|this|which|each|every|any|another|other|a good|the cheapest) one\b", re.I)  # no count
 _ROUND_THE_CLOCK = re.compile(r"\b24\s*/\s*7\b(?![/.-]\d)")  # "down 24/7" is all the time, no 24 July
 _NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
@@ -100,11 +101,12 @@ def _is_day(text: str, number: re.Match) -> bool:
 
 
 def counts(message: str) -> tuple[str, ...]:
-    """The numbers ``message`` says as counts, in digits or words ("two of us" -> 2), never a date's day."""
+    """The numbers ``message`` says as counts, in digits or words ("two of us" -> 2), never a date's
+    day nor "one" said for a thing ("book the one on 18 July")."""
     from text_to_num import alpha2digit
 
     try:
-        converted = alpha2digit(message, "en", threshold=0)
+        converted = alpha2digit(_A_THING.sub(r"\1 thing", message), "en", threshold=0)
     except Exception:  # the parser's own failure on odd input is no value
         converted = message
     found = [str(int(m.group())) for m in _DIGITS.finditer(converted) if not _is_day(converted, m)]

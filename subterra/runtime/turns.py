@@ -264,7 +264,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
-        beyond = _beyond_range(wf, step, available, held, message) if rules.out_of_range_answers and not answered else []
+        beyond = _beyond_range(wf, step, available, held, message) \
+            if rules.out_of_range_answers and not answered and not _named(message, held) else []  # "6 instead of 4": a correction
         if beyond and all(e.target != step for e in onward):  # "about 25 of us" where at most 6 are booked:
             moves.pop(step)  # answered all the same, along a way that does not collect it (the large group's)
         elif answered and all(e.target != step for e in onward):

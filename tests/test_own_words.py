@@ -516,11 +516,12 @@ def test_a_first_message_answering_several_steps_moves_past_them_with_one_span_p
         chosen = replace(ReadingRules(), **rules)
         return set(moves_offered(codec, offered_values(codec, message, held, today), held, at, chosen, message))
 
-    request = "Porto to Lisbon on 3 August 2027, 2 of us in business"
+    request = "Hi, Porto to Lisbon on 3 August 2027, 2 of us in business"
     assert moves(request) == {"confirm"}
     assert len(moves(request, values_carry_on=False)) > 1
-    assert moves("porto to lisbon, 3 August 2027, 2 of us in business") != {"confirm"}  # no city written as one
-    assert moves("Porto to Lisbon please") != {"confirm"} and "ask_count" not in moves("Porto to Lisbon please")
+    assert moves("hi, porto to lisbon, 3 August 2027, 2 of us in business") != {"confirm"}  # no city written as one
+    assert moves("Porto to Lisbon on 3 August 2027, 2 of us in business") != {"confirm"}  # nor where a sentence starts
+    assert moves("Hi, Porto to Lisbon please") != {"confirm"} and "ask_count" not in moves("Hi, Porto to Lisbon please")
     held = {"destination": "Lisbon", "origin": "Porto", "date": "3 August 2027"}
     assert "done" in moves("2 of us in business, booking for kids", "ask_count", held, names_ahead_capitalised=False)
     assert "done" not in moves("2 of us in business, booking for kids", "ask_count", held)

@@ -223,11 +223,13 @@ def written_as_names(message: str, spans: list[str]) -> list[str]:
     capitalised where a sentence does not start ("booking for my mother, Marisol Vega"), the
     spans written in lower case are left out ("mother"); a message in lower case throughout keeps
     them all ("warsaw")."""
-    def mid_sentence(span: str) -> bool:
-        at = message.find(span)
-        before = message[:at].rstrip()
-        return at > 0 and bool(before) and before[-1] not in ".!?"
-
-    if not any(is_capitalised(s) and mid_sentence(s) for s in spans):
+    if not any(is_capitalised(s) and mid_sentence(message, s) for s in spans):
         return spans
     return [s for s in spans if is_capitalised(s) or any(ch.isdigit() for ch in s)]
+
+
+def mid_sentence(message: str, span: str) -> bool:
+    """Does ``span`` stand in ``message`` where no sentence starts (its capital is its own)?"""
+    at = message.find(span)
+    before = message[:at].rstrip()
+    return at > 0 and bool(before) and before[-1] not in ".!?"

@@ -314,16 +314,18 @@ def _carried(wf, moves: dict, at: str | None, held: dict[str, str], available: d
 
 
 def _sure(spec, offered: dict, message: str) -> set[str]:
-    """The values of a slot a message surely gives, to carry a conversation past its step: a text
-    slot's spans shaped as its declared values (capitalised when they are names: "Chicago", never
-    "adults"), a number said as a count (never the day of a date), a date, a named enum value; never
-    a yes/no."""
-    from subterra.runtime.candidates import capitalised_values, is_capitalised
+    """The values of a slot a message surely gives, to carry a conversation past its step: of a
+    slot of names, a name written as one, capitalised where no sentence starts ("... tickets Chicago
+    to Havana", never "adults", nor "Quick question, ..."); of another text slot, one of its declared
+    values said word for word ("in 10 minutes", never "opening hours"); a number said as a count
+    (never the day of a date), a date, a named enum value; never a yes/no."""
+    from subterra.runtime.candidates import capitalised_values, is_capitalised, mid_sentence, said_values
     from subterra.typed_values import counts
 
     if spec.type == "string":
-        names = capitalised_values(spec)
-        return {v for v in offered if shaped_like(spec, v) and (not names or is_capitalised(v))}
+        if not capitalised_values(spec):
+            return set(offered) & set(said_values(spec.values, message))
+        return {v for v in offered if shaped_like(spec, v) and is_capitalised(v) and mid_sentence(message, v)}
     if spec.type == "integer":
         return set(offered) & set(counts(message))
     if spec.type in ("date", "enum"):

@@ -273,7 +273,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given) or moves
     if rules.values_carry_on:  # "2 tickets Chicago to Havana on August 20th": past every step it answers
-        moves = _carried(wf, moves, at, held, available, message) or moves
+        moves = _carried(codec, moves, at, held, available, message, rules) or moves
     if rules.branch_words and step in moves and not _offers_asked(wf, available, step, named):
         pointed = pointed_branch(codec.branch_words, step, message, rules.yes_no_words)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
@@ -284,13 +284,16 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     return moves or codec.node_candidates
 
 
-def _carried(wf, moves: dict, at: str | None, held: dict[str, str], available: dict, message: str) -> dict:
+def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], available: dict, message: str,
+             rules: ReadingRules) -> dict:
     """``values_carry_on``: when the message answers the question of the step and of the step after
     it, and maybe more ("2 tickets Chicago to Havana on August 20th" at the greeting), the moves to
     the furthest step it carries the conversation to. A step is answered when it asks for values the
     conversation does not hold and the message gives every one of them surely (``_sure``), a text
     slot a span of its own (two slots never share "Havana"); a step that asks for nothing (a
-    decision) ends the carry. None when the message answers fewer than two steps."""
+    decision) ends the carry, unless the message points at one of its branches (``branch_words``). None
+    when the message answers fewer than two steps."""
+    wf = codec.wf
     sure = {s: _sure(wf.slots[s], available[s][0], message) for s in available}
     start = at if at is not None else wf.start
     ways: dict[str, tuple[str, ...]] = {start: ()}  # a step reached, with the slots answered on the way
@@ -310,6 +313,9 @@ def _carried(wf, moves: dict, at: str | None, held: dict[str, str], available: d
         frontier = list(reached)
         if depth >= 2 and reached:
             furthest = reached
+    if rules.branch_words:  # a decision the carry reaches is passed too when the message points at one of its
+        pointed = {pointed_branch(codec.branch_words, n, message, rules.yes_no_words) for n in furthest}  # branches
+        furthest = {**furthest, **{n: () for n in pointed if n is not None}}  # ("..., visa issue")
     return {n: ids for n, ids in moves.items() if n in furthest}
 
 

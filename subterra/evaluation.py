@@ -370,7 +370,7 @@ def evaluate(
                 scored["user_simulator"] = users.name
             scored["path_id"] = pid
             results.append(scored)
-    frame = pl.DataFrame(results).sort(["route", "set", "scenario_id"])
+    frame = pl.DataFrame(results, infer_schema_length=None).sort(["route", "set", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 

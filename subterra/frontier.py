@@ -118,7 +118,7 @@ def evaluate_frontier(
             results.append(scored)
             if progress is not None:
                 progress(len(results), len(selected))
-    frame = pl.DataFrame(results).sort(["set", "scenario_id"])
+    frame = pl.DataFrame(results, infer_schema_length=None).sort(["set", "scenario_id"])
     return EvalResult(scenarios=frame, scores=aggregate(frame))
 
 

@@ -21,7 +21,7 @@ from subterra.store import Store
 # what a traveller types, turn by turn, in three conversations that go different ways
 SCRIPTS = [
     ["I'd like to go to Lisbon.", "On 2027-03-14.", "2 of us in economy.", "Yes, confirm.", "Yes please.", "Book it."],
-    ["Hi there.", "Flying to Tokyo.", "I leave 2027-05-02.", "Cancel everything.", "Never mind, cancel.", "No thanks."],
+    ["Hi there.", "Flying to Tokyo, please.", "I leave 2027-05-02.", "Cancel everything.", "Never mind, cancel.", "No thanks."],
     ["A ticket to Oslo please.", "Departing 2027-09-09.", "Get me an agent.", "I want a human.", "Put me through to someone."],
 ]
 

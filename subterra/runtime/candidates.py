@@ -38,8 +38,8 @@ def fits_type(spec, value: str) -> bool:
     """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
     number and date slots take only what reads as one; a string slot takes what is shaped as its
     declared values are: no bare number nor id ("FM3K8B") where none has a digit, a digit where
-    every one has one (a booking reference is never "Eze"), nothing with a digit in a pool of words
-    (a city is never "6 September"), an e-mail address where every one is
+    every one has one (a booking reference is never "Eze"), no number among the words of a pool of
+    words (a city is never "6 September", a device may be "Logitech C920"), an e-mail address where every one is
     one and none where none is (a phone number is never "h.jennings@talk21.com"); a slot with no
     declared values takes anything."""
     import datetime as dt
@@ -70,11 +70,12 @@ def fits_type(spec, value: str) -> bool:
     if not any(ch.isdigit() for v in declared for ch in v):  # no bare number where no declared value has a digit
         if re.fullmatch(r"[\d\s.,:/-]+", value):
             return False
-    if all(_WORDS.fullmatch(v) for v in declared):  # a pool of words (names, cities): nothing with a digit
-        return not any(ch.isdigit() for ch in value)  # is one (an id, "6 September", "2 tickets Chicago")
+    if all(_WORDS.fullmatch(v) for v in declared):  # a pool of words (names, cities): an id is not one, nor
+        return not re.fullmatch(r"(?=\S*\d)(?=\S*[^\W\d])\S+", value) and not _NUMBER_WORD.search(value)  # "6 September"
     return True
 
 
+_NUMBER_WORD = re.compile(r"(?<!\S)\d+(?:st|nd|rd|th)?(?![^\s,.!?])")  # a word that is a number ("2 tickets Chicago")
 _WORDS = re.compile(r"[^\W\d_]+(?:[\s'’.-]+[^\W\d_]+)*\.?")
 
 

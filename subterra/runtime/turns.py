@@ -378,7 +378,7 @@ def _answered(codec: Codec, available: dict, held: dict[str, str], at: str, name
     held; an enum it names a value of (``named``, with ``named_choices``: "large"; held or not, as
     a loop asks again)."""
     wf = codec.wf
-    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    asked = _asked(wf, at)
     return [s for s in asked if s in available and (
         (wf.slots[s].type in ("integer", "date") and s not in held) or s in named)]
 
@@ -388,7 +388,7 @@ def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: s
     outside the slot's range only ("about 25 singers" for a party of at most 6)."""
     from subterra.typed_values import counts
 
-    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    asked = _asked(wf, at)
     said = [int(n) for n in counts(message)]
     out = []
     for s in asked:
@@ -414,7 +414,7 @@ def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str
     runs = value_runs(message, codec.lexicon)
     if len(runs) != 1 or 2 * len(words(runs[0])) < len(words(message)):
         return []
-    asked = dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+    asked = _asked(wf, at)
     return [s for s in asked if wf.slots[s].type == "string" and s in available and s not in held
             and runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
 

@@ -58,12 +58,11 @@ class ReadingRules:
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
-NO_RULES = ReadingRules(edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False,
-                        answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
-                        first_message_answers=False,
-                        branch_words=False, yes_no_words=False, names_by_case=False, names_ahead_capitalised=False,
-                         named_choices=False, said_values=False,
-                        say_from_lines=False)
+NO_RULES = ReadingRules(
+    edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False, answers_pick_moves=False,
+    values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
+    first_message_answers=False, branch_words=False, yes_no_words=False, names_by_case=False,
+    names_ahead_capitalised=False, named_choices=False, said_values=False, say_from_lines=False)
 
 
 class Codec:

@@ -29,7 +29,7 @@ from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import pointed_branch
-from subterra.runtime.candidates import CHOSEN_TYPES, named_choices, shaped_like, value_runs
+from subterra.runtime.candidates import CHOSEN_TYPES, fits_type, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -389,15 +389,12 @@ def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: s
     from subterra.typed_values import counts
 
     asked = _asked(wf, at)
-    said = [int(n) for n in counts(message)]
+    said = counts(message)
     out = []
     for s in asked:
         spec = wf.slots[s]
-        if spec.type != "integer" or s in held or s in available or not said:
-            continue
-        low = float(spec.min) if spec.min is not None else float("-inf")
-        high = float(spec.max) if spec.max is not None else float("inf")
-        if all(not low <= n <= high for n in said):
+        if spec.type == "integer" and s not in held and s not in available and said \
+                and not any(fits_type(spec, n) for n in said):
             out.append(s)
     return out
 

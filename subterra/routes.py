@@ -116,13 +116,19 @@ class PlayConfig:
     out_of_range_answers: bool = ReadingRules.out_of_range_answers
     values_carry_on: bool = ReadingRules.values_carry_on
     spans_once: bool = ReadingRules.spans_once
+    held_steps_pass: bool = ReadingRules.held_steps_pass
+    carry_into_branches: bool = ReadingRules.carry_into_branches
+    values_held_ahead: bool = ReadingRules.values_held_ahead
+    first_names_answer: bool = ReadingRules.first_names_answer
     first_message_answers: bool = ReadingRules.first_message_answers
     branch_words: bool = ReadingRules.branch_words
     yes_no_words: bool = ReadingRules.yes_no_words
+    branch_over_lower_names: bool = ReadingRules.branch_over_lower_names
     names_by_case: bool = ReadingRules.names_by_case
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values
+    counts_as_said: bool = ReadingRules.counts_as_said
     say_from_lines: bool = ReadingRules.say_from_lines
 
     def reading_rules(self) -> ReadingRules:

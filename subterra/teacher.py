@@ -15,6 +15,7 @@ its own earlier turns hold no misspelt values to mislead it.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -110,6 +111,13 @@ def agent_line(wf: Workflow, node_id: str, known: set[str], rng: random.Random) 
     return rng.choice(usable)
 
 
+def opened(opening: str, line: str) -> str:
+    """The step's ``line`` after ``opening``, or alone when they start with the same word: never
+    "Great. Great choice."."""
+    first = [re.match(r"\W*(\w*)", t).group(1).casefold() for t in (opening, line)]
+    return line if first[0] and first[0] == first[1] else f"{opening} {line}".strip()
+
+
 def say_openings(corrected: Sequence[str] = ()) -> tuple[str, ...]:
     """Every way the template teacher opens a say before the step's line: nothing, an
     acknowledgement, an off-script kind's reply, or a correction's naming the corrected slot."""
@@ -144,6 +152,6 @@ class TemplateTeacher:
                 prefix = KINDS[turn.kind].agent_prefix(turn.slots, rng)
             elif turn.slots:
                 prefix = rng.choice(ph.AGENT_ACKS)
-            text = f"{prefix} {say}".strip()
+            text = opened(prefix, say)
             messages.append({"role": "assistant", "content": render_form(Form(step.node, dict(turn.slots), text))})
         return Conversation(messages, plan.nodes, plan.edges, plan.offscript)

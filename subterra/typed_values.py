@@ -43,19 +43,26 @@ _YEAR = r"(?:,?\s+\d{4})?"
 _WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said), or a numeric day/month(/year)
     rf"\b(?:{_WEEKDAY})?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}{_YEAR}|{_MONTH_NAME}\s+{_ORDINAL_DAY}{_YEAR}"
     r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
-_A_THING = re.compile(r"\b(the|that|this|which|each|every|any|another|other|a good|the cheapest) one\b", re.I)  # no count
+_A_THING = re.compile(  # "book the one on 18 July", "the classic one": no count; "just the one passenger" is one
+    r"(?<!just )\b(the|that|this|which|each|every|any|another|other|a good)(\s+[a-z]+)? one\b"
+    r"(?!\s+(?:adult|kid|child|teen|teenager|infant|baby|people|person|passenger|travell?er|guest|senior|student|ticket|seat)s?\b)", re.I)
+_ONE_WAY = re.compile(r"\bone[\s-]+way\b", re.I)  # a ticket's kind, no count
+# a number said with a unit of time ("3 hours flying", "one sec") counts that unit, not people or things
+_TIME_UNIT = re.compile(r"\s*-?\s*(sec|second|min|minute|hr|hour|day|night|week|fortnight|month|year|yr)s?\b", re.I)
 _ROUND_THE_CLOCK = re.compile(r"\b24\s*/\s*7\b(?![/.-]\d)")  # "down 24/7" is all the time, no 24 July
 _NO_DAY = re.compile(r"\b(month|year)\b", re.I)  # "next month": no day in it
 _DIGITS = re.compile(r"(?<![\d.,/:-])\d+(?![\d/:]|\.\d|(?:st|nd|rd|th)\b)")  # "2nd" is an ordinal, never a count
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def parsed_values(slot_type: str, message: str, today: dt.date | None = None, low=None, high=None) -> tuple[str, ...]:
+def parsed_values(slot_type: str, message: str, today: dt.date | None = None, low=None, high=None,
+                  wording: str | None = None) -> tuple[str, ...]:
     """Canonical values of a slot of ``slot_type`` that ``message`` states in people's words; a
     date slot's range (``low``, ``high``) places a two-digit year in its century ("5/5/95", a date
-    of birth, is 1995)."""
+    of birth, is 1995); an integer slot's ``wording`` (its description) says which units of time it
+    counts (``counts``)."""
     if slot_type == "integer":
-        return counts(message)
+        return counts(message, wording)
     if slot_type == "date":
         return _dates(message, today, _day(low), _day(high))
     return ()
@@ -100,16 +107,25 @@ def _is_day(text: str, number: re.Match) -> bool:
     return bool(_MONTH_AFTER.match(text[number.end():]) or _MONTH_BEFORE.search(text[:number.start()]))
 
 
-def counts(message: str) -> tuple[str, ...]:
+def _other_time(text: str, number: re.Match, wording: str) -> bool:
+    """Is this number a span of time ("3 hours") in a unit ``wording`` does not name?"""
+    unit = _TIME_UNIT.match(text, number.end())
+    return bool(unit) and not re.search(rf"\b{unit.group(1)}s?\b", wording, re.I)
+
+
+def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
     """The numbers ``message`` says as counts, in digits or words ("two of us" -> 2), never a date's
-    day nor "one" said for a thing ("book the one on 18 July")."""
+    day nor "one" said for a thing ("book the one on 18 July"); with ``wording`` (what the slot
+    counts, its description), never a span of time in a unit the wording does not name ("3 hours
+    flying", "one sec" are no party size; "delayed 8 hours" is a delay in hours)."""
     from text_to_num import alpha2digit
 
     try:
-        converted = alpha2digit(_A_THING.sub(r"\1 thing", message), "en", threshold=0)
+        converted = alpha2digit(_ONE_WAY.sub("single", _A_THING.sub(r"\1\2 thing", message)), "en", threshold=0)
     except Exception:  # the parser's own failure on odd input is no value
         converted = message
-    found = [str(int(m.group())) for m in _DIGITS.finditer(converted) if not _is_day(converted, m)]
+    found = [str(int(m.group())) for m in _DIGITS.finditer(converted)
+             if not _is_day(converted, m) and not (wording is not None and _other_time(converted, m, wording))]
     if _ALONE.search(message):
         found.append("1")
     groups = [int(m.group(1)) for m in _PEOPLE_COUNT.finditer(converted)]

@@ -559,3 +559,146 @@ def test_a_count_beyond_the_asked_slots_range_answers_the_step(trained, mini_wor
     assert "ask_count" not in moves("umm about 25 of us, a choir") and "confirm" not in moves("umm about 25 of us, a choir")
     assert "human" in moves("umm about 25 of us, a choir")
     assert "ask_count" in moves("umm about 25 of us, a choir", on=False)
+
+
+def test_a_count_is_never_a_dates_day_nor_a_span_of_time_in_another_unit(trained, mini_workflow):
+    """``counts_as_said``: "6 September, just for me" offers a party of 1, never 6; "3 hours flying"
+    and "one sec" are no party size, but a slot counting hours takes "delayed 8 hours"; "just the one
+    passenger" is one, "book the one on 18 July" none."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.student import load_compiled
+    from subterra.typed_values import counts
+
+    assert counts("nah that's a lot for 3 hours flying. no thanks", "number of people flying") == ()
+    assert counts("sorry one sec, my kid is yelling", "number of people flying") == ()
+    assert counts("sorry one sec") == ("1",)  # no wording: every number said
+    assert counts("it was delayed 8 hours", "hours the flight was delayed") == ("8",)
+    assert counts("we need 2 nights", "nights of temporary accommodation") == ("2",)
+    assert counts("just the one passenger") == ("1",) and counts("book the one on 18 July") == ()
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+
+    def travellers(message, on=True):
+        rules = replace(ReadingRules(), counts_as_said=on)
+        codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir), rules)
+        return set(offered_values(codec, message).get("travellers", ({}, None))[0])
+
+    assert travellers("Lisbon on 6 September, just for me") == {"1"}
+    assert "6" in travellers("Lisbon on 6 September, just for me", on=False)
+    assert travellers("it's 3 hours flying, 2 of us") == {"2"}
+
+
+def test_a_value_for_a_later_step_is_held_and_its_question_passed(trained, mini_workflow):
+    """``values_held_ahead``: "Hi, 2 tickets to Lisbon please" at the greeting moves to the date
+    question holding the party of 2 for the count question further on; ``held_steps_pass``: then
+    a date carries the conversation past the count question when the cabin is held too, a step
+    that lies on no loop; without the rules the party is not held and the count is asked."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import TurnCounter, fill_form, moves_offered
+    from subterra.student import load_compiled
+
+    model_dir = trained[1].model_dir
+    tokenizer, model = load_compiled(model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
+    today = dt.date(2027, 3, 1)
+
+    forms = {}
+    for on in (True, False):
+        def program(on=on):
+            rules = replace(ReadingRules(), values_held_ahead=on)
+            form, _raw, _valid = yield from fill_form(codec, "Hi, 2 tickets to Lisbon in business please", 8,
+                                                      TurnCounter(), {}, today=today, rules=rules)
+            forms[on] = form
+
+        Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0).run([program()], 512)
+    assert forms[True].slots.get("travellers") == "2" and forms[True].slots.get("cabin") == "business"
+    assert forms[True].slots.get("destination") == "Lisbon" and forms[True].node == "ask_date"
+    assert "travellers" not in forms[False].slots
+
+    held = {"destination": "Lisbon", "travellers": "2", "cabin": "business"}
+
+    def moves(message, **rules):
+        chosen = replace(ReadingRules(), **rules)
+        return set(moves_offered(codec, offered_values(codec, message, held, today), held, "ask_date", chosen, message))
+
+    assert moves("the 3rd of August") == {"confirm"}
+    assert "confirm" not in moves("the 3rd of August", held_steps_pass=False)
+
+
+def test_a_decision_after_an_answered_step_is_passed_when_the_message_names_its_branch(trained, mini_workflow):
+    """``carry_into_branches``: "3 August 2027, but I want a human" at the date question answers
+    it and points at the count question's branch to a person: the form goes there; without the rule,
+    one answered step carries nothing. ``first_names_answer``: a first message naming the
+    destination as a name ("can you get me to Lisbon") answers the greeting."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    today = dt.date(2027, 3, 1)
+
+    def moves(message, at=None, held=None, **rules):
+        chosen = replace(ReadingRules(), **rules)
+        return set(moves_offered(codec, offered_values(codec, message, held, today), held, at, chosen, message))
+
+    held = {"destination": "Lisbon"}
+    assert moves("3 August 2027, but I want a human", "ask_date", held) == {"human"}
+    assert moves("3 August 2027, but I want a human", "ask_date", held, carry_into_branches=False) != {"human"}
+    assert "greet" not in moves("can you get me to Lisbon")
+    assert "greet" in moves("can you get me to Lisbon", first_names_answer=False)
+    assert "greet" in moves("hi can you help me")
+
+
+def test_a_days_name_alone_is_no_city_and_a_say_never_opens_twice():
+    """A pool of words takes no day said by its name ("july", "in july", "tomorrow"); a teacher's
+    opening that starts as the step's line does ("Great." before "Great choice.") is left out."""
+    from subterra.runtime.candidates import fits_type
+    from subterra.teacher import opened
+    from subterra.workflow import Slot
+
+    city = Slot("destination", "string", "", ("Athens", "Cape Town"))
+    assert not fits_type(city, "july") and not fits_type(city, "in july") and not fits_type(city, "tomorrow")
+    assert fits_type(city, "athens") and fits_type(city, "Marchmont")
+    assert opened("Great.", "Great choice. Where from?") == "Great choice. Where from?"
+    assert opened("Thanks.", "Great choice.") == "Thanks. Great choice." and opened("", "Hi!") == "Hi!"
+
+
+def test_words_of_a_branch_win_over_a_lower_case_word_where_names_are_capitalised(trained):
+    """``branch_over_lower_names``: "is there an actual human around?" at a greeting that asks for
+    the destination, or hands over to a person, goes to the person (or stays, a question): "actual" is no city where the
+    cities are written capitalised; a city written as one ("Lisbon, or a human?") still counts."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+    from subterra.workflow import parse_workflow_text
+
+    text = (Path(__file__).parent / "fixtures" / "mini_booking.yaml").read_text()
+    greet = "    collect: [destination]\n    user: [\"I'd like to go to {destination}.\""
+    assert greet in text
+    head, rest = text.split(greet, 1)
+    rest = rest.split("\n    next: ask_date\n", 1)[1]
+    text = head + (
+        "    branches:\n"
+        "      - {to: ask_date, when: names a city, collect: [destination], user: [\"I'd like to go to {destination}.\", \"{destination}, please.\"]}\n"
+        "      - {to: human, when: wants a person, user: [\"Can I talk to a human?\", \"A human agent, please.\"]}\n") + rest
+    wf = parse_workflow_text(text, "mini_booking.yaml")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, wf, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+
+    def moves(message, **rules):
+        chosen = replace(ReadingRules(), **rules)
+        return set(moves_offered(codec, offered_values(codec, message, {}), {}, "greet", chosen, message))
+
+    assert "human" in moves("is there an actual human around?") and "ask_date" not in moves("is there an actual human around?")
+    assert "ask_date" in moves("is there an actual human around?", branch_over_lower_names=False)
+    assert "ask_date" in moves("I want Lisbon, or is there a human?")

@@ -3,7 +3,7 @@
 A decision step's branches are told apart by their ``when`` and the user lines training speaks for
 them (``phrasing_pool(..., SEEN)``: never a held-back line). A word is a *branch word* when it is
 said for one branch of the step and for no other, and is no English function word
-(``lexicon.FUNCTION_WORDS``): "lost" for the card-was-lost branch, when "stolen" is said for both
+(``lexicon.FUNCTION_WORDS``) nor the business's name (``business_name``): "lost" for the card-was-lost branch, when "stolen" is said for both
 ("It's lost, not stolen"). A message whose content words point at exactly one branch narrows the
 step's moves to that branch and what lies past it (``ReadingRules.branch_words``).
 
@@ -47,6 +47,7 @@ def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False) -> 
     """Per decision step, per branch target, the words said for that branch only (no frame words);
     with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words."""
     out: dict[str, dict[str, frozenset[str]]] = {}
+    frame = frame | business_name(wf)
     for node in wf.nodes:
         edges = wf.out_edges(node)
         if len(edges) < 2:
@@ -60,13 +61,28 @@ def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False) -> 
     return out
 
 
+def business_name(wf: Workflow) -> frozenset[str]:
+    """The words of the business's own name, capitalised in the assistant's description ("You are
+    MeetWave's customer support assistant"): said in any step, they point at no branch."""
+    return frozenset(w.casefold() for w in re.findall(r"(?<!^)(?<![.!?] )\b[A-Z][\w]*", wf.assistant.strip())
+                     for w in words(w))
+
+
+def answer_words(wf: Workflow, steps) -> frozenset[str]:
+    """The words the user lines of ``steps`` say (every branch's): what a message answering those
+    steps may say without pointing anywhere further on ("It's {customer_name}, I use MeetWave at
+    work" at the greeting names no login trouble)."""
+    return frozenset(w for n in steps for e in wf.out_edges(n) for w in _said(e))
+
+
 def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | None, message: str,
-                   answers: bool = False) -> str | None:
+                   answers: bool = False, answered: frozenset[str] = frozenset()) -> str | None:
     """The one branch of ``at`` whose branch words (``words_of``, from ``branch_words``) ``message``
-    says, if exactly one is pointed at; with ``answers``, its yes or no counts as a word."""
+    says, if exactly one is pointed at; with ``answers``, its yes or no counts as a word; words of
+    steps the message answers too (``answered``, from ``answer_words``) point nowhere."""
     branches = words_of.get(at) if at is not None else None
     if not branches:
         return None
-    said = set(words(message)) | (yes_no(message) if answers else set())
+    said = (set(words(message)) - answered) | (yes_no(message) if answers else set())
     pointed = [target for target, own in branches.items() if own & said]
     return pointed[0] if len(pointed) == 1 else None

@@ -39,7 +39,8 @@ def fits_type(spec, value: str) -> bool:
     number and date slots take only what reads as one; a string slot takes what is shaped as its
     declared values are: no bare number nor id ("FM3K8B") where none has a digit, a digit where
     every one has one (a booking reference is never "Eze"), no number among the words of a pool of
-    words (a city is never "6 September", a device may be "Logitech C920"), an e-mail address where every one is
+    words (a city is never "6 September", a device may be "Logitech C920") nor a day's name alone
+    ("july", "tomorrow"; unless a declared value is one), an e-mail address where every one is
     one and none where none is (a phone number is never "h.jennings@talk21.com"); a slot with no
     declared values takes anything."""
     import datetime as dt
@@ -71,11 +72,15 @@ def fits_type(spec, value: str) -> bool:
         if re.fullmatch(r"[\d\s.,:/-]+", value):
             return False
     if all(_WORDS.fullmatch(v) for v in declared):  # a pool of words (names, cities): an id is not one, nor
-        return not re.fullmatch(r"(?=\S*\d)(?=\S*[^\W\d])\S+", value) and not _NUMBER_WORD.search(value)  # "6 September"
+        return not re.fullmatch(r"(?=\S*\d)(?=\S*[^\W\d])\S+", value) and not _NUMBER_WORD.search(value) \
+            and (not _CALENDAR.fullmatch(value) or any(_CALENDAR.fullmatch(v) for v in declared))  # "6 September", "july"
     return True
 
 
 _NUMBER_WORD = re.compile(r"(?<!\S)\d+(?:st|nd|rd|th)?(?![^\s,.!?])")  # a word that is a number ("2 tickets Chicago")
+_CALENDAR = re.compile(  # a day said by its name alone: no city nor name ("flights to athens in july")
+    r"(?:(?:in|on|of|next|this|last)\s+)?(?:january|february|march|april|june|july|august|september|october|november|december"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|today|tonight|tomorrow|yesterday)", re.I)
 _WORDS = re.compile(r"[^\W\d_]+(?:[\s'’.-]+[^\W\d_]+)*\.?")
 
 

@@ -47,13 +47,20 @@ class ReadingRules:
     out_of_range_answers: bool = True  # a count beyond the asked slot's range answers the step too ("about 25 of us")
     values_carry_on: bool = True  # a message answering several steps' questions moves past them all ("2 tickets Chicago to Havana")
     spans_once: bool = True  # a span the form holds for one text slot is not offered to another
+    held_steps_pass: bool = True  # ... and past a step whose question the conversation holds the answer to (outside loops)
+    carry_into_branches: bool = True  # ... and into the branch a decision's words point at, after one step answered
+    values_held_ahead: bool = True  # a count, a date or a named choice a later step asks for is held when said ("one ticket")
+    first_names_answer: bool = True  # a first message naming the start's value as a name ("get me to Cape Town") answers it
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
+    branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
+    counts_as_said: bool = True  # a number slot is offered only counts: never a date's day ("6 September"), nor a span
+    # of time in a unit the slot does not count ("3 hours flying", "one sec" are no party size)
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
 
 
@@ -61,8 +68,9 @@ class ReadingRules:
 NO_RULES = ReadingRules(
     edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False, answers_pick_moves=False,
     values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
-    first_message_answers=False, branch_words=False, yes_no_words=False, names_by_case=False,
-    names_ahead_capitalised=False, named_choices=False, said_values=False, say_from_lines=False)
+    held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
+    first_message_answers=False, branch_words=False, yes_no_words=False, branch_over_lower_names=False, names_by_case=False,
+    names_ahead_capitalised=False, named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
 
 
 class Codec:
@@ -85,6 +93,7 @@ class Codec:
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
+        self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
@@ -147,7 +156,7 @@ class Codec:
         token through the form's close, tokenized as in training."""
         import json
 
-        from subterra.teacher import say_openings
+        from subterra.teacher import opened, say_openings
 
         known = self._say_lines.get((node, slots))
         if known is not None:  # every row of a batch asks again at the same step
@@ -156,7 +165,7 @@ class Codec:
         lines = self._say_lines[(node, slots)] = {}
         for opening in say_openings(slots):
             for line in self.wf.nodes[node].say:
-                text = f"{opening} {line}".strip()
+                text = opened(opening, line)
                 ids = self.encode(SAY_HEAD + json.dumps(text, ensure_ascii=False)[1:-1] + FORM_CLOSE)
                 if ids[: len(head)] == head:
                     lines[text] = ids[len(head):]
@@ -227,6 +236,12 @@ class Codec:
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         if self.names_by_case and spec.type == "string" and capitalised_values(spec):
             spans = written_as_names(message, spans)  # "my mother, Marisol Vega": not "mother"
+        wording = (spec.description or "") if self.counts_as_said and spec.type == "integer" else None
+        if wording is not None:  # "6 September", "3 hours flying": no party size
+            from subterra.typed_values import counts
+
+            said = counts(message, wording)
+            spans = [v for v in spans if not v.isdigit() or str(int(v)) in said]
         if self.said_values and spec.values:  # "in 10 minutes", though "in" is a frame word
             spans = [v for v in said_values(spec.values, message) if v not in spans and fits_type(spec, v)] + spans
         for span in spans:
@@ -236,7 +251,7 @@ class Codec:
         if self.typed_values and spec.type in ("integer", "date"):
             from subterra.typed_values import parsed_values
 
-            for value in parsed_values(spec.type, message, today, spec.min, spec.max):
+            for value in parsed_values(spec.type, message, today, spec.min, spec.max, wording):
                 if value not in candidates and fits_type(spec, value):
                     ids = self.encode(value)
                     candidates[value] = ids

@@ -28,7 +28,7 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.branch_words import pointed_branch
+from subterra.runtime.branch_words import answer_words, pointed_branch
 from subterra.runtime.candidates import CHOSEN_TYPES, fits_type, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
@@ -137,7 +137,14 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
         asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | _named(last_user, held or {})
         keys = [s for s in keys if s in asked_or_named]
+        if rules.names_ahead_capitalised:  # nor, for a step further on, a name written lower-case ("squeeze")
+            moved = set(wf.collected_between(at, node, surely=False)) | set(_asked(wf, at if at is not None else wf.start))
+            keys = [s for s in keys if s in moved or not _names_only_lower(wf.slots[s], available[s][0])]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if rules.edge_slots else []
+    ahead = _held_ahead(codec.wf, at, node, held or {}, available, last_user, _named_enums(codec.wf, last_user)) \
+        if rules.values_held_ahead else {}
+    keys += [s for s in ahead if s not in keys]
+    asked += [s for s in ahead if s not in asked]  # held too, after what the move collects
     if asked:
         yield from forced(codec.first_key)
         more = True
@@ -150,6 +157,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         key = yield from chosen({s: codec.key_candidates[s] for s in (due or unused)})
         yield from forced(codec.value_head)
         values, counted = available[key]
+        if key in ahead:  # a value held for a step further on: only one the message surely gives
+            values = {v: ids for v, ids in values.items() if v in ahead[key]}
         if rules.spans_once and codec.wf.slots[key].type == "string":  # "Chicago to Havana": one city each
             values = {v: ids for v, ids in values.items() if v not in slots.values()} or values
         room = len(unused) > 1 and len(slots) + 1 < codec.max_slots
@@ -259,22 +268,30 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     moves = {n: ids for n, ids in codec.node_candidates.items()
              if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
     step = at if at is not None or not rules.first_message_answers else wf.start  # a first message answers the start's question
+    unpicked = moves
     if rules.answers_move_on and step in moves and len(moves) > 1:
         onward = wf.out_edges(step)
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
+        if not answered and rules.first_names_answer and step == wf.start and not held:  # "can you get me to
+            answered = [s for s in _asked(wf, step) if s in available and wf.slots[s].type == "string"  # Cape Town"
+                        and _sure(wf.slots[s], available[s][0], message)]
         beyond = _beyond_range(wf, step, available, held, message) \
             if rules.out_of_range_answers and not answered and not _named(message, held) else []  # "6 instead of 4": a correction
         if beyond and all(e.target != step for e in onward):  # "about 25 of us" where at most 6 are booked:
             moves.pop(step)  # answered all the same, along a way that does not collect it (the large group's)
         elif answered and all(e.target != step for e in onward):
             moves.pop(step)
+            unpicked = dict(moves)  # a held step's question may be passed as well (``held_steps_pass``)
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given) or moves
     if rules.values_carry_on:  # "2 tickets Chicago to Havana on August 20th": past every step it answers
-        moves = _carried(codec, moves, at, held, available, message, rules) or moves
-    if rules.branch_words and step in moves and not _offers_asked(wf, available, step, named):
+        moves = _carried(codec, unpicked if rules.held_steps_pass else moves, at, held, available, message, rules) \
+            or moves
+    offering = {s: v for s, v in available.items() if not _names_only_lower(wf.slots[s], v[0])} \
+        if rules.branch_over_lower_names else available  # "Is there an actual human ...?" names no city
+    if rules.branch_words and step in moves and not _offers_asked(wf, offering, step, named):
         pointed = pointed_branch(codec.branch_words, step, message, rules.yes_no_words)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
@@ -290,33 +307,86 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     it, and maybe more ("2 tickets Chicago to Havana on August 20th" at the greeting), the moves to
     the furthest step it carries the conversation to. A step is answered when it asks for values the
     conversation does not hold and the message gives every one of them surely (``_sure``), a text
-    slot a span of its own (two slots never share "Havana"); a step that asks for nothing (a
-    decision) ends the carry, unless the message points at one of its branches (``branch_words``). None
-    when the message answers fewer than two steps."""
+    slot a span of its own (two slots never share "Havana"); with ``held_steps_pass``, a step whose
+    values the conversation holds already is passed too, unless it lies on a loop ("one ticket to
+    Auckland", then "October 12": the party-size question is passed); a step that asks for nothing
+    (a decision) ends the carry, unless the message points at one of its branches (``branch_words``;
+    with ``carry_into_branches`` after one answered step already: "my name is Ayesha Raza, my camera
+    is just black" goes to the camera's branch; and a branch of the step itself that the message
+    points at counts as a step answered). None when the message answers fewer than two steps."""
     wf = codec.wf
     sure = {s: _sure(wf.slots[s], available[s][0], message) for s in available}
     start = at if at is not None else wf.start
     ways: dict[str, tuple[str, ...]] = {start: ()}  # a step reached, with the slots answered on the way
-    frontier, furthest, depth = [start], {}, 0
+    frontier, levels = [start], []
+    if rules.carry_into_branches and rules.branch_words and not _named(message, held):  # a branch the message
+        first = pointed_branch(codec.branch_words, start, message)  # points at by its words (no mere yes or no, no
+        if first is not None:  # correction) is a step answered ("economy, the classic one with 2 bags" at the cabin)
+            ways[first], frontier, levels = (), [first], [{first: ()}]
     while frontier:
         reached: dict[str, tuple[str, ...]] = {}
         for node in frontier:
             for e in wf.out_edges(node):
-                asked = [s for s in dict.fromkeys(wf.nodes[node].collect + e.collect) if s not in held]
-                if e.target in ways or e.target in reached or not asked or not all(sure.get(s) for s in asked):
+                step_slots = list(dict.fromkeys(wf.nodes[node].collect + e.collect))
+                asked = [s for s in step_slots if s not in held]
+                if e.target in ways or e.target in reached or not step_slots:
+                    continue
+                if not asked and not (rules.held_steps_pass and not _on_loop(wf, node)):
+                    continue
+                if not all(sure.get(s) for s in asked):
                     continue
                 carried = ways[node] + tuple(asked)
                 if _apart([sure[s] for s in carried if wf.slots[s].type == "string"]):
                     reached[e.target] = carried
-        depth += 1
         ways.update(reached)
         frontier = list(reached)
-        if depth >= 2 and reached:
-            furthest = reached
+        if reached:
+            levels.append({n: c for n, c in reached.items() if c})  # answered on the way, not only held
+    furthest = levels[-1] if len(levels) >= 2 and levels[-1] else {}
     if rules.branch_words:  # a decision the carry reaches is passed too when the message points at one of its
-        pointed = {pointed_branch(codec.branch_words, n, message, rules.yes_no_words) for n in furthest}  # branches
-        furthest = {**furthest, **{n: () for n in pointed if n is not None}}  # ("..., visa issue")
+        last = levels[-1] if levels and (len(levels) >= 2 or rules.carry_into_branches) else {}  # branches
+        answered = answer_words(wf, [n for n in ways if n not in last]) if rules.carry_into_branches else frozenset()
+        pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
+                   if (p := pointed_branch(codec.branch_words, n, message, rules.yes_no_words, answered))}
+        if rules.carry_into_branches:  # ("..., visa issue"): the branch instead of its decision
+            furthest = {n: c for n, c in furthest.items() if n not in pointed}
+        furthest = {**furthest, **{p: () for p in pointed.values()}}
     return {n: ids for n, ids in moves.items() if n in furthest}
+
+
+def _on_loop(wf, node: str) -> bool:
+    """Can the conversation come back to ``node`` (an order's "anything else?")?"""
+    return any(node in reachable(wf, e.target) for e in wf.out_edges(node))
+
+
+def _held_ahead(wf, at: str | None, node: str, held: dict[str, str], available: dict, message: str,
+                named: set[str]) -> dict[str, set[str]]:
+    """``values_held_ahead``: the values the form holds beyond its move, for steps further on: the
+    first count and the first date a step after ``node`` asks for (in the order the steps come,
+    outside loops), and every choice it asks for that the message names, each when the message
+    gives it surely (``_sure``) and the conversation does not hold it ("one ticket to Auckland" at
+    the greeting holds a party of 1). By slot, the values offered."""
+    near = set(wf.collected_between(at, node, surely=False)) | set(_asked(wf, node))
+    order, seen, queue = [], {node}, [node]
+    while queue:
+        n = queue.pop(0)
+        if _on_loop(wf, n):
+            continue
+        if n != node:
+            order += [s for s in _asked(wf, n) if s not in order]
+        for e in wf.out_edges(n):
+            if e.target not in seen:
+                seen.add(e.target)
+                queue.append(e.target)
+    out: dict[str, set[str]] = {}
+    for kind in ("integer", "date"):
+        first = next((s for s in order if wf.slots[s].type == kind), None)
+        if first is not None and first not in near and first not in held and first in available:
+            out[first] = _sure(wf.slots[first], available[first][0], message)
+    for s in order:
+        if wf.slots[s].type == "enum" and s in named and s not in near and s not in held and s in available:
+            out[s] = _sure(wf.slots[s], available[s][0], message)
+    return {s: v for s, v in out.items() if v}
 
 
 def _sure(spec, offered: dict, message: str) -> set[str]:

@@ -404,8 +404,10 @@ def _sure(spec, offered: dict, message: str) -> set[str]:
         return {v for v in offered if shaped_like(spec, v) and is_capitalised(v) and mid_sentence(message, v)}
     if spec.type == "integer":
         return set(offered) & set(counts(message))
-    if spec.type in ("date", "enum"):
+    if spec.type == "date":
         return set(offered)
+    if spec.type == "enum":  # a choice it names, not every choice offered ("yo large americano" names no milk)
+        return set(offered) & set(named_choices(tuple(spec.values), message))
     return set()
 
 

@@ -124,6 +124,7 @@ class PlayConfig:
     branch_words: bool = ReadingRules.branch_words
     yes_no_words: bool = ReadingRules.yes_no_words
     branch_over_lower_names: bool = ReadingRules.branch_over_lower_names
+    questions_point: bool = ReadingRules.questions_point
     names_by_case: bool = ReadingRules.names_by_case
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
     named_choices: bool = ReadingRules.named_choices

@@ -702,3 +702,30 @@ def test_words_of_a_branch_win_over_a_lower_case_word_where_names_are_capitalise
     assert "human" in moves("is there an actual human around?") and "ask_date" not in moves("is there an actual human around?")
     assert "ask_date" in moves("is there an actual human around?", branch_over_lower_names=False)
     assert "ask_date" in moves("I want Lisbon, or is there a human?")
+
+
+def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, mini_workflow):
+    """``questions_point``: at the count question, "do you have a person I could talk to?" goes to
+    the person (its lines ask "Can I talk to a person?"), while "would it be silly to forget it?"
+    names the cancellation, whose lines never ask, and keeps the step: a question about a branch is
+    no choice of it. Without the rule both keep the step beside the branch."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.branch_words import asked_with_question
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    assert asked_with_question(mini_workflow, "ask_count", "human")
+    assert not asked_with_question(mini_workflow, "ask_count", "cancel")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon", "date": "3 August 2027"}
+
+    def moves(message, **rules):
+        chosen = replace(ReadingRules(), **rules)
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "ask_count", chosen, message))
+
+    assert moves("do you have a person I could talk to?") == {"human"}
+    assert moves("would it be silly to forget it?") == {"ask_count"}
+    assert moves("would it be silly to forget it?", questions_point=False) == {"ask_count", "cancel"}
+    assert moves("forget it") == {"cancel"}

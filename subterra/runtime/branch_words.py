@@ -86,3 +86,11 @@ def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | Non
     said = (set(words(message)) - answered) | (yes_no(message) if answers else set())
     pointed = [target for target, own in branches.items() if own & said]
     return pointed[0] if len(pointed) == 1 else None
+
+
+def asked_with_question(wf: Workflow, at: str, target: str) -> bool:
+    """Do the lines training speaks for a branch of ``at`` to ``target`` ask for it with a question
+    ("Can I see the economy prices?")? Then a question may choose that branch; where they never do
+    ("Economy is fine."), a question that names it ("is economy a lot cheaper?") asks about it."""
+    return any("?" in line for e in wf.out_edges(at) if e.target == target
+               for line in (*phrasing_pool(e.user, SEEN),))

@@ -54,6 +54,7 @@ class ReadingRules:
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
+    questions_point: bool = True  # ... a question only where the branch's lines ask one too; else it keeps the step
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
@@ -69,7 +70,8 @@ NO_RULES = ReadingRules(
     edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False, answers_pick_moves=False,
     values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
-    first_message_answers=False, branch_words=False, yes_no_words=False, branch_over_lower_names=False, names_by_case=False,
+    first_message_answers=False, branch_words=False, yes_no_words=False, branch_over_lower_names=False, questions_point=False,
+    names_by_case=False,
     names_ahead_capitalised=False, named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
 
 

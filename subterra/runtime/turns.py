@@ -28,7 +28,7 @@ from typing import Callable
 from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.branch_words import answer_words, pointed_branch
+from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
 from subterra.runtime.candidates import CHOSEN_TYPES, fits_type, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
@@ -296,9 +296,20 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
+            if rules.questions_point and "?" in message and not _named(message, held) and not _REQUEST.match(message):
+                # a question goes along a branch its lines ask with a question too ("what about economy?"); else
+                if not asked_with_question(wf, step, pointed):  # it is an aside and keeps the step ("is
+                    pointed, reach, aside = step, set(), True  # business a lot more?" before choosing a cabin)
+                else:
+                    aside = False
             moves = {n: ids for n, ids in moves.items()
                      if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
     return moves or codec.node_candidates
+
+
+# a question that asks for a thing rather than about it ("can I get business?", "could you book the 9:40?")
+_REQUEST = re.compile(r"\W*(?:(?:hi|hello|hey|ok|okay|so|um|well|then|and)\W+)*(?:can|could|may)\s+(?:i|we|you)\s+"
+                      r"(?:please\s+)?(?:get|have|book|take|go|do|put|switch|move|change|add|order|pay|try)\b", re.I)
 
 
 def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], available: dict, message: str,

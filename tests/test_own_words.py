@@ -659,7 +659,8 @@ def test_a_decision_after_an_answered_step_is_passed_when_the_message_names_its_
 
 
 def test_a_days_name_alone_is_no_city_and_a_say_never_opens_twice():
-    """A pool of words takes no day said by its name ("july", "in july", "tomorrow"); a teacher's
+    """A pool of words takes no day said by its name ("july", "in july", "tomorrow", "Sundays"), nor a
+    pleasantry ("hope"); a teacher's
     opening that starts as the step's line does ("Great." before "Great choice.") is left out."""
     from subterra.runtime.candidates import fits_type
     from subterra.teacher import opened
@@ -667,7 +668,8 @@ def test_a_days_name_alone_is_no_city_and_a_say_never_opens_twice():
 
     city = Slot("destination", "string", "", ("Athens", "Cape Town"))
     assert not fits_type(city, "july") and not fits_type(city, "in july") and not fits_type(city, "tomorrow")
-    assert fits_type(city, "athens") and fits_type(city, "Marchmont")
+    assert fits_type(city, "athens") and fits_type(city, "Marchmont") and not fits_type(city, "Sundays")
+    assert courtesy_only("hope") and not courtesy_only("Hope Street")  # "Hi, hope you're well." names no city
     assert opened("Great.", "Great choice. Where from?") == "Great choice. Where from?"
     assert opened("Thanks.", "Great choice.") == "Thanks. Great choice." and opened("", "Hi!") == "Hi!"
 

@@ -23,6 +23,7 @@ COURTESY_WORDS = frozenset("""
 hi hello hey hiya howdy heya yo hallo greetings morning afternoon evening good day there
 thanks thank thx ty cheers please pls plz ok okay k yes yeah yep no nope sure um uh hmm er
 well so oh ah right alright great cool fine lovely hm huh sorry excuse me you all folks
+hope hoping how doing
 """.split())
 
 
@@ -80,7 +81,7 @@ def fits_type(spec, value: str) -> bool:
 _NUMBER_WORD = re.compile(r"(?<!\S)\d+(?:st|nd|rd|th)?(?![^\s,.!?])")  # a word that is a number ("2 tickets Chicago")
 _CALENDAR = re.compile(  # a day said by its name alone: no city nor name ("flights to athens in july")
     r"(?:(?:in|on|of|next|this|last)\s+)?(?:january|february|march|april|june|july|august|september|october|november|december"
-    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday|today|tonight|tomorrow|yesterday)", re.I)
+    r"|(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?|today|tonight|tomorrow|yesterday)", re.I)
 _WORDS = re.compile(r"[^\W\d_]+(?:[\s'’.-]+[^\W\d_]+)*\.?")
 
 

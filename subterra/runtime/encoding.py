@@ -54,7 +54,7 @@ class ReadingRules:
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
-    questions_point: bool = True  # ... a question only where the branch's lines ask one too; else it keeps the step
+    questions_point: bool = True  # ... not a question about a branch whose lines never ask one: it keeps the step
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)

@@ -274,9 +274,10 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
             answered = _answered_alone(codec, available, held, step, message)
+        by_name = []
         if not answered and rules.first_names_answer and step == wf.start and not held:  # "can you get me to
-            answered = [s for s in _asked(wf, step) if s in available and wf.slots[s].type == "string"  # Cape Town"
-                        and _sure(wf.slots[s], available[s][0], message)]
+            answered = by_name = [s for s in _asked(wf, step) if s in available and wf.slots[s].type == "string"
+                                  and _sure(wf.slots[s], available[s][0], message)]  # Cape Town"
         beyond = _beyond_range(wf, step, available, held, message) \
             if rules.out_of_range_answers and not answered and not _named(message, held) else []  # "6 instead of 4": a correction
         if beyond and all(e.target != step for e in onward):  # "about 25 of us" where at most 6 are booked:
@@ -285,7 +286,9 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             moves.pop(step)
             unpicked = dict(moves)  # a held step's question may be passed as well (``held_steps_pass``)
             if rules.answers_pick_moves:
-                moves = _collecting(wf, moves, step, answered, given) or moves
+                moves = _collecting(wf, moves, step, answered, given - set(by_name)) or moves  # a name once: not
+                if by_name:  # the next step's city too ("we are thinking of Mexico City": no origin); the carry goes further
+                    moves = {n: ids for n, ids in moves.items() if n in {e.target for e in onward}} or moves
     if rules.values_carry_on:  # "2 tickets Chicago to Havana on August 20th": past every step it answers
         moves = _carried(codec, unpicked if rules.held_steps_pass else moves, at, held, available, message, rules) \
             or moves
@@ -296,12 +299,9 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
-            if rules.questions_point and "?" in message and not _named(message, held) and not _REQUEST.match(message):
-                # a question goes along a branch its lines ask with a question too ("what about economy?"); else
-                if not asked_with_question(wf, step, pointed):  # it is an aside and keeps the step ("is
-                    pointed, reach, aside = step, set(), True  # business a lot more?" before choosing a cabin)
-                else:
-                    aside = False
+            if rules.questions_point and "?" in message and not _named(message, held) and not _REQUEST.match(message) \
+                    and not asked_with_question(wf, step, pointed):  # a question about a branch whose lines never ask
+                pointed, reach = step, set()  # one keeps the step ("is business a lot more?" before choosing a cabin)
             moves = {n: ids for n, ids in moves.items()
                      if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
     return moves or codec.node_candidates
@@ -358,11 +358,21 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
         last = levels[-1] if levels and (len(levels) >= 2 or rules.carry_into_branches) else {}  # branches
         answered = answer_words(wf, [n for n in ways if n not in last]) if rules.carry_into_branches else frozenset()
         pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
-                   if (p := pointed_branch(codec.branch_words, n, message, rules.yes_no_words, answered))}
+                   if (p := pointed_branch(codec.branch_words, n, message, rules.yes_no_words, answered))
+                   and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at
         if rules.carry_into_branches:  # ("..., visa issue"): the branch instead of its decision
             furthest = {n: c for n, c in furthest.items() if n not in pointed}
         furthest = {**furthest, **{p: () for p in pointed.values()}}
     return {n: ids for n, ids in moves.items() if n in furthest}
+
+
+def _in_range(spec, day: str) -> bool:
+    """Is the date ``day`` (as a form holds it) inside the slot's declared range?"""
+    import datetime as dt
+
+    when = dt.datetime.strptime(day, "%d %B %Y").date()
+    return (spec.min is None or when >= dt.date.fromisoformat(str(spec.min))) and \
+        (spec.max is None or when <= dt.date.fromisoformat(str(spec.max)))
 
 
 def _on_loop(wf, node: str) -> bool:
@@ -393,7 +403,8 @@ def _held_ahead(wf, at: str | None, node: str, held: dict[str, str], available: 
     for kind in ("integer", "date"):
         first = next((s for s in order if wf.slots[s].type == kind), None)
         if first is not None and first not in near and first not in held and first in available:
-            out[first] = _sure(wf.slots[first], available[first][0], message)
+            out[first] = {v for v in _sure(wf.slots[first], available[first][0], message)
+                          if kind != "date" or _in_range(wf.slots[first], v)}  # "will it rain today?": no flight date
     for s in order:
         if wf.slots[s].type == "enum" and s in named and s not in near and s not in held and s in available:
             out[s] = _sure(wf.slots[s], available[s][0], message)

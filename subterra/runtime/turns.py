@@ -29,7 +29,7 @@ from subterra.forms import FORM_CLOSE, Form
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
-from subterra.runtime.candidates import CHOSEN_TYPES, fits_type, named_choices, shaped_like, value_runs
+from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, fits_type, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -356,7 +356,8 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     furthest = levels[-1] if len(levels) >= 2 and levels[-1] else {}
     if rules.branch_words:  # a decision the carry reaches is passed too when the message points at one of its
         last = levels[-1] if levels and (len(levels) >= 2 or rules.carry_into_branches) else {}  # branches
-        answered = answer_words(wf, [n for n in ways if n not in last]) if rules.carry_into_branches else frozenset()
+        answered = answer_words(wf, [n for n in ways if n not in last]) | COURTESY_WORDS \
+            if rules.carry_into_branches else frozenset()  # nor a thanks closing an answer ("..., Android phone. Thank you!")
         pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
                    if (p := pointed_branch(codec.branch_words, n, message, rules.yes_no_words, answered))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at

@@ -111,6 +111,8 @@ class PlayConfig:
     moves_need_values: bool = ReadingRules.moves_need_values
     answers_move_on: bool = ReadingRules.answers_move_on
     only_asked_values: bool = ReadingRules.only_asked_values
+    restated_values: bool = ReadingRules.restated_values
+    answers_fill: bool = ReadingRules.answers_fill
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
     out_of_range_answers: bool = ReadingRules.out_of_range_answers

@@ -731,3 +731,44 @@ def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, min
     assert moves("would it be silly to forget it?") == {"ask_count"}
     assert moves("would it be silly to forget it?", questions_point=False) == {"ask_count", "cancel"}
     assert moves("forget it") == {"cancel"}
+
+
+def test_a_held_value_said_again_corrects_nothing_and_an_answer_is_held_where_the_move_may_take_it(trained, mini_workflow):
+    """``restated_values``: "for 3 people that's steep" with a party of 3 held names the held value
+    and offers no other: no correction (the form does not refill it); "not 2, 3 of us" is one.
+    ``answers_fill``: where two ways lead on and only one collects the count ("3 of us" or "not sure
+    yet"), a count the message gives is held on the move."""
+    import datetime as dt
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import TurnCounter, _corrected, fill_form
+    from subterra.student import load_compiled
+    from subterra.workflow import parse_workflow_text
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    for message, held, corrected in (("for 3 people that's steep", {"travellers": "3"}, set()),
+                                     ("not 2, 3 of us", {"travellers": "2"}, {"travellers"})):
+        assert _corrected(message, held, offered_values(codec, message, held)) == corrected
+
+    text = (Path(__file__).parent / "fixtures" / "mini_booking.yaml").read_text()
+    count = '      - {to: confirm, when: gives count and cabin, collect: [travellers, cabin],'
+    assert count in text
+    head, rest = text.split(count, 1)
+    rest = rest.split("\n", 1)[1]
+    text = head + ('      - {to: confirm, when: gives the count, collect: [travellers], user: ["{travellers} of us.", "We are {travellers}."]}\n'
+                   '      - {to: confirm, when: is not sure, user: ["Not sure yet.", "Whatever works."]}\n') + rest
+    wf = parse_workflow_text(text, "mini_booking.yaml")
+    codec = Codec(tokenizer, wf, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon", "date": "3 August 2027"}
+    forms = {}
+
+    def program():
+        form, _raw, _valid = yield from fill_form(codec, "hmm, just 3 of us I think", 8, TurnCounter(), held,
+                                                  today=dt.date(2027, 3, 1), at="ask_count", rules=ReadingRules())
+        forms["on"] = form
+
+    Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0).run([program()], 512)
+    assert forms["on"].slots.get("travellers") == "3"

@@ -37,7 +37,7 @@ def courtesy_only(span: str) -> bool:
 @functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
 def fits_type(spec, value: str) -> bool:
     """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
-    number and date slots take only what reads as one; a string slot takes what is shaped as its
+    number and date slots take only what reads as one, inside the declared range; a string slot takes what is shaped as its
     declared values are: no bare number nor id ("FM3K8B") where none has a digit, a digit where
     every one has one (a booking reference is never "Eze"), no number among the words of a pool of
     words (a city is never "6 September", a device may be "Logitech C920") nor a day's name alone
@@ -53,13 +53,14 @@ def fits_type(spec, value: str) -> bool:
             return False
         low, high = spec.min, spec.max
         return (low is None or number >= float(low)) and (high is None or number <= float(high))
-    if spec.type == "date":
+    if spec.type == "date":  # a day inside the declared range ("next friday" in December is no 2027 flight)
         for pattern in ("%d %B %Y", "%Y-%m-%d"):
             try:
-                dt.datetime.strptime(value, pattern)
-                return True
+                day = dt.datetime.strptime(value, pattern).date()
             except ValueError:
                 continue
+            low, high = (dt.date.fromisoformat(str(b)) if b is not None else None for b in (spec.min, spec.max))
+            return (low is None or day >= low) and (high is None or day <= high)
         return False
     if not spec.values:
         return True

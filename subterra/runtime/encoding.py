@@ -41,6 +41,8 @@ class ReadingRules:
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
     only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
+    restated_values: bool = True  # ... a held value said again, and no other for its slot, corrects nothing
+    answers_fill: bool = True  # a number or date the step asks for is held when the move may collect it ("just 1 bag")
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
@@ -69,7 +71,7 @@ class ReadingRules:
 NO_RULES = ReadingRules(
     edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False, answers_pick_moves=False,
     values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
-    held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
+    held_steps_pass=False, restated_values=False, answers_fill=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
     first_message_answers=False, branch_words=False, yes_no_words=False, branch_over_lower_names=False, questions_point=False,
     names_by_case=False,
     names_ahead_capitalised=False, named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)

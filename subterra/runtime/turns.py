@@ -135,12 +135,17 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     if rules.only_asked_values:
         wf = codec.wf
         step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
-        asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | _named(last_user, held or {})
+        named_held = _corrected(last_user, held or {}, available) if rules.restated_values else _named(last_user, held or {})
+        asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | named_held
         keys = [s for s in keys if s in asked_or_named]
         if rules.names_ahead_capitalised:  # nor, for a step further on, a name written lower-case ("squeeze")
             moved = set(wf.collected_between(at, node, surely=False)) | set(_asked(wf, at if at is not None else wf.start))
             keys = [s for s in keys if s in moved or not _names_only_lower(wf.slots[s], available[s][0])]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if rules.edge_slots else []
+    if rules.answers_fill and at is not None:  # what the message answers of its step, where the move may collect it
+        may = set(codec.wf.collected_between(at, node, surely=False))  # ("just 1 bag": the bag fare's count)
+        asked += [s for s in _answered(codec, available, held or {}, at, _named_enums(codec.wf, last_user))
+                  if s in may and s in keys and s not in asked]
     ahead = _held_ahead(codec.wf, at, node, held or {}, available, last_user, _named_enums(codec.wf, last_user)) \
         if rules.values_held_ahead else {}
     keys += [s for s in ahead if s not in keys]
@@ -249,6 +254,12 @@ def _named(message: str, held: dict[str, str]) -> set[str]:
     return {s for s, v in held.items() if v and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", message, re.I)}
 
 
+def _corrected(message: str, held: dict[str, str], available: dict) -> set[str]:
+    """The held slots a message corrects: it names the held value and offers another ("not 2, 3");
+    one saying a held value again and no other ("for 3 people that's steep") corrects nothing."""
+    return {s for s in _named(message, held) if any(v != held[s] for v in available.get(s, ({},))[0])}
+
+
 def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,
                   rules: ReadingRules, message: str = "") -> dict[str, list[int]]:
     """The node candidates after a message offering ``available`` values: with
@@ -330,7 +341,8 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     start = at if at is not None else wf.start
     ways: dict[str, tuple[str, ...]] = {start: ()}  # a step reached, with the slots answered on the way
     frontier, levels = [start], []
-    if rules.carry_into_branches and rules.branch_words and not _named(message, held):  # a branch the message
+    corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
+    if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message
         first = pointed_branch(codec.branch_words, start, message)  # points at by its words (no mere yes or no, no
         if first is not None:  # correction) is a step answered ("economy, the classic one with 2 bags" at the cabin)
             ways[first], frontier, levels = (), [first], [{first: ()}]
@@ -367,15 +379,6 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     return {n: ids for n, ids in moves.items() if n in furthest}
 
 
-def _in_range(spec, day: str) -> bool:
-    """Is the date ``day`` (as a form holds it) inside the slot's declared range?"""
-    import datetime as dt
-
-    when = dt.datetime.strptime(day, "%d %B %Y").date()
-    return (spec.min is None or when >= dt.date.fromisoformat(str(spec.min))) and \
-        (spec.max is None or when <= dt.date.fromisoformat(str(spec.max)))
-
-
 def _on_loop(wf, node: str) -> bool:
     """Can the conversation come back to ``node`` (an order's "anything else?")?"""
     return any(node in reachable(wf, e.target) for e in wf.out_edges(node))
@@ -404,8 +407,7 @@ def _held_ahead(wf, at: str | None, node: str, held: dict[str, str], available: 
     for kind in ("integer", "date"):
         first = next((s for s in order if wf.slots[s].type == kind), None)
         if first is not None and first not in near and first not in held and first in available:
-            out[first] = {v for v in _sure(wf.slots[first], available[first][0], message)
-                          if kind != "date" or _in_range(wf.slots[first], v)}  # "will it rain today?": no flight date
+            out[first] = _sure(wf.slots[first], available[first][0], message)
     for s in order:
         if wf.slots[s].type == "enum" and s in named and s not in near and s not in held and s in available:
             out[s] = _sure(wf.slots[s], available[s][0], message)

@@ -28,6 +28,10 @@ _COMPANION = re.compile(rf"\b(?:my|a|an|our|one)\s+(?:\w+\s+)?(?:{_PERSON})\b", 
 _SPEAKER = re.compile(r"\b(?:me|myself|i|i'm|im)\b", re.I)
 _PEOPLE_COUNT = re.compile(r"\b(\d+)\s+(?:adults?|kids?|children|child|teens?|teenagers?|infants?|babies|people|persons?|"
                            r"passengers?|travell?ers?|guests?|seniors?|students?)\b", re.I)
+_PEOPLE_AFTER = re.compile(rf"\s+(?:of\s+us\b|(?:adults?|kids?|children|child|teens?|infants?|babies|people|persons?|"
+                           rf"passengers?|travell?ers?|guests?|seniors?|students?|{_PERSON}s?)\b)", re.I)
+_PEOPLE_WORDING = re.compile(r"\b(?:people|persons?|passengers?|travell?ers?|guests?|adults?|members?|attendees?|"
+                             r"participants?|party|group|visitors?|patients?|customers?|users?|seats?|tickets?)\b", re.I)
 _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                         r"mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|week|weeks|weekend|fortnight|days?)\b", re.I)
 # what dateparser reads wrong, said the way it reads right: "the day after tomorrow" is not
@@ -43,8 +47,9 @@ _YEAR = r"(?:,?\s+\d{4})?"
 _WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said), or a numeric day/month(/year)
     rf"\b(?:{_WEEKDAY})?(?:{_ORDINAL_DAY}\s+(?:of\s+)?{_MONTH_NAME}{_YEAR}|{_MONTH_NAME}\s+{_ORDINAL_DAY}{_YEAR}"
     r"|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?)\b(?![/.-]\d)", re.I)
-_A_THING = re.compile(  # "book the one on 18 July", "the classic one": no count; "just the one passenger" is one
-    r"(?<!just )\b(the|that|this|which|each|every|any|another|other|a good)(\s+[a-z]+)? one\b"
+_A_THING = re.compile(  # "book the one on 18 July", "the classic one", "light one, ...": no count; "just the one passenger" is one
+    r"(?:(?<!just )\b(the|that|this|which|each|every|any|another|other|a good)(\s+[a-z]+)?"
+    r"|^\W*()(?!(?:just|only|for|me|and|about|maybe|around|perhaps|exactly|make\s+it)\b)([a-z]+)) one\b"
     r"(?!\s+(?:adult|kid|child|teen|teenager|infant|baby|people|person|passenger|travell?er|guest|senior|student|ticket|seat)s?\b)", re.I)
 _ONE_WAY = re.compile(r"\bone[\s-]+way\b", re.I)  # a ticket's kind, no count
 # a number said with a unit of time ("3 hours flying", "one sec") counts that unit, not people or things
@@ -108,9 +113,12 @@ def _is_day(text: str, number: re.Match) -> bool:
 
 
 def _other_time(text: str, number: re.Match, wording: str) -> bool:
-    """Is this number a span of time ("3 hours") in a unit ``wording`` does not name?"""
+    """Is this number a span of time ("3 hours") in a unit ``wording`` does not name, or a count of
+    people ("3 people") where the wording counts no people (checked bags)?"""
     unit = _TIME_UNIT.match(text, number.end())
-    return bool(unit) and not re.search(rf"\b{unit.group(1)}s?\b", wording, re.I)
+    if unit:
+        return not re.search(rf"\b{unit.group(1)}s?\b", wording, re.I)
+    return bool(wording.strip()) and bool(_PEOPLE_AFTER.match(text, number.end())) and not _PEOPLE_WORDING.search(wording)
 
 
 def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
@@ -121,7 +129,7 @@ def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
     from text_to_num import alpha2digit
 
     try:
-        converted = alpha2digit(_ONE_WAY.sub("single", _A_THING.sub(r"\1\2 thing", message)), "en", threshold=0)
+        converted = alpha2digit(_ONE_WAY.sub("single", _A_THING.sub(r"\1\2\3\4 thing", message)), "en", threshold=0)
     except Exception:  # the parser's own failure on odd input is no value
         converted = message
     found = [str(int(m.group())) for m in _DIGITS.finditer(converted)

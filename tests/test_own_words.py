@@ -572,10 +572,13 @@ def test_a_count_is_never_a_dates_day_nor_a_span_of_time_in_another_unit(trained
 
     assert counts("nah that's a lot for 3 hours flying. no thanks", "number of people flying") == ()
     assert counts("sorry one sec, my kid is yelling", "number of people flying") == ()
-    assert counts("sorry one sec") == ("1",)  # no wording: every number said
+    assert counts("back in 5 minutes") == ("5",)  # no wording: every number said
     assert counts("it was delayed 8 hours", "hours the flight was delayed") == ("8",)
     assert counts("we need 2 nights", "nights of temporary accommodation") == ("2",)
     assert counts("just the one passenger") == ("1",) and counts("book the one on 18 July") == ()
+    assert counts("light one, we only have backpacks") == () and counts("only one, thanks") == ("1",)
+    assert counts("for 3 people that's steep", "checked bags added with the bag fare") == ()  # people, not bags
+    assert counts("for 3 people that's steep", "number of people flying") == ("3",)
 
     tokenizer, _ = load_compiled(trained[1].model_dir)
 

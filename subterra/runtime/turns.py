@@ -254,6 +254,15 @@ def _named(message: str, held: dict[str, str]) -> set[str]:
     return {s for s, v in held.items() if v and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", message, re.I)}
 
 
+def _asks_about(wf, at: str, target: str, message: str, held: dict[str, str]) -> bool:
+    """``questions_point``: is ``message`` a question about the branch of ``at`` to ``target`` rather
+    than a choice of it: a question, no request ("can I get business?") nor correction, about a branch
+    whose lines never ask one ("is business a lot more?"; "what about economy?" may choose economy,
+    whose lines ask "Can I see the economy prices?")."""
+    return "?" in message and not _named(message, held) and not _REQUEST.match(message) \
+        and not asked_with_question(wf, at, target)
+
+
 def _corrected(message: str, held: dict[str, str], available: dict) -> set[str]:
     """The held slots a message corrects: it names the held value and offers another ("not 2, 3");
     one saying a held value again and no other ("for 3 people that's steep") corrects nothing."""
@@ -310,9 +319,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
-            if rules.questions_point and "?" in message and not _named(message, held) and not _REQUEST.match(message) \
-                    and not asked_with_question(wf, step, pointed):  # a question about a branch whose lines never ask
-                pointed, reach = step, set()  # one keeps the step ("is business a lot more?" before choosing a cabin)
+            if rules.questions_point and _asks_about(wf, step, pointed, message, held):  # a question about a branch
+                pointed, reach = step, set()  # keeps the step ("is business a lot more?" before choosing a cabin)
             moves = {n: ids for n, ids in moves.items()
                      if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
     return moves or codec.node_candidates
@@ -344,7 +352,9 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
     if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message
         first = pointed_branch(codec.branch_words, start, message)  # points at by its words (no mere yes or no, no
-        if first is not None:  # correction) is a step answered ("economy, the classic one with 2 bags" at the cabin)
+        if first is not None and rules.questions_point and _asks_about(wf, start, first, message, held):
+            first = None  # correction, no question about it) is a step answered ("economy, the classic one with 2 bags")
+        if first is not None:
             ways[first], frontier, levels = (), [first], [{first: ()}]
     while frontier:
         reached: dict[str, tuple[str, ...]] = {}

@@ -378,8 +378,12 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     furthest = levels[-1] if len(levels) >= 2 and levels[-1] else {}
     if rules.branch_words:  # a decision the carry reaches is passed too when the message points at one of its
         last = levels[-1] if levels and (len(levels) >= 2 or rules.carry_into_branches) else {}  # branches
-        answered = answer_words(wf, [n for n in ways if n not in last]) | COURTESY_WORDS \
-            if rules.carry_into_branches else frozenset()  # nor a thanks closing an answer ("..., Android phone. Thank you!")
+        from subterra.lexicon import words
+
+        values = {w for carried in last.values() for s in carried for v in sure[s] for w in words(v)}
+        answered = answer_words(wf, [n for n in ways if n not in last]) | COURTESY_WORDS | values \
+            if rules.carry_into_branches else frozenset()  # nor a thanks closing an answer, nor the answer's own words
+        # ("Okay, mostly from my Android phone. Thank you!": no "phone" of a call cut short)
         pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
                    if (p := pointed_branch(codec.branch_words, n, message, rules.yes_no_words, answered))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at

@@ -73,6 +73,11 @@ def parsed_values(slot_type: str, message: str, today: dt.date | None = None, lo
     return ()
 
 
+def written_date(text: str) -> bool:
+    """Does ``text`` hold a date written out: a day and a month name, or a numeric day/month(/year)?"""
+    return bool(_WRITTEN_DATE.search(text))
+
+
 def _day(bound) -> dt.date | None:
     if bound is None or isinstance(bound, dt.date):
         return bound

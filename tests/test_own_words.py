@@ -672,6 +672,8 @@ def test_a_days_name_alone_is_no_city_and_a_say_never_opens_twice():
     city = Slot("destination", "string", "", ("Athens", "Cape Town"))
     assert not fits_type(city, "july") and not fits_type(city, "in july") and not fits_type(city, "tomorrow")
     assert fits_type(city, "athens") and fits_type(city, "Marchmont") and not fits_type(city, "Sundays")
+    postcode = Slot("postcode", "string", "", ("EX2 5DW", "LS6 3QW"))
+    assert not fits_type(postcode, "27 September 1983") and fits_type(postcode, "EX4 4QJ")  # no date as a postcode
     assert courtesy_only("hope") and not courtesy_only("Hope Street")  # "Hi, hope you're well." names no city
     assert opened("Great.", "Great choice. Where from?") == "Great choice. Where from?"
     assert opened("Thanks.", "Great choice.") == "Thanks. Great choice." and opened("", "Hi!") == "Hi!"

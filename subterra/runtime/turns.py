@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from subterra.forms import FORM_CLOSE, Form
+from subterra.lexicon import words
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
@@ -142,12 +143,11 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             moved = set(wf.collected_between(at, node, surely=False)) | set(_asked(wf, at if at is not None else wf.start))
             keys = [s for s in keys if s in moved or not _names_only_lower(wf.slots[s], available[s][0])]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if rules.edge_slots else []
+    named = _named_enums(codec.wf, last_user)
     if rules.answers_fill and at is not None:  # what the message answers of its step, where the move may collect it
         may = set(codec.wf.collected_between(at, node, surely=False))  # ("just 1 bag": the bag fare's count)
-        asked += [s for s in _answered(codec, available, held or {}, at, _named_enums(codec.wf, last_user))
-                  if s in may and s in keys and s not in asked]
-    ahead = _held_ahead(codec.wf, at, node, held or {}, available, last_user, _named_enums(codec.wf, last_user)) \
-        if rules.values_held_ahead else {}
+        asked += [s for s in _answered(codec, available, held or {}, at, named) if s in may and s in keys and s not in asked]
+    ahead = _held_ahead(codec.wf, at, node, held or {}, available, last_user, named) if rules.values_held_ahead else {}
     keys += [s for s in ahead if s not in keys]
     asked += [s for s in ahead if s not in asked]  # held too, after what the move collects
     if asked:
@@ -378,8 +378,6 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     furthest = levels[-1] if len(levels) >= 2 and levels[-1] else {}
     if rules.branch_words:  # a decision the carry reaches is passed too when the message points at one of its
         last = levels[-1] if levels and (len(levels) >= 2 or rules.carry_into_branches) else {}  # branches
-        from subterra.lexicon import words
-
         values = {w for carried in last.values() for s in carried for v in sure[s] for w in words(v)}
         answered = answer_words(wf, [n for n in ways if n not in last]) | COURTESY_WORDS | values \
             if rules.carry_into_branches else frozenset()  # nor a thanks closing an answer, nor the answer's own words
@@ -394,8 +392,13 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
 
 
 def _on_loop(wf, node: str) -> bool:
-    """Can the conversation come back to ``node`` (an order's "anything else?")?"""
-    return any(node in reachable(wf, e.target) for e in wf.out_edges(node))
+    """Can the conversation come back to ``node`` (an order's "anything else?")? Worked out once per
+    workflow, as ``Workflow.collected_between`` keeps its answers."""
+    loops = wf.__dict__.get("_on_loop")
+    if loops is None:
+        loops = wf.__dict__["_on_loop"] = frozenset(
+            n for n in wf.nodes if any(n in reachable(wf, e.target) for e in wf.out_edges(n)))
+    return node in loops
 
 
 def _held_ahead(wf, at: str | None, node: str, held: dict[str, str], available: dict, message: str,
@@ -516,8 +519,6 @@ def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str
     has the shape of the slot's declared values (``shaped_like``): "warsaw" after "which city are you
     leaving from?", never "transaction refused" for a miles number nor "it's about a bereavement"
     for a name."""
-    from subterra.lexicon import words
-
     wf = codec.wf
     runs = value_runs(message, codec.lexicon)
     if len(runs) != 1 or 2 * len(words(runs[0])) < len(words(message)):

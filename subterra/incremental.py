@@ -38,8 +38,7 @@ if TYPE_CHECKING:
 # 4: a say is a template ({slot} placeholders for held values); values reserved per type
 # 5: training's random integers have 1 to 3 digits
 # 6: a validation split (its own lines and values); integers in their range; short integer ranges closed
-# 7: an acknowledgement that starts as the step's line does is left out ("Great. Great choice.")
-CORPUS_FORMAT = 7
+CORPUS_FORMAT = 6
 
 
 def generation_context(wf: Workflow, teacher, config) -> dict:

@@ -112,8 +112,9 @@ def agent_line(wf: Workflow, node_id: str, known: set[str], rng: random.Random) 
 
 
 def opened(opening: str, line: str) -> str:
-    """The step's ``line`` after ``opening``, or alone when they start with the same word: never
-    "Great. Great choice."."""
+    """The step's ``line`` after ``opening``, or alone when they start with the same word: the runtime
+    never says "Great. Great choice." (training keeps such pairs: a corpus without them trained a
+    weaker student, docs/experiments.md)."""
     first = [re.match(r"\W*(\w*)", t).group(1).casefold() for t in (opening, line)]
     return line if first[0] and first[0] == first[1] else f"{opening} {line}".strip()
 
@@ -152,6 +153,6 @@ class TemplateTeacher:
                 prefix = KINDS[turn.kind].agent_prefix(turn.slots, rng)
             elif turn.slots:
                 prefix = rng.choice(ph.AGENT_ACKS)
-            text = opened(prefix, say)
+            text = f"{prefix} {say}".strip()
             messages.append({"role": "assistant", "content": render_form(Form(step.node, dict(turn.slots), text))})
         return Conversation(messages, plan.nodes, plan.edges, plan.offscript)

@@ -26,10 +26,11 @@ _PERSON = (r"friend|wife|husband|partner|spouse|daughter|son|kid|child|baby|todd
            r"grandmother|grandfather|aunt|uncle|cousin|niece|nephew|buddy|mate|roommate|neighbou?r")
 _COMPANION = re.compile(rf"\b(?:my|a|an|our|one)\s+(?:\w+\s+)?(?:{_PERSON})\b", re.I)
 _SPEAKER = re.compile(r"\b(?:me|myself|i|i'm|im)\b", re.I)
-_PEOPLE_COUNT = re.compile(r"\b(\d+)\s+(?:adults?|kids?|children|child|teens?|teenagers?|infants?|babies|people|persons?|"
-                           r"passengers?|travell?ers?|guests?|seniors?|students?)\b", re.I)
-_PEOPLE_AFTER = re.compile(rf"\s+(?:of\s+us\b|(?:adults?|kids?|children|child|teens?|infants?|babies|people|persons?|"
-                           rf"passengers?|travell?ers?|guests?|seniors?|students?|{_PERSON}s?)\b)", re.I)
+# people counted by kind ("2 adults", "3 passengers")
+_PEOPLE_NOUN = (r"adults?|kids?|children|child|teens?|teenagers?|infants?|babies|people|persons?|passengers?|travell?ers?|"
+                r"guests?|seniors?|students?")
+_PEOPLE_COUNT = re.compile(rf"\b(\d+)\s+(?:{_PEOPLE_NOUN})\b", re.I)
+_PEOPLE_AFTER = re.compile(rf"\s+(?:of\s+us\b|(?:{_PEOPLE_NOUN}|(?:{_PERSON})s?)\b)", re.I)  # what follows a count of people
 _PEOPLE_WORDING = re.compile(r"\b(?:people|persons?|passengers?|travell?ers?|guests?|adults?|members?|attendees?|"
                              r"participants?|party|group|visitors?|patients?|customers?|users?|seats?|tickets?)\b", re.I)
 _DAY_WORDS = re.compile(r"\b(today|tonight|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
@@ -50,7 +51,7 @@ _WRITTEN_DATE = re.compile(  # a day and a month name (a weekday, a year if said
 _A_THING = re.compile(  # "book the one on 18 July", "the classic one", "light one, ...": no count; "just the one passenger" is one
     r"(?:(?<!just )\b(the|that|this|which|each|every|any|another|other|a good)(\s+[a-z]+)?"
     r"|^\W*()(?!(?:just|only|for|me|and|about|maybe|around|perhaps|exactly|make\s+it)\b)([a-z]+)) one\b"
-    r"(?!\s+(?:adult|kid|child|teen|teenager|infant|baby|people|person|passenger|travell?er|guest|senior|student|ticket|seat)s?\b)", re.I)
+    rf"(?!\s+(?:{_PEOPLE_NOUN}|tickets?|seats?)\b)", re.I)
 _ONE_WAY = re.compile(r"\bone[\s-]+way\b", re.I)  # a ticket's kind, no count
 # a number said with a unit of time ("3 hours flying", "one sec") counts that unit, not people or things
 _TIME_UNIT = re.compile(r"\s*-?\s*(sec|second|min|minute|hr|hour|day|night|week|fortnight|month|year|yr)s?\b", re.I)

@@ -3,8 +3,8 @@
 A decision step's branches are told apart by their ``when`` and the user lines training speaks for
 them (``phrasing_pool(..., SEEN)``: never a held-back line). A word is a *branch word* when it is
 said for one branch of the step and for no other, and is no English function word
-(``lexicon.FUNCTION_WORDS``) nor the business's name (``business_name``): "lost" for the card-was-lost branch, when "stolen" is said for both
-("It's lost, not stolen"). A message whose content words point at exactly one branch narrows the
+(``lexicon.FUNCTION_WORDS``) nor the business's name (``business_name``): "lost" for the
+card-was-lost branch, when "stolen" is said for both ("It's lost, not stolen"). A message whose content words point at exactly one branch narrows the
 step's moves to that branch and what lies past it (``ReadingRules.branch_words``).
 
 A yes and a no are words of a branch too, in whatever words people say them (``yes_no``: "yep",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import re
 
+from subterra.typed_values import written_date
+
 WORD = re.compile(r"\w")
 TOKEN = re.compile(r"[^\s]+")  # a word of a message as written, punctuation attached
 SENTENCE_BREAK = ",.;:!?"  # a word ending in one of these ends a value
@@ -37,13 +39,14 @@ def courtesy_only(span: str) -> bool:
 @functools.lru_cache(maxsize=1 << 16)  # every row of a batch asks of the same spans
 def fits_type(spec, value: str) -> bool:
     """Can ``value`` be a value of the slot ``spec`` by its declared type (and range)? Integer,
-    number and date slots take only what reads as one, inside the declared range; a string slot takes what is shaped as its
-    declared values are: no bare number nor id ("FM3K8B") where none has a digit, a digit where
-    every one has one (a booking reference is never "Eze"), no date where none is one, no number among the words of a pool of
-    words (a city is never "6 September", a device may be "Logitech C920") nor a day's name alone
-    ("july", "tomorrow"; unless a declared value is one), an e-mail address where every one is
-    one and none where none is (a phone number is never "h.jennings@talk21.com"); a slot with no
-    declared values takes anything."""
+    number and date slots take only what reads as one, inside the declared range; a string slot
+    takes what is shaped as its declared values are: no bare number nor id ("FM3K8B") where none
+    has a digit, a digit where every one has one (a booking reference is never "Eze"), no date
+    where none is one, no number among the words of a pool of words (a city is never "6
+    September", a device may be "Logitech C920") nor a day's name alone ("july", "tomorrow";
+    unless a declared value is one), an e-mail address where every one is one and none where none
+    is (a phone number is never "h.jennings@talk21.com"); a slot with no declared values takes
+    anything."""
     import datetime as dt
 
     if spec.type == "integer" or spec.type == "number":
@@ -70,7 +73,7 @@ def fits_type(spec, value: str) -> bool:
         return False  # an address where every declared value is one, none where none is
     if all(any(ch.isdigit() for ch in v) for v in declared) and not any(ch.isdigit() for ch in value):
         return False  # ids, phone numbers: a value without a digit is not one
-    if _is_date(value) and not any(_is_date(v) for v in declared):
+    if written_date(value) and not any(written_date(v) for v in declared):
         return False  # a date where no declared value is one ("27 September 1983" is no postcode)
     if not any(ch.isdigit() for v in declared for ch in v):  # no bare number where no declared value has a digit
         if re.fullmatch(r"[\d\s.,:/-]+", value):
@@ -82,13 +85,6 @@ def fits_type(spec, value: str) -> bool:
 
 
 _NUMBER_WORD = re.compile(r"(?<!\S)\d+(?:st|nd|rd|th)?(?![^\s,.!?])")  # a word that is a number ("2 tickets Chicago")
-def _is_date(text: str) -> bool:
-    """Does ``text`` hold a date written out ("27 September 1983", "5/5/95")?"""
-    from subterra.typed_values import written_date
-
-    return written_date(text)
-
-
 _CALENDAR = re.compile(  # a day said by its name alone: no city nor name ("flights to athens in july")
     r"(?:(?:in|on|of|next|this|last)\s+)?(?:january|february|march|april|june|july|august|september|october|november|december"
     r"|(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?|today|tonight|tomorrow|yesterday)", re.I)

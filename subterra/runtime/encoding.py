@@ -69,12 +69,12 @@ class ReadingRules:
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(
-    edge_slots=False, moves_need_values=False, only_asked_values=False, answers_move_on=False, answers_pick_moves=False,
-    values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
-    held_steps_pass=False, restated_values=False, answers_fill=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
-    first_message_answers=False, branch_words=False, yes_no_words=False, branch_over_lower_names=False, questions_point=False,
-    names_by_case=False,
-    names_ahead_capitalised=False, named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
+    edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False, answers_fill=False,
+    answers_move_on=False, answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False,
+    values_carry_on=False, spans_once=False, held_steps_pass=False, carry_into_branches=False, values_held_ahead=False,
+    first_names_answer=False, first_message_answers=False, branch_words=False, yes_no_words=False,
+    questions_point=False, branch_over_lower_names=False, names_by_case=False, names_ahead_capitalised=False,
+    named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
 
 
 class Codec:
@@ -242,9 +242,9 @@ class Codec:
             spans = written_as_names(message, spans)  # "my mother, Marisol Vega": not "mother"
         wording = (spec.description or "") if self.counts_as_said and spec.type == "integer" else None
         if wording is not None:  # "6 September", "3 hours flying": no party size
-            from subterra.typed_values import counts
+            from subterra.typed_values import parsed_values
 
-            said = counts(message, wording)
+            said = parsed_values(spec.type, message, today, spec.min, spec.max, wording)
             spans = [v for v in spans if not v.isdigit() or str(int(v)) in said]
         if self.said_values and spec.values:  # "in 10 minutes", though "in" is a frame word
             spans = [v for v in said_values(spec.values, message) if v not in spans and fits_type(spec, v)] + spans

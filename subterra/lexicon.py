@@ -108,10 +108,24 @@ def with_function_words(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]
     return lexicon | frame_words(wf)
 
 
+def inflected(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]:
+    """The compile's lexicon and the plural of each of its words, and the singular of a plural
+    ("flights" where users said "flight"; "ticket" where they said "tickets"), less the words of the
+    workflow's declared values (a city called "Athens" is not made a procedure word by "athen")."""
+    forms = set()
+    for w in lexicon:
+        if len(w) > 2 and w.isalpha():
+            forms.update((w + "s", w + "es") if not w.endswith("s") else (w[:-1],))
+    return lexicon | (frozenset(forms) - _value_words(wf))
+
+
+def _value_words(wf: Workflow) -> set[str]:
+    return {w for slot in wf.slots.values() for v in (slot.values or ()) if _WORDS_ONLY.fullmatch(str(v))
+            for w in words(str(v))}
+
+
 def frame_words(wf: Workflow) -> frozenset[str]:
     """English function words, less every word of the workflow's declared values made of words (a
     workflow with a city called "Hope" keeps "hope" a value word; an e-mail address ending ".it"
     does not keep "it")."""
-    inside = {w for slot in wf.slots.values() for v in (slot.values or ()) if _WORDS_ONLY.fullmatch(str(v))
-              for w in words(str(v))}
-    return FUNCTION_WORDS - (inside - CONTRACTIONS)
+    return FUNCTION_WORDS - (_value_words(wf) - CONTRACTIONS)

@@ -450,6 +450,24 @@ def test_a_name_written_capitalised_leaves_out_the_lower_case_words_around_it():
     assert written_as_names("hi, hope you're well. warsaw", ["hope", "warsaw"]) == ["hope", "warsaw"]
     assert written_as_names("Paris. or maybe lyon", ["Paris", "lyon"]) == ["Paris", "lyon"]  # a sentence's first word
     assert written_as_names("it's ab-2041 for Dana Reyes", ["ab-2041", "Dana Reyes"]) == ["ab-2041", "Dana Reyes"]
+    # ``cased_messages``: a message that starts with a capital writes its names so ("lost" is no city)
+    assert written_as_names("Sorry, lost you there.", ["lost"], cased=True) == []
+    assert written_as_names("Sorry, lost you there.", ["lost"]) == ["lost"]
+    assert written_as_names("I fly from boston", ["boston"], cased=True) == ["boston"]  # "I" is no sentence case
+    assert written_as_names("sorry one sec, my kid is yelling", ["yelling"], cased=True) == ["yelling"]
+
+
+def test_a_procedure_words_plural_or_singular_is_one_too(mini_workflow):
+    """``inflected_words``: where users said "flight" and "tickets" around values, "flights" and
+    "ticket" cut a run too ("flights to athens": "athens", never "flights"), but no word of a declared
+    value becomes a procedure word ("Lima" stays a value where "lim" is one)."""
+    from subterra.lexicon import inflected
+    from subterra.runtime.candidates import value_spans
+
+    lexicon = inflected(frozenset({"flight", "tickets", "lim", "to", "in"}), mini_workflow)
+    assert {"flights", "ticket", "flight", "tickets"} <= lexicon and "lima" not in lexicon
+    assert value_spans("morning! flights to athens in july?", lexicon) == ["morning", "athens", "july"]
+    assert "flights" in value_spans("morning! flights to athens in july?", frozenset({"flight", "to", "in"}))
 
 
 def test_a_declared_value_said_word_for_word_is_offered_whole(trained, mini_workflow):
@@ -777,3 +795,57 @@ def test_a_held_value_said_again_corrects_nothing_and_an_answer_is_held_where_th
 
     Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0).run([program()], 512)
     assert forms["on"].slots.get("travellers") == "3"
+
+
+HELP_DESK = """
+workflow: help_desk
+title: Help desk
+assistant: You are Vidly's support assistant.
+start: triage
+nodes:
+  triage:
+    prompt: Ask what the problem is.
+    say: ["What can I help with?"]
+    branches:
+      - to: calls
+        when: has a problem in meetings
+        user: ["Nobody hears me in meetings.", "My camera is black in meetings.", "Meetings keep freezing.",
+               "The echo in meetings is awful.", "My microphone fails in meetings.", "Sound drops in meetings."]
+      - to: recording
+        when: cannot find or play a recording
+        user: ["Where is my meeting recording?", "The recording won't play.", "My recording is gone.",
+               "I lost a meeting recording.", "The recording button is grey.", "How do I find a recording?"]
+  calls:
+    prompt: Help with calls.
+    say: ["Let's fix your call."]
+    end: success
+  recording:
+    prompt: Help with recordings.
+    say: ["Let's find your recording."]
+    end: success
+"""
+
+
+def test_a_branch_word_is_said_in_any_of_its_forms(tmp_path):
+    """``stemmed_words``: "recordings" and "recorded" say the recording branch's "recording"; and its
+    stem decides first, so "a problem with recordings of meetings" points there though "meetings" is
+    said only for calls (the calls' lines say "meetings", the recording's "meeting": one stem)."""
+    from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
+    from subterra.runtime.branch_words import branch_words, pointed_branch
+    from subterra.workflow import load_workflow
+
+    path = tmp_path / "help_desk.yaml"
+    path.write_text(HELP_DESK)
+    wf = load_workflow(path)
+    plain = branch_words(wf, FUNCTION_WORDS | NAME_WORDS)
+    stemmed = branch_words(wf, FUNCTION_WORDS | NAME_WORDS, stems=True)
+    for message in ("I recorded a call and it's missing", "question about my recordings"):
+        assert pointed_branch(plain, "triage", message) is None
+        assert pointed_branch(stemmed, "triage", message, stems=True) == "recording"
+    assert pointed_branch(plain, "triage", "a problem with recordings of meetings") == "calls"
+    assert pointed_branch(stemmed, "triage", "a problem with recordings of meetings", stems=True) == "recording"
+    assert pointed_branch(stemmed, "triage", "my camera froze", stems=True) == "calls"  # no stem points: the words do
+    # a frame word's other form is no branch word either: "texts" (one branch) where "text" is a frame word
+    gallery = load_workflow(Path(__file__).parents[1] / "data" / "gallery" / "workflows" / "identity_verification.yaml")
+    words_of = branch_words(gallery, FUNCTION_WORDS | NAME_WORDS, answers=True, stems=True)
+    assert pointed_branch(words_of, "send_code", "I haven't had any text.", answers=True, stems=True) is None

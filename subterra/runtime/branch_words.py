@@ -10,11 +10,21 @@ step's moves to that branch and what lies past it (``ReadingRules.branch_words``
 A yes and a no are words of a branch too, in whatever words people say them (``yes_no``: "yep",
 "sure", "fine" are a yes, "nah" a no): the branch whose lines say yes, when no other branch's do,
 is the one "yep, book those" points at (``ReadingRules.yes_no_words``).
+
+With ``stems``, a word's Snowball stem (``snowballstemmer``; inflections only: "correction" is no
+"correct") said for one branch only points first:
+"recordings" and "recorded" say the "recording" branch's "record", "billing" its "bill", and
+"recording of meetings" points there though "meetings" (not "meeting") is said for calls only; where
+no stem points at one branch, the words do ("bank" for a declined card, though a paid one's lines
+say "banking app") (``ReadingRules.stemmed_words``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+
+import snowballstemmer
 
 from subterra.lexicon import words
 from subterra.phrasing import SEEN, phrasing_pool
@@ -37,24 +47,47 @@ def yes_no(text: str) -> set[str]:
     return found if len(found) == 1 else set()
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def stem(word: str) -> str:
+    """The English Snowball stem of a word where it only drops an inflection ("recordings",
+    "recorded" -> "~record", "billing" -> "~bill"), else the word itself ("correction" is no
+    "correct", "expensive" no "expens"), marked so as no word."""
+    found = _STEMMER.stemWord(word)
+    return "~" + (found if word.startswith(found) and word[len(found):] in _INFLECTIONS else word)
+
+
+_INFLECTIONS = frozenset({"", "s", "es", "e", "ed", "d", "ing", "ings"})
+
+
+def _with_stems(said: set[str]) -> set[str]:
+    return said | {stem(w) for w in said if not w.startswith("<")}
+
+
+_STEMMER = snowballstemmer.stemmer("english")
+
+
 def _said(edge, answers: bool = False) -> set[str]:
     lines = (edge.when, *phrasing_pool(edge.user, SEEN))
     said = set(words(re.sub(r"\{[^}]*\}", " ", " ".join(lines))))
     return said | {a for line in lines for a in yes_no(line)} if answers else said
 
 
-def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False) -> dict[str, dict[str, frozenset[str]]]:
+def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False,
+                 stems: bool = False) -> dict[str, dict[str, frozenset[str]]]:
     """Per decision step, per branch target, the words said for that branch only (no frame words);
-    with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words."""
+    with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words; with
+    ``stems``, their stems (``stem``)."""
     out: dict[str, dict[str, frozenset[str]]] = {}
     frame = frame | business_name(wf)
+    frame_stems = {stem(w) for w in frame} if stems else set()  # "texts" is no branch word where "text" is a frame word
     for node in wf.nodes:
         edges = wf.out_edges(node)
         if len(edges) < 2:
             continue
         said: dict[str, set[str]] = {}
         for e in edges:  # two ways to the same step (pay by card, pay with miles) are one branch here
-            said.setdefault(e.target, set()).update(_said(e, answers) - frame)
+            own = _said(e, answers) - frame
+            said.setdefault(e.target, set()).update(_with_stems(own) - frame_stems if stems else own)
         if len(said) < 2:
             continue
         out[node] = {t: frozenset(w - set().union(*(o for u, o in said.items() if u != t))) for t, w in said.items()}
@@ -76,14 +109,20 @@ def answer_words(wf: Workflow, steps) -> frozenset[str]:
 
 
 def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | None, message: str,
-                   answers: bool = False, answered: frozenset[str] = frozenset()) -> str | None:
+                   answers: bool = False, answered: frozenset[str] = frozenset(), stems: bool = False) -> str | None:
     """The one branch of ``at`` whose branch words (``words_of``, from ``branch_words``) ``message``
     says, if exactly one is pointed at; with ``answers``, its yes or no counts as a word; words of
-    steps the message answers too (``answered``, from ``answer_words``) point nowhere."""
+    steps the message answers too (``answered``, from ``answer_words``) point nowhere; with
+    ``stems``, their stems decide first when they point at one branch (as ``words_of`` was built)."""
     branches = words_of.get(at) if at is not None else None
     if not branches:
         return None
     said = (set(words(message)) - answered) | (yes_no(message) if answers else set())
+    if stems:  # the stems first: "recording of meetings" says "record" of one branch, "meeting" of two
+        stemmed = _with_stems(said) - {stem(w) for w in answered} - said
+        pointed = [target for target, own in branches.items() if own & stemmed]
+        if len(pointed) == 1:
+            return pointed[0]
     pointed = [target for target, own in branches.items() if own & said]
     return pointed[0] if len(pointed) == 1 else None
 

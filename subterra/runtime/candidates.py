@@ -231,14 +231,21 @@ def is_capitalised(text: str) -> bool:
     return bool(found) and found[0][:1].isupper() and found[-1][:1].isupper()
 
 
-def written_as_names(message: str, spans: list[str]) -> list[str]:
+def written_as_names(message: str, spans: list[str], cased: bool = False) -> list[str]:
     """Of ``spans``, the ones a message that writes a name capitalised means: when some span is
-    capitalised where a sentence does not start ("booking for my mother, Marisol Vega"), the
-    spans written in lower case are left out ("mother"); a message in lower case throughout keeps
+    capitalised where a sentence does not start ("booking for my mother, Marisol Vega"), or with
+    ``cased`` when the message itself starts with a capital ("Sorry, lost you there."), the spans
+    written in lower case are left out ("mother", "lost"); a message in lower case throughout keeps
     them all ("warsaw")."""
-    if not any(is_capitalised(s) and mid_sentence(message, s) for s in spans):
+    if not (cased and written_in_case(message)) and not any(is_capitalised(s) and mid_sentence(message, s) for s in spans):
         return spans
     return [s for s in spans if is_capitalised(s) or any(ch.isdigit() for ch in s)]
+
+
+def written_in_case(message: str) -> bool:
+    """Does ``message`` start with a capital, other than the word "I" ("Sorry, lost you there.")?"""
+    first = re.search(r"[^\W\d_]+", message)
+    return bool(first) and first.group()[0].isupper() and first.group() != "I"
 
 
 def mid_sentence(message: str, span: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
-from subterra.lexicon import NAME_WORDS, frame_words, words
+from subterra.lexicon import NAME_WORDS, frame_words, inflected, words
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
@@ -39,6 +39,7 @@ class ReadingRules:
     typed_values: bool = True  # numbers and dates in people's words ("two of us", "next Friday") offered normalised
     edge_slots: bool = True  # the slots the chosen move collects are filled first ("Sept 21" is the date asked for)
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
+    inflected_words: bool = True  # a procedure word's plural or singular is one too ("flights" where "flight" is)
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
     only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
     restated_values: bool = True  # ... a held value said again, and no other for its slot, corrects nothing
@@ -55,10 +56,12 @@ class ReadingRules:
     first_names_answer: bool = True  # a first message naming the start's value as a name ("get me to Cape Town") answers it
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
+    stemmed_words: bool = True  # ... compared by their stems ("recordings" says the "recording" branch's word)
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
     questions_point: bool = True  # ... not a question about a branch whose lines never ask one: it keeps the step
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
+    cased_messages: bool = True  # ... and so does a message starting with a capital ("Sorry, lost you there.")
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
@@ -69,11 +72,11 @@ class ReadingRules:
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(
-    edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False, answers_fill=False,
+    inflected_words=False, edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False, answers_fill=False,
     answers_move_on=False, answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False,
     values_carry_on=False, spans_once=False, held_steps_pass=False, carry_into_branches=False, values_held_ahead=False,
-    first_names_answer=False, first_message_answers=False, branch_words=False, yes_no_words=False,
-    questions_point=False, branch_over_lower_names=False, names_by_case=False, names_ahead_capitalised=False,
+    first_names_answer=False, first_message_answers=False, branch_words=False, stemmed_words=False, yes_no_words=False,
+    questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False, names_ahead_capitalised=False,
     named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
 
 
@@ -87,6 +90,8 @@ class Codec:
         # English frame words: never a whole value ("anyone" in "Hello, anyone there?"), and they cut runs
         # too ("Seoul next month": "Seoul")
         frame = frame_words(wf) if rules.function_words else frozenset()
+        if lexicon and rules.inflected_words:
+            lexicon = inflected(lexicon, wf)
         lexicon = lexicon | frame if lexicon else lexicon
         self._no_value = frame | NAME_WORDS if frame else frozenset()  # nor frame words and name joiners ("of us")
         self.lexicon = lexicon
@@ -94,8 +99,10 @@ class Codec:
         self.courtesy_values = rules.courtesy_values  # may a span of only greetings and thanks ("hi", "good morning") be a value?
         self.typed_values = rules.typed_values  # offer numbers and dates said in people's words, normalised (subterra.typed_values)
         self.names_by_case = rules.names_by_case  # a name written capitalised leaves out the lower-case spans
+        self.cased_messages = rules.cased_messages  # ... and a message starting with a capital
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
+        self.stemmed_words = rules.stemmed_words  # branch words compared by their stems
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
         self._spans_of: tuple[str | None, list[str]] = (None, [])
@@ -187,7 +194,7 @@ class Codec:
         from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
         from subterra.runtime.branch_words import branch_words
 
-        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words)
+        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words)
 
     @functools.cached_property
     def _enum_values(self) -> tuple[str, ...]:
@@ -239,7 +246,7 @@ class Codec:
         if self.named_choices and spec.type == "string" and not self._names_choices(spec.values):
             spans = [v for v in spans if not self._names_choices((v,))]  # "large cup" is no name
         if self.names_by_case and spec.type == "string" and capitalised_values(spec):
-            spans = written_as_names(message, spans)  # "my mother, Marisol Vega": not "mother"
+            spans = written_as_names(message, spans, self.cased_messages)  # "my mother, Marisol Vega": not "mother"
         wording = (spec.description or "") if self.counts_as_said and spec.type == "integer" else None
         if wording is not None:  # "6 September", "3 hours flying": no party size
             from subterra.typed_values import parsed_values

@@ -110,6 +110,7 @@ class PlayConfig:
     function_words: bool = ReadingRules.function_words
     moves_need_values: bool = ReadingRules.moves_need_values
     answers_move_on: bool = ReadingRules.answers_move_on
+    corrections_stay: bool = ReadingRules.corrections_stay
     only_asked_values: bool = ReadingRules.only_asked_values
     restated_values: bool = ReadingRules.restated_values
     answers_fill: bool = ReadingRules.answers_fill

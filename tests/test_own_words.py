@@ -849,3 +849,25 @@ def test_a_branch_word_is_said_in_any_of_its_forms(tmp_path):
     gallery = load_workflow(Path(__file__).parents[1] / "data" / "gallery" / "workflows" / "identity_verification.yaml")
     words_of = branch_words(gallery, FUNCTION_WORDS | NAME_WORDS, answers=True, stems=True)
     assert pointed_branch(words_of, "send_code", "I haven't had any text.", answers=True, stems=True) is None
+
+
+def test_a_message_putting_a_held_value_right_is_no_answer_that_moves_on(trained, mini_workflow):
+    """``corrections_stay``: where a step asks again for a value the conversation holds (a loop's next
+    round, a step visited again), "not economy, business" puts the held value right: the step may
+    stay, as training's corrections do; naming a new value alone still answers it."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Lisbon", "date": "3 August 2027", "travellers": "2", "cabin": "economy"}
+
+    def moves(message, on=True):
+        rules = replace(ReadingRules(), corrections_stay=on)
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "ask_count", rules, message))
+
+    assert "ask_count" not in moves("not economy, 2 of us in business", on=False)
+    assert "ask_count" in moves("not economy, 2 of us in business")
+    assert "ask_count" not in moves("2 of us in business")

@@ -45,6 +45,7 @@ class ReadingRules:
     restated_values: bool = True  # ... a held value said again, and no other for its slot, corrects nothing
     answers_fill: bool = True  # a number or date the step asks for is held when the move may collect it ("just 1 bag")
     answers_move_on: bool = True  # a number or date the step asks for, not yet held, is an answer: the step is not kept
+    corrections_stay: bool = True  # ... not in a message putting a held value right ("not latte, cappuccino" in a loop)
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     out_of_range_answers: bool = True  # a count beyond the asked slot's range answers the step too ("about 25 of us")
@@ -73,7 +74,7 @@ class ReadingRules:
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(
     inflected_words=False, edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False, answers_fill=False,
-    answers_move_on=False, answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False,
+    answers_move_on=False, corrections_stay=False, answers_pick_moves=False, values_alone_move_on=False, out_of_range_answers=False,
     values_carry_on=False, spans_once=False, held_steps_pass=False, carry_into_branches=False, values_held_ahead=False,
     first_names_answer=False, first_message_answers=False, branch_words=False, stemmed_words=False, yes_no_words=False,
     questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False, names_ahead_capitalised=False,

@@ -289,7 +289,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
              if not rules.moves_need_values or all(s in known for s in wf.collected_between(at, n))}
     step = at if at is not None or not rules.first_message_answers else wf.start  # a first message answers the start's question
     unpicked = moves
-    if rules.answers_move_on and step in moves and len(moves) > 1:
+    corrects = rules.corrections_stay and bool(_corrected(message, held, available))  # "not latte, cappuccino":
+    if rules.answers_move_on and step in moves and len(moves) > 1 and not corrects:  # a held value put right, no answer
         onward = wf.out_edges(step)
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:

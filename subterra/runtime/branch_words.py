@@ -47,6 +47,10 @@ def yes_no(text: str) -> set[str]:
     return found if len(found) == 1 else set()
 
 
+_STEMMER = snowballstemmer.stemmer("english")
+_INFLECTIONS = frozenset({"", "s", "es", "e", "ed", "d", "ing", "ings"})  # what a stem may drop and still be the word
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """The English Snowball stem of a word where it only drops an inflection ("recordings",
@@ -56,14 +60,8 @@ def stem(word: str) -> str:
     return "~" + (found if word.startswith(found) and word[len(found):] in _INFLECTIONS else word)
 
 
-_INFLECTIONS = frozenset({"", "s", "es", "e", "ed", "d", "ing", "ings"})
-
-
 def _with_stems(said: set[str]) -> set[str]:
     return said | {stem(w) for w in said if not w.startswith("<")}
-
-
-_STEMMER = snowballstemmer.stemmer("english")
 
 
 def _said(edge, answers: bool = False) -> set[str]:

@@ -151,6 +151,29 @@ def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+_ISO_DATE = re.compile(r"(?<![\d/.-])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d/.-]*\d)")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAY_AND_DAY = re.compile(  # a weekday and a day of the month, no month named after it
+    rf"\b(mon|tue|wed|thu|fri|sat|sun)[a-z]*\.?,?\s+(?:the\s+)?({_ORDINAL_DAY})\b(?!\s*(?:of\s+)?{_MONTH_NAME}|[/.-]\d)",
+    re.I)
+
+
+def _weekday_and_day(said: re.Match, today: dt.date) -> dt.date | None:
+    """The first day from ``today`` on that is both the weekday and the day of the month ``said``
+    names ("tuesday the 8th" on 1 May 2027: 8 June 2027); None if no month within a year has it."""
+    weekday, day = _WEEKDAYS.index(said.group(1).casefold()[:3]), int(re.match(r"\d+", said.group(2)).group())
+    year, month = today.year, today.month
+    for _ in range(13):
+        try:
+            when = dt.date(year, month, day)
+        except ValueError:
+            when = None
+        if when is not None and when >= today and when.weekday() == weekday:
+            return when
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return None
+
+
 def _dates(message: str, today: dt.date | None, low: dt.date | None = None, high: dt.date | None = None) -> tuple[str, ...]:
     import dateparser.search
 
@@ -161,6 +184,17 @@ def _dates(message: str, today: dt.date | None, low: dt.date | None = None, high
         message = pattern.sub(said, message)
     message = _ROUND_THE_CLOCK.sub(" ", message)
     found = []
+    for written in _ISO_DATE.finditer(message):  # year first ("1986-04-22"): no day-first reading of it
+        try:
+            found.append((written.group(), dt.datetime(*map(int, written.groups()))))
+        except ValueError:
+            continue
+        message = message.replace(written.group(), " , ")
+    for written in _WEEKDAY_AND_DAY.finditer(message):  # "tuesday the 8th": the next 8th that is a Tuesday
+        when = _weekday_and_day(written, base.date())
+        if when is not None:
+            found.append((written.group(), dt.datetime.combine(when, dt.time())))
+            message = message.replace(written.group(), " , ")
     for written in _WRITTEN_DATE.finditer(message):  # dates written out are read alone: the search reads
         when = dateparser.parse(written.group(), languages=["en"], settings=settings)  # "the M6 on the 20th
         if when is not None:  # of August" as one date, and misses "3 May" after "the A40"

@@ -68,6 +68,10 @@ def test_numbers_and_dates_in_peoples_words_are_offered_normalised_to_the_form(t
     assert parsed_values("date", "the day after tomorrow", today) == ("3 March 2027",)  # not tomorrow
     assert parsed_values("date", "a week from today", today) == ("8 March 2027",)  # not a week ago
     assert parsed_values("date", "the cheapest day next month", today) == ()
+    assert parsed_values("date", "1986-04-22", today, "1930-01-01", "2009-12-31") == ("22 April 1986",)  # year first
+    may = dt.date(2027, 5, 1)  # a Saturday: the next 8th that is a Tuesday is in June
+    assert parsed_values("date", "tuesday the 8th then", may) == ("8 June 2027",)
+    assert parsed_values("date", "Friday the 13th of August", may) == ("13 August 2027",)  # a month said is kept
     model_dir = trained[1].model_dir
     tokenizer, model = load_compiled(model_dir)
     codec = Codec(tokenizer, mini_workflow, load_lexicon(model_dir), whole_runs(model_dir))
@@ -871,3 +875,14 @@ def test_a_message_putting_a_held_value_right_is_no_answer_that_moves_on(trained
     assert "ask_count" not in moves("not economy, 2 of us in business", on=False)
     assert "ask_count" in moves("not economy, 2 of us in business")
     assert "ask_count" not in moves("2 of us in business")
+
+
+def test_a_dash_between_words_is_no_part_of_a_value():
+    from subterra.runtime.candidates import value_spans, word_spans
+
+    spans = word_spans("Hello - William Ashford. Got a couple of questions")
+    assert "William Ashford" in spans and not any(s.startswith("-") or s.endswith("-") for s in spans)
+    assert "Mei Lin Zhou" in word_spans("hi, Mei Lin Zhou - i cant sign in")
+    assert not any("Zhou - i" in s for s in word_spans("hi, Mei Lin Zhou - i cant sign in"))
+    assert value_spans("evening - Idris Bakare", frozenset({"evening"})) == ["Idris Bakare"]
+    assert "INV-390554" in word_spans("it says INV-390554 at the top")  # a dash inside a value stays

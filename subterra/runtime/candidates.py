@@ -148,8 +148,10 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
         if found and all(w in lexicon for w in found):
             close()
             continue
-        if m.group()[0] in "([":  # an aside starts: "barcelona (BCN)" is two runs
-            close()
+        if m.group()[0] in "([" or not m.group().strip(_DASHES):  # an aside starts: "barcelona (BCN)", "Mei Lin
+            close()  # Zhou - i cant sign in" are two runs
+            if not m.group().strip(_DASHES):
+                continue
         current.append((m.start(), m.end()))
         if m.group()[-1] in SENTENCE_BREAK or m.group()[-1] in ")]":
             close()
@@ -157,10 +159,13 @@ def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
     return runs
 
 
+_DASHES = "-–—"  # a dash standing between words ("Hello - William Ashford") belongs to no value
+
+
 def _span_text(message: str, start: int, end: int) -> str:
-    """The text of a span without the punctuation at its ends (not part of a value); empty if it
+    """The text of a span without the punctuation and dashes at its ends (not part of a value); empty if it
     holds no word or a character a form's JSON string would have to escape."""
-    text = message[start:end].strip(".,!?;:()[]'")
+    text = message[start:end].strip(".,!?;:()[]'").strip(_DASHES + " ").strip(".,!?;:()[]'")
     return text if text and WORD.search(text) and '"' not in text and "\\" not in text else ""
 
 
@@ -173,12 +178,13 @@ def _edge_words(span: str) -> set[str]:
 
 def word_spans(message: str, max_words: int = 6) -> list[str]:
     """Every span of 1..max_words whole words of ``message``; a span never crosses a sentence
-    break (a word ending in , . ; : ! ?) and drops the punctuation at its ends."""
+    break (a word ending in , . ; : ! ?, a dash standing alone) and drops the punctuation at its ends."""
     words = [(m.start(), m.end()) for m in TOKEN.finditer(message)]
     spans: list[str] = []
     for i in range(len(words)):
         for j in range(i, min(len(words), i + max_words)):
-            if j > i and (message[words[j - 1][1] - 1] in SENTENCE_BREAK + ")]" or message[words[j][0]] in "(["):
+            if j > i and (message[words[j - 1][1] - 1] in SENTENCE_BREAK + ")]" or message[words[j][0]] in "(["
+                          or not message[words[j][0]:words[j][1]].strip(_DASHES)):  # a dash between words
                 break
             text = _span_text(message, words[i][0], words[j][1])
             if text and text not in spans:

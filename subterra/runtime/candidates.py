@@ -56,15 +56,13 @@ def fits_type(spec, value: str) -> bool:
             return False
         low, high = spec.min, spec.max
         return (low is None or number >= float(low)) and (high is None or number <= float(high))
-    if spec.type == "date":  # a day inside the declared range ("next friday" in December is no 2027 flight)
-        for pattern in ("%d %B %Y", "%Y-%m-%d"):
-            try:
-                day = dt.datetime.strptime(value, pattern).date()
-            except ValueError:
-                continue
-            low, high = (dt.date.fromisoformat(str(b)) if b is not None else None for b in (spec.min, spec.max))
-            return (low is None or day >= low) and (high is None or day <= high)
-        return False
+    if spec.type == "date":  # a day inside the declared range ("next friday" in December is no 2027 flight), in the
+        try:  # form's own way of writing one: "1986-04-22" as written is none, the parser offers it as "22 April 1986"
+            day = dt.datetime.strptime(value, "%d %B %Y").date()
+        except ValueError:
+            return False
+        low, high = (dt.date.fromisoformat(str(b)) if b is not None else None for b in (spec.min, spec.max))
+        return (low is None or day >= low) and (high is None or day <= high)
     if not spec.values:
         return True
     declared = [str(v) for v in spec.values]

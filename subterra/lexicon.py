@@ -115,7 +115,10 @@ def inflected(lexicon: frozenset[str], wf: Workflow) -> frozenset[str]:
     forms = set()
     for w in lexicon:
         if len(w) > 2 and w.isalpha():
-            forms.update((w + "s", w + "es") if not w.endswith("s") else (w[:-1],))
+            if not w.endswith("s"):
+                forms.update((w + "s", w + "es"))
+            elif not w.endswith(("ss", "us", "is")):  # "business", "status", "this" are no plurals
+                forms.add(w[:-1])
     return lexicon | (frozenset(forms) - _value_words(wf))
 
 

@@ -135,6 +135,9 @@ class PlayConfig:
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values
+    typo_words: bool = ReadingRules.typo_words
+    declared_values_whole: bool = ReadingRules.declared_values_whole
+    slot_cues: bool = ReadingRules.slot_cues
     counts_as_said: bool = ReadingRules.counts_as_said
     say_from_lines: bool = ReadingRules.say_from_lines
 

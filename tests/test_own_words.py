@@ -5,6 +5,7 @@ from pathlib import Path
 
 from subterra.runtime.candidates import courtesy_only
 from subterra.runtime.encoding import NO_RULES, Codec, ReadingRules
+from subterra.workflow import load_workflow
 
 NEEDING = replace(NO_RULES, moves_need_values=True)
 
@@ -470,6 +471,7 @@ def test_a_procedure_words_plural_or_singular_is_one_too(mini_workflow):
 
     lexicon = inflected(frozenset({"flight", "tickets", "lim", "to", "in"}), mini_workflow)
     assert {"flights", "ticket", "flight", "tickets"} <= lexicon and "lima" not in lexicon
+    assert not {"busines", "statu", "thi"} & inflected(frozenset({"business", "status", "this"}), mini_workflow)
     assert value_spans("morning! flights to athens in july?", lexicon) == ["morning", "athens", "july"]
     assert "flights" in value_spans("morning! flights to athens in july?", frozenset({"flight", "to", "in"}))
 
@@ -886,3 +888,65 @@ def test_a_dash_between_words_is_no_part_of_a_value():
     assert not any("Zhou - i" in s for s in word_spans("hi, Mei Lin Zhou - i cant sign in"))
     assert value_spans("evening - Idris Bakare", frozenset({"evening"})) == ["Idris Bakare"]
     assert "INV-390554" in word_spans("it says INV-390554 at the top")  # a dash inside a value stays
+
+
+def test_a_word_training_puts_before_one_slots_values_says_which_slot_a_span_is_for(trained):
+    """``slot_cues``: "to" stands before the destination in travel_booking's training lines (twice or
+    more) and before no other slot, "from" before the origin: in "2 tickets Chicago to Havana",
+    Havana is offered to the destination only; a word said once so ("thinking of") is no cue, so
+    "out of London" still offers London as the origin."""
+    from subterra.runtime.cues import slot_cues
+    from subterra.student import load_compiled
+
+    wf = load_workflow(Path(__file__).parent.parent / "data" / "workflows" / "travel_booking.yaml")
+    cues = slot_cues(wf)
+    assert cues["to"] == "destination" and cues["from"] == "origin" and "of" not in cues
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    cued = Codec(tokenizer, wf, rules=ReadingRules())
+    plain = Codec(tokenizer, wf, rules=replace(ReadingRules(), slot_cues=False))
+    message = "hey, 2 tickets Chicago to Havana on August 20th pls"
+    assert "Havana" not in cued.value_candidates("origin", message)[0] and "Chicago" in cued.value_candidates("origin", message)[0]
+    assert "Havana" in cued.value_candidates("destination", message)[0]
+    assert "Havana" in plain.value_candidates("origin", message)[0]
+    assert "London" in cued.value_candidates("origin", "out of London")[0]
+
+
+def test_a_declared_value_said_is_offered_alone_not_inside_a_longer_span(trained):
+    """``declared_values_whole``: "Paris CDG" and "dublin ireland" offer the declared city alone, and
+    "barcelona (BCN)" not its aside; a city no declared value names keeps its spans ("Porto (OPO)")."""
+    from subterra.runtime.candidates import declared_whole
+    from subterra.student import load_compiled
+
+    assert declared_whole(["Paris CDG", "Paris"], ["Paris"], "Paris CDG") == ["Paris"]
+    assert declared_whole(["barcelona", "BCN"], ["barcelona"], "barcelona (BCN)") == ["barcelona"]
+    assert declared_whole(["Porto", "OPO"], [], "Porto (OPO)") == ["Porto", "OPO"]
+    wf = load_workflow(Path(__file__).parent.parent / "data" / "workflows" / "travel_booking.yaml")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, wf, rules=ReadingRules())
+    offered = codec.value_candidates("origin", "dublin ireland")[0]
+    assert "dublin" in offered and "dublin ireland" not in offered
+    assert "Paris CDG" not in codec.value_candidates("origin", "Paris CDG")[0]
+    assert "Paris CDG" in Codec(tokenizer, wf, rules=replace(ReadingRules(), declared_values_whole=False)).value_candidates(
+        "origin", "Paris CDG")[0]
+
+
+def test_a_slip_of_the_keyboard_still_points_at_a_branch_and_names_a_choice(trained):
+    """``typo_words``: a word of five letters or more that is no known word but one slip from one word of
+    a decision's lines or an enum value ("busines", "capuccino") is read as that word to point at a
+    branch and name a choice; values are still copied as written, and near words stay apart ("cancer"
+    is no "cancel", "while" no "whole")."""
+    from subterra.student import load_compiled
+
+    root = Path(__file__).parent.parent / "data"
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    coffee = load_workflow(root / "gallery" / "workflows" / "coffee_order.yaml")
+    codec = Codec(tokenizer, coffee, rules=ReadingRules())
+    assert codec.read_spelled("a large capuccino, semi skimed pls") == "a large cappuccino, semi skimmed pls"
+    assert list(codec.value_candidates("drink", "a large capuccino pls")[0]) == ["cappuccino"]
+    assert codec.read_spelled("whole milk while I wait") == "whole milk while I wait"
+    plain = Codec(tokenizer, coffee, rules=replace(ReadingRules(), typo_words=False))
+    assert "cappuccino" in plain.value_candidates("drink", "a large capuccino pls")[0]
+    assert len(plain.value_candidates("drink", "a large capuccino pls")[0]) > 1  # no value named: every one offered
+    travel = Codec(tokenizer, load_workflow(root / "workflows" / "travel_booking.yaml"), rules=ReadingRules())
+    assert travel.read_spelled("ok fine, busines it is") == "ok fine, business it is"
+    assert travel.read_spelled("I had cancer last year") == "I had cancer last year"

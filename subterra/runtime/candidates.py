@@ -223,6 +223,30 @@ def said_values(values, message: str) -> list[str]:
     return list(found)
 
 
+def declared_whole(spans: list[str], said: list[str], message: str, said_any: list[str] = ()) -> list[str]:
+    """Of ``spans``, those left when ``message`` says declared values of the slot (``said``, from
+    ``said_values``): no span holding one of them and more words ("Paris CDG", "dublin ireland": the
+    value is "Paris", "dublin"), and no aside in brackets that is none of them ("barcelona (BCN)");
+    and, of any slot's declared values said (``said_any``), no part of one ("Mexico" of "Mexico City",
+    "Town" of "Cape Town")."""
+    parts = [a.casefold() for a in said_any if len(a.split()) > 1]
+    if parts:
+        spans = [s for s in spans if not any(s.casefold() != a and re.search(r"(?<!\w)" + re.escape(s.casefold()) + r"(?!\w)", a)
+                                            for a in parts)]
+    if not said:
+        return spans
+    folded = [s.casefold() for s in said]
+
+    def holds_more(span: str) -> bool:
+        text = span.casefold()
+        return text not in folded and any(re.search(r"(?<!\w)" + re.escape(s) + r"(?!\w)", text) for s in folded)
+
+    def aside(span: str) -> bool:
+        return span.casefold() not in folded and bool(re.search(r"[(\[]\s*" + re.escape(span), message))
+
+    return [s for s in spans if not holds_more(s) and not aside(s)]
+
+
 def capitalised_values(spec) -> bool:
     """Are the slot's declared values proper names, capitalised ("Marisol Vega", "Lotte de Vries")?"""
     declared = [str(v) for v in spec.values or ()]

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from subterra.drafts import SayDrafts
+from subterra.runtime.cues import cued_elsewhere, cued_for, slot_cues
 from subterra.lexicon import NAME_WORDS, frame_words, inflected, words
 from subterra.forms import (  # the form's fixed structure, cut where every tokenizer cuts
     FIRST_KEY, FORM_CLOSE, FORM_HEAD, KEY_END, NEXT_KEY, NO_SLOTS, NODE_END, SAY_HEAD, SLOTS_KEY, VALUE_HEAD, VALUE_LAST,
     VALUE_MORE,
 )
 from subterra.runtime.candidates import (
-    CHOSEN_TYPES, capitalised_values, courtesy_only, fits_type, named_choices, said_values, value_spans, word_spans,
+    CHOSEN_TYPES, capitalised_values, courtesy_only, declared_whole, fits_type, named_choices, said_values, value_spans,
+    word_spans,
     written_as_names,
 )
 
@@ -66,6 +68,10 @@ class ReadingRules:
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
+    typo_words: bool = True  # a word one slip away from one branch word or enum value's word is read as it ("busines")
+    declared_values_whole: bool = True  # ... and no longer span holding it, nor an aside in brackets ("Paris CDG", "barcelona (BCN)")
+    slot_cues: bool = True  # a span right after a word training's lines put before another slot's values only is not this
+    # slot's ("Chicago to Havana": "to" is the destination's, so Havana is no origin)
     counts_as_said: bool = True  # a number slot is offered only counts: never a date's day ("6 September"), nor a span
     # of time in a unit the slot does not count ("3 hours flying", "one sec" are no party size)
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
@@ -79,7 +85,8 @@ NO_RULES = ReadingRules(
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
     first_message_answers=False, branch_words=False, stemmed_words=False, yes_no_words=False, questions_point=False,
     branch_over_lower_names=False, names_by_case=False, cased_messages=False, names_ahead_capitalised=False,
-    named_choices=False, said_values=False, counts_as_said=False, say_from_lines=False)
+    named_choices=False, typo_words=False, said_values=False, declared_values_whole=False, slot_cues=False, counts_as_said=False,
+    say_from_lines=False)
 
 
 class Codec:
@@ -106,8 +113,12 @@ class Codec:
         self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
         self.stemmed_words = rules.stemmed_words  # branch words compared by their stems
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
+        self.typo_words = rules.typo_words  # branch words and enum values read through a slip of the keyboard
+        self.declared_values_whole = rules.declared_values_whole  # ... and no longer span holding it
+        self.cues = slot_cues(wf) if rules.slot_cues else {}  # words before one slot's values only ("to" Havana)
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
         self._spans_of: tuple[str | None, list[str]] = (None, [])
+        self._said_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
         self.form_head = enc(FORM_HEAD)
         self.node_candidates = {n: enc(n + NODE_END) for n in wf.nodes}
@@ -199,6 +210,35 @@ class Codec:
         return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words)
 
     @functools.cached_property
+    def _spelled_words(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """(words read as they are, words a slip is read as): the lexicon and the targets; the targets are
+        the words of five letters or more that training's user lines and the branches' ``when`` say at
+        decisions (``branch_words.answer_words``), and the enum values' words."""
+        from subterra.runtime.branch_words import answer_words
+
+        decisions = [n for n in self.wf.nodes if len(self.wf.out_edges(n)) > 1]
+        targets = {w for w in answer_words(self.wf, decisions) if w.isalpha()}
+        targets |= {w for v in self._enum_values for w in words(str(v))}
+        targets = {w for w in targets if len(w) >= MIN_SLIP_LENGTH}
+        return frozenset(self.lexicon) | targets, tuple(sorted(targets))
+
+    def read_spelled(self, message: str) -> str:
+        """``message`` with each word of five letters or more that is no known word but one slip away from
+        exactly one branch word or enum value's word (``typo_words``) read as that word ("busines" ->
+        "business", "capuccino" -> "cappuccino"); the message itself when the rule is off. Values are
+        still copied from the message as written; this reading only points at branches and names choices."""
+        if not self.typo_words:
+            return message
+        return _respelled(message, *self._spelled_words)
+
+    def _said_anywhere(self, message: str) -> list[str]:
+        """The declared text values of any slot that ``message`` says word for word (``said_values``)."""
+        if self._said_of[0] != message:
+            declared = tuple(str(v) for spec in self.wf.slots.values() if spec.type == "string" for v in spec.values or ())
+            self._said_of = (message, said_values(declared, message))
+        return self._said_of[1]
+
+    @functools.cached_property
     def _enum_values(self) -> tuple[str, ...]:
         return tuple(v for spec in self.wf.slots.values() if spec.type == "enum" for v in spec.values)
 
@@ -233,7 +273,7 @@ class Codec:
         if spec.type in CHOSEN_TYPES:
             values = spec.values if spec.type == "enum" else ("yes", "no")
             if spec.type == "enum" and self.named_choices:
-                values = named_choices(tuple(values), message) or values
+                values = named_choices(tuple(values), self.read_spelled(message)) or values
             return {v: self.encode(v) for v in values}, None
         candidates, counted = {}, {}
         if self._spans_of[0] != message:  # every slot of a turn reads the same message
@@ -257,6 +297,13 @@ class Codec:
             spans = [v for v in spans if not v.isdigit() or str(int(v)) in said]
         if self.said_values and spec.values:  # "in 10 minutes", though "in" is a frame word
             spans = [v for v in said_values(spec.values, message) if v not in spans and fits_type(spec, v)] + spans
+        if self.declared_values_whole and spec.type == "string":
+            spans = declared_whole(spans, said_values(spec.values, message) if spec.values else [], message,
+                                   self._said_anywhere(message))
+        if self.cues and spec.type == "string":
+            spans = [v for v in spans if not cued_elsewhere(self.cues, message, v, slot)]
+            cued = [v for v in spans if cued_for(self.cues, message, v, slot)]
+            spans = cued or spans  # "to Havana" names the destination: no other span is it
         for span in spans:
             ids = self.encode(span)
             candidates[span] = ids
@@ -270,3 +317,23 @@ class Codec:
                     candidates[value] = ids
                     counted[value] = list(range(len(ids)))
         return candidates, counted
+
+
+MIN_SLIP_LENGTH = 5  # shorter words are too close to too many others ("whole", "while") to read through a slip
+SLIP_RATIO = 0.85  # difflib's similarity at least: "busines"/"business" 0.93, "expresso"/"espresso" 0.88,
+# never "cancer"/"cancel" (0.83) nor "economic"/"economy" (0.80)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _respelled(message: str, known: frozenset[str], targets: tuple[str, ...]) -> str:
+    import difflib
+    import re
+
+    def fixed(m: re.Match) -> str:
+        word = m.group().casefold()
+        if len(word) < MIN_SLIP_LENGTH or word in known:
+            return m.group()
+        close = difflib.get_close_matches(word, targets, n=2, cutoff=SLIP_RATIO)
+        return close[0] if len(close) == 1 else m.group()
+
+    return re.sub(r"[^\W\d_]+", fixed, message)

@@ -24,6 +24,8 @@ _ALONE = re.compile(r"\b(just me|only me|(?:just|only) for me|me only|me alone|m
 _PERSON = (r"friend|wife|husband|partner|spouse|daughter|son|kid|child|baby|toddler|mum|mom|mother|dad|father|"
            r"brother|sister|colleague|coworker|boss|girlfriend|boyfriend|fianc[eé]e?|grandma|grandpa|"
            r"grandmother|grandfather|aunt|uncle|cousin|niece|nephew|buddy|mate|roommate|neighbou?r")
+_A_COUPLE = re.compile(r"^\W*(?:(?:just|only|we're|we are|we'll be|it's|its)\s+)?(?:a|the)\s+couple(?:\s+of\s+us)?\W*$"
+                       r"|\b(?:a|the)\s+couple\s+of\s+us\b", re.I)
 _COMPANION = re.compile(rf"\b(?:my|a|an|our|one)\s+(?:\w+\s+)?(?:{_PERSON})\b", re.I)
 _SPEAKER = re.compile(r"\b(?:me|myself|i|i'm|im)\b", re.I)
 # people counted by kind ("2 adults", "3 passengers")
@@ -142,6 +144,8 @@ def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
              if not _is_day(converted, m) and not (wording is not None and _other_time(converted, m, wording))]
     if _ALONE.search(message):
         found.append("1")
+    if _A_COUPLE.search(message):  # "a couple", "a couple of us": two people, never "a couple of days"
+        found.append("2")
     groups = [int(m.group(1)) for m in _PEOPLE_COUNT.finditer(converted)]
     if len(groups) > 1:  # "2 adults and 3 kids": the party is their sum
         found.append(str(sum(groups)))

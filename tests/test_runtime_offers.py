@@ -1,8 +1,10 @@
 """Which slots and values a form is offered after a message (``subterra.runtime.offers``): only what
 the message can fill, a held value not again beside another, a correction refills the slot it names."""
 
+from dataclasses import replace
+
 from subterra.runtime.actions import Choice, Score
-from subterra.runtime.encoding import Codec
+from subterra.runtime.encoding import Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.turns import TurnCounter, fill_form
 
@@ -107,7 +109,8 @@ def test_a_value_the_conversation_holds_is_not_offered_again_beside_another(trai
     from subterra.student import load_compiled
 
     tokenizer, _ = load_compiled(trained[1].model_dir)
-    codec = Codec(tokenizer, mini_workflow, frozenset({"sorry", "i", "meant", "not", "it", "is"}))  # values: runs between these
+    lexicon = frozenset({"sorry", "i", "meant", "not", "it", "is"})  # values: runs between these
+    codec = Codec(tokenizer, mini_workflow, lexicon, rules=replace(ReadingRules(), declared_values_whole=False))
 
     def destinations(message: str, held: dict | None) -> set[str]:
         return set(offered_values(codec, message, held)["destination"][0])
@@ -117,3 +120,9 @@ def test_a_value_the_conversation_holds_is_not_offered_again_beside_another(trai
     assert destinations(message, {"destination": "Tokyo"}) == {"Lisbon", "Porto"}  # the held value is not in the message
     assert destinations(message, {"destination": "Porto"}) == {"Lisbon"}
     assert destinations("It is Porto.", {"destination": "Porto"}) == {"Porto"}  # the only one: still offered
+    # ``declared_values_whole``: a declared value said that the slot does not hold is offered alone
+    assert "Lisbon" in mini_workflow.slots["destination"].values
+    codec = Codec(tokenizer, mini_workflow, lexicon, rules=ReadingRules())
+    declared = "Sorry, I meant Oslo, not Lisbon."
+    assert destinations(declared, {"destination": "Lisbon"}) == {"Oslo"}
+    assert destinations("Oslo, not Rome", None) == {"Oslo"}  # Oslo is declared, Rome is not

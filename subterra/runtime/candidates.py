@@ -223,12 +223,28 @@ def said_values(values, message: str) -> list[str]:
     return list(found)
 
 
+@functools.lru_cache(maxsize=256)
+def words_apart(values: tuple[str, ...]) -> bool:
+    """Do the declared values share no word (cities, people's names)? Where they do ("MacBook Air",
+    "MacBook Pro"; "Mill Road", "Park Lane"), a value said with more words may be a longer one of
+    the kind ("macbook pro 2021", "iPad mini")."""
+    from subterra.lexicon import words
+
+    seen: set[str] = set()
+    for value in values:
+        own = set(words(str(value)))
+        if own & seen:
+            return False
+        seen |= own
+    return True
+
+
 def declared_whole(spans: list[str], said: list[str], message: str, said_any: list[str] = ()) -> list[str]:
     """Of ``spans``, those left when ``message`` says declared values of the slot (``said``, from
-    ``said_values``): no span holding one of them and more words ("Paris CDG", "dublin ireland": the
-    value is "Paris", "dublin"), and no aside in brackets that is none of them ("barcelona (BCN)");
-    and, of any slot's declared values said (``said_any``), no part of one ("Mexico" of "Mexico City",
-    "Town" of "Cape Town")."""
+    ``said_values``, of a slot whose values share no word: ``words_apart``): no span holding one of
+    them and more words ("Paris CDG", "dublin ireland": the value is "Paris", "dublin"), and no aside
+    in brackets that is none of them ("barcelona (BCN)"); and, of any slot's declared values said
+    (``said_any``), no part of one ("Mexico" of "Mexico City", "Town" of "Cape Town")."""
     parts = [a.casefold() for a in said_any if len(a.split()) > 1]
     if parts:
         spans = [s for s in spans if not any(s.casefold() != a and re.search(r"(?<!\w)" + re.escape(s.casefold()) + r"(?!\w)", a)

@@ -22,7 +22,7 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
 )
 from subterra.runtime.candidates import (
     CHOSEN_TYPES, capitalised_values, courtesy_only, declared_whole, fits_type, named_choices, said_values, value_spans,
-    word_spans,
+    word_spans, words_apart,
     written_as_names,
 )
 
@@ -231,6 +231,22 @@ class Codec:
             return message
         return _respelled(message, *self._spelled_words)
 
+    def said_first(self, slot: str, candidates: tuple[dict, dict | None], message: str,
+                   held_value: str | None) -> tuple[dict, dict | None]:
+        """``declared_values_whole``: of a slot whose declared values share no word (``words_apart``),
+        only the declared values ``message`` says, when it says one the slot does not hold ("ok back.
+        new york, JFK": "new york"); every candidate otherwise ("not Lisbon, Porto" with Lisbon held)."""
+        spec = self.wf.slots[slot]
+        if not self.declared_values_whole or spec.type != "string" or not spec.values \
+                or not words_apart(tuple(map(str, spec.values))):
+            return candidates
+        values, counted = candidates
+        held = (held_value or "").casefold()
+        said = [v for v in said_values(spec.values, message) if v in values and v.casefold() != held]
+        if not said:
+            return candidates
+        return {v: values[v] for v in said}, ({v: counted[v] for v in said} if counted is not None else None)
+
     def _said_anywhere(self, message: str) -> list[str]:
         """The declared text values of any slot that ``message`` says word for word (``said_values``)."""
         if self._said_of[0] != message:
@@ -298,7 +314,8 @@ class Codec:
         if self.said_values and spec.values:  # "in 10 minutes", though "in" is a frame word
             spans = [v for v in said_values(spec.values, message) if v not in spans and fits_type(spec, v)] + spans
         if self.declared_values_whole and spec.type == "string":
-            spans = declared_whole(spans, said_values(spec.values, message) if spec.values else [], message,
+            apart = bool(spec.values) and words_apart(tuple(map(str, spec.values)))
+            spans = declared_whole(spans, said_values(spec.values, message) if apart else [], message,
                                    self._said_anywhere(message))
         if self.cues and spec.type == "string":
             spans = [v for v in spans if not cued_elsewhere(self.cues, message, v, slot)]

@@ -24,8 +24,10 @@ def offered_values(codec: Codec, message: str, held: dict[str, str] | None = Non
                    today=None) -> dict[str, tuple[dict, dict | None]]:
     """Per slot the message can fill, its allowed values (and their counted tokens): a value its
     type rejects is never a choice, a slot with none is not offered, and a value the conversation
-    holds for the slot is left out when the message offers another (``fresh_values``)."""
-    return {s: fresh_values(c, held.get(s)) if held else c for s in codec.wf.slots
+    holds for the slot is left out when the message offers another (``fresh_values``), and a declared
+    value said that the slot does not hold is offered alone (``Codec.said_first``)."""
+    held = held or {}
+    return {s: fresh_values(codec.said_first(s, c, message, held.get(s)), held.get(s)) for s in codec.wf.slots
             if (c := codec.value_candidates(s, message, today))[0]}
 
 

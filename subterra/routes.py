@@ -128,6 +128,7 @@ class PlayConfig:
     branch_words: bool = ReadingRules.branch_words
     stemmed_words: bool = ReadingRules.stemmed_words
     yes_no_words: bool = ReadingRules.yes_no_words
+    negated_words: bool = ReadingRules.negated_words
     branch_over_lower_names: bool = ReadingRules.branch_over_lower_names
     questions_point: bool = ReadingRules.questions_point
     names_by_case: bool = ReadingRules.names_by_case

@@ -950,3 +950,27 @@ def test_a_slip_of_the_keyboard_still_points_at_a_branch_and_names_a_choice(trai
     travel = Codec(tokenizer, load_workflow(root / "workflows" / "travel_booking.yaml"), rules=ReadingRules())
     assert travel.read_spelled("ok fine, busines it is") == "ok fine, business it is"
     assert travel.read_spelled("I had cancer last year") == "I had cancer last year"
+
+
+def test_a_word_said_under_a_negation_points_where_lines_negate_it():
+    """``negated_words``: "I'm not allowed to pay" at the payment points where a line says "don't want to
+    pay", not where lines pay; "not received it yet" points where a line says "haven't received", and a
+    word a line negates still points when said plainly ("spam folder also empty")."""
+    from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
+    from subterra.runtime.branch_words import branch_words, marked_words, pointed_branch
+
+    assert marked_words("please don't go ahead with it") == {"please", "don", "t", "¬go", "¬ahead", "¬with", "it"}  # three words
+    assert "plan" in marked_words("not now, plan B")  # a clause ends the negation
+    root = Path(__file__).parent.parent / "data"
+    frame = FUNCTION_WORDS | NAME_WORDS
+
+    def pointed(path: str, step: str, message: str, negations: bool = True) -> str | None:
+        wf = load_workflow(root / path)
+        return pointed_branch(branch_words(wf, frame, True, True, negations), step, message, True, stems=True,
+                              negations=negations)
+
+    travel, finance = "workflows/travel_booking.yaml", "finance says I'm not allowed to pay for it myself"
+    assert pointed(travel, "payment", finance) == "cancelled"  # a line of its own: "I don't want to pay ..."
+    assert pointed(travel, "payment", finance, negations=False) is None  # "pay" is said for paying and not paying
+    assert pointed("gallery/workflows/identity_verification.yaml", "send_code", "not received it yet, sorry") == "resend_code"
+    assert pointed("workflows/customer_support.yaml", "login_check", "no mail is coming, spam folder also empty") == "human_agent"

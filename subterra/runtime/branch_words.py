@@ -60,21 +60,48 @@ def stem(word: str) -> str:
     return "~" + (found if word.startswith(found) and word[len(found):] in _INFLECTIONS else word)
 
 
+NEGATED = "¬"  # marks a word said under a negation ("haven't received": "¬received"); never a word of words()
+
+
 def _with_stems(said: set[str]) -> set[str]:
-    return said | {stem(w) for w in said if not w.startswith("<")}
+    return said | {NEGATED + stem(w[1:]) if w.startswith(NEGATED) else stem(w) for w in said if not w.startswith("<")}
 
 
-def _said(edge, answers: bool = False) -> set[str]:
+def marked_words(text: str) -> set[str]:
+    """The words of ``text``, each said under a negation marked so (``NEGATED``): up to
+    ``NEGATED_SPAN`` words after "not", "never" or an "n't", inside one clause ("please don't go ahead
+    with it": "¬go", "¬ahead", "¬with"); the negator itself is a plain word."""
+    out: set[str] = set()
+    for clause in re.split(r"[,.;:!?]", text):
+        under = -1
+        for i, w in enumerate(words(clause)):
+            if w in NOT:
+                under = i + NEGATED_SPAN
+                out.add(w)
+            else:
+                out.add(NEGATED + w if i <= under else w)
+    return out
+
+
+def _said(edge, answers: bool = False, negations: bool = False) -> set[str]:
     lines = (edge.when, *phrasing_pool(edge.user, SEEN))
-    said = set(words(re.sub(r"\{[^}]*\}", " ", " ".join(lines))))
+    text = re.sub(r"\{[^}]*\}", " ", "\n".join(lines))
+    said = set(words(text))  # with ``negations`` a word a line negates is said both ways: "spam" of "not in spam"
+    if negations:
+        said |= set().union(*(marked_words(line) for line in text.split("\n")))
     return said | {a for line in lines for a in yes_no(line)} if answers else said
 
 
+def _bare(word: str) -> str:
+    return word[1:] if word.startswith(NEGATED) else word
+
+
 def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False,
-                 stems: bool = False) -> dict[str, dict[str, frozenset[str]]]:
+                 stems: bool = False, negations: bool = False) -> dict[str, dict[str, frozenset[str]]]:
     """Per decision step, per branch target, the words said for that branch only (no frame words);
     with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words; with
-    ``stems``, their stems (``stem``)."""
+    ``stems``, their stems (``stem``); with ``negations``, a word said under a negation is also a word
+    of its own ("¬received" of "I haven't received it", ``marked_words``)."""
     out: dict[str, dict[str, frozenset[str]]] = {}
     frame = frame | business_name(wf)
     frame_stems = {stem(w) for w in frame} if stems else set()  # "texts" is no branch word where "text" is a frame word
@@ -84,8 +111,9 @@ def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False,
             continue
         said: dict[str, set[str]] = {}
         for e in edges:  # two ways to the same step (pay by card, pay with miles) are one branch here
-            own = _said(e, answers) - frame
-            said.setdefault(e.target, set()).update(_with_stems(own) - frame_stems if stems else own)
+            own = {w for w in _said(e, answers, negations) if _bare(w) not in frame}
+            said.setdefault(e.target, set()).update(
+                {w for w in _with_stems(own) if _bare(w) not in frame_stems} if stems else own)
         if len(said) < 2:
             continue
         out[node] = {t: frozenset(w - set().union(*(o for u, o in said.items() if u != t))) for t, w in said.items()}
@@ -106,16 +134,28 @@ def answer_words(wf: Workflow, steps) -> frozenset[str]:
     return frozenset(w for n in steps for e in wf.out_edges(n) for w in _said(e))
 
 
+NEGATED_SPAN = 3  # the words after a "not" (in its clause) that it negates: "let's not go ahead"
+
+
 def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | None, message: str,
-                   answers: bool = False, answered: frozenset[str] = frozenset(), stems: bool = False) -> str | None:
+                   answers: bool = False, answered: frozenset[str] = frozenset(), stems: bool = False,
+                   negations: bool = False) -> str | None:
     """The one branch of ``at`` whose branch words (``words_of``, from ``branch_words``) ``message``
     says, if exactly one is pointed at; with ``answers``, its yes or no counts as a word; words of
     steps the message answers too (``answered``, from ``answer_words``) point nowhere; with
-    ``stems``, their stems decide first when they point at one branch (as ``words_of`` was built)."""
+    ``stems``, their stems decide first when they point at one branch (as ``words_of`` was built);
+    with ``negations``, a word the message says under a negation is read as such (``marked_words``:
+    "not received" points where lines say "haven't received", never where they only say "received"),
+    and with ``answers`` a negated word of the branch a yes points at is a no ("let's not go ahead")."""
     branches = words_of.get(at) if at is not None else None
     if not branches:
         return None
-    said = (set(words(message)) - answered) | (yes_no(message) if answers else set())
+    said = {w for w in (marked_words(message) if negations else set(words(message))) if _bare(w) not in answered}
+    said |= yes_no(message) if answers else set()
+    if negations and answers and SAYS_YES not in said:  # "let's not go ahead": a yes branch's plain words negated
+        yes_branch = [own for own in branches.values() if SAYS_YES in own]
+        if len(yes_branch) == 1 and {NEGATED + w for w in yes_branch[0]} & said:
+            said.add(SAYS_NO)
     if stems:  # the stems first: "recording of meetings" says "record" of one branch, "meeting" of two
         stemmed = _with_stems(said) - {stem(w) for w in answered} - said
         pointed = [target for target, own in branches.items() if own & stemmed]

@@ -60,6 +60,7 @@ class ReadingRules:
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     stemmed_words: bool = True  # ... compared by their stems ("recordings" says the "recording" branch's word)
+    negated_words: bool = True  # ... a word said under a "not" points nowhere, and a negated yes-branch word is a no
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
     questions_point: bool = True  # ... not a question about a branch whose lines never ask one: it keeps the step
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
@@ -83,7 +84,7 @@ NO_RULES = ReadingRules(
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
     values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
-    first_message_answers=False, branch_words=False, stemmed_words=False, yes_no_words=False, questions_point=False,
+    first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False, questions_point=False,
     branch_over_lower_names=False, names_by_case=False, cased_messages=False, names_ahead_capitalised=False,
     named_choices=False, typo_words=False, said_values=False, declared_values_whole=False, slot_cues=False, counts_as_said=False,
     say_from_lines=False)
@@ -112,6 +113,7 @@ class Codec:
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
         self.stemmed_words = rules.stemmed_words  # branch words compared by their stems
+        self.negated_words = rules.negated_words  # ... and a word under a negation as a word of its own
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
         self.typo_words = rules.typo_words  # branch words and enum values read through a slip of the keyboard
         self.declared_values_whole = rules.declared_values_whole  # ... and no longer span holding it
@@ -207,7 +209,8 @@ class Codec:
         from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
         from subterra.runtime.branch_words import branch_words
 
-        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words)
+        return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words,
+                            self.negated_words)
 
     @functools.cached_property
     def _spelled_words(self) -> tuple[frozenset[str], tuple[str, ...]]:

@@ -317,7 +317,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
     offering = {s: v for s, v in available.items() if not _names_only_lower(wf.slots[s], v[0])} \
         if rules.branch_over_lower_names else available  # "Is there an actual human ...?" names no city
     if rules.branch_words and step in moves and not _offers_asked(wf, offering, step, named):
-        pointed = pointed_branch(codec.branch_words, step, read, rules.yes_no_words, stems=codec.stemmed_words)
+        pointed = pointed_branch(codec.branch_words, step, read, rules.yes_no_words, stems=codec.stemmed_words,
+                                 negations=rules.negated_words)
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
@@ -353,7 +354,8 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     frontier, levels = [start], []
     corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
     if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message
-        first = pointed_branch(codec.branch_words, start, codec.read_spelled(message), stems=codec.stemmed_words)  # points at by its words (no mere yes or no, no
+        first = pointed_branch(codec.branch_words, start, codec.read_spelled(message), stems=codec.stemmed_words,
+                               negations=rules.negated_words)  # points at by its words (no mere yes or no, no
         if first is not None and rules.questions_point and _asks_about(wf, start, first, message, held):
             first = None  # correction, no question about it) is a step answered ("economy, the classic one with 2 bags")
         if first is not None:
@@ -386,7 +388,7 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
         # ("Okay, mostly from my Android phone. Thank you!": no "phone" of a call cut short)
         pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
                    if (p := pointed_branch(codec.branch_words, n, codec.read_spelled(message), rules.yes_no_words, answered,
-                                                 codec.stemmed_words))
+                                                 codec.stemmed_words, rules.negated_words))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at
         if rules.carry_into_branches:  # ("..., visa issue"): the branch instead of its decision
             furthest = {n: c for n, c in furthest.items() if n not in pointed}

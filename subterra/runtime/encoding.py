@@ -84,10 +84,10 @@ NO_RULES = ReadingRules(
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
     values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
-    first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False, questions_point=False,
-    branch_over_lower_names=False, names_by_case=False, cased_messages=False, names_ahead_capitalised=False,
-    named_choices=False, typo_words=False, said_values=False, declared_values_whole=False, slot_cues=False, counts_as_said=False,
-    say_from_lines=False)
+    first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
+    questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
+    names_ahead_capitalised=False, named_choices=False, typo_words=False, said_values=False,
+    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False)
 
 
 class Codec:

@@ -9,7 +9,9 @@ of ``subterra.runtime.candidates``). ``ReadingRules`` are how people's messages 
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -60,7 +62,7 @@ class ReadingRules:
     first_message_answers: bool = True  # the rules above read a first message as an answer to the start step's question
     branch_words: bool = True  # a message saying words of one branch only ("lost") moves along that branch
     stemmed_words: bool = True  # ... compared by their stems ("recordings" says the "recording" branch's word)
-    negated_words: bool = True  # ... a word said under a "not" points nowhere, and a negated yes-branch word is a no
+    negated_words: bool = True  # ... a word said under a "not" points only where lines negate it; a negated yes word is a no
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
     questions_point: bool = True  # ... not a question about a branch whose lines never ask one: it keeps the step
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
@@ -344,11 +346,10 @@ SLIP_RATIO = 0.85  # difflib's similarity at least: "busines"/"business" 0.93, "
 # never "cancer"/"cancel" (0.83) nor "economic"/"economy" (0.80)
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1 << 14)  # every row of a batch, and every rule of a turn, reads the same message
 def _respelled(message: str, known: frozenset[str], targets: tuple[str, ...]) -> str:
-    import difflib
-    import re
-
+    """``message`` with each unknown word of ``MIN_SLIP_LENGTH`` letters or more read as the one target
+    it is a slip of (``Codec.read_spelled``)."""
     def fixed(m: re.Match) -> str:
         word = m.group().casefold()
         if len(word) < MIN_SLIP_LENGTH or word in known:

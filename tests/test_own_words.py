@@ -920,6 +920,10 @@ def test_a_declared_value_said_is_offered_alone_not_inside_a_longer_span(trained
     assert declared_whole(["Paris CDG", "Paris"], ["Paris"], "Paris CDG") == ["Paris"]
     assert declared_whole(["barcelona", "BCN"], ["barcelona"], "barcelona (BCN)") == ["barcelona"]
     assert declared_whole(["Porto", "OPO"], [], "Porto (OPO)") == ["Porto", "OPO"]
+    from subterra.runtime.candidates import words_apart  # devices share words ("MacBook Air", "MacBook Pro"):
+    support = load_workflow(Path(__file__).parent.parent / "data" / "workflows" / "customer_support.yaml")
+    assert not words_apart(tuple(support.slots["device"].values))  # "iPad mini" is no "iPad"
+    assert words_apart(("Paris", "New York", "Cape Town"))
     wf = load_workflow(Path(__file__).parent.parent / "data" / "workflows" / "travel_booking.yaml")
     tokenizer, _ = load_compiled(trained[1].model_dir)
     codec = Codec(tokenizer, wf, rules=ReadingRules())
@@ -928,6 +932,7 @@ def test_a_declared_value_said_is_offered_alone_not_inside_a_longer_span(trained
     assert "Paris CDG" not in codec.value_candidates("origin", "Paris CDG")[0]
     assert "Paris CDG" in Codec(tokenizer, wf, rules=replace(ReadingRules(), declared_values_whole=False)).value_candidates(
         "origin", "Paris CDG")[0]
+    assert "iPad mini" in Codec(tokenizer, support, rules=ReadingRules()).value_candidates("device", "iPad mini")[0]
 
 
 def test_a_slip_of_the_keyboard_still_points_at_a_branch_and_names_a_choice(trained):

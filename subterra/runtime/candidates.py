@@ -214,13 +214,18 @@ def named_choices(values: tuple[str, ...], message: str) -> tuple[str, ...]:
 def said_values(values, message: str) -> list[str]:
     """The spans of ``message`` that say one of a slot's declared values word for word, in any
     case ("I'll be there in 10 minutes" says "in 10 minutes", frame words and all), longest first."""
+    return list(_said_values(tuple(str(v) for v in values or ()), message))
+
+
+@functools.lru_cache(maxsize=1 << 14)  # asked per slot and per rule of a turn, for every row of a batch
+def _said_values(values: tuple[str, ...], message: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
-    for value in sorted((str(v) for v in values or ()), key=len, reverse=True):
+    for value in sorted(values, key=len, reverse=True):
         words = value.split()
         if words:
             pattern = r"(?<!\w)" + r"[\s-]+".join(map(re.escape, words)) + r"(?!\w)"
             found.update(dict.fromkeys(m.group(0) for m in re.finditer(pattern, message, re.I)))
-    return list(found)
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=256)

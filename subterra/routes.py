@@ -141,6 +141,8 @@ class PlayConfig:
     slot_cues: bool = ReadingRules.slot_cues
     counts_as_said: bool = ReadingRules.counts_as_said
     say_from_lines: bool = ReadingRules.say_from_lines
+    branch_reader: str = ReadingRules.branch_reader
+    reader_margin: float = ReadingRules.reader_margin
 
     def reading_rules(self) -> ReadingRules:
         return ReadingRules(**{f.name: getattr(self, f.name) for f in fields(ReadingRules)})

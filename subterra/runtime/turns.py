@@ -183,7 +183,7 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             yield from forced(codec.next_key)
     yield from forced(codec.say_head)
     holding = {**(held or {}), **slots}
-    lines = {line: ids for line, ids in codec.say_lines(node, tuple(slots)).items()
+    lines = {line: ids for line, ids in codec.say_lines(node, corrected_slots(slots, held)).items()
              if all(p in holding for p in placeholders(line))} if rules.say_from_lines else {}
     if lines:
         say = yield from _tracked(_taught_say(codec, lines, slots, on_say), raw, counter)
@@ -225,6 +225,12 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     say = say_start + codec.decode(say_ids) + say_tail
     text = codec.decode(raw).split(END)[0]
     return Form(node, slots, say), text, closed
+
+
+def corrected_slots(slots: dict[str, str], held: dict[str, str] | None) -> tuple[str, ...]:
+    """The slots of a form that put a held value right: only these may open the say with a
+    correction's words ("Thanks, updated to Oslo."), never a value given for the first time."""
+    return tuple(s for s in slots if s in (held or {}) and held[s] != slots[s])
 
 
 def _taught_say(codec: Codec, lines: dict[str, list[int]], slots: dict, on_say):

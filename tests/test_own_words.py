@@ -455,7 +455,7 @@ def test_a_name_written_capitalised_leaves_out_the_lower_case_words_around_it():
     """``names_by_case``: for a slot of proper names, "I'm booking for my mother, Marisol Vega" offers
     the name, never "mother"; a message in lower case throughout keeps its words ("warsaw"), and an
     id keeps its digits whatever its case."""
-    from subterra.runtime.candidates import capitalised_values, written_as_names
+    from subterra.runtime.candidates import capitalised_values, mid_sentence, written_as_names
     from subterra.workflow import Slot
 
     assert capitalised_values(Slot(name="patient", values=("Marisol Vega", "Lotte de Vries")))
@@ -469,6 +469,10 @@ def test_a_name_written_capitalised_leaves_out_the_lower_case_words_around_it():
     assert written_as_names("Sorry, lost you there.", ["lost"]) == ["lost"]
     assert written_as_names("I fly from boston", ["boston"], cased=True) == ["boston"]  # "I" is no sentence case
     assert written_as_names("sorry one sec, my kid is yelling", ["yelling"], cased=True) == ["yelling"]
+    # a name of two capitalised words is one where its first word starts a sentence, too ("Krüger" starts none)
+    assert written_as_names("morning. Tobias Krüger. need help", ["Tobias Krüger", "need help"]) == ["Tobias Krüger"]
+    assert mid_sentence("morning. Tobias Krüger. need help", "Tobias Krüger")
+    assert not mid_sentence("Sorry. Paris please", "Paris") and not mid_sentence("Quick question", "Quick")
 
 
 def test_a_procedure_words_plural_or_singular_is_one_too(mini_workflow):

@@ -298,7 +298,9 @@ def written_in_case(message: str) -> bool:
 
 
 def mid_sentence(message: str, span: str) -> bool:
-    """Does ``span`` stand in ``message`` where no sentence starts (its capital is its own)?"""
+    """Is the capital of ``span`` its own: does it stand in ``message`` where no sentence starts, or is
+    a later word of it capitalised too ("morning. Tobias Krüger. need help": "Krüger" starts no sentence)?"""
     at = message.find(span)
     before = message[:at].rstrip()
-    return at > 0 and bool(before) and before[-1] not in ".!?"
+    later = re.findall(r"[^\W\d_]+", span)[1:]
+    return at >= 0 and (at > 0 and bool(before) and before[-1] not in ".!?" or bool(later) and later[-1][:1].isupper())

@@ -141,6 +141,7 @@ def _load(folder: str):
 
 
 _READERS: dict[tuple, BranchReader] = {}
+MAX_READERS = 32
 
 
 def load_reader(name: str, wf: Workflow, margin: float, data_dir: str | Path | None = None) -> BranchReader:
@@ -152,6 +153,8 @@ def load_reader(name: str, wf: Workflow, margin: float, data_dir: str | Path | N
     folder = resolve(name, data_dir)
     key = (folder, wf.content_hash, margin)
     if key not in _READERS:
+        if len(_READERS) >= MAX_READERS:  # a long-lived server that saw many definitions: the oldest goes
+            _READERS.pop(next(iter(_READERS)))
         model, tokenizer = _load(folder)
         _READERS[key] = BranchReader(model, tokenizer, wf, margin)
     return _READERS[key]

@@ -14,8 +14,9 @@ log-likelihood passes every other text's by ``margin`` nats.
 
 It reads decisions whose branches collect nothing (told apart by words only); where a branch collects
 a value, the values decide (``runtime.turns``). It is asked only where the workflow's own branch
-words (``runtime.branch_words``) point nowhere. Each text's key-value cache is computed once; a
-message costs one forward per branch over its own tokens.
+words (``runtime.branch_words``) point nowhere. Each text's key-value cache is computed once (per
+workflow definition and process); a message costs one forward over its own tokens, the texts batched,
+and a message read once at a step is not read again.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from subterra.forms import FORM_CLOSE, Form
-from subterra.lexicon import words
+from subterra.lexicon import FUNCTION_WORDS, words
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
@@ -359,11 +359,12 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     ways: dict[str, tuple[str, ...]] = {start: ()}  # a step reached, with the slots answered on the way
     frontier, levels = [start], []
     corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
-    if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message
+    if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message points at by
         first = pointed_branch(codec.branch_words, start, codec.read_spelled(message), stems=codec.stemmed_words,
-                               negations=rules.negated_words) or codec.read_branch(start, message)  # points at (no mere yes or no, no
+                               negations=rules.negated_words) or codec.read_branch(start, message)  # its words or as read
         if first is not None and rules.questions_point and _asks_about(wf, start, first, message, held):
-            first = None  # correction, no question about it) is a step answered ("economy, the classic one with 2 bags")
+            first = None  # (no mere yes or no, no correction, no question about it) is a step answered ("economy, the
+            # classic one with 2 bags")
         if first is not None:
             ways[first], frontier, levels = (), [first], [{first: ()}]
     while frontier:
@@ -407,8 +408,6 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
 def _says_more(message: str, answered: frozenset[str]) -> bool:
     """Does ``message`` say a word beyond ``answered`` (the answers' words and values, thanks) and
     English function words? "I'm Ada Moreno." at the greeting says nothing more for a reader to read."""
-    from subterra.lexicon import FUNCTION_WORDS
-
     return any(w not in answered and w not in FUNCTION_WORDS for w in words(message))
 
 

@@ -992,3 +992,64 @@ def test_a_word_said_under_a_negation_points_where_lines_negate_it():
     assert pointed(travel, "payment", finance, negations=False) is None  # "pay" is said for paying and not paying
     assert pointed("gallery/workflows/identity_verification.yaml", "send_code", "not received it yet, sorry") == "resend_code"
     assert pointed("workflows/customer_support.yaml", "login_check", "no mail is coming, spam folder also empty") == "human_agent"
+
+
+RETRY_FLOW = """\
+workflow: code_check
+assistant: You are Kestrel Bank's security assistant.
+start: send_code
+slots:
+  code:
+    description: the six-digit code sent by text
+    values: ["514466", "208731", "993015", "640218"]
+nodes:
+  send_code:
+    prompt: Ask for the code.
+    say: ["What is the code we just texted you?"]
+    collect: [code]
+    user: ["It's {code}.", "{code}.", "The code is {code}.", "Got it: {code}."]
+    next: check
+  check:
+    prompt: Ask whether the code was accepted.
+    say: ["Was {code} accepted?"]
+    branches:
+      - {to: verified, when: the code was accepted, user: ["Yes, accepted.", "Green tick.", "It worked.", "All good."]}
+      - {to: retry, when: the code did not match, user: ["It was refused.", "Rejected.", "It refused it.", "Not accepted."]}
+  retry:
+    prompt: Send a new code and ask for it.
+    say: ["I've sent a new code. What is it?"]
+    collect: [code]
+    user: ["The new one is {code}.", "{code}.", "It's {code}.", "New code: {code}."]
+    next: check_again
+  check_again:
+    prompt: Ask whether the new code was accepted.
+    say: ["And was {code} accepted this time?"]
+    branches:
+      - {to: verified, when: accepted, user: ["Yes.", "Accepted.", "It worked.", "Green tick."]}
+      - {to: locked, when: refused again, user: ["No.", "Refused again.", "Rejected.", "Still no."]}
+  verified: {prompt: Confirm., say: ["You're verified."], end: success}
+  locked: {prompt: Lock., say: ["Your account is locked for now."], end: abandoned}
+"""
+
+
+def test_a_retry_asking_for_a_new_code_is_not_passed_by_the_held_one(trained, tmp_path):
+    """A step that asks again for a value a step before it collected (a verification's retry) is
+    not answered by the value held, the one that failed: "It was refused" with a code held moves to
+    the retry and asks for the new code, never past it; a message giving the new code goes on."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    (tmp_path / "code_check.yaml").write_text(RETRY_FLOW)
+    wf = load_workflow(tmp_path / "code_check.yaml")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, wf, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    rules = replace(ReadingRules(), branch_reader="")
+    held = {"code": "514466"}
+
+    def moves(message):
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "check", rules, message))
+
+    assert moves("It was refused") == {"retry"}
+    assert "check_again" in moves("It was refused, the new one is 208731")

@@ -330,8 +330,9 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             aside = "?" in message or _named(message, held)  # too for a question or a correction
             if rules.questions_point and _asks_about(wf, step, pointed, message, held):  # a question about a branch
                 pointed, reach = step, set()  # keeps the step ("is business a lot more?" before choosing a cabin)
-            moves = {n: ids for n, ids in moves.items()
-                     if n == pointed or (n == step and aside) or (n in reach and set(wf.collected_between(step, n)) - branch)}
+            stale = {s for s in _asked_again(wf, None) if s not in given}  # "It was refused": no new code given
+            moves = {n: ids for n, ids in moves.items() if n == pointed or (n == step and aside)
+                     or (n in reach and set(wf.collected_between(step, n)) - branch - stale)}
     return moves or codec.node_candidates
 
 
@@ -372,7 +373,8 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
         for node in frontier:
             for e in wf.out_edges(node):
                 step_slots = list(dict.fromkeys(wf.nodes[node].collect + e.collect))
-                asked = [s for s in step_slots if s not in held]
+                again = _asked_again(wf, node)  # a retry's new code: a held one does not answer it
+                asked = [s for s in step_slots if s not in held or s in again]
                 if e.target in ways or e.target in reached or not step_slots:
                     continue
                 if not asked and not (rules.held_steps_pass and not _on_loop(wf, node)):
@@ -409,6 +411,20 @@ def _says_more(message: str, answered: frozenset[str]) -> bool:
     """Does ``message`` say a word beyond ``answered`` (the answers' words and values, thanks) and
     English function words? "I'm Ada Moreno." at the greeting says nothing more for a reader to read."""
     return any(w not in answered and w not in FUNCTION_WORDS for w in words(message))
+
+
+def _asked_again(wf, node: str | None) -> frozenset[str]:
+    """The slots ``node`` asks for again after a step before it collected them (a verification's
+    retry asks for a new code): the value held is the one that failed, so it answers nothing there.
+    With ``node`` None, every such slot of the workflow. Worked out once per workflow."""
+    again = wf.__dict__.get("_asked_again")
+    if again is None:
+        again = wf.__dict__["_asked_again"] = {n: frozenset(
+            s for e in wf.out_edges(n) for s in dict.fromkeys(wf.nodes[n].collect + e.collect)
+            if any(s in dict.fromkeys(wf.nodes[m].collect + u.collect) and (u.target == n or n in reachable(wf, u.target))
+                   for m in wf.nodes if m != n for u in wf.out_edges(m))) for n in wf.nodes}
+        again[None] = frozenset().union(*again.values())
+    return again[node]
 
 
 def _on_loop(wf, node: str) -> bool:

@@ -115,6 +115,22 @@ _MONTH_AFTER = re.compile(rf"^\s*(?:of\s+)?{_MONTH}\b", re.I)
 _MONTH_BEFORE = re.compile(rf"\b{_MONTH}\s*$", re.I)
 
 
+# a word a model's number follows: capitalised inside a sentence ("Lenovo Yoga Slim 7", "my Pixel 8"),
+# or capitalised inside, wherever it stands ("PlayStation 5", "iPhone 15")
+_NAME_BEFORE = re.compile(r"(?:(?<=[^.!?:;,\s] )[A-Z][\w-]*|\b[a-zA-Z]*[a-z][A-Z][\w-]*)\s+$")
+_COUNTED_AFTER = re.compile(rf"\s*(?:{_PEOPLE_NOUN}|[a-z]+s)\b")  # "Lisbon 2 adults", "Sony 3 photos": counted things
+
+
+def _in_name(text: str, number: re.Match) -> bool:
+    """Is the number part of a thing's name, no count: glued to letters ("Buds2", "WH-1000XM5") or
+    after a name's word ("Lenovo Yoga Slim 7", "PlayStation 5", "iPhone 15 Pro"), unless counted
+    things follow it ("to Lisbon 2 adults")?"""
+    start, end = number.span()
+    if start and text[start - 1].isalpha():
+        return True
+    return bool(_NAME_BEFORE.search(text[max(0, start - 40):start])) and not _COUNTED_AFTER.match(text, end)
+
+
 def _is_day(text: str, number: re.Match) -> bool:
     """Is this number the day of a date ("6 November", "November 6")? Then it is no count."""
     return bool(_MONTH_AFTER.match(text[number.end():]) or _MONTH_BEFORE.search(text[:number.start()]))
@@ -141,7 +157,8 @@ def counts(message: str, wording: str | None = None) -> tuple[str, ...]:
     except Exception:  # the parser's own failure on odd input is no value
         converted = message
     found = [str(int(m.group())) for m in _DIGITS.finditer(converted)
-             if not _is_day(converted, m) and not (wording is not None and _other_time(converted, m, wording))]
+             if not _is_day(converted, m) and not (wording is not None and _other_time(converted, m, wording))
+             and not _in_name(converted, m)]
     if _ALONE.search(message):
         found.append("1")
     if _A_COUPLE.search(message):  # "a couple", "a couple of us": two people, never "a couple of days"

@@ -1053,3 +1053,19 @@ def test_a_retry_asking_for_a_new_code_is_not_passed_by_the_held_one(trained, tm
 
     assert moves("It was refused") == {"retry"}
     assert "check_again" in moves("It was refused, the new one is 208731")
+
+
+def test_a_number_in_a_things_name_is_no_count():
+    """A model's number ("Lenovo Yoga Slim 7", "PlayStation 5", "Galaxy Buds2 Pro", "Sony WH-1000XM5")
+    is part of a product's name: no photo count nor party size; a count after a city or a greeting
+    still counts ("to Lisbon 2 adults", "Hi 2 please")."""
+    from subterra.typed_values import counts
+
+    for name in ("it's a Lenovo Yoga Slim 7", "PlayStation 5", "Galaxy Buds2 Pro", "hello, ORD-9162034, Sony WH-1000XM5",
+                 "LG OLED C3", "my Pixel 8 won't turn on", "iPhone 15 Pro", "Acer Swift Go 14"):
+        assert counts(name) == (), name
+    assert counts("I took 3 photos of my Pixel 8") == ("3",)
+    for said, count in (("to Lisbon 2 adults", "2"), ("Hi 2 please", "2"), ("Hello 3 tickets to Rome", "3"),
+                        ("OK, 4", "4"), ("Oslo 2 people", "2"), ("Table for 4", "4")):
+        assert counts(said) == (count,), said
+

@@ -143,6 +143,8 @@ class PlayConfig:
     say_from_lines: bool = ReadingRules.say_from_lines
     branch_reader: str = ReadingRules.branch_reader
     reader_margin: float = ReadingRules.reader_margin
+    reader_nowhere_margin: float = ReadingRules.reader_nowhere_margin
+    reader_direct_weight: float = ReadingRules.reader_direct_weight
 
     def reading_rules(self) -> ReadingRules:
         return ReadingRules(**{f.name: getattr(self, f.name) for f in fields(ReadingRules)})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from subterra.phrasing import SEEN, UNSEEN, phrasing_pool
-from subterra.runtime.branch_reader import NOWHERE, branch_texts, load_reader, word_decision
+from subterra.runtime.branch_reader import NOWHERE, branch_texts, load_reader, told_by_words, word_decision
 from subterra.runtime.encoding import NO_RULES, Codec, ReadingRules
 from subterra.workflow import load_workflow
 
@@ -24,9 +24,17 @@ def support():
     return load_workflow(SUPPORT)
 
 
+def as_shipped(wf, **settings):
+    """The reader of ``wf`` with the defaults' margins and direct weight (``ReadingRules``), or ``settings``."""
+    given = dict(margin=ReadingRules.reader_margin, nowhere_margin=ReadingRules.reader_nowhere_margin,
+                 direct_weight=ReadingRules.reader_direct_weight) | settings
+    margin = given.pop("margin")
+    return load_reader(ReadingRules.branch_reader, wf, margin, **given)
+
+
 @pytest.fixture(scope="module")
 def reader(support):
-    return load_reader(ReadingRules.branch_reader, support, ReadingRules.reader_margin)
+    return as_shipped(support)
 
 
 def test_the_texts_hold_the_workflows_seen_lines_only(support):
@@ -41,7 +49,10 @@ def test_the_texts_hold_the_workflows_seen_lines_only(support):
     after = branch_texts(support, "triage", ("greet",))
     assert "I'm it. " in after["av_device"] and "I'm it." in after[NOWHERE] and "I'm it." not in texts[NOWHERE]
     assert word_decision(support, "triage") and not word_decision(support, "greet")
-    assert not word_decision(load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml"), "ask_count")  # collects
+    booking = load_workflow(Path(__file__).parent / "fixtures" / "mini_booking.yaml")  # a branch collects, two are words
+    assert word_decision(booking, "ask_count") and told_by_words(booking, "ask_count") == ("cancel", "human")
+    counted = branch_texts(booking, "ask_count")["confirm"]  # the collecting branch's lines say declared values
+    assert "{" not in counted and any(f" {cabin}" in counted for cabin in booking.slots["cabin"].values)
 
 
 def test_it_reads_branches_in_words_the_workflow_never_says(reader):
@@ -56,6 +67,33 @@ def test_it_reads_branches_in_words_the_workflow_never_says(reader):
     assert max(webcam.scores, key=webcam.scores.get) == "av_device"  # first, but by less than the margin
     assert webcam.target is None
     assert reader.read("greet", "I was billed twice last month").target is None  # no decision: nothing read
+
+
+def test_where_a_branch_collects_a_value_it_reads_only_the_branches_told_by_words():
+    """warranty_claim's greeting asks for the order number (a branch that collects it) or hears that
+    there is none, or that a person is wanted: those two are read; a message likeliest under the
+    collecting branch ("its ORD-1234567") is left to the values."""
+    claim = load_workflow(Path(__file__).parents[1] / "data" / "gallery" / "workflows" / "warranty_claim.yaml")
+    claim_reader = as_shipped(claim)
+    assert told_by_words(claim, "greet") == ("find_order", "human_handoff")
+    assert claim_reader.read("greet", "hello? can I get put through to customer services").target == "human_handoff"
+    assert claim_reader.read("greet", "my order number's gone, sorry").target == "find_order"
+    valued = claim_reader.read("greet", "its ORD-1234567")
+    assert max(valued.scores, key=valued.scores.get) == "ask_product" and valued.target is None
+
+
+def test_the_direct_reading_tells_what_a_short_answer_means():
+    """identity_verification's "was the code accepted?": "wrong" is a little likelier after the lines
+    of a code that did not match (the channel), not by the margin; quoted, it makes "the code did not
+    match" likelier than saying nothing does (the direct reading), and the two together read it. A
+    greeting stays nowhere."""
+    verify = load_workflow(Path(__file__).parents[1] / "data" / "gallery" / "workflows" / "identity_verification.yaml")
+    both, channel = as_shipped(verify), as_shipped(verify, margin=3.0, nowhere_margin=3.0, direct_weight=0.0)
+    wrong = both.read("check_code", "wrong")
+    assert wrong.target == "code_retry_1" and wrong.direct["code_retry_1"] > 0 > wrong.direct["verified"]
+    assert channel.read("check_code", "wrong").target is None and channel.read("check_code", "wrong").direct is None
+    assert both.read("check_code", "great, that's accepted").target == "verified"
+    assert both.read("check_code", "hi there").target is None
 
 
 def test_the_form_moves_along_the_branch_read(support):

@@ -9,11 +9,16 @@ by a pretrained causal model (SmolLM2-135M-Instruct by default, ``subterra.base_
 branch under which the message is the likeliest continuation is the one it reads. One more text, of
 messages that answer nothing yet (the off-script lines training speaks: not understood, off topic;
 and the lines of the steps the message answers on the way, "I'm Ada Moreno" at the greeting), stands
-for no branch: a message likelier there points nowhere. The reader points at a branch only when its
-log-likelihood passes every other text's by ``margin`` nats.
+for no branch: a message likelier there points nowhere. A second, direct reading quotes the message
+and asks what it means: how much likelier each branch's ``when`` follows it than it follows a message
+saying nothing ("wrong" makes "the code did not match" likelier; ``BranchReader.direct``). The reader
+points at a branch when its log-likelihood, plus ``direct_weight`` times its direct reading, passes
+every other branch's by ``margin`` nats, and its log-likelihood alone passes the no-branch text's by
+``nowhere_margin``.
 
-It reads decisions whose branches collect nothing (told apart by words only); where a branch collects
-a value, the values decide (``runtime.turns``). It is asked only where the workflow's own branch
+It reads decisions with a branch that collects nothing (told by words only, ``told_by_words``); a
+branch that collects a value has its text too (its lines with declared values said), but where it
+reads likeliest, the values decide (``runtime.turns``). It is asked only where the workflow's own branch
 words (``runtime.branch_words``) point nowhere. Each text's key-value cache is computed once (per
 workflow definition and process); a message costs one forward over its own tokens, the texts batched,
 and a message read once at a step is not read again.
@@ -33,14 +38,26 @@ from subterra.workflow import Workflow
 NOWHERE = ""  # the text of messages that answer no branch yet
 
 
+def told_by_words(wf: Workflow, step: str) -> tuple[str, ...]:
+    """The targets of ``step`` a branch reaches without collecting a value (at a step that collects
+    none itself): the ways out that words alone choose."""
+    if wf.nodes[step].collect:
+        return ()
+    return tuple(dict.fromkeys(e.target for e in wf.out_edges(step) if not e.collect))
+
+
 def word_decision(wf: Workflow, step: str) -> bool:
-    """Is ``step`` a decision told by words: two targets or more, no way out of it collecting a value?"""
-    edges = wf.out_edges(step)
-    return len({e.target for e in edges}) >= 2 and not any(e.collect for e in edges) and not wf.nodes[step].collect
+    """Is ``step`` a decision with a branch told by words: two targets or more, one of them reached
+    without a value ("I can't find my order e-mail" where the other branch collects the order number)?"""
+    return len({e.target for e in wf.out_edges(step)}) >= 2 and bool(told_by_words(wf, step))
 
 
-def _plain(text: str) -> str:
-    return re.sub(r"\{[^}]*\}", "it", text).strip()
+def _plain(text: str, wf: Workflow | None = None, k: int = 0) -> str:
+    """``text`` with each placeholder said: one of its slot's declared values (the ``k``-th), else "it"."""
+    def said(found: re.Match) -> str:
+        slot = wf.slots.get(found.group(1)) if wf is not None else None
+        return str(slot.values[k % len(slot.values)]) if slot is not None and slot.values else "it"
+    return re.sub(r"\{([^}]*)\}", said, text).strip()
 
 
 def branch_text(wf: Workflow, step: str, who: str, lines) -> str:
@@ -59,6 +76,8 @@ def branch_texts(wf: Workflow, step: str, before: tuple[str, ...] = ()) -> dict[
         edges = [e for e in wf.out_edges(step) if e.target == target]
         who = "; or ".join(dict.fromkeys(e.when for e in edges if e.when)) or "goes on"
         lines = [line for e in edges for line in phrasing_pool(e.user, SEEN)]
+        if any(e.collect for e in edges):  # a branch that collects says declared values ("ORD-4417203.", not "it.")
+            lines = [_plain(line, wf, k) for k, line in enumerate(lines)]
         if answers:  # the steps on the way answered first, as one message does ("I'm Ada Moreno. My camera is black.")
             lines = [f"{answers[i % len(answers)]} {line}" for i, line in enumerate(lines)]
         texts[target] = branch_text(wf, step, who, lines)
@@ -67,17 +86,37 @@ def branch_texts(wf: Workflow, step: str, before: tuple[str, ...] = ()) -> dict[
     return texts
 
 
+def direct_head(wf: Workflow, step: str) -> str:
+    """The text a message is quoted in to read what it means (``BranchReader.direct``)."""
+    ask = wf.nodes[step].say[0] if wf.nodes[step].say else wf.nodes[step].prompt
+    return f"{wf.assistant.strip()}\nThe assistant asks: \"{_plain(ask)}\"\nThe customer answers: \""
+
+
+MEANS = "\"\nIn short, the customer's answer means:"  # after the quoted message, before a branch's ``when``
+EMPTY = "..."  # the message a branch's ``when`` is compared against: its likelihood after saying nothing
+
+
+def branch_whens(wf: Workflow, step: str) -> dict[str, str]:
+    """Per target of ``step``, what its branch's ``when`` says (two ways to one step: either)."""
+    return {t: "; or ".join(dict.fromkeys(e.when for e in wf.out_edges(step) if e.target == t and e.when))
+            or t.replace("_", " ") for t in dict.fromkeys(e.target for e in wf.out_edges(step))}
+
+
 @dataclass(frozen=True)
 class Reading:
     target: str | None  # the branch read, None when the message points at none by the margin
     scores: dict[str, float]  # per text (``NOWHERE``: ""), the message's log-likelihood after it
+    direct: dict[str, float] | None = None  # per target, how much likelier its ``when`` is after the message
 
 
 class BranchReader:
     """A pretrained causal model reading which branch of a word decision a message takes."""
 
-    def __init__(self, model, tokenizer, wf: Workflow, margin: float):
+    def __init__(self, model, tokenizer, wf: Workflow, margin: float, nowhere_margin: float | None = None,
+                 direct_weight: float = 0.0):
         self.model, self.tok, self.wf, self.margin = model, tokenizer, wf, margin
+        self.nowhere_margin = margin if nowhere_margin is None else nowhere_margin
+        self.direct_weight = direct_weight
         self._prefixes: dict[str, tuple] = {}
 
     def _prefix(self, text: str):
@@ -115,6 +154,39 @@ class BranchReader:
         rest = torch.log_softmax(out.logits[:, :-1], -1).gather(2, torch.tensor([ids[1:]] * len(texts))[..., None])
         return [float(first[ids[0]] + rest[k].sum()) for k, (_, _, first) in enumerate(prefixes)]
 
+    def continuations(self, head: str, tail: str, endings: list[str]) -> list[float]:
+        """The log-likelihood of each of ``endings`` after ``head`` + ``tail``: the head's cache kept,
+        the tail and every ending in one batched forward (padded on the right)."""
+        import torch
+        from transformers import DynamicCache
+
+        layers_of, length, first = self._prefix(head)
+        tail_ids = self.tok(tail, add_special_tokens=False).input_ids
+        ends = [self.tok(e, add_special_tokens=False).input_ids for e in endings]
+        rows = [tail_ids + e for e in ends]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * (length + len(r)) + [0] * (width - len(r)) for r in rows])
+        positions = torch.arange(length, length + width).repeat(len(rows), 1)
+        layers = [tuple(torch.cat([layer[kv]] * len(rows)) for kv in (0, 1)) for layer in layers_of]
+        with torch.no_grad():
+            out = self.model(ids, past_key_values=DynamicCache(layers), attention_mask=mask, position_ids=positions)
+        logp = torch.log_softmax(out.logits, -1)
+        start = len(tail_ids) - 1  # the logits there predict an ending's first token
+        return [float(sum(logp[k, start + j, t] for j, t in enumerate(e))) for k, e in enumerate(ends)]
+
+    @functools.lru_cache(maxsize=1 << 14)
+    def direct(self, step: str, message: str) -> dict[str, float]:
+        """Per target of ``step``, how much likelier its ``when`` is said to be what the message means
+        than what saying nothing means (a pointwise mutual information, in nats): the direct reading
+        beside the noisy channel's ("wrong" means "the code did not match")."""
+        whens = branch_whens(self.wf, step)
+        endings = [f" {w}." for w in whens.values()]
+        head = direct_head(self.wf, step)
+        said = self.continuations(head, message + MEANS, endings)
+        empty = self.continuations(head, EMPTY + MEANS, endings)
+        return {t: a - b for t, a, b in zip(whens, said, empty)}
+
     def read(self, step: str, message: str, before: tuple[str, ...] = ()) -> Reading:
         """The branch of ``step`` ``message`` takes, if one passes every other text by the margin."""
         if not word_decision(self.wf, step) or not message.strip():
@@ -125,9 +197,15 @@ class BranchReader:
     def _read(self, step: str, message: str, before: tuple[str, ...]) -> Reading:
         texts = branch_texts(self.wf, step, before)
         scores = dict(zip(texts, self.likelihoods(list(texts.values()), message)))
-        best, second = sorted(scores, key=scores.get, reverse=True)[:2]
-        target = best if best != NOWHERE and scores[best] - scores[second] >= self.margin else None
-        return Reading(target, scores)
+        branches = [t for t in scores if t != NOWHERE]
+        if all(scores[t] - scores[NOWHERE] < self.nowhere_margin for t in branches):
+            return Reading(None, scores)  # no branch passes the no-branch text: nothing to read further
+        direct = self.direct(step, message) if self.direct_weight else None
+        both = {t: v + (self.direct_weight * direct[t] if direct else 0.0) for t, v in scores.items() if t != NOWHERE}
+        best, second = sorted(both, key=both.get, reverse=True)[:2]  # a branch that collects: the values decide
+        told = best in told_by_words(self.wf, step) and both[best] - both[second] >= self.margin \
+            and scores[best] - scores[NOWHERE] >= self.nowhere_margin
+        return Reading(best if told else None, scores, direct)
 
 
 @functools.lru_cache(maxsize=4)
@@ -145,17 +223,18 @@ _READERS: dict[tuple, BranchReader] = {}
 MAX_READERS = 32
 
 
-def load_reader(name: str, wf: Workflow, margin: float, data_dir: str | Path | None = None) -> BranchReader:
+def load_reader(name: str, wf: Workflow, margin: float, data_dir: str | Path | None = None,
+                nowhere_margin: float | None = None, direct_weight: float = 0.0) -> BranchReader:
     """The reader of base model ``name`` (a named one, ``subterra.base_models``, converted once into
     the data folder; or a folder) for ``wf``; one model per process, however many workflows read, and
     one reader per workflow definition, its texts' caches and its readings kept between plays."""
     from subterra.base_models import resolve
 
     folder = resolve(name, data_dir)
-    key = (folder, wf.content_hash, margin)
+    key = (folder, wf.content_hash, margin, nowhere_margin, direct_weight)
     if key not in _READERS:
         if len(_READERS) >= MAX_READERS:  # a long-lived server that saw many definitions: the oldest goes
             _READERS.pop(next(iter(_READERS)))
         model, tokenizer = _load(folder)
-        _READERS[key] = BranchReader(model, tokenizer, wf, margin)
+        _READERS[key] = BranchReader(model, tokenizer, wf, margin, nowhere_margin, direct_weight)
     return _READERS[key]

@@ -82,7 +82,9 @@ class ReadingRules:
     # (``runtime.branch_reader``: "an awful echo on my calls" is the audio branch): a base model's name
     # (``subterra.base_models``) or folder; "" for none
     branch_reader: str = "smollm2-135m"
-    reader_margin: float = 3.0  # ... only when the branch is likelier than every other reading by this many nats
+    reader_margin: float = 2.0  # ... only when the branch is likelier than every other branch by this many nats
+    reader_nowhere_margin: float = 3.0  # ... and than no branch at all by this many
+    reader_direct_weight: float = 0.5  # ... its likelihood plus this times its direct reading (what the message means)
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
@@ -126,7 +128,8 @@ class Codec:
         self.declared_values_whole = rules.declared_values_whole  # ... and no longer span holding it
         self.cues = slot_cues(wf) if rules.slot_cues else {}  # words before one slot's values only ("to" Havana)
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
-        self._reader = (rules.branch_reader, rules.reader_margin)  # which pretrained model reads branches, if any
+        self._reader = (rules.branch_reader, rules.reader_margin, rules.reader_nowhere_margin,
+                        rules.reader_direct_weight)  # which pretrained model reads branches, if any, and how
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         self._said_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
@@ -223,12 +226,12 @@ class Codec:
     @functools.cached_property
     def reader(self):
         """The pretrained branch reader (``runtime.branch_reader``), loaded on first use; None without one."""
-        name, margin = self._reader
+        name, margin, nowhere_margin, direct_weight = self._reader
         if not name:
             return None
         from subterra.runtime.branch_reader import load_reader
 
-        return load_reader(name, self.wf, margin)
+        return load_reader(name, self.wf, margin, nowhere_margin=nowhere_margin, direct_weight=direct_weight)
 
     def read_branch(self, step: str, message: str, before: tuple[str, ...] = ()) -> str | None:
         """The branch of the word decision ``step`` the reader reads ``message`` as taking (after

@@ -362,7 +362,7 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
     corrects = _corrected(message, held, available) if rules.restated_values else _named(message, held)
     if rules.carry_into_branches and rules.branch_words and not corrects:  # a branch the message points at by
         first = pointed_branch(codec.branch_words, start, codec.read_spelled(message), stems=codec.stemmed_words,
-                               negations=rules.negated_words) or codec.read_branch(start, message)  # its words or as read
+                               negations=rules.negated_words) or _read_unless_valued(codec, start, message, available)
         if first is not None and rules.questions_point and _asks_about(wf, start, first, message, held):
             first = None  # (no mere yes or no, no correction, no question about it) is a step answered ("economy, the
             # classic one with 2 bags")
@@ -399,12 +399,23 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
                    if (p := pointed_branch(codec.branch_words, n, codec.read_spelled(message), rules.yes_no_words, answered,
                                            codec.stemmed_words, rules.negated_words)
                        or (_says_more(message, answered)  # or as read after them, when it says more than the answers
-                           and codec.read_branch(n, message, tuple(w for w in ways if w not in last))))
+                           and not any(e.collect for e in wf.out_edges(n))  # at a decision told by words only
+                           and _read_unless_valued(codec, n, message, available, tuple(w for w in ways if w not in last))))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at
+        # ("we fly out of Manchester" is read at no question of dates that one branch answers by a date)
         if rules.carry_into_branches:  # ("..., visa issue"): the branch instead of its decision
             furthest = {n: c for n, c in furthest.items() if n not in pointed}
         furthest = {**furthest, **{p: () for p in pointed.values()}}
     return {n: ids for n, ids in moves.items() if n in furthest}
+
+
+def _read_unless_valued(codec: Codec, step: str, message: str, available: dict, before: tuple[str, ...] = ()) -> str | None:
+    """The branch of ``step`` the reader reads ``message`` as taking (its words or as read), unless
+    the message offers a value ``step`` asks for: then the values decide ("Lisbon" at the
+    destination's question is no handover to read)."""
+    if _offers_asked(codec.wf, available, step, _named_enums(codec.wf, message)):
+        return None
+    return codec.read_branch(step, message, before)
 
 
 def _says_more(message: str, answered: frozenset[str]) -> bool:

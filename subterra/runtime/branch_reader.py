@@ -141,39 +141,51 @@ class BranchReader:
         ids = self.tok(" " + " ".join(message.split()), add_special_tokens=False).input_ids
         if not ids or not texts:
             return [0.0] * len(texts)
-        prefixes = [self._prefix(text) for text in texts]
-        longest = max(length for _, length, _ in prefixes)
-        pad = torch.nn.functional.pad
-        layers = [tuple(torch.cat([pad(p[0][i][kv], (0, 0, longest - p[1], 0)) for p in prefixes]) for kv in (0, 1))
-                  for i in range(len(prefixes[0][0]))]
+        layers, longest, prefixes = self._padded(tuple(texts))
         mask = torch.tensor([[0] * (longest - length) + [1] * (length + len(ids)) for _, length, _ in prefixes])
         positions = torch.tensor([[length + j for j in range(len(ids))] for _, length, _ in prefixes])
-        with torch.no_grad():
+        with torch.no_grad():  # the cache grows into new tensors: the padded prefixes stay as they are
             out = self.model(torch.tensor([ids] * len(texts)), past_key_values=DynamicCache(layers),
                              attention_mask=mask, position_ids=positions, use_cache=True)
         rest = torch.log_softmax(out.logits[:, :-1], -1).gather(2, torch.tensor([ids[1:]] * len(texts))[..., None])
         return [float(first[ids[0]] + rest[k].sum()) for k, (_, _, first) in enumerate(prefixes)]
 
+    @functools.lru_cache(maxsize=256)
+    def _padded(self, texts: tuple[str, ...]):
+        """The caches of ``texts`` padded on the left to the longest and batched, kept per set of texts."""
+        import torch
+
+        prefixes = [self._prefix(text) for text in texts]
+        longest = max(length for _, length, _ in prefixes)
+        pad = torch.nn.functional.pad
+        layers = [tuple(torch.cat([pad(p[0][i][kv], (0, 0, longest - p[1], 0)) for p in prefixes]) for kv in (0, 1))
+                  for i in range(len(prefixes[0][0]))]
+        return layers, longest, prefixes
+
     def continuations(self, head: str, tail: str, endings: list[str]) -> list[float]:
         """The log-likelihood of each of ``endings`` after ``head`` + ``tail``: the head's cache kept,
-        the tail and every ending in one batched forward (padded on the right)."""
+        the tail read once after it, then every ending in one batched forward (padded on the right)."""
         import torch
         from transformers import DynamicCache
 
-        layers_of, length, first = self._prefix(head)
+        layers_of, length, _ = self._prefix(head)
         tail_ids = self.tok(tail, add_special_tokens=False).input_ids
         ends = [self.tok(e, add_special_tokens=False).input_ids for e in endings]
-        rows = [tail_ids + e for e in ends]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * (length + len(r)) + [0] * (width - len(r)) for r in rows])
-        positions = torch.arange(length, length + width).repeat(len(rows), 1)
-        layers = [tuple(torch.cat([layer[kv]] * len(rows)) for kv in (0, 1)) for layer in layers_of]
+        with torch.no_grad():
+            said = self.model(torch.tensor([tail_ids]), past_key_values=DynamicCache([tuple(kv) for kv in layers_of]),
+                              position_ids=torch.arange(length, length + len(tail_ids))[None], use_cache=True)
+        first = torch.log_softmax(said.logits[0, -1], -1)  # an ending's first token
+        length += len(tail_ids)
+        width = max(len(e) for e in ends)
+        ids = torch.tensor([e + [0] * (width - len(e)) for e in ends])
+        mask = torch.tensor([[1] * (length + len(e)) + [0] * (width - len(e)) for e in ends])
+        positions = torch.arange(length, length + width).repeat(len(ends), 1)
+        layers = [tuple(torch.cat([kv] * len(ends)) for kv in (layer.keys, layer.values))
+                  for layer in said.past_key_values.layers]
         with torch.no_grad():
             out = self.model(ids, past_key_values=DynamicCache(layers), attention_mask=mask, position_ids=positions)
         logp = torch.log_softmax(out.logits, -1)
-        start = len(tail_ids) - 1  # the logits there predict an ending's first token
-        return [float(sum(logp[k, start + j, t] for j, t in enumerate(e))) for k, e in enumerate(ends)]
+        return [float(first[e[0]] + sum(logp[k, j - 1, t] for j, t in enumerate(e) if j)) for k, e in enumerate(ends)]
 
     @functools.lru_cache(maxsize=1 << 14)
     def direct(self, step: str, message: str) -> dict[str, float]:
@@ -181,11 +193,14 @@ class BranchReader:
         than what saying nothing means (a pointwise mutual information, in nats): the direct reading
         beside the noisy channel's ("wrong" means "the code did not match")."""
         whens = branch_whens(self.wf, step)
-        endings = [f" {w}." for w in whens.values()]
-        head = direct_head(self.wf, step)
-        said = self.continuations(head, message + MEANS, endings)
-        empty = self.continuations(head, EMPTY + MEANS, endings)
-        return {t: a - b for t, a, b in zip(whens, said, empty)}
+        said = self.continuations(direct_head(self.wf, step), message + MEANS, [f" {w}." for w in whens.values()])
+        return {t: a - b for t, a, b in zip(whens, said, self._said_nothing(step))}
+
+    @functools.lru_cache(maxsize=256)
+    def _said_nothing(self, step: str) -> list[float]:
+        """Per target of ``step``, its ``when``'s log-likelihood after a message that says nothing."""
+        whens = branch_whens(self.wf, step)
+        return self.continuations(direct_head(self.wf, step), EMPTY + MEANS, [f" {w}." for w in whens.values()])
 
     def read(self, step: str, message: str, before: tuple[str, ...] = ()) -> Reading:
         """The branch of ``step`` ``message`` takes, if one passes every other text by the margin."""

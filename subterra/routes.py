@@ -116,6 +116,7 @@ class PlayConfig:
     answers_fill: bool = ReadingRules.answers_fill
     answers_pick_moves: bool = ReadingRules.answers_pick_moves
     values_alone_move_on: bool = ReadingRules.values_alone_move_on
+    codes_among_words: bool = ReadingRules.codes_among_words
     out_of_range_answers: bool = ReadingRules.out_of_range_answers
     values_carry_on: bool = ReadingRules.values_carry_on
     spans_once: bool = ReadingRules.spans_once

@@ -55,7 +55,7 @@ def requirements(wf: Workflow, paths: Sequence[Sequence[str]], edge_floor: int, 
             through.setdefault(edge_id, []).append(i)
             edge = edges.get(edge_id)
             if edge is not None:
-                slots.update(s for s in wf.nodes[edge.source].collect + edge.collect if s in enums)
+                slots.update(s for s in wf.edge_slots(edge) if s in enums)
         for s in slots:
             collecting.setdefault(s, []).append(i)
     out = [(served, edge_floor) for served in through.values()]

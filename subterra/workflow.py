@@ -135,6 +135,10 @@ class Workflow:
             object.__setattr__(self, "_out", index)
         return index.get(node_id, ())
 
+    def edge_slots(self, edge: Edge) -> tuple[str, ...]:
+        """The slots a move along ``edge`` collects: its source step's own, then the edge's."""
+        return tuple(dict.fromkeys(self.nodes[edge.source].collect + edge.collect))
+
     def collected_between(self, at: str | None, to: str, surely: bool = True) -> tuple[str, ...]:
         """The slots a move from step ``at`` to step ``to`` surely collects: those every shortest
         way between them collects (along a way, every edge's: a move past several steps, as when a
@@ -151,8 +155,8 @@ class Workflow:
         if at is None and to == self.start:
             memo[key] = ()
             return ()
-        def step(e: Edge) -> tuple[str, ...]:
-            return tuple(dict.fromkeys(self.nodes[e.source].collect + e.collect))
+        step = self.edge_slots
+
         def common(ways: list[tuple[str, ...]]) -> tuple[str, ...]:
             if not surely:
                 return tuple(dict.fromkeys(s for w in ways for s in w))

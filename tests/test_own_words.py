@@ -1055,6 +1055,34 @@ def test_a_retry_asking_for_a_new_code_is_not_passed_by_the_held_one(trained, tm
     assert "check_again" in moves("It was refused, the new one is 208731")
 
 
+def test_a_code_among_words_answers_a_slot_of_codes(trained, tmp_path):
+    """A slot whose declared values are all codes is answered by the one code in a message, whatever
+    words stand around it ("ok got it, 208731"), at a retry too, where the code held is the one
+    that failed; the held code said again answers nothing, and without ``codes_among_words`` a
+    code among more words than it is no answer."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.candidates import coded
+    from subterra.runtime.encoding import Codec
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    (tmp_path / "code_check.yaml").write_text(RETRY_FLOW)
+    wf = load_workflow(tmp_path / "code_check.yaml")
+    assert coded(wf.slots["code"])
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, wf, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    rules = replace(ReadingRules(), branch_reader="")
+    held = {"code": "514466"}
+
+    def moves(message, rules=rules):
+        return set(moves_offered(codec, offered_values(codec, message, held), held, "retry", rules, message))
+
+    assert moves("ok got it, the new one says 208731 I think") == {"check_again"}
+    assert "retry" in moves("ok got it, the new one says 514466 I think")
+    assert "retry" in moves("ok got it, the new one says 208731 I think", replace(rules, codes_among_words=False))
+
+
 def test_a_number_in_a_things_name_is_no_count():
     """A model's number ("Lenovo Yoga Slim 7", "PlayStation 5", "Galaxy Buds2 Pro", "Sony WH-1000XM5")
     is part of a product's name: no photo count nor party size; a count after a city or a greeting

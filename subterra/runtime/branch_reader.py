@@ -192,15 +192,19 @@ class BranchReader:
         """Per target of ``step``, how much likelier its ``when`` is said to be what the message means
         than what saying nothing means (a pointwise mutual information, in nats): the direct reading
         beside the noisy channel's ("wrong" means "the code did not match")."""
-        whens = branch_whens(self.wf, step)
-        said = self.continuations(direct_head(self.wf, step), message + MEANS, [f" {w}." for w in whens.values()])
-        return {t: a - b for t, a, b in zip(whens, said, self._said_nothing(step))}
+        said, nothing = self._means(step, message), self._said_nothing(step)
+        return {t: said[t] - nothing[t] for t in said}
 
     @functools.lru_cache(maxsize=256)
-    def _said_nothing(self, step: str) -> list[float]:
+    def _said_nothing(self, step: str) -> dict[str, float]:
         """Per target of ``step``, its ``when``'s log-likelihood after a message that says nothing."""
+        return self._means(step, EMPTY)
+
+    def _means(self, step: str, message: str) -> dict[str, float]:
+        """Per target of ``step``, its ``when``'s log-likelihood as what ``message`` means."""
         whens = branch_whens(self.wf, step)
-        return self.continuations(direct_head(self.wf, step), EMPTY + MEANS, [f" {w}." for w in whens.values()])
+        said = self.continuations(direct_head(self.wf, step), message + MEANS, [f" {w}." for w in whens.values()])
+        return dict(zip(whens, said))
 
     def read(self, step: str, message: str, before: tuple[str, ...] = ()) -> Reading:
         """The branch of ``step`` ``message`` takes, if one passes every other text by the margin."""

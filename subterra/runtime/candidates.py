@@ -128,6 +128,18 @@ def shaped_like(spec, value: str) -> bool:
     return len(value.split()) <= max(len(v.split()) for v in declared) + 1
 
 
+def is_code(text: str) -> bool:
+    """Has ``text`` a digit or an ``@`` (an SMS code, an e-mail address, an order number)?"""
+    return any(ch.isdigit() or ch == "@" for ch in text)
+
+
+def coded(spec) -> bool:
+    """Are all the slot's declared values codes (``is_code``), none a plain word? No declared
+    values: no."""
+    declared = [str(v) for v in spec.values or ()]
+    return bool(declared) and all(is_code(v) for v in declared)
+
+
 def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
     from subterra.lexicon import words
 

@@ -52,6 +52,7 @@ class ReadingRules:
     corrections_stay: bool = True  # ... not in a message putting a held value right ("not latte, cappuccino" in a loop)
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
+    codes_among_words: bool = True  # ... and one code among any words for a slot of codes only ("ok got it, 448210")
     out_of_range_answers: bool = True  # a count beyond the asked slot's range answers the step too ("about 25 of us")
     values_carry_on: bool = True  # a message answering several steps' questions moves past them all ("2 tickets Chicago to Havana")
     spans_once: bool = True  # a span the form holds for one text slot is not offered to another
@@ -91,7 +92,7 @@ class ReadingRules:
 NO_RULES = ReadingRules(
     inflected_words=False, edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False,
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
-    values_alone_move_on=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
+    values_alone_move_on=False, codes_among_words=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
     first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
     questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,

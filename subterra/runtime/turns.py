@@ -30,7 +30,7 @@ from subterra.lexicon import FUNCTION_WORDS, words
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
-from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, fits_type, named_choices, shaped_like, value_runs
+from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, coded, fits_type, is_code, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -301,7 +301,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         onward = wf.out_edges(step)
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
-            answered = _answered_alone(codec, available, held, step, message)
+            answered = _answered_alone(codec, available, held, step, message, rules.codes_among_words)
         by_name = []
         if not answered and rules.first_names_answer and step == wf.start and not held:  # "can you get me to
             answered = by_name = [s for s in _asked(wf, step) if s in available and wf.slots[s].type == "string"
@@ -372,7 +372,7 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
         reached: dict[str, tuple[str, ...]] = {}
         for node in frontier:
             for e in wf.out_edges(node):
-                step_slots = list(dict.fromkeys(wf.nodes[node].collect + e.collect))
+                step_slots = wf.edge_slots(e)
                 again = _asked_again(wf, node)  # a retry's new code: a held one does not answer it
                 asked = [s for s in step_slots if s not in held or s in again]
                 if e.target in ways or e.target in reached or not step_slots:
@@ -431,8 +431,8 @@ def _asked_again(wf, node: str | None) -> frozenset[str]:
     again = wf.__dict__.get("_asked_again")
     if again is None:
         again = wf.__dict__["_asked_again"] = {n: frozenset(
-            s for e in wf.out_edges(n) for s in dict.fromkeys(wf.nodes[n].collect + e.collect)
-            if any(s in dict.fromkeys(wf.nodes[m].collect + u.collect) and (u.target == n or n in reachable(wf, u.target))
+            s for e in wf.out_edges(n) for s in wf.edge_slots(e)
+            if any(s in wf.edge_slots(u) and (u.target == n or n in reachable(wf, u.target))
                    for m in wf.nodes if m != n for u in wf.out_edges(m))) for n in wf.nodes}
         again[None] = frozenset().union(*again.values())
     return again[node]
@@ -511,7 +511,7 @@ def _apart(options: list[set[str]], taken: tuple[str, ...] = ()) -> bool:
 
 def _asked(wf, at: str) -> tuple[str, ...]:
     """The slots step ``at`` asks for: its own and its branches'."""
-    return tuple(dict.fromkeys(s for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect))
+    return tuple(dict.fromkeys(s for e in wf.out_edges(at) for s in wf.edge_slots(e)))
 
 
 def _names_only_lower(spec, offered: dict) -> bool:
@@ -526,7 +526,7 @@ def _offers_asked(wf, available: dict, at: str, named: set[str]) -> bool:
     or yes/no slot is offered whatever the message says: not an answer by itself, unless the message
     names one of the enum's values (``named``, with ``named_choices``: "a latte, please")."""
     return any(s in available and (wf.slots[s].type not in CHOSEN_TYPES or s in named)
-               for e in wf.out_edges(at) for s in wf.nodes[at].collect + e.collect)
+               for e in wf.out_edges(at) for s in wf.edge_slots(e))
 
 
 def _named_enums(wf, message: str) -> set[str]:
@@ -535,13 +535,19 @@ def _named_enums(wf, message: str) -> set[str]:
 
 
 def _answered(codec: Codec, available: dict, held: dict[str, str], at: str, named: set[str] = frozenset()) -> list[str]:
-    """The slots ``at`` asks for that the message answers: a number or a date it offers, not yet
-    held; an enum it names a value of (``named``, with ``named_choices``: "large"; held or not, as
+    """The slots ``at`` asks for that the message answers: a number or a date it offers, new
+    (``_new``); an enum it names a value of (``named``, with ``named_choices``: "large"; held or not, as
     a loop asks again)."""
     wf = codec.wf
     asked = _asked(wf, at)
     return [s for s in asked if s in available and (
-        (wf.slots[s].type in ("integer", "date") and s not in held) or s in named)]
+        (wf.slots[s].type in ("integer", "date") and _new(wf, at, s, held, available)) or s in named)]
+
+
+def _new(wf, at: str, slot: str, held: dict[str, str], available: dict) -> bool:
+    """Is a value offered for ``slot`` new: none held yet, or ``at`` asks for it again (a retry's
+    code) and the message offers another than the one held?"""
+    return slot not in held or (slot in _asked_again(wf, at) and any(v != held[slot] for v in available[slot][0]))
 
 
 def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: str) -> list[str]:
@@ -560,19 +566,26 @@ def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: s
     return out
 
 
-def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
+def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str,
+                    codes: bool = True) -> list[str]:
     """The text slot ``at`` asks for that ``message`` answers with little but a value: the message's
-    one run of non-frame words, at least half its words, is offered for the slot, not yet held, and
+    one run of non-frame words, at least half its words, is offered for the slot, new (``_new``), and
     has the shape of the slot's declared values (``shaped_like``): "warsaw" after "which city are you
     leaving from?", never "transaction refused" for a miles number nor "it's about a bereavement"
-    for a name."""
+    for a name. With ``codes``, a slot whose declared values are all codes (``coded``) is answered by
+    the message's one run with a digit or an ``@``, whatever words stand around it ("ok got it, 448210")."""
     wf = codec.wf
+    asked = [s for s in _asked(wf, at) if wf.slots[s].type == "string" and s in available and _new(wf, at, s, held, available)]
     runs = value_runs(message, codec.lexicon)
+    code_runs = [r for r in runs if is_code(r)]
+    if codes and len(code_runs) == 1:  # "ok got it, 448210": a code is a value among any words around it
+        answered = [s for s in asked if coded(wf.slots[s]) and code_runs[0] in available[s][0]
+                    and shaped_like(wf.slots[s], code_runs[0])]
+        if answered:
+            return answered
     if len(runs) != 1 or 2 * len(words(runs[0])) < len(words(message)):
         return []
-    asked = _asked(wf, at)
-    return [s for s in asked if wf.slots[s].type == "string" and s in available and s not in held
-            and runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
+    return [s for s in asked if runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
 
 
 def _collecting(wf, moves: dict, at: str, answered: list[str], given: set[str]) -> dict:
@@ -581,8 +594,7 @@ def _collecting(wf, moves: dict, at: str, answered: list[str], given: set[str]) 
     (``given``; the message said more: "Sept 21, two of us" may pass the party-size question;
     "Sept 21" alone never passes its large-group branch to a handover, nor does a value held from an
     earlier round of a loop)."""
-    direct = {e.target: set(wf.nodes[at].collect + e.collect) for e in wf.out_edges(at)
-              if set(answered) & set(wf.nodes[at].collect + e.collect)}
+    direct = {e.target: set(wf.edge_slots(e)) for e in wf.out_edges(at) if set(answered) & set(wf.edge_slots(e))}
     branch = set.union(*direct.values()) if direct else set()
     return {n: ids for n, ids in moves.items()
             if set(answered) & set(wf.collected_between(at, n, surely=False))

@@ -135,6 +135,8 @@ class PlayConfig:
     names_by_case: bool = ReadingRules.names_by_case
     cased_messages: bool = ReadingRules.cased_messages
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
+    ahead_choices_named: bool = ReadingRules.ahead_choices_named
+    moves_on_the_graph: bool = ReadingRules.moves_on_the_graph
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values
     typo_words: bool = ReadingRules.typo_words

@@ -376,6 +376,56 @@ def test_a_form_holds_only_what_its_move_collects_or_a_named_correction(trained,
     assert set(forms["ask_count"].slots) <= {"destination", "travellers", "cabin"}
 
 
+def test_a_choice_the_next_step_asks_for_is_held_only_when_named(trained, mini_workflow):
+    """``ahead_choices_named``: moving on to a step that asks for a choice, the form holds none the
+    message does not name ("switch plans pls" holds no plan: the student would pick one of all the
+    values offered), however the student is inclined; the date the move collects is still held."""
+    import copy
+
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.lockstep import Lockstep
+    from subterra.runtime.turns import TurnCounter, fill_form
+    from subterra.student import load_compiled
+
+    tokenizer, model = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    driver = Lockstep(model, codec.banned_in_say, codec.masks, max_draft=0)
+    moving = copy.copy(codec)
+    moving.node_candidates = {"ask_count": codec.node_candidates["ask_count"]}
+    rules = replace(NO_RULES, only_asked_values=True, ahead_choices_named=True, edge_slots=True)
+    forms = {}
+    for message in ("on 3 August 2027, in a nice cabin", "3 August 2027 and some cabin please", "3 August 2027"):
+        def program(message=message):
+            form, _raw, _valid = yield from fill_form(moving, message, 8, TurnCounter(), {"destination": "Lisbon"},
+                                                      at="ask_date", rules=rules)
+            forms[message] = form
+
+        driver.run([program()], 512)
+    for message, form in forms.items():
+        assert "cabin" not in form.slots, (message, form)
+        assert "date" in form.slots, (message, form)
+
+
+def test_a_move_goes_only_where_the_procedure_can_go_from_here(trained, mini_workflow):
+    """``moves_on_the_graph``: whatever the message offers, the moves offered from a step are steps
+    the procedure can still reach from it (itself included): at the confirmation, "Lisbon, 3 of us"
+    is never the greeting's or the count's step again; without the rule every step may be offered."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import moves_offered
+    from subterra.student import load_compiled
+
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    codec = Codec(tokenizer, mini_workflow, load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir))
+    held = {"destination": "Oslo", "date": "3 August 2027", "travellers": "2", "cabin": "economy"}
+    for message in ("Lisbon, 3 of us", "hmm", "can I talk to a person?", "Oslo"):
+        offered = offered_values(codec, message, held)
+        on = set(moves_offered(codec, offered, held, "confirm", replace(NO_RULES, moves_on_the_graph=True), message))
+        assert on and on <= {"confirm", "done", "cancel"}, (message, on)
+    off = set(moves_offered(codec, offered_values(codec, "hmm", held), held, "confirm", NO_RULES, "hmm"))
+    assert off == set(mini_workflow.nodes)
+
+
 def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini_workflow):
     """``say_from_lines``: whatever the model, the say is one of the chosen step's own lines whose
     placeholders the form holds, opened as the teacher opens one, never another step's line; a

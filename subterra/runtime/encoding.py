@@ -45,6 +45,7 @@ class ReadingRules:
     function_words: bool = True  # English frame words ("next month", "pls") never start or end a copied value
     inflected_words: bool = True  # a procedure word's plural or singular is one too ("flights" where "flight" is)
     moves_need_values: bool = True  # a move that collects a slot needs a value for it in the message (a bare "hi" stays)
+    moves_on_the_graph: bool = True  # a move goes only to a step the procedure can reach from the current one
     only_asked_values: bool = True  # the form holds only what its move collects, or a held value it corrects
     restated_values: bool = True  # ... a held value said again, and no other for its slot, corrects nothing
     answers_fill: bool = True  # a number or date the step asks for is held when the move may collect it ("just 1 bag")
@@ -71,6 +72,7 @@ class ReadingRules:
     cased_messages: bool = True  # ... and so does a message starting with a capital ("Sorry, lost you there.")
     names_ahead_capitalised: bool = True  # ... and one the step does not ask for is given only capitalised ("extra" is none)
     named_choices: bool = True  # an enum slot is offered only the declared values the message names, when it names any
+    ahead_choices_named: bool = True  # a choice only the next step asks for is held only when the message names a value
     said_values: bool = True  # a declared value said word for word is offered whole, frame words and all ("in 10 minutes")
     typo_words: bool = True  # a word one slip away from one branch word or enum value's word is read as it ("busines")
     declared_values_whole: bool = True  # ... and no longer span holding it, nor an aside in brackets ("Paris CDG", "barcelona (BCN)")
@@ -90,13 +92,13 @@ class ReadingRules:
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
 NO_RULES = ReadingRules(
-    inflected_words=False, edge_slots=False, moves_need_values=False, only_asked_values=False, restated_values=False,
+    inflected_words=False, edge_slots=False, moves_need_values=False, moves_on_the_graph=False, only_asked_values=False, restated_values=False,
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
     values_alone_move_on=False, codes_among_words=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
     first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
     questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
-    names_ahead_capitalised=False, named_choices=False, typo_words=False, said_values=False,
+    names_ahead_capitalised=False, named_choices=False, ahead_choices_named=False, typo_words=False, said_values=False,
     declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, branch_reader="")
 
 

@@ -133,9 +133,12 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
+    named = _named_enums(codec.wf, last_user)
     if rules.only_asked_values:
         wf = codec.wf
         step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
+        if rules.ahead_choices_named:  # a choice the next step asks for, only when the message names one ("switch
+            step_asks = {s for s in step_asks if wf.slots[s].type != "enum" or s in named}  # plans pls" holds none)
         named_held = _corrected(last_user, held or {}, available) if rules.restated_values else _named(last_user, held or {})
         asked_or_named = set(wf.collected_between(at, node, surely=False)) | step_asks | named_held
         keys = [s for s in keys if s in asked_or_named]
@@ -143,7 +146,6 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             moved = set(wf.collected_between(at, node, surely=False)) | set(_asked(wf, at if at is not None else wf.start))
             keys = [s for s in keys if s in moved or not _names_only_lower(wf.slots[s], available[s][0])]
     asked = [s for s in codec.wf.collected_between(at, node) if s in keys] if rules.edge_slots else []
-    named = _named_enums(codec.wf, last_user)
     if rules.answers_fill and at is not None:  # what the message answers of its step, where the move may collect it
         may = set(codec.wf.collected_between(at, node, surely=False))  # ("just 1 bag": the bag fare's count)
         asked += [s for s in _answered(codec, available, held or {}, at, named) if s in may and s in keys and s not in asked]
@@ -333,6 +335,10 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             stale = {s for s in _asked_again(wf, None) if s not in given}  # "It was refused": no new code given
             moves = {n: ids for n, ids in moves.items() if n == pointed or (n == step and aside)
                      or (n in reach and set(wf.collected_between(step, n)) - branch - stale)}
+    if rules.moves_on_the_graph:  # never a step the procedure cannot reach from here ("INV-390554" is no login)
+        onward = _onward(wf, at if at is not None else wf.start)
+        return {n: ids for n, ids in moves.items() if n in onward} \
+            or {n: ids for n, ids in codec.node_candidates.items() if n in onward}
     return moves or codec.node_candidates
 
 
@@ -436,6 +442,15 @@ def _asked_again(wf, node: str | None) -> frozenset[str]:
                    for m in wf.nodes if m != n for u in wf.out_edges(m))) for n in wf.nodes}
         again[None] = frozenset().union(*again.values())
     return again[node]
+
+
+def _onward(wf, at: str) -> frozenset[str]:
+    """The steps a conversation at ``at`` can still come to (``at`` itself too). Worked out once per
+    workflow."""
+    onward = wf.__dict__.setdefault("_onward", {})
+    if at not in onward:
+        onward[at] = frozenset(reachable(wf, at))
+    return onward[at]
 
 
 def _on_loop(wf, node: str) -> bool:

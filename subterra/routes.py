@@ -137,6 +137,7 @@ class PlayConfig:
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
     ahead_choices_named: bool = ReadingRules.ahead_choices_named
     moves_on_the_graph: bool = ReadingRules.moves_on_the_graph
+    codes_whole: bool = ReadingRules.codes_whole
     named_choices: bool = ReadingRules.named_choices
     said_values: bool = ReadingRules.said_values
     typo_words: bool = ReadingRules.typo_words

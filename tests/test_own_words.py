@@ -1133,6 +1133,27 @@ def test_a_code_among_words_answers_a_slot_of_codes(trained, tmp_path):
     assert "retry" in moves("ok got it, the new one says 208731 I think", replace(rules, codes_among_words=False))
 
 
+def test_a_slot_of_codes_is_offered_codes_only(trained, tmp_path):
+    """``codes_whole``: a slot whose declared values are all codes is offered only spans shaped as
+    its codes ("final answer 208731": 208731; "pc EC1V 4PW" is a postcode, no SMS code: letters where
+    the codes have none); without the rule the whole run is offered, frame and all."""
+    from subterra.lexicon import load_lexicon, whole_runs
+    from subterra.runtime.candidates import code_spans
+    from subterra.student import load_compiled
+
+    assert code_spans("yo its Marcus, dob 07/08/1992, pc EC1V 4PW.") == ["07/08/1992", "EC1V 4PW"]
+    assert code_spans("final answer 208731!") == ["208731"] and code_spans("no code yet") == []
+    (tmp_path / "code_check.yaml").write_text(RETRY_FLOW)
+    wf = load_workflow(tmp_path / "code_check.yaml")
+    tokenizer, _ = load_compiled(trained[1].model_dir)
+    lexicon, runs = load_lexicon(trained[1].model_dir), whole_runs(trained[1].model_dir)
+    codec = Codec(tokenizer, wf, lexicon, runs)
+    assert list(codec.value_candidates("code", "final answer 208731")[0]) == ["208731"]
+    assert list(codec.value_candidates("code", "my postcode is EC1V 4PW")[0]) == []
+    loose = Codec(tokenizer, wf, lexicon, runs, replace(ReadingRules(), codes_whole=False))
+    assert "208731" in " ".join(loose.value_candidates("code", "final answer 208731")[0])
+
+
 def test_a_number_in_a_things_name_is_no_count():
     """A model's number ("Lenovo Yoga Slim 7", "PlayStation 5", "Galaxy Buds2 Pro", "Sony WH-1000XM5")
     is part of a product's name: no photo count nor party size; a count after a city or a greeting

@@ -140,6 +140,36 @@ def coded(spec) -> bool:
     return bool(declared) and all(is_code(v) for v in declared)
 
 
+def code_shaped(spec, span: str) -> bool:
+    """Is ``span`` a code as the slot's declared codes are (``coded``): it has a digit or an ``@``,
+    no more words without one than a declared value has, and no letter where no declared value has
+    one ("650117", "EC1V 4PW"; never "final answer 650117", "INV-853406 in", nor "EC1V 4PW" for an
+    SMS code)?"""
+    declared = [str(v) for v in spec.values]
+    plain = max(sum(not is_code(w) for w in v.split()) for v in declared)
+    if not any(ch.isalpha() for v in declared for ch in v) and any(ch.isalpha() for ch in span):
+        return False  # digits only, as an SMS code: no letters ("EC1V 4PW" is no such code)
+    return is_code(span) and sum(not is_code(w) for w in span.split()) <= plain
+
+
+def code_spans(message: str) -> list[str]:
+    """The runs of consecutive words of ``message`` that are codes (``is_code``; "650117" of "final
+    answer 650117", "EC1V 4PW" of "pc EC1V 4PW"), never across a sentence break, punctuation
+    at their ends dropped."""
+    found: list[str] = []
+    run: list[tuple[int, int]] = []
+    for m in list(TOKEN.finditer(message)) + [None]:
+        code = m is not None and is_code(m.group())
+        if run and (not code or message[run[-1][1] - 1] in SENTENCE_BREAK):
+            text = _span_text(message, run[0][0], run[-1][1])
+            if text and is_code(text) and text not in found:
+                found.append(text)
+            run = []
+        if code:
+            run.append((m.start(), m.end()))
+    return found
+
+
 def _runs(message: str, lexicon: frozenset[str]) -> list[str]:
     from subterra.lexicon import words
 

@@ -23,7 +23,7 @@ from subterra.forms import (  # the form's fixed structure, cut where every toke
     VALUE_MORE,
 )
 from subterra.runtime.candidates import (
-    CHOSEN_TYPES, capitalised_values, courtesy_only, declared_whole, fits_type, named_choices, said_values, value_spans,
+    CHOSEN_TYPES, capitalised_values, code_shaped, code_spans, coded, courtesy_only, declared_whole, fits_type, named_choices, said_values, value_spans,
     word_spans, words_apart,
     written_as_names,
 )
@@ -54,6 +54,8 @@ class ReadingRules:
     answers_pick_moves: bool = True  # ... and the form moves along a way that collects it ("Sept 21" is no handover)
     values_alone_move_on: bool = True  # a message that is little but a value shaped like the asked slot's is an answer ("warsaw")
     codes_among_words: bool = True  # ... and one code among any words for a slot of codes only ("ok got it, 448210")
+    codes_whole: bool = True  # a slot of codes only (each declared value has a digit or "@") is offered only codes
+    # with no more plain words than its values have ("final answer 650117": 650117; "it's x@y.com": x@y.com)
     out_of_range_answers: bool = True  # a count beyond the asked slot's range answers the step too ("about 25 of us")
     values_carry_on: bool = True  # a message answering several steps' questions moves past them all ("2 tickets Chicago to Havana")
     spans_once: bool = True  # a span the form holds for one text slot is not offered to another
@@ -94,7 +96,7 @@ class ReadingRules:
 NO_RULES = ReadingRules(
     inflected_words=False, edge_slots=False, moves_need_values=False, moves_on_the_graph=False, only_asked_values=False, restated_values=False,
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
-    values_alone_move_on=False, codes_among_words=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
+    values_alone_move_on=False, codes_among_words=False, codes_whole=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
     first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
     questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
@@ -130,6 +132,7 @@ class Codec:
         self.typo_words = rules.typo_words  # branch words and enum values read through a slip of the keyboard
         self.declared_values_whole = rules.declared_values_whole  # ... and no longer span holding it
         self.cues = slot_cues(wf) if rules.slot_cues else {}  # words before one slot's values only ("to" Havana)
+        self.codes_whole = rules.codes_whole  # a slot of codes is offered only spans shaped as its codes
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
         self._reader = (rules.branch_reader, rules.reader_margin, rules.reader_nowhere_margin,
                         rules.reader_direct_weight)  # which pretrained model reads branches, if any, and how
@@ -353,6 +356,9 @@ class Codec:
             apart = bool(spec.values) and words_apart(tuple(map(str, spec.values)))
             spans = declared_whole(spans, said_values(spec.values, message) if apart else [], message,
                                    self._said_anywhere(message))
+        if self.codes_whole and spec.type == "string" and coded(spec):  # "final answer 650117": 650117
+            spans = list(dict.fromkeys([v for v in spans if code_shaped(spec, v)]
+                                       + [v for v in code_spans(message) if code_shaped(spec, v) and fits_type(spec, v)]))
         if self.cues and spec.type == "string":
             spans = [v for v in spans if not cued_elsewhere(self.cues, message, v, slot)]
             cued = [v for v in spans if cued_for(self.cues, message, v, slot)]

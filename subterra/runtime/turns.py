@@ -303,7 +303,10 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
         onward = wf.out_edges(step)
         answered = _answered(codec, available, held, step, named)
         if not answered and rules.values_alone_move_on:
-            answered = _answered_alone(codec, available, held, step, message, rules.codes_among_words)
+            answered = _answered_alone(codec, available, held, step, message)
+        by_code = []
+        if not answered and rules.codes_among_words:  # "ok got it, 448210": the code answers, the words around it
+            answered = by_code = _answered_by_code(codec, available, held, step, message)  # give nothing more
         by_name = []
         if not answered and rules.first_names_answer and step == wf.start and not held:  # "can you get me to
             answered = by_name = [s for s in _asked(wf, step) if s in available and wf.slots[s].type == "string"
@@ -317,7 +320,7 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
             unpicked = dict(moves)  # a held step's question may be passed as well (``held_steps_pass``)
             if rules.answers_pick_moves:
                 moves = _collecting(wf, moves, step, answered, given - set(by_name)) or moves  # a name once: not
-                if by_name:  # the next step's city too ("we are thinking of Mexico City": no origin); the carry goes further
+                if by_name or by_code:  # the next step's city too ("we are thinking of Mexico City": no origin); the carry goes further
                     moves = {n: ids for n, ids in moves.items() if n in {e.target for e in onward}} or moves
     if rules.values_carry_on:  # "2 tickets Chicago to Havana on August 20th": past every step it answers
         moves = _carried(codec, unpicked if rules.held_steps_pass else moves, at, held, available, message, rules) \
@@ -581,26 +584,30 @@ def _beyond_range(wf, at: str, available: dict, held: dict[str, str], message: s
     return out
 
 
-def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str,
-                    codes: bool = True) -> list[str]:
+def _answered_alone(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
     """The text slot ``at`` asks for that ``message`` answers with little but a value: the message's
     one run of non-frame words, at least half its words, is offered for the slot, new (``_new``), and
     has the shape of the slot's declared values (``shaped_like``): "warsaw" after "which city are you
     leaving from?", never "transaction refused" for a miles number nor "it's about a bereavement"
-    for a name. With ``codes``, a slot whose declared values are all codes (``coded``) is answered by
-    the message's one run with a digit or an ``@``, whatever words stand around it ("ok got it, 448210")."""
+    for a name."""
     wf = codec.wf
-    asked = [s for s in _asked(wf, at) if wf.slots[s].type == "string" and s in available and _new(wf, at, s, held, available)]
     runs = value_runs(message, codec.lexicon)
-    code_runs = [r for r in runs if is_code(r)]
-    if codes and len(code_runs) == 1:  # "ok got it, 448210": a code is a value among any words around it
-        answered = [s for s in asked if coded(wf.slots[s]) and code_runs[0] in available[s][0]
-                    and shaped_like(wf.slots[s], code_runs[0])]
-        if answered:
-            return answered
     if len(runs) != 1 or 2 * len(words(runs[0])) < len(words(message)):
         return []
-    return [s for s in asked if runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
+    return [s for s in _asked(wf, at) if wf.slots[s].type == "string" and s in available
+            and _new(wf, at, s, held, available) and runs[0] in available[s][0] and shaped_like(wf.slots[s], runs[0])]
+
+
+def _answered_by_code(codec: Codec, available: dict, held: dict[str, str], at: str, message: str) -> list[str]:
+    """The slot of codes (``coded``: every declared value has a digit or an ``@``) ``at`` asks for
+    that the message's one run with a digit or an ``@`` answers, whatever words stand around it
+    ("ok got it, 448210"), when it is offered for the slot, new (``_new``) and shaped like its values."""
+    wf = codec.wf
+    codes = [r for r in value_runs(message, codec.lexicon) if is_code(r)]
+    if len(codes) != 1:
+        return []
+    return [s for s in _asked(wf, at) if wf.slots[s].type == "string" and coded(wf.slots[s]) and s in available
+            and _new(wf, at, s, held, available) and codes[0] in available[s][0] and shaped_like(wf.slots[s], codes[0])]
 
 
 def _collecting(wf, moves: dict, at: str, answered: list[str], given: set[str]) -> dict:

@@ -142,13 +142,17 @@ def coded(spec) -> bool:
 
 def code_shaped(spec, span: str) -> bool:
     """Is ``span`` a code as the slot's declared codes are (``coded``): it has a digit or an ``@``,
-    no more words without one than a declared value has, and no letter where no declared value has
-    one ("650117", "EC1V 4PW"; never "final answer 650117", "INV-853406 in", nor "EC1V 4PW" for an
-    SMS code)?"""
+    no more words without one than a declared value has, and the kinds of character (letters, digits,
+    ``@``) every declared code has or none has ("650117", "EC1V 4PW"; never "final answer 650117",
+    "INV-853406 in", "EC1V 4PW" for an SMS code of digits, nor "8" for a postcode)?"""
     declared = [str(v) for v in spec.values]
     plain = max(sum(not is_code(w) for w in v.split()) for v in declared)
-    if not any(ch.isalpha() for v in declared for ch in v) and any(ch.isalpha() for ch in span):
-        return False  # digits only, as an SMS code: no letters ("EC1V 4PW" is no such code)
+    for mark in (str.isalpha, str.isdigit, "@".__eq__):  # a kind of character every code has, or none has
+        has = [any(mark(ch) for ch in v) for v in declared]
+        if all(has) != any(has):
+            continue
+        if any(mark(ch) for ch in span) != all(has):
+            return False
     return is_code(span) and sum(not is_code(w) for w in span.split()) <= plain
 
 

@@ -1143,6 +1143,15 @@ def test_a_slot_of_codes_is_offered_codes_only(trained, tmp_path):
 
     assert code_spans("yo its Marcus, dob 07/08/1992, pc EC1V 4PW.") == ["07/08/1992", "EC1V 4PW"]
     assert code_spans("final answer 208731!") == ["208731"] and code_spans("no code yet") == []
+    from types import SimpleNamespace
+
+    from subterra.runtime.candidates import code_shaped
+
+    orders = SimpleNamespace(values=["ORD-5520931", "ORD-1187340"])
+    assert code_shaped(orders, "ORD-9162034") and code_shaped(orders, "ord-9162034")
+    assert not code_shaped(orders, "WH-1000XM5") and not code_shaped(orders, "9162034")
+    postcodes = SimpleNamespace(values=["LS6 3QW", "M14 5RT"])
+    assert code_shaped(postcodes, "W4 5PY") and not code_shaped(postcodes, "8")
     (tmp_path / "code_check.yaml").write_text(RETRY_FLOW)
     wf = load_workflow(tmp_path / "code_check.yaml")
     tokenizer, _ = load_compiled(trained[1].model_dir)

@@ -10,6 +10,7 @@ this module allows into token sequences.
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 from subterra.typed_values import written_date
@@ -143,8 +144,9 @@ def coded(spec) -> bool:
 def code_shaped(spec, span: str) -> bool:
     """Is ``span`` a code as the slot's declared codes are (``coded``): it has a digit or an ``@``,
     no more words without one than a declared value has, and the kinds of character (letters, digits,
-    ``@``) every declared code has or none has ("650117", "EC1V 4PW"; never "final answer 650117",
-    "INV-853406 in", "EC1V 4PW" for an SMS code of digits, nor "8" for a postcode)?"""
+    ``@``) every declared code has or none has, and the letters all of them start with ("650117",
+    "EC1V 4PW", "ORD-9162034"; never "final answer 650117", "INV-853406 in", "EC1V 4PW" for an SMS
+    code of digits, "8" for a postcode, nor "WH-1000XM5" for an order number "ORD-...")?"""
     declared = [str(v) for v in spec.values]
     plain = max(sum(not is_code(w) for w in v.split()) for v in declared)
     for mark in (str.isalpha, str.isdigit, "@".__eq__):  # a kind of character every code has, or none has
@@ -153,6 +155,10 @@ def code_shaped(spec, span: str) -> bool:
             continue
         if any(mark(ch) for ch in span) != all(has):
             return False
+    prefix = os.path.commonprefix([v.upper() for v in declared])
+    prefix = prefix[:next((i for i, ch in enumerate(prefix) if ch.isdigit()), len(prefix))]
+    if any(ch.isalpha() for ch in prefix) and not span.upper().startswith(prefix):
+        return False  # "ORD-9162034" has the order numbers' "ORD-"; "WH-1000XM5" has not
     return is_code(span) and sum(not is_code(w) for w in span.split()) <= plain
 
 

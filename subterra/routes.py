@@ -129,9 +129,13 @@ class PlayConfig:
     branch_words: bool = ReadingRules.branch_words
     stemmed_words: bool = ReadingRules.stemmed_words
     yes_no_words: bool = ReadingRules.yes_no_words
+    other_answers: bool = ReadingRules.other_answers
+    done_words: bool = ReadingRules.done_words
     negated_words: bool = ReadingRules.negated_words
     branch_over_lower_names: bool = ReadingRules.branch_over_lower_names
     questions_point: bool = ReadingRules.questions_point
+    questions_choose: bool = ReadingRules.questions_choose
+    carried_reading: bool = ReadingRules.carried_reading
     names_by_case: bool = ReadingRules.names_by_case
     cased_messages: bool = ReadingRules.cased_messages
     names_ahead_capitalised: bool = ReadingRules.names_ahead_capitalised
@@ -149,6 +153,7 @@ class PlayConfig:
     reader_margin: float = ReadingRules.reader_margin
     reader_nowhere_margin: float = ReadingRules.reader_nowhere_margin
     reader_direct_weight: float = ReadingRules.reader_direct_weight
+    choice_margin: float = ReadingRules.choice_margin
 
     def reading_rules(self) -> ReadingRules:
         return ReadingRules(**{f.name: getattr(self, f.name) for f in fields(ReadingRules)})

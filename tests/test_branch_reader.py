@@ -119,3 +119,34 @@ def test_the_form_moves_along_the_branch_read(support):
     assert {"billing_lookup", "av_device", "triage"} <= moves("I was billed twice last month",
                                                               replace(ReadingRules(), branch_reader=""))
     assert NO_RULES.branch_reader == ""
+
+
+def test_an_enum_said_in_other_words_is_read_as_its_value_and_answers_the_step():
+    """warranty_claim's fault question: "the battery dies by lunch" names no declared fault but reads
+    as a battery that drains, "gets really hot on the wrist" as an overheating; a question off the
+    answer, a date and a greeting read as none (``choice_margin``). Wired into the form (``runtime.turns._read_choices``): the
+    value read is the slot's only choice and an answer, so the step is not kept; with no margin (or
+    no reader) every fault stays a choice and the step may be kept."""
+    from transformers import AutoTokenizer
+
+    from subterra.base_models import resolve
+    from subterra.runtime.offers import offered_values
+    from subterra.runtime.turns import _read_choices, moves_offered
+
+    claim = load_workflow(Path(__file__).parents[1] / "data" / "gallery" / "workflows" / "warranty_claim.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(resolve(ReadingRules.branch_reader))
+    held = {"order_number": "ORD-6025183", "product": "Pixel 8", "purchase_date": "3 March 2027"}
+
+    def read(message, rules=ReadingRules()):
+        codec = Codec(tokenizer, claim, rules=rules)
+        available = offered_values(codec, message, held)
+        chosen = _read_choices(codec, available, "ask_fault", message)
+        return chosen, set(moves_offered(codec, available, held, "ask_fault", rules, message, frozenset(chosen)))
+
+    assert read("the battery dies by lunch") == ({"fault_type": "battery drains"}, {"ask_cause"})
+    assert read("gets really hot on the wrist")[0] == {"fault_type": "overheating"}
+    assert read("can I talk to someone?")[0] == {} and read("I bought it in March")[0] == {}
+    assert read("Howdy.")[0] == {}
+    assert read("it has a cracked screen")[0] == {}  # a declared value named: nothing to read
+    unread, moves = read("the battery dies by lunch", replace(ReadingRules(), choice_margin=0.0))
+    assert unread == {} and "ask_fault" in moves

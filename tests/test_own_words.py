@@ -799,10 +799,11 @@ def test_words_of_a_branch_win_over_a_lower_case_word_where_names_are_capitalise
 
 
 def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, mini_workflow):
-    """``questions_point``: at the count question, "do you have a person I could talk to?" may go to
-    the person (its lines ask "Can I talk to a person?"), while "would it be silly to forget it?"
-    names the cancellation, whose lines never ask, and keeps the step: a question about a branch is
-    no choice of it. Without the rule both keep the step beside the branch."""
+    """``questions_point``: at the count question, "do you have a person I could talk to?" goes to
+    the person (its lines ask "Can I talk to a person?": with ``questions_choose`` such a question
+    chooses the branch, without it the step is kept beside it), while "would it be silly to forget
+    it?" names the cancellation, whose lines never ask, and keeps the step: a question about a branch
+    is no choice of it. Without the rule both keep the step beside the branch."""
     from subterra.lexicon import load_lexicon, whole_runs
     from subterra.runtime.branch_words import asked_with_question
     from subterra.runtime.offers import offered_values
@@ -819,7 +820,8 @@ def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, min
         chosen = replace(ReadingRules(), **rules)
         return set(moves_offered(codec, offered_values(codec, message, held), held, "ask_count", chosen, message))
 
-    assert moves("do you have a person I could talk to?") == {"human", "ask_count"}  # the model's call, as before
+    assert moves("do you have a person I could talk to?") == {"human"}
+    assert moves("do you have a person I could talk to?", questions_choose=False) == {"human", "ask_count"}
     assert moves("would it be silly to forget it?") == {"ask_count"}
     assert moves("would it be silly to forget it?", questions_point=False) == {"ask_count", "cancel"}
     assert moves("forget it") == {"cancel"}
@@ -1177,3 +1179,53 @@ def test_a_number_in_a_things_name_is_no_count():
                         ("OK, 4", "4"), ("Oslo 2 people", "2"), ("Table for 4", "4")):
         assert counts(said) == (count,), said
 
+
+
+ORDER_FLOW = """\
+workflow: cafe
+assistant: You are Larkspur Cafe's ordering assistant.
+start: check
+slots:
+  drink: {type: enum, description: the drink, values: [latte, mocha]}
+nodes:
+  check:
+    prompt: Ask whether the code was accepted.
+    say: ["Did the app accept your code?"]
+    branches:
+      - {to: more, when: the code was accepted, user: ["Yes, accepted.", "Yep, green tick.", "It worked."]}
+      - {to: stop, when: the code did not match, user: ["It was refused.", "Rejected.", "Red cross."]}
+  more:
+    prompt: Ask whether they want anything else.
+    say: ["Anything else?"]
+    branches:
+      - {to: check, when: wants another drink, user: ["One more, please.", "Add a {drink} too."], collect: [drink]}
+      - {to: done, when: has everything, user: ["That's everything, thanks.", "Complete."]}
+      - {to: stop, when: cancels, user: ["Cancel it all.", "Forget it."]}
+  done: {prompt: Done., say: ["See you soon."], end: success}
+  stop: {prompt: Stop., say: ["Stopped."], end: abandoned}
+"""
+
+
+def test_a_no_points_at_the_other_of_two_branches_and_a_thats_all_where_lines_say_one(tmp_path):
+    """``other_answers``: at a check of two branches where only the accepted one's lines say yes, "nah"
+    and "computer says no lol" point at the other one; at a decision of three, a no points nowhere.
+    ``done_words``: "thats all ta", "nothing else" and "I'm all set" say what "That's everything,
+    thanks." says, and point at that branch only. Without the rules, none of them points."""
+    from subterra.lexicon import FUNCTION_WORDS, NAME_WORDS
+    from subterra.runtime.branch_words import SAYS_DONE, branch_words, finished, pointed_branch
+
+    (tmp_path / "cafe.yaml").write_text(ORDER_FLOW)
+    wf = load_workflow(tmp_path / "cafe.yaml")
+    frame = FUNCTION_WORDS | NAME_WORDS
+    words_of = branch_words(wf, frame, answers=True, other_answer=True, done=True)
+    before = branch_words(wf, frame, answers=True)
+    for message in ("nah", "computer says no lol", "no good"):
+        assert pointed_branch(words_of, "check", message, answers=True) == "stop"
+        assert pointed_branch(before, "check", message, answers=True) is None
+    assert pointed_branch(words_of, "check", "yes it did", answers=True) == "more"
+    assert pointed_branch(words_of, "more", "nah", answers=True) is None  # three branches: a no says nothing
+    assert finished("thats all ta") == finished("Nothing else.") == finished("I'm all set") == {SAYS_DONE}
+    assert finished("is that it?") == set() and finished("all of it, please") == set()
+    for message in ("thats all ta", "nothing else", "I'm all set, thanks"):
+        assert pointed_branch(words_of, "more", message, answers=True) == "done"
+        assert pointed_branch(before, "more", message, answers=True) is None

@@ -206,6 +206,37 @@ class BranchReader:
         said = self.continuations(direct_head(self.wf, step), message + MEANS, [f" {w}." for w in whens.values()])
         return dict(zip(whens, said))
 
+    @functools.lru_cache(maxsize=1 << 14)
+    def choice(self, step: str, slot: str, message: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Per declared value of the enum ``slot``, two readings of ``message`` (the answer to
+        ``step``'s question): how much likelier the value is said to be what it gives for the slot
+        than what saying nothing gives (a pointwise mutual information, in nats: "gets really hot on
+        the wrist" gives an overheating), and the message's log-likelihood as said by a customer
+        whose slot holds the value, less its mean over the values (the noisy channel's)."""
+        message = " ".join(message.split())
+        said, nothing = self._gives(step, slot, message), self._gives(step, slot, EMPTY)
+        texts = self._choice_texts(step, slot)
+        channel = dict(zip(texts, self.likelihoods(list(texts.values()), message)))
+        mean = sum(channel.values()) / len(channel)
+        return {v: said[v] - nothing[v] for v in said}, {v: c - mean for v, c in channel.items()}
+
+    @functools.lru_cache(maxsize=256)
+    def _choice_texts(self, step: str, slot: str) -> dict[str, str]:
+        spec = self.wf.slots[slot]
+        what = (spec.description or slot.replace("_", " ")).strip().rstrip(".")
+        ask = self.wf.nodes[step].say[0] if self.wf.nodes[step].say else self.wf.nodes[step].prompt
+        return {str(v): f"{self.wf.assistant.strip()}\nThe assistant asks: \"{_plain(ask)}\"\n"
+                        f"A customer whose {what} is \"{v}\" answers in their own words:\n\"" for v in spec.values}
+
+    @functools.lru_cache(maxsize=256)
+    def _gives(self, step: str, slot: str, message: str) -> dict[str, float]:
+        spec = self.wf.slots[slot]
+        values = [str(v) for v in spec.values]
+        what = (spec.description or slot.replace("_", " ")).strip().rstrip(".")
+        said = self.continuations(direct_head(self.wf, step), f"{message}\"\nIn short, {what}:",
+                                  [f" {v}." for v in values])
+        return dict(zip(values, said))
+
     def read(self, step: str, message: str, before: tuple[str, ...] = ()) -> Reading:
         """The branch of ``step`` ``message`` takes, if one passes every other text by the margin."""
         if not word_decision(self.wf, step) or not message.strip():

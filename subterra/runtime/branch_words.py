@@ -39,6 +39,19 @@ NOT = frozenset({"not", "never", "t"})  # "t": what words() leaves of "isn't", "
 SAYS_YES, SAYS_NO = "<yes>", "<no>"  # never a word (words() holds no "<")
 
 
+# how people say they want nothing more ("that's it", "nothing else", "I'm all set"): a word of its own,
+# a branch's when its lines say it and no other branch's do ("That's everything, thanks.")
+DONE = re.compile(r"\b(?:that'?s|thats|that is|that'?ll be|that will be)\s+(?:it|all|everything)\b"
+                  r"|\bnothing\s+(?:else|more)\b|\b(?:i'?m|im|i am|we'?re|we are)\s+(?:all\s+)?(?:done|set|sorted)\b",
+                  re.I)
+SAYS_DONE = "<done>"
+
+
+def finished(text: str) -> set[str]:
+    """``{SAYS_DONE}`` when ``text`` says there is nothing more ("thats all ta"), else nothing."""
+    return {SAYS_DONE} if DONE.search(text.replace("’", "'")) else set()
+
+
 def yes_no(text: str) -> set[str]:
     """``{SAYS_YES}`` or ``{SAYS_NO}`` when ``text`` says a yes or a no, and not both."""
     said = words(text)
@@ -83,12 +96,14 @@ def marked_words(text: str) -> set[str]:
     return out
 
 
-def _said(edge, answers: bool = False, negations: bool = False) -> set[str]:
+def _said(edge, answers: bool = False, negations: bool = False, done: bool = False) -> set[str]:
     lines = (edge.when, *phrasing_pool(edge.user, SEEN))
     text = re.sub(r"\{[^}]*\}", " ", "\n".join(lines))
     said = set(words(text))  # with ``negations`` a word a line negates is said both ways: "spam" of "not in spam"
     if negations:
         said |= set().union(*(marked_words(line) for line in text.split("\n")))
+    if done:
+        said |= {a for line in lines for a in finished(line)}
     return said | {a for line in lines for a in yes_no(line)} if answers else said
 
 
@@ -97,9 +112,13 @@ def _bare(word: str) -> str:
 
 
 def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False,
-                 stems: bool = False, negations: bool = False) -> dict[str, dict[str, frozenset[str]]]:
+                 stems: bool = False, negations: bool = False,
+                 other_answer: bool = False, done: bool = False) -> dict[str, dict[str, frozenset[str]]]:
     """Per decision step, per branch target, the words said for that branch only (no frame words);
-    with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words; with
+    with ``answers``, a yes or a no its lines say (``yes_no``) counts as one of its words (and with
+    ``other_answer``, at a decision of two branches where one's lines say a yes and neither's a no, a
+    no is the other's word, and the other way round: "nah" where only "Yes, it says accepted" is
+    said; with ``done`` too, a saying that there is nothing more, ``finished``); with
     ``stems``, their stems (``stem``); with ``negations``, a word said under a negation is also a word
     of its own ("¬received" of "I haven't received it", ``marked_words``)."""
     out: dict[str, dict[str, frozenset[str]]] = {}
@@ -111,12 +130,18 @@ def branch_words(wf: Workflow, frame: frozenset[str], answers: bool = False,
             continue
         said: dict[str, set[str]] = {}
         for e in edges:  # two ways to the same step (pay by card, pay with miles) are one branch here
-            own = {w for w in _said(e, answers, negations) if _bare(w) not in frame}
+            own = {w for w in _said(e, answers, negations, answers and done) if _bare(w) not in frame}
             said.setdefault(e.target, set()).update(
                 {w for w in _with_stems(own) if _bare(w) not in frame_stems} if stems else own)
         if len(said) < 2:
             continue
         out[node] = {t: frozenset(w - set().union(*(o for u, o in said.items() if u != t))) for t, w in said.items()}
+        if answers and other_answer and len(said) == 2:
+            for answer, other in ((SAYS_YES, SAYS_NO), (SAYS_NO, SAYS_YES)):
+                sayers = [t for t, w in said.items() if answer in w]
+                if len(sayers) == 1 and not any(other in w for w in said.values()):
+                    rest = next(t for t in said if t != sayers[0])
+                    out[node][rest] = out[node][rest] | {other}
     return out
 
 
@@ -151,7 +176,7 @@ def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | Non
     if not branches:
         return None
     said = {w for w in (marked_words(message) if negations else set(words(message))) if _bare(w) not in answered}
-    said |= yes_no(message) if answers else set()
+    said |= yes_no(message) | finished(message) if answers else set()
     if negations and answers and SAYS_YES not in said:  # "let's not go ahead": a yes branch's plain words negated
         yes_branch = [own for own in branches.values() if SAYS_YES in own]
         if len(yes_branch) == 1 and {NEGATED + w for w in yes_branch[0]} & said:

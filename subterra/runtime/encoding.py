@@ -68,7 +68,14 @@ class ReadingRules:
     stemmed_words: bool = True  # ... compared by their stems ("recordings" says the "recording" branch's word)
     negated_words: bool = True  # ... a word said under a "not" points only where lines negate it; a negated yes word is a no
     yes_no_words: bool = True  # ... a yes or a no, however said ("yep", "nah"), is such a word when one branch's lines say it
+    other_answers: bool = True  # ... and of two branches, where one's lines say a yes and neither's a no, a no is the other's
+    # (and the other way round): "nah" where only "Yes, it says accepted" is said
+    done_words: bool = True  # ... and so is a saying that there is nothing more ("thats all ta", "nothing else")
     questions_point: bool = True  # ... not a question about a branch whose lines never ask one: it keeps the step
+    questions_choose: bool = True  # ... and a question pointing at a branch whose lines ask one too chooses it ("is
+    # there an actual human I could speak with?" where a line asks "Can I just talk to a real person?"): no step kept
+    carried_reading: bool = True  # a decision a message's answers carry it to is read by the reader too ("my name is
+    # Ayesha Raza, my camera is just black"), not only by its branch words
     branch_over_lower_names: bool = True  # ... also beside a lower-case word where names are capitalised ("an actual human")
     names_by_case: bool = True  # a slot of proper names: a name capitalised mid-sentence leaves out lower-case spans
     cased_messages: bool = True  # ... and so does a message starting with a capital ("Sorry, lost you there.")
@@ -90,6 +97,10 @@ class ReadingRules:
     reader_margin: float = 2.0  # ... only when the branch is likelier than every other branch by this many nats
     reader_nowhere_margin: float = 3.0  # ... and than no branch at all by this many
     reader_direct_weight: float = 0.5  # ... its likelihood plus this times its direct reading (what the message means)
+    # an enum the step asks for, said in none of its declared values' words, is read by the same model
+    # ("gets really hot on the wrist" is an overheating): the value whose two readings (``BranchReader.choice``)
+    # add up to this many nats at least, and pass every other value's by as many; 0 for no such reading
+    choice_margin: float = 2.0
 
 
 # a form with no reading rule of its own (the copy constraint and the held values only)
@@ -98,10 +109,10 @@ NO_RULES = ReadingRules(
     answers_fill=False, answers_move_on=False, corrections_stay=False, answers_pick_moves=False,
     values_alone_move_on=False, codes_among_words=False, codes_whole=False, out_of_range_answers=False, values_carry_on=False, spans_once=False,
     held_steps_pass=False, carry_into_branches=False, values_held_ahead=False, first_names_answer=False,
-    first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False,
-    questions_point=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
+    first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False, other_answers=False, done_words=False,
+    questions_point=False, questions_choose=False, carried_reading=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
     names_ahead_capitalised=False, named_choices=False, ahead_choices_named=False, typo_words=False, said_values=False,
-    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, branch_reader="")
+    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, branch_reader="", choice_margin=0.0)
 
 
 class Codec:
@@ -126,6 +137,8 @@ class Codec:
         self.cased_messages = rules.cased_messages  # ... and a message starting with a capital
         self.named_choices = rules.named_choices  # an enum slot is offered the values the message names, when it names any
         self.yes_no_words = rules.yes_no_words  # a yes or a no is a branch word
+        self.other_answers = rules.other_answers  # ... and of two branches, the one whose lines say neither
+        self.done_words = rules.done_words  # ... and "that's all" a word too
         self.stemmed_words = rules.stemmed_words  # branch words compared by their stems
         self.negated_words = rules.negated_words  # ... and a word under a negation as a word of its own
         self.said_values = rules.said_values  # a declared value said word for word is offered whole
@@ -136,6 +149,7 @@ class Codec:
         self.counts_as_said = rules.counts_as_said  # a number slot is offered only what reads as a count of its kind
         self._reader = (rules.branch_reader, rules.reader_margin, rules.reader_nowhere_margin,
                         rules.reader_direct_weight)  # which pretrained model reads branches, if any, and how
+        self.choice_margin = rules.choice_margin  # ... and enum values said in other words
         self._spans_of: tuple[str | None, list[str]] = (None, [])
         self._said_of: tuple[str | None, list[str]] = (None, [])
         enc = self.encode
@@ -227,7 +241,7 @@ class Codec:
         from subterra.runtime.branch_words import branch_words
 
         return branch_words(self.wf, FUNCTION_WORDS | NAME_WORDS, self.yes_no_words, self.stemmed_words,
-                            self.negated_words)
+                            self.negated_words, self.other_answers, self.done_words)
 
     @functools.cached_property
     def reader(self):
@@ -238,6 +252,16 @@ class Codec:
         from subterra.runtime.branch_reader import load_reader
 
         return load_reader(name, self.wf, margin, nowhere_margin=nowhere_margin, direct_weight=direct_weight)
+
+    def read_choice(self, step: str, slot: str, message: str) -> str | None:
+        """The declared value of the enum ``slot`` the reader reads ``message`` (at ``step``) as giving,
+        if one passes ``choice_margin`` and every other value by it; None without a reader or margin."""
+        if not self._reader[0] or self.choice_margin <= 0 or not message.strip():
+            return None
+        direct, channel = self.reader.choice(step, slot, message)
+        both = {v: direct[v] + channel[v] for v in direct}
+        best, second = sorted(both, key=both.get, reverse=True)[:2]
+        return best if both[best] >= self.choice_margin and both[best] - both[second] >= self.choice_margin else None
 
     def read_branch(self, step: str, message: str, before: tuple[str, ...] = ()) -> str | None:
         """The branch of the word decision ``step`` the reader reads ``message`` as taking (after

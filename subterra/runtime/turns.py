@@ -30,7 +30,7 @@ from subterra.lexicon import FUNCTION_WORDS, words
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
 from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
-from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, coded, fits_type, is_code, named_choices, shaped_like, value_runs
+from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, coded, courtesy_only, fits_type, is_code, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
 from subterra.runtime.scoring import choose
@@ -128,12 +128,14 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
         return (yield from _tracked(choose(candidates, counted, whole), raw, counter))
 
     available = offered_values(codec, last_user, held, today)
+    read = _read_choices(codec, available, at, last_user)
+    available.update({s: _only(available[s], v) for s, v in read.items()})
     yield from forced(codec.form_head)
-    node = yield from chosen(moves_offered(codec, available, held, at, rules, last_user))
+    node = yield from chosen(moves_offered(codec, available, held, at, rules, last_user, frozenset(read)))
     yield from forced(codec.slots_key)
     slots: dict[str, str] = {}
     keys = offered_keys(codec, available, last_user, held) if corrections_named else list(available)
-    named = _named_enums(codec.wf, last_user)
+    named = _named_enums(codec.wf, last_user) | set(read)
     if rules.only_asked_values:
         wf = codec.wf
         step_asks = {s for e in wf.out_edges(node) for s in e.collect} | set(wf.nodes[node].collect)
@@ -278,16 +280,17 @@ def _corrected(message: str, held: dict[str, str], available: dict) -> set[str]:
 
 
 def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at: str | None,
-                  rules: ReadingRules, message: str = "") -> dict[str, list[int]]:
+                  rules: ReadingRules, message: str = "", chosen: frozenset[str] = frozenset()) -> dict[str, list[int]]:
     """The node candidates after a message offering ``available`` values: with
     ``moves_need_values``, those whose move from ``at`` has a value for every slot it surely
     collects; with ``answers_move_on``, not ``at`` itself when the message answers its question
     with a number or a date, and with ``answers_pick_moves`` only a move that collects the answer (see
-    ``fill_form``). Every node when nothing would be left."""
+    ``fill_form``); the enum slots in ``chosen`` are named by the message (``_read_choices``). Every node
+    when nothing would be left."""
     held = held or {}
     wf = codec.wf
     read = codec.read_spelled(message)  # branch words and enum values through a slip ("busines")
-    named = _named_enums(wf, read) if rules.named_choices else set()
+    named = (_named_enums(wf, read) | chosen) if rules.named_choices else set(chosen)
     # what the message gives: with ``named_choices`` an enum only when it names one of its values
     given = {s for s in available if not rules.named_choices or wf.slots[s].type != "enum" or s in named}
     if rules.names_ahead_capitalised:  # a name the step does not ask for is given only written as one ("extra" is none)
@@ -332,7 +335,8 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
                                  negations=rules.negated_words) or codec.read_branch(step, message)  # or as read
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
-            aside = "?" in message or _named(message, held)  # too for a question or a correction
+            aside = "?" in message and not (rules.questions_choose and asked_with_question(wf, step, pointed)) \
+                or _named(message, held)  # too for a question (not one as the branch's lines ask) or a correction
             if rules.questions_point and _asks_about(wf, step, pointed, message, held):  # a question about a branch
                 pointed, reach = step, set()  # keeps the step ("is business a lot more?" before choosing a cabin)
             stale = {s for s in _asked_again(wf, None) if s not in given}  # "It was refused": no new code given
@@ -408,7 +412,7 @@ def _carried(codec: Codec, moves: dict, at: str | None, held: dict[str, str], av
                    if (p := pointed_branch(codec.branch_words, n, codec.read_spelled(message), rules.yes_no_words, answered,
                                            codec.stemmed_words, rules.negated_words)
                        or (_says_more(message, answered)  # or as read after them, when it says more than the answers
-                           and not any(e.collect for e in wf.out_edges(n))  # at a decision told by words only
+                           and rules.carried_reading and not any(e.collect for e in wf.out_edges(n))  # at a decision told by words
                            and _read_unless_valued(codec, n, message, available, tuple(w for w in ways if w not in last))))
                    and not (rules.carry_into_branches and wf.collected_between(n, p))}  # values: answered, not pointed at
         # ("we fly out of Manchester" is read at no question of dates that one branch answers by a date)
@@ -545,6 +549,31 @@ def _offers_asked(wf, available: dict, at: str, named: set[str]) -> bool:
     names one of the enum's values (``named``, with ``named_choices``: "a latte, please")."""
     return any(s in available and (wf.slots[s].type not in CHOSEN_TYPES or s in named)
                for e in wf.out_edges(at) for s in wf.edge_slots(e))
+
+
+def _read_choices(codec: Codec, available: dict, at: str | None, message: str) -> dict[str, str]:
+    """Per enum slot the step asks for that ``message`` names no declared value of, the value the
+    reader reads it as giving, where it reads one (``Codec.read_choice``, ``choice_margin``): "the fan
+    whines constantly" at the fault's question is a noise; never in a greeting or a thanks alone, nor where
+    the step's branch words point at a branch that does not collect the slot."""
+    wf = codec.wf
+    step = at if at is not None else wf.start
+    if courtesy_only(message):  # "Howdy.", "No.": nothing to read a choice in
+        return {}
+    spelled = codec.read_spelled(message)
+    pointed = pointed_branch(codec.branch_words, step, spelled, codec.yes_no_words, stems=codec.stemmed_words,
+                             negations=codec.negated_words)
+    taken = {s for e in wf.out_edges(step) if e.target == pointed for s in wf.edge_slots(e)}
+    return {s: v for s in _asked(wf, step) if wf.slots[s].type == "enum" and s in available
+            and (pointed is None or s in taken)  # "no, I'm good" points where no drink is asked for
+            and not named_choices(tuple(wf.slots[s].values), spelled)
+            and (v := codec.read_choice(step, s, message)) is not None and v in available[s][0]}
+
+
+def _only(candidates: tuple[dict, dict | None], value: str) -> tuple[dict, dict | None]:
+    """``candidates`` (values, counted) narrowed to ``value``."""
+    values, counted = candidates
+    return {value: values[value]}, ({value: counted[value]} if counted is not None else None)
 
 
 def _named_enums(wf, message: str) -> set[str]:

@@ -149,6 +149,7 @@ class PlayConfig:
     slot_cues: bool = ReadingRules.slot_cues
     counts_as_said: bool = ReadingRules.counts_as_said
     say_from_lines: bool = ReadingRules.say_from_lines
+    rephrase_stays: bool = ReadingRules.rephrase_stays
     branch_reader: str = ReadingRules.branch_reader
     reader_margin: float = ReadingRules.reader_margin
     reader_nowhere_margin: float = ReadingRules.reader_nowhere_margin

@@ -119,10 +119,11 @@ def opened(opening: str, line: str) -> str:
     return line if first[0] and first[0] == first[1] else f"{opening} {line}".strip()
 
 
-def say_openings(corrected: Sequence[str] = ()) -> tuple[str, ...]:
+def say_openings(corrected: Sequence[str] = (), asks_again: bool = True) -> tuple[str, ...]:
     """Every way the template teacher opens a say before the step's line: nothing, an
-    acknowledgement, an off-script kind's reply, or a correction's naming the corrected slot."""
-    kinds = [k for k in KINDS.values() if not k.corrects]
+    acknowledgement, an off-script kind's reply (only on a say ``asks_again``, as the teacher says
+    them: "Let me rephrase." before the same question), or a correction's naming the corrected slot."""
+    kinds = [k for k in KINDS.values() if not k.corrects] if asks_again else []
     corrections = [ph.fill(line, {"new": "{%s}" % slot}) for k in KINDS.values() if k.corrects
                    for line in getattr(ph, k.agent_lines) for slot in corrected]
     return tuple(dict.fromkeys([*ph.AGENT_ACKS, *(line for k in kinds for line in getattr(ph, k.agent_lines)),

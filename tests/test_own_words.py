@@ -430,8 +430,9 @@ def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini
     """``say_from_lines``: whatever the model, the say is one of the chosen step's own lines whose
     placeholders the form holds, opened as the teacher opens one, never another step's line; a
     correction's opening ("Thanks, updated to Oslo.") names only a held value the form puts right, never
-    one given for the first time ("Lisbon please"). Without the rule the say is written freely."""
-    from subterra.phrasing import fill, placeholders
+    one given for the first time ("Lisbon please"); an off-script reply's opening ("Let me rephrase.")
+    only on a say asking its step again (``rephrase_stays``). Without the rule the say is written freely."""
+    from subterra.phrasing import AGENT_OFF_TOPIC, AGENT_UNCLEAR, fill, placeholders
     from subterra.runtime.chat import ChatSession
     from subterra.runtime.encoding import ReadingRules
     from subterra.runtime.turns import corrected_slots
@@ -441,9 +442,13 @@ def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini
     assert corrected_slots({"destination": "Lisbon"}, {"destination": "Lisbon"}) == ()  # said again: nothing put right
     messages = ["hello", "Lisbon please", "the 3rd of August", "no wait, Oslo not Lisbon", "2 of us in economy", "yes"]
     chat = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12)
+    at = None
     for message in messages:
         held = dict(chat.held)
         form = chat.respond(message)
+        if form.node != at:  # a say that moves on never rephrases
+            assert not form.say.startswith((*AGENT_UNCLEAR, *AGENT_OFF_TOPIC)), (message, form)
+        at = form.node
         corrected = corrected_slots(form.slots, held)
         if not corrected:  # a value given for the first time, or none: no correction's opening
             assert not any(w in form.say for w in ("changed that to", "updated to", " it is.")), (message, form)
@@ -455,6 +460,8 @@ def test_a_say_is_a_line_the_model_was_taught_at_the_step_it_chose(trained, mini
     codec = chat.codec
     assert "Okay, I cancelled it." in codec.say_lines("cancel") and "Great. Okay, I cancelled it." in codec.say_lines("cancel")
     assert not any("{destination}" in line for line in codec.say_lines("cancel"))  # nothing corrected
+    assert "Let me rephrase. Okay, I cancelled it." in codec.say_lines("cancel")
+    assert not any(line.startswith((*AGENT_UNCLEAR, *AGENT_OFF_TOPIC)) for line in codec.say_lines("cancel", (), False))
     assert any(line.startswith("Got it, I have changed that to {destination}.") for line in codec.say_lines("cancel", ("destination",)))
     free = ChatSession(trained[1].model_dir, mini_workflow, max_say_tokens=12, rules=ReadingRules(say_from_lines=False))
     assert free.respond("hello").say  # written token by token (this few-step model writes no known line)
@@ -801,7 +808,8 @@ def test_words_of_a_branch_win_over_a_lower_case_word_where_names_are_capitalise
 def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, mini_workflow):
     """``questions_point``: at the count question, "do you have a person I could talk to?" goes to
     the person (its lines ask "Can I talk to a person?": with ``questions_choose`` such a question
-    chooses the branch, without it the step is kept beside it), while "would it be silly to forget
+    chooses the branch, without it the step is kept beside it; "Are you a real person?", which says
+    only what training's off-script lines say, keeps it beside too), while "would it be silly to forget
     it?" names the cancellation, whose lines never ask, and keeps the step: a question about a branch
     is no choice of it. Without the rule both keep the step beside the branch."""
     from subterra.lexicon import load_lexicon, whole_runs
@@ -822,6 +830,7 @@ def test_a_question_takes_a_branch_only_where_its_lines_ask_one_too(trained, min
 
     assert moves("do you have a person I could talk to?") == {"human"}
     assert moves("do you have a person I could talk to?", questions_choose=False) == {"human", "ask_count"}
+    assert moves("Are you a real person?") == {"human", "ask_count"}  # an off-script line training answers at the step
     assert moves("would it be silly to forget it?") == {"ask_count"}
     assert moves("would it be silly to forget it?", questions_point=False) == {"ask_count", "cancel"}
     assert moves("forget it") == {"cancel"}

@@ -190,6 +190,17 @@ def pointed_branch(words_of: dict[str, dict[str, frozenset[str]]], at: str | Non
     return pointed[0] if len(pointed) == 1 else None
 
 
+@functools.lru_cache(maxsize=1)
+def off_script_words() -> frozenset[str]:
+    """The words (and stems) of the off-script lines training speaks (``phrasing.UNCLEAR``,
+    ``OFF_TOPIC``; seen ones only): at every step the model is taught to stay with them ("Are you a
+    real person?" is answered, not handed over)."""
+    from subterra import phrasing as ph
+
+    lines = [*phrasing_pool(ph.UNCLEAR, SEEN), *phrasing_pool(ph.OFF_TOPIC, SEEN)]
+    return frozenset(_with_stems({w for line in lines for w in words(line)}))
+
+
 def asked_with_question(wf: Workflow, at: str, target: str) -> bool:
     """Do the lines training speaks for a branch of ``at`` to ``target`` ask for it with a question
     ("Can I see the economy prices?")? Then a question may choose that branch; where they never do

@@ -90,6 +90,7 @@ class ReadingRules:
     counts_as_said: bool = True  # a number slot is offered only counts: never a date's day ("6 September"), nor a span
     # of time in a unit the slot does not count ("3 hours flying", "one sec" are no party size)
     say_from_lines: bool = True  # the say is the chosen step's own line (the workflow's), scored whole, never another step's
+    rephrase_stays: bool = True  # ... opened by an off-script reply ("Let me rephrase.") only when it asks its step again
     # where no branch word points, a pretrained model reads which branch a decision's message takes
     # (``runtime.branch_reader``: "an awful echo on my calls" is the audio branch): a base model's name
     # (``subterra.base_models``) or folder; "" for none
@@ -112,7 +113,7 @@ NO_RULES = ReadingRules(
     first_message_answers=False, branch_words=False, stemmed_words=False, negated_words=False, yes_no_words=False, other_answers=False, done_words=False,
     questions_point=False, questions_choose=False, carried_reading=False, branch_over_lower_names=False, names_by_case=False, cased_messages=False,
     names_ahead_capitalised=False, named_choices=False, ahead_choices_named=False, typo_words=False, said_values=False,
-    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, branch_reader="", choice_margin=0.0)
+    declared_values_whole=False, slot_cues=False, counts_as_said=False, say_from_lines=False, rephrase_stays=False, branch_reader="", choice_margin=0.0)
 
 
 class Codec:
@@ -206,21 +207,22 @@ class Codec:
     def encode(self, text: str) -> list[int]:
         return list(self._encoded(text))
 
-    def say_lines(self, node: str, slots: tuple[str, ...] = ()) -> dict[str, list[int]]:
+    def say_lines(self, node: str, slots: tuple[str, ...] = (), asks_again: bool = True) -> dict[str, list[int]]:
         """The says a model is taught at ``node`` (templates): each of the step's own lines, opened
         the ways the training's teacher opens one (``teacher.say_openings``; ``slots``: the form's,
-        which a correction's opening may name), as a form holds them: from the say's opening
-        token through the form's close, tokenized as in training."""
+        which a correction's opening may name; an off-script reply's opening only when the say
+        ``asks_again``), as a form holds them: from the say's opening token through the form's close,
+        tokenized as in training."""
         import json
 
         from subterra.teacher import opened, say_openings
 
-        known = self._say_lines.get((node, slots))
+        known = self._say_lines.get((node, slots, asks_again))
         if known is not None:  # every row of a batch asks again at the same step
             return known
         head = self.say_head
-        lines = self._say_lines[(node, slots)] = {}
-        for opening in say_openings(slots):
+        lines = self._say_lines[(node, slots, asks_again)] = {}
+        for opening in say_openings(slots, asks_again):
             for line in self.wf.nodes[node].say:
                 text = opened(opening, line)
                 ids = self.encode(SAY_HEAD + json.dumps(text, ensure_ascii=False)[1:-1] + FORM_CLOSE)

@@ -29,7 +29,7 @@ from subterra.forms import FORM_CLOSE, Form
 from subterra.lexicon import FUNCTION_WORDS, words
 from subterra.phrasing import placeholders
 from subterra.runtime.actions import Choice, Score, force
-from subterra.runtime.branch_words import answer_words, asked_with_question, pointed_branch
+from subterra.runtime.branch_words import answer_words, asked_with_question, off_script_words, pointed_branch
 from subterra.runtime.candidates import CHOSEN_TYPES, COURTESY_WORDS, coded, courtesy_only, fits_type, is_code, named_choices, shaped_like, value_runs
 from subterra.runtime.encoding import END, NO_RULES, Codec, ReadingRules
 from subterra.runtime.offers import offered_keys, offered_values
@@ -112,7 +112,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
 
     ``say_from_lines``: the say is one the model was taught at the chosen step — one of the step's own
     lines whose placeholders the form holds, opened as the teacher opens them ("Thanks. ..."), decoded
-    greedily among them; free text only at a step with no such line.
+    greedily among them; free text only at a step with no such line. ``rephrase_stays``: an off-script
+    reply's opening ("Let me rephrase.") only on a say that asks its step again.
 
     ``on_say(text, slots)``: called as the say is written, with its text so far (a template) and
     the form's slots (a server streams the say from it).
@@ -187,7 +188,8 @@ def fill_form(codec: Codec, last_user: str, max_say_tokens: int, counter: TurnCo
             yield from forced(codec.next_key)
     yield from forced(codec.say_head)
     holding = {**(held or {}), **slots}
-    lines = {line: ids for line, ids in codec.say_lines(node, corrected_slots(slots, held)).items()
+    again = not rules.rephrase_stays or node == at  # "Let me rephrase." before the same question only
+    lines = {line: ids for line, ids in codec.say_lines(node, corrected_slots(slots, held), again).items()
              if all(p in holding for p in placeholders(line))} if rules.say_from_lines else {}
     if lines:
         say = yield from _tracked(_taught_say(codec, lines, slots, on_say), raw, counter)
@@ -335,8 +337,9 @@ def moves_offered(codec: Codec, available: dict, held: dict[str, str] | None, at
                                  negations=rules.negated_words) or codec.read_branch(step, message)  # or as read
         if pointed is not None:  # that branch, or past it when the move surely collects more (the message said
             reach, branch = reachable(wf, pointed), set(wf.collected_between(step, pointed))  # more); the step itself
-            aside = "?" in message and not (rules.questions_choose and asked_with_question(wf, step, pointed)) \
-                or _named(message, held)  # too for a question (not one as the branch's lines ask) or a correction
+            chooses = rules.questions_choose and asked_with_question(wf, step, pointed) and not _off_script(read)
+            aside = "?" in message and not chooses or _named(message, held)  # too for a question (not one as the
+            # branch's lines ask, unless it says only what off-script lines say: "Are you a real person?") or a correction
             if rules.questions_point and _asks_about(wf, step, pointed, message, held):  # a question about a branch
                 pointed, reach = step, set()  # keeps the step ("is business a lot more?" before choosing a cabin)
             stale = {s for s in _asked_again(wf, None) if s not in given}  # "It was refused": no new code given
@@ -549,6 +552,14 @@ def _offers_asked(wf, available: dict, at: str, named: set[str]) -> bool:
     names one of the enum's values (``named``, with ``named_choices``: "a latte, please")."""
     return any(s in available and (wf.slots[s].type not in CHOSEN_TYPES or s in named)
                for e in wf.out_edges(at) for s in wf.edge_slots(e))
+
+
+def _off_script(message: str) -> bool:
+    """Does ``message`` say only words the off-script lines training speaks say (besides English
+    function words): "Are you a real person?", "Could you explain that differently?", which the model
+    is taught to answer at the step, never to take a branch on ("can a person look at that first?" says more)?"""
+    said = {w for w in words(message) if w not in FUNCTION_WORDS}
+    return bool(said) and said <= off_script_words()
 
 
 def _read_choices(codec: Codec, available: dict, at: str | None, message: str) -> dict[str, str]:

@@ -564,19 +564,19 @@ def _off_script(message: str) -> bool:
 
 def _read_choices(codec: Codec, available: dict, at: str | None, message: str) -> dict[str, str]:
     """Per enum slot the step asks for that ``message`` names no declared value of, the value the
-    reader reads it as giving, where it reads one (``Codec.read_choice``, ``choice_margin``): "the fan
-    whines constantly" at the fault's question is a noise; never in a greeting or a thanks alone, nor where
+    reader reads it as giving, where it reads one (``Codec.read_choice``, ``choice_margin``): "the battery
+    dies by lunch" at the fault's question is a battery that drains; never in a greeting or a thanks alone, nor where
     the step's branch words point at a branch that does not collect the slot."""
     wf = codec.wf
     step = at if at is not None else wf.start
-    if courtesy_only(message):  # "Howdy.", "No.": nothing to read a choice in
+    enums = [s for s in _asked(wf, step) if wf.slots[s].type == "enum" and s in available]
+    if not enums or courtesy_only(message):  # "Howdy.", "No.": nothing to read a choice in
         return {}
     spelled = codec.read_spelled(message)
     pointed = pointed_branch(codec.branch_words, step, spelled, codec.yes_no_words, stems=codec.stemmed_words,
                              negations=codec.negated_words)
     taken = {s for e in wf.out_edges(step) if e.target == pointed for s in wf.edge_slots(e)}
-    return {s: v for s in _asked(wf, step) if wf.slots[s].type == "enum" and s in available
-            and (pointed is None or s in taken)  # "no, I'm good" points where no drink is asked for
+    return {s: v for s in enums if (pointed is None or s in taken)  # "no, I'm good" points where no drink is asked for
             and not named_choices(tuple(wf.slots[s].values), spelled)
             and (v := codec.read_choice(step, s, message)) is not None and v in available[s][0]}
 

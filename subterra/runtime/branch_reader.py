@@ -102,6 +102,11 @@ def branch_whens(wf: Workflow, step: str) -> dict[str, str]:
             or t.replace("_", " ") for t in dict.fromkeys(e.target for e in wf.out_edges(step))}
 
 
+def _what(wf: Workflow, slot: str) -> str:
+    """How the choice readings name ``slot``: its description, else its name in words."""
+    return (wf.slots[slot].description or slot.replace("_", " ")).strip().rstrip(".")
+
+
 @dataclass(frozen=True)
 class Reading:
     target: str | None  # the branch read, None when the message points at none by the margin
@@ -222,18 +227,15 @@ class BranchReader:
 
     @functools.lru_cache(maxsize=256)
     def _choice_texts(self, step: str, slot: str) -> dict[str, str]:
-        spec = self.wf.slots[slot]
-        what = (spec.description or slot.replace("_", " ")).strip().rstrip(".")
+        spec, what = self.wf.slots[slot], _what(self.wf, slot)
         ask = self.wf.nodes[step].say[0] if self.wf.nodes[step].say else self.wf.nodes[step].prompt
         return {str(v): f"{self.wf.assistant.strip()}\nThe assistant asks: \"{_plain(ask)}\"\n"
                         f"A customer whose {what} is \"{v}\" answers in their own words:\n\"" for v in spec.values}
 
     @functools.lru_cache(maxsize=256)
     def _gives(self, step: str, slot: str, message: str) -> dict[str, float]:
-        spec = self.wf.slots[slot]
-        values = [str(v) for v in spec.values]
-        what = (spec.description or slot.replace("_", " ")).strip().rstrip(".")
-        said = self.continuations(direct_head(self.wf, step), f"{message}\"\nIn short, {what}:",
+        values = [str(v) for v in self.wf.slots[slot].values]
+        said = self.continuations(direct_head(self.wf, step), f"{message}\"\nIn short, {_what(self.wf, slot)}:",
                                   [f" {v}." for v in values])
         return dict(zip(values, said))
 
